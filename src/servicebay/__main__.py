@@ -1,0 +1,5 @@
+"""`python -m servicebay` is `bay`."""
+
+from servicebay.cli.main import main
+
+main()

@@ -1,0 +1,1 @@
+"""The self-test behind ``bay broker check``: drives any broker through ``servicebay.client``."""

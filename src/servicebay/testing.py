@@ -1,0 +1,1 @@
+"""Public test helpers: run a broker in-process or on a real port, with its lifespan."""
