@@ -1,0 +1,482 @@
+"""The embedded chat store: an SQLite log in WAL mode with group commit.
+
+Where it sits: the default ``ChatStore`` behind the chat server. One writer thread owns the only
+writing connection. Every write (append, ack, join, ...) is queued to it; the writer drains all
+queued writes, runs them in ONE transaction (each in its own savepoint, so one failing write does
+not undo its neighbours), commits, and only then answers each caller. Concurrent senders thus
+share one fsync while "durable before acknowledged" still holds. Reads run on a second thread with
+its own connection, which WAL lets proceed while the writer commits.
+
+Seqs are assigned inside the writer's transaction from ``rooms.head``, so they are consecutive
+per room and become visible in seq order (the visibility rule of the store interface).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import queue
+import secrets
+import sqlite3
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+from servicebay.chat.stores.base import (
+    Appended,
+    IssuedToken,
+    Member,
+    Message,
+    NotMember,
+    Retention,
+    Room,
+    StoreUnavailable,
+    UnknownRoom,
+    UnknownUser,
+    User,
+)
+
+T = TypeVar("T")
+Op = Callable[[sqlite3.Connection], Any]
+
+# How long an idempotency key outlives its compacted message: a client that lost the answer to
+# a send retries within seconds; a day is ample and bounds the table.
+KEY_GRACE_SECONDS = 86400.0
+MAX_BATCH = 2000
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS users (
+    id TEXT PRIMARY KEY, display_name TEXT NOT NULL, kind TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS tokens (
+    token_id TEXT PRIMARY KEY, user_id TEXT NOT NULL REFERENCES users(id),
+    digest TEXT NOT NULL UNIQUE, label TEXT NOT NULL, created_at REAL NOT NULL);
+CREATE TABLE IF NOT EXISTS rooms (
+    id TEXT PRIMARY KEY, keep_all INTEGER NOT NULL, keep_seconds REAL NOT NULL,
+    keep_last INTEGER NOT NULL, open INTEGER NOT NULL, head INTEGER NOT NULL,
+    floor INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS members (
+    room TEXT NOT NULL, user TEXT NOT NULL, cursor INTEGER NOT NULL, joined_at REAL NOT NULL,
+    PRIMARY KEY (room, user)) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS members_by_user ON members(user);
+CREATE TABLE IF NOT EXISTS messages (
+    room TEXT NOT NULL, seq INTEGER NOT NULL, sender TEXT NOT NULL, key TEXT NOT NULL,
+    body TEXT NOT NULL, sent_at REAL NOT NULL, PRIMARY KEY (room, seq)) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS keys (
+    room TEXT NOT NULL, sender TEXT NOT NULL, key TEXT NOT NULL, seq INTEGER NOT NULL,
+    sent_at REAL NOT NULL, PRIMARY KEY (room, sender, key)) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL);
+"""
+
+
+def _digest(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+def _room(row: sqlite3.Row | tuple[Any, ...]) -> Room:
+    rid, keep_all, keep_seconds, keep_last, is_open, head, floor = row
+    retention = Retention(bool(keep_all), float(keep_seconds), int(keep_last))
+    return Room(rid, retention, bool(is_open), int(head), int(floor))
+
+
+def _connect(path: str, synchronous: str) -> sqlite3.Connection:
+    conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=30)
+    conn.execute("PRAGMA journal_mode=WAL")
+    # FULL: a commit survives power loss, not only a killed process; "durable before ack".
+    conn.execute(f"PRAGMA synchronous={synchronous}")
+    conn.execute("PRAGMA busy_timeout=30000")
+    return conn
+
+
+class _Pending:
+    """A queued write and the future its caller awaits."""
+
+    __slots__ = ("fut", "loop", "op")
+
+    def __init__(self, op: Op, loop: asyncio.AbstractEventLoop, fut: asyncio.Future[Any]) -> None:
+        self.op, self.loop, self.fut = op, loop, fut
+
+
+def _settle(fut: asyncio.Future[Any], result: Any, error: BaseException | None) -> None:
+    if fut.done():
+        return
+    if error is not None:
+        fut.set_exception(error)
+    else:
+        fut.set_result(result)
+
+
+class SQLiteChatStore:
+    """``ChatStore`` on one SQLite file (see module docstring for the write path)."""
+
+    def __init__(self, path: str | Path, *, synchronous: str = "FULL") -> None:
+        """Use the database at ``path`` (created on open)."""
+        if synchronous.upper() not in {"FULL", "NORMAL", "EXTRA", "OFF"}:
+            raise ValueError(f"unsupported synchronous mode {synchronous!r}")
+        self.path = str(path)
+        self.synchronous = synchronous.upper()
+        self._writes: queue.Queue[_Pending | None] = queue.Queue()
+        self._reads: queue.Queue[_Pending | None] = queue.Queue()
+        self._threads: list[threading.Thread] = []
+        self._closed = True
+        self.batches = 0
+        self.batched_writes = 0
+
+    # lifecycle -------------------------------------------------------------------------------
+
+    async def open(self) -> None:
+        """Create the schema and start the writer and reader threads."""
+        Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+        writer = _connect(self.path, self.synchronous)
+        writer.executescript(_SCHEMA)
+        if writer.execute("SELECT count(*) FROM schema_version").fetchone()[0] == 0:
+            writer.execute("INSERT INTO schema_version VALUES (1)")
+        reader = _connect(self.path, self.synchronous)
+        self._closed = False
+        self._threads = [
+            threading.Thread(target=self._write_loop, args=(writer,), daemon=True),
+            threading.Thread(target=self._read_loop, args=(reader,), daemon=True),
+        ]
+        for thread in self._threads:
+            thread.start()
+
+    async def close(self) -> None:
+        """Let queued writes finish, then stop the threads."""
+        if self._closed:
+            return
+        self._closed = True
+        self._writes.put(None)
+        self._reads.put(None)
+        for thread in self._threads:
+            await asyncio.to_thread(thread.join)
+
+    async def ping(self) -> None:
+        """Run a trivial read."""
+        await self._read(lambda c: c.execute("SELECT 1").fetchone())
+
+    # the two threads ---------------------------------------------------------------------------
+
+    def _submit(self, target: queue.Queue[_Pending | None], op: Op) -> asyncio.Future[Any]:
+        if self._closed:
+            raise StoreUnavailable("the chat store is closed")
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future[Any] = loop.create_future()
+        target.put(_Pending(op, loop, fut))
+        return fut
+
+    async def _write(self, op: Callable[[sqlite3.Connection], T]) -> T:
+        result: T = await self._submit(self._writes, op)
+        return result
+
+    async def _read(self, op: Callable[[sqlite3.Connection], T]) -> T:
+        result: T = await self._submit(self._reads, op)
+        return result
+
+    def _write_loop(self, conn: sqlite3.Connection) -> None:
+        running = True
+        while running:
+            first = self._writes.get()
+            if first is None:
+                break
+            batch = [first]
+            while len(batch) < MAX_BATCH:
+                try:
+                    item = self._writes.get_nowait()
+                except queue.Empty:
+                    break
+                if item is None:
+                    running = False
+                    break
+                batch.append(item)
+            self._commit_batch(conn, batch)
+        conn.close()
+
+    def _commit_batch(self, conn: sqlite3.Connection, batch: list[_Pending]) -> None:
+        outcomes: list[tuple[Any, BaseException | None]] = []
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            for item in batch:
+                conn.execute("SAVEPOINT op")
+                try:
+                    outcomes.append((item.op(conn), None))
+                    conn.execute("RELEASE op")
+                except Exception as exc:  # handed to its caller, never swallowed
+                    conn.execute("ROLLBACK TO op")
+                    conn.execute("RELEASE op")
+                    outcomes.append((None, exc))
+            conn.execute("COMMIT")
+        except sqlite3.Error as exc:
+            # Nothing of this batch is durable: every caller hears so and may retry.
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            failure = StoreUnavailable(f"commit failed: {exc}")
+            outcomes = [(None, failure)] * len(batch)
+        self.batches += 1
+        self.batched_writes += len(batch)
+        for item, (result, error) in zip(batch, outcomes, strict=True):
+            item.loop.call_soon_threadsafe(_settle, item.fut, result, error)
+
+    def _read_loop(self, conn: sqlite3.Connection) -> None:
+        while (item := self._reads.get()) is not None:
+            try:
+                result, error = item.op(conn), None
+            except Exception as exc:  # handed to its caller, never swallowed
+                result, error = None, exc
+            item.loop.call_soon_threadsafe(_settle, item.fut, result, error)
+        conn.close()
+
+    # users and tokens --------------------------------------------------------------------------
+
+    async def put_user(self, user_id: str, display_name: str = "", kind: str = "person") -> User:
+        """Create or update a user."""
+
+        def op(c: sqlite3.Connection) -> User:
+            c.execute(
+                "INSERT INTO users VALUES (?, ?, ?) ON CONFLICT(id) DO UPDATE SET "
+                "display_name = excluded.display_name, kind = excluded.kind",
+                (user_id, display_name or user_id, kind),
+            )
+            return User(user_id, display_name or user_id, kind)
+
+        return await self._write(op)
+
+    async def get_user(self, user_id: str) -> User | None:
+        """The user, or None."""
+
+        def op(c: sqlite3.Connection) -> User | None:
+            row = c.execute(
+                "SELECT id, display_name, kind FROM users WHERE id = ?", (user_id,)
+            ).fetchone()
+            return User(*row) if row else None
+
+        return await self._read(op)
+
+    async def issue_token(self, user_id: str, label: str = "") -> IssuedToken:
+        """Issue a token; only its sha256 digest is stored."""
+        token = secrets.token_urlsafe(32)
+        token_id = secrets.token_hex(8)
+
+        def op(c: sqlite3.Connection) -> IssuedToken:
+            if c.execute("SELECT 1 FROM users WHERE id = ?", (user_id,)).fetchone() is None:
+                raise UnknownUser(user_id)
+            c.execute(
+                "INSERT INTO tokens VALUES (?, ?, ?, ?, ?)",
+                (token_id, user_id, _digest(token), label, time.time()),
+            )
+            return IssuedToken(token_id, user_id, token)
+
+        return await self._write(op)
+
+    async def revoke_token(self, token_id: str) -> bool:
+        """Delete one token."""
+
+        def op(c: sqlite3.Connection) -> bool:
+            return c.execute("DELETE FROM tokens WHERE token_id = ?", (token_id,)).rowcount > 0
+
+        return await self._write(op)
+
+    async def authenticate(self, token: str) -> User | None:
+        """Look the token up by digest."""
+        digest = _digest(token)
+
+        def op(c: sqlite3.Connection) -> User | None:
+            row = c.execute(
+                "SELECT u.id, u.display_name, u.kind FROM tokens t JOIN users u "
+                "ON u.id = t.user_id WHERE t.digest = ?",
+                (digest,),
+            ).fetchone()
+            return User(*row) if row else None
+
+        return await self._read(op)
+
+    # rooms and members -------------------------------------------------------------------------
+
+    async def put_room(
+        self, room_id: str, retention: Retention | None = None, open: bool = True
+    ) -> Room:
+        """Create a room or update its settings."""
+
+        retention = retention or Retention()
+
+        def op(c: sqlite3.Connection) -> Room:
+            c.execute(
+                "INSERT INTO rooms VALUES (?, ?, ?, ?, ?, 0, 0) ON CONFLICT(id) DO UPDATE SET "
+                "keep_all = excluded.keep_all, keep_seconds = excluded.keep_seconds, "
+                "keep_last = excluded.keep_last, open = excluded.open",
+                (
+                    room_id,
+                    int(retention.keep_all),
+                    retention.keep_seconds,
+                    retention.keep_last,
+                    int(open),
+                ),
+            )
+            return _room(c.execute("SELECT * FROM rooms WHERE id = ?", (room_id,)).fetchone())
+
+        return await self._write(op)
+
+    async def get_room(self, room_id: str) -> Room | None:
+        """The room, or None."""
+
+        def op(c: sqlite3.Connection) -> Room | None:
+            row = c.execute("SELECT * FROM rooms WHERE id = ?", (room_id,)).fetchone()
+            return _room(row) if row else None
+
+        return await self._read(op)
+
+    async def list_rooms(self) -> list[Room]:
+        """Every room, by id."""
+        rows = await self._read(lambda c: c.execute("SELECT * FROM rooms ORDER BY id").fetchall())
+        return [_room(r) for r in rows]
+
+    async def join(self, room_id: str, user_id: str, cursor: int | None = None) -> Member:
+        """Add a member (idempotent)."""
+
+        def op(c: sqlite3.Connection) -> Member:
+            head = _head(c, room_id)
+            if c.execute("SELECT 1 FROM users WHERE id = ?", (user_id,)).fetchone() is None:
+                raise UnknownUser(user_id)
+            start = head if cursor is None else max(0, min(cursor, head))
+            c.execute(
+                "INSERT OR IGNORE INTO members VALUES (?, ?, ?, ?)",
+                (room_id, user_id, start, time.time()),
+            )
+            row = c.execute(
+                "SELECT room, user, cursor, joined_at FROM members WHERE room = ? AND user = ?",
+                (room_id, user_id),
+            ).fetchone()
+            return Member(*row)
+
+        return await self._write(op)
+
+    async def leave(self, room_id: str, user_id: str) -> bool:
+        """End a membership."""
+
+        def op(c: sqlite3.Connection) -> bool:
+            sql = "DELETE FROM members WHERE room = ? AND user = ?"
+            return c.execute(sql, (room_id, user_id)).rowcount > 0
+
+        return await self._write(op)
+
+    async def members(self, room_id: str) -> list[Member]:
+        """The room's members."""
+
+        def op(c: sqlite3.Connection) -> list[Member]:
+            _head(c, room_id)
+            sql = "SELECT room, user, cursor, joined_at FROM members WHERE room = ? ORDER BY user"
+            return [Member(*r) for r in c.execute(sql, (room_id,))]
+
+        return await self._read(op)
+
+    async def membership(self, user_id: str) -> list[Member]:
+        """The user's memberships."""
+        sql = "SELECT room, user, cursor, joined_at FROM members WHERE user = ? ORDER BY room"
+        rows = await self._read(lambda c: c.execute(sql, (user_id,)).fetchall())
+        return [Member(*r) for r in rows]
+
+    # the log -----------------------------------------------------------------------------------
+
+    async def append(self, room_id: str, sender: str, key: str, body: str) -> Appended:
+        """Append durably (group-committed with concurrent appends)."""
+
+        def op(c: sqlite3.Connection) -> Appended:
+            known = c.execute(
+                "SELECT seq, sent_at FROM keys WHERE room = ? AND sender = ? AND key = ?",
+                (room_id, sender, key),
+            ).fetchone()
+            if known is not None:
+                return Appended(int(known[0]), float(known[1]), True)
+            head = _head(c, room_id)
+            if (
+                c.execute(
+                    "SELECT 1 FROM members WHERE room = ? AND user = ?", (room_id, sender)
+                ).fetchone()
+                is None
+            ):
+                raise NotMember(room_id, sender)
+            seq, now = head + 1, time.time()
+            c.execute(
+                "INSERT INTO messages VALUES (?, ?, ?, ?, ?, ?)",
+                (room_id, seq, sender, key, body, now),
+            )
+            c.execute("INSERT INTO keys VALUES (?, ?, ?, ?, ?)", (room_id, sender, key, seq, now))
+            c.execute("UPDATE rooms SET head = ? WHERE id = ?", (seq, room_id))
+            return Appended(seq, now, False)
+
+        return await self._write(op)
+
+    async def read(self, room_id: str, after: int, limit: int = 500) -> list[Message]:
+        """Retained messages after a seq."""
+
+        def op(c: sqlite3.Connection) -> list[Message]:
+            rows = c.execute(
+                "SELECT room, seq, sender, key, body, sent_at FROM messages "
+                "WHERE room = ? AND seq > ? ORDER BY seq LIMIT ?",
+                (room_id, after, limit),
+            ).fetchall()
+            if not rows:
+                _head(c, room_id)
+            return [Message(*r) for r in rows]
+
+        return await self._read(op)
+
+    async def ack(self, room_id: str, user_id: str, seq: int) -> int:
+        """Advance a member's cursor durably."""
+
+        def op(c: sqlite3.Connection) -> int:
+            head = _head(c, room_id)
+            row = c.execute(
+                "SELECT cursor FROM members WHERE room = ? AND user = ?", (room_id, user_id)
+            ).fetchone()
+            if row is None:
+                raise NotMember(room_id, user_id)
+            cursor = max(int(row[0]), min(seq, head))
+            if cursor != row[0]:
+                c.execute(
+                    "UPDATE members SET cursor = ? WHERE room = ? AND user = ?",
+                    (cursor, room_id, user_id),
+                )
+            return cursor
+
+        return await self._write(op)
+
+    async def compact(self, now: float | None = None) -> dict[str, int]:
+        """Delete acknowledged messages that retention no longer keeps."""
+        moment = time.time() if now is None else now
+        return await self._write(lambda c: _compact(c, moment))
+
+
+def _head(c: sqlite3.Connection, room_id: str) -> int:
+    row = c.execute("SELECT head FROM rooms WHERE id = ?", (room_id,)).fetchone()
+    if row is None:
+        raise UnknownRoom(room_id)
+    return int(row[0])
+
+
+def _compact(c: sqlite3.Connection, now: float) -> dict[str, int]:
+    deleted: dict[str, int] = {}
+    for row in c.execute("SELECT * FROM rooms WHERE keep_all = 0").fetchall():
+        room = _room(row)
+        acked = c.execute("SELECT min(cursor) FROM members WHERE room = ?", (room.id,)).fetchone()[
+            0
+        ]
+        acked = room.head if acked is None else int(acked)
+        limit = min(acked, room.head - room.retention.keep_last)
+        old = c.execute(
+            "SELECT max(seq) FROM messages WHERE room = ? AND seq <= ? AND sent_at <= ?",
+            (room.id, limit, now - room.retention.keep_seconds),
+        ).fetchone()[0]
+        if old is None or int(old) <= room.floor:
+            continue
+        # Deleting a prefix (seq <= old) keeps "floor" exact: everything at or below it is gone.
+        count = c.execute(
+            "DELETE FROM messages WHERE room = ? AND seq <= ?", (room.id, int(old))
+        ).rowcount
+        c.execute("UPDATE rooms SET floor = ? WHERE id = ?", (int(old), room.id))
+        deleted[room.id] = count
+    c.execute(
+        "DELETE FROM keys WHERE sent_at < ? AND seq <= (SELECT floor FROM rooms WHERE id = room)",
+        (now - KEY_GRACE_SECONDS,),
+    )
+    return deleted

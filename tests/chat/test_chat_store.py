@@ -1,0 +1,190 @@
+"""The store interface's promises, for every backend (see /work/coord/CHAT_STORE.md)."""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+from servicebay.chat.stores import (
+    ChatStore,
+    NotMember,
+    Retention,
+    UnknownRoom,
+    UnknownUser,
+)
+from servicebay.chat.stores.sqlite import SQLiteChatStore
+
+
+async def _room_with(store: ChatStore, *users: str, retention: Retention | None = None) -> None:
+    await store.put_room("r", retention or Retention())
+    for user in users:
+        await store.put_user(user)
+        await store.join("r", user)
+
+
+async def test_append_assigns_consecutive_seqs_in_order(chat_store: ChatStore) -> None:
+    """Seqs per room start at 1, grow by one, and read returns them ascending."""
+    await _room_with(chat_store, "ann")
+    seqs = [(await chat_store.append("r", "ann", f"k{i}", f"m{i}")).seq for i in range(5)]
+    assert seqs == [1, 2, 3, 4, 5]
+    got = await chat_store.read("r", after=2)
+    assert [(m.seq, m.body) for m in got] == [(3, "m2"), (4, "m3"), (5, "m4")]
+
+
+async def test_same_key_returns_same_seq_and_stores_once(chat_store: ChatStore) -> None:
+    """A resend with a known idempotency key gets the first seq and stores nothing."""
+    await _room_with(chat_store, "ann")
+    first = await chat_store.append("r", "ann", "k", "hello")
+    again = await chat_store.append("r", "ann", "k", "hello")
+    assert (first.seq, first.duplicate) == (1, False)
+    assert (again.seq, again.duplicate, again.sent_at) == (1, True, first.sent_at)
+    assert len(await chat_store.read("r", 0)) == 1
+    assert (await chat_store.get_room("r")).head == 1  # type: ignore[union-attr]
+
+
+async def test_concurrent_appends_get_distinct_consecutive_seqs(chat_store: ChatStore) -> None:
+    """Many concurrent senders: every append gets its own seq, none lost, none doubled."""
+    await _room_with(chat_store, "ann", "bob")
+    results = await asyncio.gather(
+        *(chat_store.append("r", ("ann", "bob")[i % 2], f"k{i}", str(i)) for i in range(300))
+    )
+    assert sorted(r.seq for r in results) == list(range(1, 301))
+    stored = await chat_store.read("r", 0, limit=1000)
+    assert [m.seq for m in stored] == list(range(1, 301))
+
+
+async def test_sqlite_group_commits_concurrent_appends(tmp_path: Path) -> None:
+    """Concurrent appends share transactions: fewer commits than messages."""
+    store = SQLiteChatStore(tmp_path / "g.db")
+    await store.open()
+    try:
+        await _room_with(store, "ann")
+        before = store.batches
+        await asyncio.gather(*(store.append("r", "ann", f"k{i}", "x") for i in range(200)))
+        assert store.batches - before < 100
+    finally:
+        await store.close()
+
+
+async def test_appended_messages_survive_reopen(tmp_path: Path) -> None:
+    """What append acknowledged is there after the store is closed and opened again."""
+    store = SQLiteChatStore(tmp_path / "d.db")
+    await store.open()
+    await _room_with(store, "ann")
+    await store.append("r", "ann", "k1", "one")
+    await store.ack("r", "ann", 1)
+    await store.close()
+    again = SQLiteChatStore(tmp_path / "d.db")
+    await again.open()
+    try:
+        assert [m.body for m in await again.read("r", 0)] == ["one"]
+        assert (await again.members("r"))[0].cursor == 1
+        assert (await again.append("r", "ann", "k1", "one")).duplicate
+    finally:
+        await again.close()
+
+
+async def test_unknown_room_and_non_member_store_nothing(chat_store: ChatStore) -> None:
+    """Appending to an unknown room or as a non-member raises and stores nothing."""
+    await _room_with(chat_store, "ann")
+    await chat_store.put_user("eve")
+    with pytest.raises(UnknownRoom):
+        await chat_store.append("nope", "ann", "k", "x")
+    with pytest.raises(NotMember):
+        await chat_store.append("r", "eve", "k", "x")
+    with pytest.raises(UnknownUser):
+        await chat_store.join("r", "ghost")
+    assert await chat_store.read("r", 0) == []
+
+
+async def test_failing_write_does_not_undo_its_batch_neighbours(chat_store: ChatStore) -> None:
+    """A refused append in the same group commit leaves the others stored."""
+    await _room_with(chat_store, "ann")
+    outcomes = await asyncio.gather(
+        chat_store.append("r", "ann", "a", "1"),
+        chat_store.append("r", "ghost", "b", "2"),
+        chat_store.append("r", "ann", "c", "3"),
+        return_exceptions=True,
+    )
+    assert isinstance(outcomes[1], NotMember)
+    assert [m.body for m in await chat_store.read("r", 0)] == ["1", "3"]
+
+
+async def test_ack_moves_cursor_forward_only_and_not_past_head(chat_store: ChatStore) -> None:
+    """Acks are cumulative: never backwards, never beyond the newest message."""
+    await _room_with(chat_store, "ann")
+    for i in range(3):
+        await chat_store.append("r", "ann", f"k{i}", "x")
+    assert await chat_store.ack("r", "ann", 2) == 2
+    assert await chat_store.ack("r", "ann", 1) == 2
+    assert await chat_store.ack("r", "ann", 99) == 3
+
+
+async def test_newcomer_cursor_starts_at_head(chat_store: ChatStore) -> None:
+    """A member joining later starts at the head, yet may read retained history."""
+    await _room_with(chat_store, "ann")
+    await chat_store.append("r", "ann", "k", "before")
+    await chat_store.put_user("bob")
+    bob = await chat_store.join("r", "bob")
+    assert bob.cursor == 1
+    assert [m.body for m in await chat_store.read("r", 0)] == ["before"]
+
+
+async def test_retention_waits_for_every_member(chat_store: ChatStore) -> None:
+    """Nothing is deleted while one member has not acknowledged it; then it goes."""
+    await _room_with(chat_store, "ann", "bob", retention=Retention(keep_seconds=0, keep_last=0))
+    for i in range(4):
+        await chat_store.append("r", "ann", f"k{i}", str(i))
+    await chat_store.ack("r", "ann", 4)
+    await chat_store.ack("r", "bob", 2)
+    assert await chat_store.compact() == {"r": 2}
+    assert [m.seq for m in await chat_store.read("r", 0)] == [3, 4]
+    assert (await chat_store.get_room("r")).floor == 2  # type: ignore[union-attr]
+    assert await chat_store.compact() == {}
+    await chat_store.ack("r", "bob", 4)
+    assert await chat_store.compact() == {"r": 2}
+    assert await chat_store.read("r", 0) == []
+    # Keys outlive their messages: a late resend is still recognised.
+    assert (await chat_store.append("r", "ann", "k0", "0")).seq == 1
+
+
+async def test_retention_keeps_history_when_asked(chat_store: ChatStore) -> None:
+    """keep_all, keep_last and keep_seconds each hold back deletion of acknowledged messages."""
+    await chat_store.put_user("ann")
+    for name, retention in {
+        "all": Retention(keep_all=True, keep_seconds=0, keep_last=0),
+        "last": Retention(keep_seconds=0, keep_last=2),
+        "young": Retention(keep_seconds=3600, keep_last=0),
+    }.items():
+        await chat_store.put_room(name, retention)
+        await chat_store.join(name, "ann")
+        for i in range(5):
+            await chat_store.append(name, "ann", f"k{i}", "x")
+        await chat_store.ack(name, "ann", 5)
+    assert await chat_store.compact() == {"last": 3}
+    assert [m.seq for m in await chat_store.read("last", 0)] == [4, 5]
+    assert len(await chat_store.read("all", 0)) == 5
+    assert len(await chat_store.read("young", 0)) == 5
+
+
+async def test_tokens_authenticate_and_are_not_stored_in_clear(tmp_path: Path) -> None:
+    """A token authenticates its user, a revoked one does not; the file holds no clear token."""
+    store = SQLiteChatStore(tmp_path / "t.db")
+    await store.open()
+    try:
+        await store.put_user("ann", "Ann")
+        issued = await store.issue_token("ann", "web")
+        kept = await store.issue_token("ann", "app")
+        assert (await store.authenticate(issued.token)).id == "ann"  # type: ignore[union-attr]
+        assert await store.authenticate("wrong") is None
+        assert await store.revoke_token(issued.token_id)
+        assert await store.authenticate(issued.token) is None
+    finally:
+        await store.close()
+    with sqlite3.connect(tmp_path / "t.db") as conn:
+        dump = "\n".join(conn.iterdump())
+    assert kept.token not in dump
+    assert "ann" in dump
