@@ -1,1 +1,0 @@
-"""The self-test behind ``bay broker check``: drives any broker through ``servicebay.client``."""
