@@ -1,0 +1,102 @@
+"""Encryption at rest of the store's sensitive JSON fields (parameters, credentials, requests).
+
+The store hands every sensitive field to a `FieldCipher` before writing and after reading, so the
+database only ever holds Fernet tokens (AES-128-CBC + HMAC-SHA256, from ``cryptography``). Where
+the key comes from, in order: the configured key (``BrokerSettings.key``), the
+``SERVICEBAY_BROKER_KEY`` environment variable, and for a SQLite file a key file
+``servicebay-broker.key`` created with mode 0600 next to the database. A shared PostgreSQL store
+has no such "next to", so it requires an explicit key. Several comma-separated keys may be given:
+the first encrypts, all decrypt, which is how a key is rotated.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from cryptography.fernet import Fernet, InvalidToken, MultiFernet
+
+from servicebay.broker._store import StoreError
+
+__all__ = ["KEY_ENV", "KEY_FILE_NAME", "EncryptionKeyError", "FieldCipher", "load_or_create_key"]
+
+KEY_ENV = "SERVICEBAY_BROKER_KEY"
+KEY_FILE_NAME = "servicebay-broker.key"
+
+
+class EncryptionKeyError(StoreError):
+    """No usable key: none configured where one is required, malformed, or not the store's key."""
+
+
+class FieldCipher:
+    """Encrypts JSON values to Fernet tokens (str) and back."""
+
+    def __init__(self, key: str) -> None:
+        try:
+            fernets = [Fernet(part.strip().encode()) for part in key.split(",") if part.strip()]
+        except (ValueError, TypeError) as exc:
+            # Never echo the key itself: the message says what is wrong, not what was given.
+            raise EncryptionKeyError(
+                "the broker's encryption key is not a valid Fernet key "
+                "(32 url-safe base64-encoded bytes; create one with "
+                '`python -c "from cryptography.fernet import Fernet; '
+                'print(Fernet.generate_key().decode())"`)'
+            ) from exc
+        if not fernets:
+            raise EncryptionKeyError("the broker's encryption key is empty")
+        self._fernet = MultiFernet(fernets)
+
+    def encrypt(self, value: Any) -> str:
+        """The Fernet token of ``value`` serialised as compact JSON."""
+        data = json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode()
+        return self._fernet.encrypt(data).decode("ascii")
+
+    def decrypt(self, token: str) -> Any:
+        """The JSON value inside ``token``; EncryptionKeyError if it was sealed with another key."""
+        try:
+            data = self._fernet.decrypt(token.encode("ascii"))
+        except InvalidToken as exc:
+            raise EncryptionKeyError(
+                "cannot decrypt the broker's stored records: the store was written with a "
+                f"different key (set {KEY_ENV} or BrokerSettings.key to the key it was "
+                "created with)"
+            ) from exc
+        return json.loads(data)
+
+
+def load_or_create_key(key_file: Path) -> str:
+    """The key stored in ``key_file``, creating the file (mode 0600) with a new key if absent.
+
+    Safe when several broker processes start at once on one database: the file appears
+    atomically with its content (written aside, then hard-linked into place), and whoever
+    loses the race reads the winner's key.
+    """
+    try:
+        return _read_key_file(key_file)
+    except FileNotFoundError:
+        pass
+    key_file.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(prefix=".servicebay-key-", dir=key_file.parent)
+    try:
+        with os.fdopen(fd, "wb") as tmp:
+            os.fchmod(tmp.fileno(), 0o600)
+            tmp.write(Fernet.generate_key() + b"\n")
+            tmp.flush()
+            os.fsync(tmp.fileno())
+        # link() refuses to replace an existing file: another process's key wins the race.
+        with contextlib.suppress(FileExistsError):
+            os.link(tmp_name, key_file)
+    finally:
+        os.unlink(tmp_name)
+    return _read_key_file(key_file)
+
+
+def _read_key_file(key_file: Path) -> str:
+    key = key_file.read_text(encoding="ascii").strip()
+    if not key:
+        raise EncryptionKeyError(f"the key file {key_file} is empty")
+    return key

@@ -1,0 +1,327 @@
+"""The broker store keeps instances, bindings and operations, on SQLite and on PostgreSQL."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import psycopg
+import pytest
+from cryptography.fernet import Fernet
+from sqlalchemy.engine import make_url
+
+from servicebay.broker._store import (
+    BindingRecord,
+    InstanceRecord,
+    OperationRecord,
+    Store,
+    StoreError,
+    open_store,
+)
+
+
+@pytest.fixture(scope="session")
+def store_pg_database(postgres_url: str) -> Iterator[str]:
+    """A fresh PostgreSQL database for this test session, dropped afterwards."""
+    name = f"sb_store_{uuid.uuid4().hex[:8]}"
+    with psycopg.connect(postgres_url, autocommit=True) as admin:
+        admin.execute(f'CREATE DATABASE "{name}"')
+    try:
+        yield make_url(postgres_url).set(database=name).render_as_string(hide_password=False)
+    finally:
+        with psycopg.connect(postgres_url, autocommit=True) as admin:
+            admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture(scope="session")
+def store_pg_key() -> str:
+    """The Fernet key of the session's PostgreSQL store."""
+    return Fernet.generate_key().decode()
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def store_target(request: pytest.FixtureRequest, tmp_path: Path) -> tuple[str, str | None]:
+    """(database URL, key) of a store on each backend."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'broker.db'}", None
+    return (
+        request.getfixturevalue("store_pg_database"),
+        request.getfixturevalue("store_pg_key"),
+    )
+
+
+@pytest.fixture
+async def store(store_target: tuple[str, str | None]) -> AsyncIterator[Store]:
+    """An open store on each backend."""
+    url, key = store_target
+    opened = open_store(url, key)
+    await opened.open()
+    try:
+        yield opened
+    finally:
+        await opened.close()
+
+
+def _id() -> str:
+    return str(uuid.uuid4())
+
+
+def _instance(instance_id: str, **changes: object) -> InstanceRecord:
+    record = InstanceRecord(
+        instance_id=instance_id,
+        service_id="svc-1",
+        plan_id="plan-1",
+        state="provisioning",
+        request_fingerprint="fp-1",
+        parameters={"size": 3, "name": "été"},
+        context={"platform": "servicebay", "namespace": "dev"},
+        maintenance_info={"version": "2.0.0"},
+        dashboard_url="https://dash.example/x",
+        metadata={"labels": {"team": "a"}},
+    )
+    for name, value in changes.items():
+        setattr(record, name, value)
+    return record
+
+
+def _binding(instance_id: str, binding_id: str) -> BindingRecord:
+    return BindingRecord(
+        instance_id=instance_id,
+        binding_id=binding_id,
+        state="ready",
+        request_fingerprint="fp-b",
+        parameters={"role": "reader"},
+        response={"credentials": {"uri": "amqp://u:p@h/v", "password": "p"}},
+    )
+
+
+def _operation(
+    instance_id: str, binding_id: str | None = None, **changes: object
+) -> OperationRecord:
+    record = OperationRecord(
+        operation_id=_id(),
+        kind="provision",
+        instance_id=instance_id,
+        binding_id=binding_id,
+        request={"parameters": {"size": 3}},
+        deadline=datetime.now(UTC) + timedelta(minutes=5),
+    )
+    for name, value in changes.items():
+        setattr(record, name, value)
+    return record
+
+
+async def test_instance_round_trips_every_field(store: Store) -> None:
+    """What is written is read back unchanged, timestamps timezone-aware."""
+    record = _instance(_id())
+    assert await store.create_instance(record)
+    loaded = await store.get_instance(record.instance_id)
+    assert loaded == record
+    assert loaded is not None and loaded.created_at.tzinfo is not None
+
+
+async def test_create_instance_refuses_an_existing_id(store: Store) -> None:
+    """A second create for one id returns False and leaves the first record untouched."""
+    instance_id = _id()
+    assert await store.create_instance(_instance(instance_id))
+    assert not await store.create_instance(_instance(instance_id, plan_id="other"))
+    loaded = await store.get_instance(instance_id)
+    assert loaded is not None and loaded.plan_id == "plan-1"
+
+
+async def test_concurrent_creates_for_one_id_have_one_winner(store: Store) -> None:
+    """Racing creates (the idempotency guard) let exactly one request through."""
+    instance_id = _id()
+    results = await asyncio.gather(
+        *(store.create_instance(_instance(instance_id, plan_id=f"p{i}")) for i in range(8))
+    )
+    assert sorted(results) == [False] * 7 + [True]
+
+
+async def test_put_instance_updates_and_keeps_created_at(store: Store) -> None:
+    """An upsert replaces the fields, stamps updated_at and keeps the creation time."""
+    record = _instance(_id())
+    await store.put_instance(record)
+    first = await store.get_instance(record.instance_id)
+    assert first is not None
+    changed = _instance(
+        record.instance_id,
+        state="ready",
+        plan_id="plan-2",
+        parameters={"size": 5},
+        created_at=datetime.now(UTC) + timedelta(days=1),
+    )
+    await store.put_instance(changed)
+    loaded = await store.get_instance(record.instance_id)
+    assert loaded is not None
+    assert (loaded.state, loaded.plan_id, loaded.parameters) == ("ready", "plan-2", {"size": 5})
+    assert loaded.created_at == first.created_at
+    assert loaded.updated_at >= first.updated_at
+
+
+async def test_unknown_ids_read_as_none(store: Store) -> None:
+    """Getters answer None for ids never written."""
+    assert await store.get_instance(_id()) is None
+    assert await store.get_binding(_id(), _id()) is None
+    assert await store.get_operation(_id()) is None
+    assert await store.latest_operation(_id()) is None
+    assert await store.list_bindings(_id()) == []
+
+
+async def test_binding_keeps_its_response_verbatim(store: Store) -> None:
+    """A binding's full response, credentials included, comes back exactly as stored."""
+    instance_id, binding_id = _id(), _id()
+    record = _binding(instance_id, binding_id)
+    assert await store.create_binding(record)
+    assert not await store.create_binding(_binding(instance_id, binding_id))
+    assert await store.get_binding(instance_id, binding_id) == record
+
+
+async def test_list_and_delete_bindings(store: Store) -> None:
+    """Bindings are listed per instance, oldest first, and deleted one by one."""
+    instance_id = _id()
+    first, second = _binding(instance_id, "b-1"), _binding(instance_id, "b-2")
+    second.created_at = first.created_at + timedelta(seconds=1)
+    await store.put_binding(second)
+    await store.put_binding(first)
+    await store.put_binding(_binding(_id(), "b-1"))
+    assert [b.binding_id for b in await store.list_bindings(instance_id)] == ["b-1", "b-2"]
+    await store.delete_binding(instance_id, "b-1")
+    assert [b.binding_id for b in await store.list_bindings(instance_id)] == ["b-2"]
+
+
+async def test_delete_instance_removes_its_bindings_but_not_its_operations(store: Store) -> None:
+    """Deleting an instance forgets it and its bindings; last_operation still finds its ops."""
+    instance_id = _id()
+    await store.put_instance(_instance(instance_id))
+    await store.put_binding(_binding(instance_id, "b-1"))
+    op = _operation(instance_id, kind="deprovision", state="succeeded")
+    await store.create_operation(op)
+    await store.delete_instance(instance_id)
+    assert await store.get_instance(instance_id) is None
+    assert await store.list_bindings(instance_id) == []
+    assert await store.latest_operation(instance_id) == op
+
+
+async def test_operation_round_trips_and_updates(store: Store) -> None:
+    """An operation is created once, then its state and description are updated."""
+    op = _operation(_id())
+    await store.create_operation(op)
+    assert await store.get_operation(op.operation_id) == op
+    with pytest.raises(StoreError, match="already exists"):
+        await store.create_operation(op)
+    op.state, op.description = "failed", "disk full"
+    op.instance_usable, op.update_repeatable = True, False
+    await store.put_operation(op)
+    assert await store.get_operation(op.operation_id) == op
+
+
+async def test_latest_operation_separates_instance_and_binding(store: Store) -> None:
+    """latest_operation picks the newest op of the instance, or of one binding."""
+    instance_id = _id()
+    base = datetime.now(UTC)
+    older = _operation(instance_id, created_at=base)
+    newer = _operation(instance_id, kind="update", created_at=base + timedelta(seconds=1))
+    bind = _operation(instance_id, "b-1", kind="bind", created_at=base + timedelta(seconds=2))
+    for op in (newer, bind, older):
+        await store.create_operation(op)
+    assert await store.latest_operation(instance_id) == newer
+    assert await store.latest_operation(instance_id, "b-1") == bind
+    assert await store.latest_operation(instance_id, "b-2") is None
+
+
+async def test_unfinished_operations_lists_only_in_progress(store: Store) -> None:
+    """Only operations still in progress are handed out for resumption."""
+    instance_id = _id()
+    running = _operation(instance_id)
+    done = _operation(instance_id, state="succeeded")
+    await store.create_operation(running)
+    await store.create_operation(done)
+    ids = {op.operation_id for op in await store.unfinished_operations()}
+    assert running.operation_id in ids
+    assert done.operation_id not in ids
+
+
+async def test_claim_is_exclusive_until_the_heartbeat_goes_stale(store: Store) -> None:
+    """A live owner keeps its lease; a silent one loses it after stale_after seconds."""
+    op = _operation(_id())
+    await store.create_operation(op)
+    assert await store.claim_operation(op.operation_id, "worker-a", stale_after=60)
+    assert await store.claim_operation(op.operation_id, "worker-a", stale_after=60)
+    assert not await store.claim_operation(op.operation_id, "worker-b", stale_after=60)
+    assert await store.heartbeat(op.operation_id, "worker-a")
+    assert not await store.heartbeat(op.operation_id, "worker-b")
+    # With stale_after=0 the last heartbeat is already too old: worker-b takes over.
+    assert await store.claim_operation(op.operation_id, "worker-b", stale_after=0)
+    assert not await store.heartbeat(op.operation_id, "worker-a")
+    loaded = await store.get_operation(op.operation_id)
+    assert loaded is not None and loaded.owner == "worker-b"
+
+
+async def test_finished_operations_cannot_be_claimed(store: Store) -> None:
+    """A succeeded operation is never run again, nor is an unknown one."""
+    op = _operation(_id(), state="succeeded")
+    await store.create_operation(op)
+    assert not await store.claim_operation(op.operation_id, "worker-a", stale_after=0)
+    assert not await store.claim_operation(_id(), "worker-a", stale_after=0)
+
+
+async def test_racing_claims_from_two_processes_have_one_winner(
+    store_target: tuple[str, str | None],
+) -> None:
+    """Two stores on one database (as two broker processes) never both hold one operation."""
+    url, key = store_target
+    first, second = open_store(url, key), open_store(url, key)
+    await first.open()
+    await second.open()
+    try:
+        ops = [_operation(_id()) for _ in range(10)]
+        for op in ops:
+            await first.create_operation(op)
+        for op in ops:
+            won = await asyncio.gather(
+                first.claim_operation(op.operation_id, "proc-1", stale_after=60),
+                second.claim_operation(op.operation_id, "proc-2", stale_after=60),
+                first.claim_operation(op.operation_id, "proc-3", stale_after=60),
+            )
+            assert sum(won) == 1
+    finally:
+        await first.close()
+        await second.close()
+
+
+async def test_store_survives_close_and_reopen(store_target: tuple[str, str | None]) -> None:
+    """Records written before a restart are there after it (durability, same key)."""
+    url, key = store_target
+    instance_id = _id()
+    before = open_store(url, key)
+    await before.open()
+    await before.put_instance(_instance(instance_id))
+    await before.close()
+    after = open_store(url, key)
+    await after.open()
+    try:
+        loaded = await after.get_instance(instance_id)
+        assert loaded is not None and loaded.parameters == {"size": 3, "name": "été"}
+    finally:
+        await after.close()
+
+
+async def test_store_used_before_open_says_so(tmp_path: Path) -> None:
+    """Calling the store before open() is a clear error, not an AttributeError."""
+    store = open_store(f"sqlite:///{tmp_path / 'b.db'}")
+    with pytest.raises(StoreError, match="not open"):
+        await store.get_instance("x")
+
+
+@pytest.mark.parametrize(
+    "url",
+    ["mysql://root@localhost/db", "not a url", "redis://localhost"],
+)
+def test_unsupported_database_urls_are_refused(url: str) -> None:
+    """Only SQLite and PostgreSQL URLs are accepted, with a message naming both."""
+    with pytest.raises(StoreError, match=r"sqlite:///.*postgresql://"):
+        open_store(url, Fernet.generate_key().decode())
