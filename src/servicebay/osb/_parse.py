@@ -33,6 +33,16 @@ _MESSAGES = {
 }
 
 
+# pydantic's phrasing, reworded to read like the rest of our messages.
+_REWORDING = (
+    ("input should be greater than or equal to", "must be >="),
+    ("input should be less than or equal to", "must be <="),
+    ("input should be", "must be"),
+    ("string should have", "must have"),
+    ("list should have", "must have"),
+)
+
+
 def parse(model: type[M], data: Any) -> M:
     """Validate ``data`` (bytes, str or decoded JSON) as ``model``; raise ``BadRequest`` if not."""
     if isinstance(data, (bytes, bytearray, str)):
@@ -51,7 +61,7 @@ def parse(model: type[M], data: Any) -> M:
 
 
 def describe_validation_error(exc: ValidationError, *, prefix: str = "") -> str:
-    """One readable line per problem: ``field.path: what is wrong``; values are never echoed."""
+    """One readable line per problem: ``field.path: what is wrong`` (the input is not echoed)."""
     lines: list[str] = []
     for error in exc.errors(include_url=False, include_input=False):
         where = _location(error["loc"], prefix)
@@ -60,6 +70,8 @@ def describe_validation_error(exc: ValidationError, *, prefix: str = "") -> str:
             message = str(error["msg"])
             message = message.removeprefix("Value error, ")
             message = message[:1].lower() + message[1:]
+            for before, after in _REWORDING:
+                message = message.replace(before, after)
         line = f"{where}: {message}" if where else message
         if line not in lines:
             lines.append(line)

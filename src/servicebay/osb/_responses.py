@@ -8,10 +8,11 @@ meant; a 200 update answers ``{}``.
 from __future__ import annotations
 
 import re
+from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any, Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 
 from servicebay.osb._catalog import MaintenanceInfo
 from servicebay.osb._wire import Bool, Id, Str, WireModel
@@ -100,6 +101,45 @@ class BindingMetadata(WireModel):
 
     expires_at: Str | None = None
     renew_before: Str | None = None
+
+    @field_validator("expires_at", "renew_before")
+    @classmethod
+    def _is_iso_8601(cls, value: str | None) -> str | None:
+        if value is not None:
+            _timestamp(value)
+        return value
+
+    @model_validator(mode="after")
+    def _renew_before_expiry(self) -> BindingMetadata:
+        # spec: renew_before "MUST be before or equal to the expires_at timestamp".
+        late = (
+            self.expires_at is not None
+            and self.renew_before is not None
+            and _timestamp(self.renew_before) > _timestamp(self.expires_at)
+        )
+        if late:
+            raise ValueError("renew_before must not be later than expires_at")
+        return self
+
+    @property
+    def expires_at_datetime(self) -> datetime | None:
+        """``expires_at`` as an aware datetime (UTC when the text says ``Z``)."""
+        return _timestamp(self.expires_at) if self.expires_at else None
+
+    @property
+    def renew_before_datetime(self) -> datetime | None:
+        """``renew_before`` as an aware datetime."""
+        return _timestamp(self.renew_before) if self.renew_before else None
+
+
+def _timestamp(text: str) -> datetime:
+    try:
+        moment = datetime.fromisoformat(text)
+    except ValueError:
+        raise ValueError(
+            f"must be an ISO 8601 timestamp like 2019-12-31T23:59:59.0Z ({text!r})"
+        ) from None
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
 
 
 class VolumeDevice(WireModel):
