@@ -1,0 +1,386 @@
+"""The chat HTTP API for bound apps (and for administration), with its OpenAPI document.
+
+Where it sits: routes mounted by ``server.create_app`` next to the WebSocket. Apps authenticate
+with ``Authorization: Bearer <token>`` (a user token; the chat broker issues one per binding);
+administration (users, tokens, rooms, members) uses the server's admin token. Errors are
+``{"error": code, "message": text}``; ``_error_response`` is the one place that maps them.
+
+Errors::
+
+    ApiError(status, code, message)
+    ChatStoreError  → UnknownRoom/UnknownUser 404, NotMember 403, StoreUnavailable 503
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import secrets
+from collections.abc import Awaitable, Callable
+from typing import Annotated, Any, TypeVar
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import BaseRoute, Route
+
+from servicebay.chat.openapi import OPENAPI
+from servicebay.chat.protocol import MAX_BODY_CHARS, MAX_FRAME_BYTES, MAX_KEY_CHARS, NAME_PATTERN
+from servicebay.chat.service import ChatService
+from servicebay.chat.stores import (
+    ChatStoreError,
+    Member,
+    NotMember,
+    Retention,
+    Room,
+    StoreUnavailable,
+    User,
+)
+
+MAX_WAIT = 30.0
+M = TypeVar("M", bound=BaseModel)
+Handler = Callable[[Request], Awaitable[Response]]
+
+
+class ApiError(Exception):
+    """A refused request with its HTTP status and error code."""
+
+    def __init__(self, status: int, code: str, message: str) -> None:
+        super().__init__(message)
+        self.status, self.code, self.message = status, code, message
+
+
+_STORE_STATUS = {"unknown_room": 404, "unknown_user": 404, "not_member": 403, "unavailable": 503}
+
+
+def _error_response(exc: Exception, service: ChatService) -> JSONResponse:
+    if isinstance(exc, ApiError):
+        status, code, message = exc.status, exc.code, exc.message
+    elif isinstance(exc, ChatStoreError):
+        status, code, message = _STORE_STATUS.get(exc.code, 500), exc.code, str(exc)
+    else:
+        raise exc
+    service.metrics.errors.labels(code).inc()
+    return JSONResponse({"error": code, "message": message}, status_code=status)
+
+
+class _Body(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+Name = Annotated[str, Field(pattern=NAME_PATTERN)]
+
+
+class PostMessage(_Body):
+    """Body of POST /rooms/{room}/messages."""
+
+    key: Annotated[str, Field(min_length=1, max_length=MAX_KEY_CHARS)]
+    body: Annotated[str, Field(max_length=MAX_BODY_CHARS)]
+
+
+class AckBody(_Body):
+    """Body of POST /rooms/{room}/ack."""
+
+    seq: Annotated[int, Field(ge=0)]
+
+
+class NewUser(_Body):
+    """Body of POST /users and POST /signup."""
+
+    id: Name
+    display_name: Annotated[str, Field(max_length=128)] = ""
+    kind: Annotated[str, Field(pattern="^(person|app)$")] = "person"
+
+
+class NewToken(_Body):
+    """Body of POST /users/{user}/tokens."""
+
+    label: Annotated[str, Field(max_length=128)] = ""
+
+
+class RoomSettings(_Body):
+    """Body of PUT /rooms/{room}."""
+
+    open: bool = True
+    keep_all: bool = False
+    keep_seconds: Annotated[float, Field(ge=0)] = 86400.0
+    keep_last: Annotated[int, Field(ge=0)] = 100
+
+
+async def _parse(request: Request, model: type[M]) -> M:
+    raw = await request.body()
+    if len(raw) > MAX_FRAME_BYTES:
+        raise ApiError(413, "too_large", f"body exceeds {MAX_FRAME_BYTES} bytes")
+    try:
+        return model.model_validate(json.loads(raw or b"{}"))
+    except ValueError as exc:
+        too_long = isinstance(exc, ValidationError) and any(
+            p["type"] == "string_too_long" and p["loc"] == ("body",) for p in exc.errors()
+        )
+        if too_long:
+            raise ApiError(413, "too_large", f"body exceeds {MAX_BODY_CHARS} characters") from None
+        raise ApiError(400, "bad_request", _describe(exc)) from None
+
+
+def _describe(exc: ValueError) -> str:
+    if isinstance(exc, ValidationError):
+        return "; ".join(
+            f"{'.'.join(str(p) for p in e['loc']) or 'body'}: {e['msg']}" for e in exc.errors()[:3]
+        )
+    return f"not JSON: {exc}"
+
+
+def _bearer(request: Request) -> str:
+    scheme, _, token = request.headers.get("authorization", "").partition(" ")
+    if scheme.lower() != "bearer" or not token:
+        raise ApiError(401, "unauthorized", "send Authorization: Bearer <token>")
+    return token
+
+
+async def _user(request: Request) -> User:
+    user = await _service(request).store.authenticate(_bearer(request))
+    if user is None:
+        raise ApiError(401, "unauthorized", "unknown or revoked token")
+    return user
+
+
+def _admin(request: Request) -> None:
+    if not secrets.compare_digest(_bearer(request), request.app.state.admin_token):
+        raise ApiError(401, "unauthorized", "this call needs the admin token")
+
+
+def _service(request: Request) -> ChatService:
+    service: ChatService = request.app.state.service
+    return service
+
+
+def _int_param(request: Request, name: str, default: int | None) -> int | None:
+    raw = request.query_params.get(name)
+    if raw is None:
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ApiError(400, "bad_request", f"{name} must be an integer") from None
+    if value < 0:
+        raise ApiError(400, "bad_request", f"{name} must be >= 0")
+    return value
+
+
+def _room(room: Room) -> dict[str, Any]:
+    r = room.retention
+    return {
+        "id": room.id,
+        "open": room.open,
+        "head": room.head,
+        "floor": room.floor,
+        "retention": {
+            "keep_all": r.keep_all,
+            "keep_seconds": r.keep_seconds,
+            "keep_last": r.keep_last,
+        },
+    }
+
+
+def _member(m: Member) -> dict[str, Any]:
+    return {"room": m.room, "user": m.user, "cursor": m.cursor}
+
+
+# app endpoints ---------------------------------------------------------------------------------
+
+
+async def me(request: Request) -> Response:
+    """GET /api/v1/me: the caller and their memberships."""
+    user = await _user(request)
+    members = await _service(request).store.membership(user.id)
+    return JSONResponse(
+        {
+            "id": user.id,
+            "display_name": user.display_name,
+            "kind": user.kind,
+            "rooms": [_member(m) for m in members],
+        }
+    )
+
+
+async def list_rooms(request: Request) -> Response:
+    """GET /api/v1/rooms: every room (any valid token)."""
+    await _user(request)
+    rooms = await _service(request).store.list_rooms()
+    return JSONResponse({"rooms": [_room(r) for r in rooms]})
+
+
+async def post_message(request: Request) -> Response:
+    """POST /api/v1/rooms/{room}/messages: 201 with the seq once durable; 200 for a known key."""
+    user = await _user(request)
+    body = await _parse(request, PostMessage)
+    room = request.path_params["room"]
+    appended = await _service(request).send(room, user, body.key, body.body)
+    payload = {"room": room, "seq": appended.seq, "ts": appended.sent_at}
+    payload["duplicate"] = appended.duplicate
+    return JSONResponse(payload, status_code=200 if appended.duplicate else 201)
+
+
+async def read_messages(request: Request) -> Response:
+    """GET /api/v1/rooms/{room}/messages?after=&limit=&wait=: messages after a seq (long-poll)."""
+    user = await _user(request)
+    service = _service(request)
+    room = request.path_params["room"]
+    cursor = await service.ensure_member(room, user)
+    after = _int_param(request, "after", cursor)
+    limit = min(_int_param(request, "limit", 100) or 100, 1000)
+    wait = min(float(_int_param(request, "wait", 0) or 0), MAX_WAIT)
+    hub = await service.hub(room)
+    assert after is not None
+    if hub.head <= after and wait > 0:
+        # A long-poll that ends empty is a normal answer; the client asks again.
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(hub.wait_beyond(after), timeout=wait)
+    entries = await service.fetch(hub, after, limit)
+    if entries:
+        service.count_delivery(hub, user.id, entries)
+    messages = [json.loads(e.text) for e in entries]
+    for m in messages:
+        del m["type"]
+    return JSONResponse({"room": room, "messages": messages, "head": hub.head})
+
+
+async def ack(request: Request) -> Response:
+    """POST /api/v1/rooms/{room}/ack: advance the caller's durable cursor."""
+    user = await _user(request)
+    body = await _parse(request, AckBody)
+    service = _service(request)
+    hub = await service.hub(request.path_params["room"])
+    if user.id not in hub.cursors:
+        raise NotMember(hub.room, user.id)
+    cursor = await service.ack(hub, user.id, body.seq)
+    return JSONResponse({"room": hub.room, "cursor": cursor})
+
+
+async def signup(request: Request) -> Response:
+    """POST /api/v1/signup: a new person with a token (when the server allows sign-up)."""
+    if not request.app.state.settings.signup:
+        raise ApiError(403, "forbidden", "sign-up is disabled on this server")
+    body = await _parse(request, NewUser)
+    store = _service(request).store
+    if await store.get_user(body.id) is not None:
+        raise ApiError(409, "conflict", f"user {body.id!r} exists")
+    await store.put_user(body.id, body.display_name, "person")
+    issued = await store.issue_token(body.id, "signup")
+    return JSONResponse({"user": body.id, "token": issued.token}, status_code=201)
+
+
+# administration --------------------------------------------------------------------------------
+
+
+async def create_user(request: Request) -> Response:
+    """POST /api/v1/users (admin): create or update a user."""
+    _admin(request)
+    body = await _parse(request, NewUser)
+    user = await _service(request).store.put_user(body.id, body.display_name, body.kind)
+    return JSONResponse(
+        {"id": user.id, "display_name": user.display_name, "kind": user.kind}, status_code=201
+    )
+
+
+async def issue_token(request: Request) -> Response:
+    """POST /api/v1/users/{user}/tokens (admin): a new token, shown once."""
+    _admin(request)
+    body = await _parse(request, NewToken)
+    issued = await _service(request).store.issue_token(request.path_params["user"], body.label)
+    return JSONResponse(
+        {"token_id": issued.token_id, "user": issued.user_id, "token": issued.token},
+        status_code=201,
+    )
+
+
+async def revoke_token(request: Request) -> Response:
+    """DELETE /api/v1/tokens/{token_id} (admin): revoke exactly that token."""
+    _admin(request)
+    if not await _service(request).store.revoke_token(request.path_params["token_id"]):
+        raise ApiError(404, "unknown_token", "no such token")
+    return Response(status_code=204)
+
+
+async def put_room(request: Request) -> Response:
+    """PUT /api/v1/rooms/{room} (admin): create a room or change its settings."""
+    _admin(request)
+    body = await _parse(request, RoomSettings)
+    room_id = request.path_params["room"]
+    if not _valid_name(room_id):
+        raise ApiError(400, "bad_request", f"room names match {NAME_PATTERN}")
+    retention = Retention(body.keep_all, body.keep_seconds, body.keep_last)
+    room = await _service(request).store.put_room(room_id, retention, body.open)
+    return JSONResponse(_room(room))
+
+
+async def put_member(request: Request) -> Response:
+    """PUT /api/v1/rooms/{room}/members/{user}: join ("me", open rooms) or add (admin)."""
+    service = _service(request)
+    room, who = request.path_params["room"], request.path_params["user"]
+    if who == "me":
+        user = await _user(request)
+        cursor = await service.ensure_member(room, user)
+        return JSONResponse({"room": room, "user": user.id, "cursor": cursor})
+    _admin(request)
+    return JSONResponse(_member(await service.join(room, who)))
+
+
+async def delete_member(request: Request) -> Response:
+    """DELETE /api/v1/rooms/{room}/members/{user} (admin, or "me")."""
+    service = _service(request)
+    room, who = request.path_params["room"], request.path_params["user"]
+    if who == "me":
+        user = await _user(request)
+    else:
+        _admin(request)
+        user = User(who, who)
+    if not await service.leave(room, user):
+        raise ApiError(404, "not_member", f"{user.id!r} is not a member of {room!r}")
+    return Response(status_code=204)
+
+
+async def openapi(request: Request) -> Response:
+    """GET /api/v1/openapi.json."""
+    return JSONResponse(OPENAPI)
+
+
+def _valid_name(name: str) -> bool:
+    import re
+
+    return re.fullmatch(NAME_PATTERN, name) is not None
+
+
+def _guarded(handler: Handler) -> Handler:
+    async def run(request: Request) -> Response:
+        try:
+            return await handler(request)
+        except (ApiError, ChatStoreError) as exc:
+            return _error_response(exc, _service(request))
+
+    run.__doc__ = handler.__doc__
+    return run
+
+
+def routes() -> list[BaseRoute]:
+    """The API's route table (every handler's errors mapped in one place)."""
+    table: list[tuple[str, Handler, list[str]]] = [
+        ("/api/v1/openapi.json", openapi, ["GET"]),
+        ("/api/v1/me", me, ["GET"]),
+        ("/api/v1/signup", signup, ["POST"]),
+        ("/api/v1/rooms", list_rooms, ["GET"]),
+        ("/api/v1/rooms/{room}", put_room, ["PUT"]),
+        ("/api/v1/rooms/{room}/messages", post_message, ["POST"]),
+        ("/api/v1/rooms/{room}/messages", read_messages, ["GET"]),
+        ("/api/v1/rooms/{room}/ack", ack, ["POST"]),
+        ("/api/v1/rooms/{room}/members/{user}", put_member, ["PUT"]),
+        ("/api/v1/rooms/{room}/members/{user}", delete_member, ["DELETE"]),
+        ("/api/v1/users", create_user, ["POST"]),
+        ("/api/v1/users/{user}/tokens", issue_token, ["POST"]),
+        ("/api/v1/tokens/{token_id}", revoke_token, ["DELETE"]),
+    ]
+    return [Route(path, _guarded(h), methods=m) for path, h, m in table]
+
+
+__all__ = ["ApiError", "StoreUnavailable", "routes"]

@@ -1,0 +1,173 @@
+"""Chat protocol v1: the JSON frames of the WebSocket and their limits (docs/chat-protocol.md).
+
+Where it sits: the server parses every incoming text frame with ``parse_frame`` and answers bad
+ones with an ``error`` frame built by ``error_frame``; the Python client and the web page build
+the same frames. No I/O here.
+
+Errors::
+
+    ProtocolError(code, message)      code is one of ERROR_CODES; becomes an ``error`` frame
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
+
+VERSION = 1
+MAX_FRAME_BYTES = 64 * 1024
+MAX_BODY_CHARS = 16 * 1024
+MAX_KEY_CHARS = 128
+NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
+
+ERROR_CODES = {
+    "bad_frame": "the frame is not a JSON object of a known type with valid fields",
+    "too_large": "the frame or message body exceeds the limit",
+    "unsupported_version": "the client asked for a protocol version this server does not speak",
+    "unauthorized": "missing, unknown or revoked token",
+    "not_ready": "send hello first",
+    "unknown_room": "no such room",
+    "not_member": "not a member of the room and the room is not open",
+    "unavailable": "the store is unavailable; retry with the same key",
+}
+
+Name = Annotated[str, Field(pattern=NAME_PATTERN)]
+Key = Annotated[str, Field(min_length=1, max_length=MAX_KEY_CHARS)]
+Seq = Annotated[int, Field(ge=0)]
+
+
+class _Frame(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Hello(_Frame):
+    """First frame: protocol version, token, and per room the last seq the client has shown."""
+
+    type: Literal["hello"]
+    v: int = VERSION
+    token: Annotated[str, Field(min_length=1, max_length=512)]
+    rooms: dict[Name, Seq | None] = Field(default_factory=dict, max_length=256)
+
+
+class Join(_Frame):
+    """Become a member (open rooms) and subscribe from ``after`` (default: the cursor)."""
+
+    type: Literal["join"]
+    room: Name
+    after: Seq | None = None
+
+
+class Leave(_Frame):
+    """End the membership of a room."""
+
+    type: Literal["leave"]
+    room: Name
+
+
+class Send(_Frame):
+    """Post a message; answered by ``sent`` with the room seq once it is durable."""
+
+    type: Literal["send"]
+    room: Name
+    key: Key
+    body: Annotated[str, Field(max_length=MAX_BODY_CHARS)]
+
+
+class Ack(_Frame):
+    """Cumulative: the client has shown every message of the room up to ``seq``."""
+
+    type: Literal["ack"]
+    room: Name
+    seq: Seq
+
+
+class Typing(_Frame):
+    """The user is typing in a room (relayed, not stored)."""
+
+    type: Literal["typing"]
+    room: Name
+
+
+class Ping(_Frame):
+    """Liveness probe; answered by ``pong`` with the same id."""
+
+    type: Literal["ping"]
+    id: Annotated[str, Field(max_length=64)] = ""
+
+
+ClientFrame = Annotated[
+    Hello | Join | Leave | Send | Ack | Typing | Ping, Field(discriminator="type")
+]
+_CLIENT_FRAME: TypeAdapter[ClientFrame] = TypeAdapter(ClientFrame)
+
+
+class ProtocolError(Exception):
+    """A frame the server refuses; ``code`` is one of ``ERROR_CODES``."""
+
+    def __init__(self, code: str, message: str, ref: str | None = None) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+        self.ref = ref
+
+
+def parse_frame(raw: str | bytes) -> ClientFrame:
+    """Parse one client frame or raise ``ProtocolError`` saying what is wrong."""
+    if len(raw) > MAX_FRAME_BYTES:
+        raise ProtocolError("too_large", f"frame exceeds {MAX_FRAME_BYTES} bytes")
+    try:
+        data = json.loads(raw)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise ProtocolError("bad_frame", f"not JSON: {exc}") from None
+    if not isinstance(data, dict):
+        raise ProtocolError("bad_frame", "a frame is a JSON object")
+    ref = data.get("key") if isinstance(data.get("key"), str) else None
+    try:
+        return _CLIENT_FRAME.validate_python(data)
+    except ValidationError as exc:
+        raise ProtocolError(_code_of(exc), _describe(exc), ref) from None
+
+
+def _code_of(exc: ValidationError) -> str:
+    for problem in exc.errors():
+        if problem["loc"] and problem["loc"][-1] == "body" and problem["type"] == "string_too_long":
+            return "too_large"
+    return "bad_frame"
+
+
+def _describe(exc: ValidationError) -> str:
+    parts = []
+    for problem in exc.errors()[:3]:
+        where = ".".join(str(p) for p in problem["loc"][1:]) or "type"
+        parts.append(f"{where}: {problem['msg']}")
+    return "; ".join(parts)
+
+
+def error_frame(code: str, message: str, ref: str | None = None) -> dict[str, Any]:
+    """The ``error`` frame for a refused frame (``ref`` echoes the send's key if any)."""
+    frame: dict[str, Any] = {"type": "error", "code": code, "message": message}
+    if ref is not None:
+        frame["ref"] = ref
+    return frame
+
+
+def message_frame(
+    room: str, seq: int, sender: str, key: str, body: str, sent_at: float
+) -> dict[str, Any]:
+    """The ``msg`` frame delivering one stored message."""
+    return {
+        "type": "msg",
+        "room": room,
+        "seq": seq,
+        "from": sender,
+        "key": key,
+        "body": body,
+        "ts": sent_at,
+    }
+
+
+def encode(frame: dict[str, Any]) -> str:
+    """Compact JSON text of a frame."""
+    return json.dumps(frame, separators=(",", ":"), ensure_ascii=False)

@@ -1,0 +1,336 @@
+"""The chat server: one Starlette app with the WebSocket protocol, the HTTP API and the page.
+
+Where it sits: ``bay chat serve`` runs ``create_app`` under uvicorn. A WebSocket ``Session`` reads
+client frames (``protocol.parse_frame``), calls ``ChatService``, and writes through one outgoing
+queue, so delivery loops, replies and presence never interleave on the socket. Per subscribed room
+a delivery loop sends the hub's published messages after the session's position, in seq order,
+never more than ``WINDOW`` ahead of what the client acknowledged.
+
+Route table::
+
+    GET  /                         the web page          (web/)
+    WS   /ws                       protocol v1           (docs/chat-protocol.md)
+    *    /api/v1/...               HTTP API for apps     (http_api)
+    GET  /healthz /readyz /metrics
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from importlib import resources
+from typing import Any
+
+import structlog
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import HTMLResponse, JSONResponse, Response
+from starlette.routing import BaseRoute, Route, WebSocketRoute
+from starlette.websockets import WebSocket, WebSocketDisconnect
+
+from servicebay.chat import http_api
+from servicebay.chat.metrics import ChatMetrics
+from servicebay.chat.protocol import (
+    VERSION,
+    Ack,
+    ClientFrame,
+    Hello,
+    Join,
+    Leave,
+    Ping,
+    ProtocolError,
+    Send,
+    Typing,
+    encode,
+    error_frame,
+    parse_frame,
+)
+from servicebay.chat.service import ChatService, RoomHub
+from servicebay.chat.settings import ChatSettings
+from servicebay.chat.stores import ChatStore, ChatStoreError, StoreUnavailable, User, open_store
+
+log = structlog.get_logger("servicebay.chat")
+
+WINDOW = 2048
+BATCH = 256
+
+
+class Session:
+    """One WebSocket connection: authentication, subscriptions, and the outgoing queue."""
+
+    def __init__(self, ws: WebSocket, service: ChatService) -> None:
+        """Serve one accepted socket."""
+        self.ws = ws
+        self.service = service
+        self.user: User | None = None
+        self.out: asyncio.Queue[str | None] = asyncio.Queue()
+        self.loops: dict[str, asyncio.Task[None]] = {}
+        self.acked: dict[str, int] = {}
+        self.ack_moved: dict[str, asyncio.Event] = {}
+
+    async def run(self) -> None:
+        """Read frames until the client goes; the writer runs alongside."""
+        writer = asyncio.create_task(self._write_out())
+        try:
+            while True:
+                message = await self.ws.receive()
+                if message["type"] == "websocket.disconnect":
+                    return
+                raw = message.get("text")
+                await self._handle(raw if raw is not None else message.get("bytes") or b"")
+        except WebSocketDisconnect:
+            return
+        finally:
+            await self._close(writer)
+
+    async def _close(self, writer: asyncio.Task[None]) -> None:
+        for room, task in self.loops.items():
+            task.cancel()
+            hub = await self.service.hub(room)
+            if self.user is not None:
+                self.service.went_offline(hub, self.user.id, self)
+        writer.cancel()
+        for task in [*self.loops.values(), writer]:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+
+    def push(self, text: str) -> None:
+        """Queue a frame for the socket."""
+        self.out.put_nowait(text)
+
+    def reply(self, frame: dict[str, Any]) -> None:
+        """Queue a frame given as a dict."""
+        self.push(encode(frame))
+
+    async def _write_out(self) -> None:
+        while (text := await self.out.get()) is not None:
+            try:
+                await self.ws.send_text(text)
+            except Exception:
+                return  # the socket is gone; the reader notices and ends the session
+
+    # frames ----------------------------------------------------------------------------------
+
+    async def _handle(self, raw: str | bytes) -> None:
+        try:
+            frame = parse_frame(raw)
+            await self._dispatch(frame)
+        except ProtocolError as exc:
+            self._error(exc.code, exc.message, exc.ref)
+        except StoreUnavailable as exc:
+            self._error("unavailable", str(exc), getattr(_frame_or_none(raw), "key", None))
+        except ChatStoreError as exc:
+            self._error(exc.code, str(exc), getattr(_frame_or_none(raw), "key", None))
+
+    def _error(self, code: str, message: str, ref: str | None = None) -> None:
+        self.service.metrics.errors.labels(code).inc()
+        self.reply(error_frame(code, message, ref))
+
+    async def _dispatch(self, frame: ClientFrame) -> None:
+        if isinstance(frame, Hello):
+            return await self._hello(frame)
+        if isinstance(frame, Ping):
+            return self.reply({"type": "pong", "id": frame.id})
+        if self.user is None:
+            raise ProtocolError("not_ready", "send hello with a token first")
+        if isinstance(frame, Send):
+            return await self._send(self.user, frame)
+        if isinstance(frame, Ack):
+            return await self._ack(self.user, frame)
+        if isinstance(frame, Join):
+            return await self._subscribe(self.user, frame.room, frame.after, "joined")
+        if isinstance(frame, Leave):
+            return await self._leave(self.user, frame.room)
+        if isinstance(frame, Typing):
+            return await self._typing(self.user, frame.room)
+        raise ProtocolError("bad_frame", f"unexpected frame {frame!r}")
+
+    async def _hello(self, frame: Hello) -> None:
+        if frame.v != VERSION:
+            raise ProtocolError("unsupported_version", f"this server speaks v{VERSION}")
+        if self.user is not None:
+            raise ProtocolError("bad_frame", "hello was already accepted on this connection")
+        user = await self.service.store.authenticate(frame.token)
+        if user is None:
+            raise ProtocolError("unauthorized", "unknown or revoked token")
+        self.user = user
+        members = await self.service.store.membership(user.id)
+        positions: dict[str, int | None] = {m.room: None for m in members}
+        positions.update(frame.rooms)
+        self.reply({"type": "welcome", "v": VERSION, "user": user.id, "rooms": sorted(positions)})
+        for room, after in positions.items():
+            try:
+                await self._subscribe(user, room, after, "joined")
+            except ChatStoreError as exc:
+                self._error(exc.code, str(exc))
+
+    async def _subscribe(self, user: User, room: str, after: int | None, kind: str) -> None:
+        cursor = await self.service.ensure_member(room, user)
+        hub = await self.service.hub(room)
+        info = await self.service.store.get_room(room)
+        floor = info.floor if info is not None else 0
+        start = min(max(cursor if after is None else after, floor), hub.head)
+        if start > cursor:
+            self.service.request_ack(hub, user.id, start)  # the client says it has shown these
+        if (old := self.loops.pop(room, None)) is not None:
+            old.cancel()
+            self.service.went_offline(hub, user.id, self)
+        self.acked[room] = start
+        self.ack_moved[room] = asyncio.Event()
+        self.reply({"type": kind, "room": room, "from": start, "head": hub.head, "cursor": cursor})
+        self.loops[room] = asyncio.create_task(self._deliver(hub, user.id, start))
+        self.service.went_online(hub, user.id, self, self.push)
+
+    async def _deliver(self, hub: RoomHub, user: str, position: int) -> None:
+        """Send the room's published messages after ``position``, in order, within the window."""
+        while True:
+            room_acked = self.acked[hub.room]
+            if position - room_acked >= WINDOW:
+                moved = self.ack_moved[hub.room]
+                moved.clear()
+                await moved.wait()
+                continue
+            entries = await self.service.fetch(hub, position, min(BATCH, WINDOW))
+            if not entries:
+                await hub.wait_beyond(position)
+                continue
+            if len(entries) == 1:
+                self.push(entries[0].text)
+            else:  # several frames in one socket message: a JSON array (protocol v1)
+                self.push("[" + ",".join(e.text for e in entries) + "]")
+            self.service.count_delivery(hub, user, entries)
+            position = entries[-1].seq
+
+    async def _send(self, user: User, frame: Send) -> None:
+        appended = await self.service.send(frame.room, user, frame.key, frame.body)
+        self.reply(
+            {
+                "type": "sent",
+                "room": frame.room,
+                "key": frame.key,
+                "seq": appended.seq,
+                "ts": appended.sent_at,
+                "duplicate": appended.duplicate,
+            }
+        )
+
+    async def _ack(self, user: User, frame: Ack) -> None:
+        hub = await self.service.hub(frame.room)
+        if user.id not in hub.cursors:
+            raise ProtocolError("not_member", f"not a member of room {frame.room!r}")
+        seq = min(frame.seq, hub.head)
+        if seq > self.acked.get(frame.room, 0):
+            self.acked[frame.room] = seq
+            if (moved := self.ack_moved.get(frame.room)) is not None:
+                moved.set()
+        self.service.request_ack(hub, user.id, seq)
+
+    async def _leave(self, user: User, room: str) -> None:
+        hub = await self.service.hub(room)
+        if (task := self.loops.pop(room, None)) is not None:
+            task.cancel()
+            self.service.went_offline(hub, user.id, self)
+        await self.service.leave(room, user)
+        self.reply({"type": "left", "room": room})
+
+    async def _typing(self, user: User, room: str) -> None:
+        hub = await self.service.hub(room)
+        if user.id not in hub.cursors:
+            raise ProtocolError("not_member", f"not a member of room {room!r}")
+        hub.broadcast(encode({"type": "typing", "room": room, "user": user.id}), skip=self)
+
+
+def _frame_or_none(raw: str | bytes) -> ClientFrame | None:
+    try:
+        return parse_frame(raw)
+    except ProtocolError:
+        return None
+
+
+# the app ---------------------------------------------------------------------------------------
+
+
+async def chat_socket(ws: WebSocket) -> None:
+    """WebSocket endpoint of protocol v1."""
+    service: ChatService = ws.app.state.service
+    await ws.accept()
+    service.metrics.sessions.inc()
+    try:
+        await Session(ws, service).run()
+    finally:
+        service.metrics.sessions.dec()
+
+
+async def page(request: Request) -> Response:
+    """The web page (plain HTML + JS, no build step)."""
+    return HTMLResponse(_asset("index.html"))
+
+
+async def page_script(request: Request) -> Response:
+    """The page's script."""
+    return Response(_asset("chat.js"), media_type="text/javascript")
+
+
+def _asset(name: str) -> str:
+    return resources.files("servicebay.chat").joinpath("web", name).read_text()
+
+
+async def healthz(request: Request) -> Response:
+    """Liveness: the process answers."""
+    return JSONResponse({"status": "ok"})
+
+
+async def readyz(request: Request) -> Response:
+    """Readiness: the store answers."""
+    service: ChatService = request.app.state.service
+    try:
+        await service.store.ping()
+    except ChatStoreError as exc:
+        return JSONResponse({"status": "unavailable", "reason": exc.code}, status_code=503)
+    return JSONResponse({"status": "ready"})
+
+
+async def metrics(request: Request) -> Response:
+    """Prometheus exposition."""
+    service: ChatService = request.app.state.service
+    body = service.metrics.render(service.lag())
+    return Response(body, media_type="text/plain; version=0.0.4")
+
+
+def create_app(
+    settings: ChatSettings | None = None, *, store: ChatStore | None = None
+) -> Starlette:
+    """The chat server as an ASGI app; the lifespan opens the store and creates default rooms."""
+    settings = settings or ChatSettings()
+    service = ChatService(
+        store or open_store(settings.store), ChatMetrics(), compact_every=settings.compact_every
+    )
+
+    @asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        await service.start()
+        for room in settings.rooms:
+            if await service.store.get_room(room) is None:
+                await service.store.put_room(room, settings.retention)
+        log.info("chat.started", **settings.describe())
+        try:
+            yield
+        finally:
+            await service.stop()
+
+    routes: list[BaseRoute] = [
+        Route("/", page),
+        Route("/chat.js", page_script),
+        WebSocketRoute("/ws", chat_socket),
+        Route("/healthz", healthz),
+        Route("/readyz", readyz),
+        Route("/metrics", metrics),
+        *http_api.routes(),
+    ]
+    app = Starlette(routes=routes, lifespan=lifespan)
+    app.state.service = service
+    app.state.settings = settings
+    app.state.admin_token = settings.admin_secret()
+    return app

@@ -1,0 +1,309 @@
+"""The chat service core: rooms in memory over a durable store, shared by WebSocket and HTTP.
+
+Where it sits: ``server`` (WebSocket sessions) and ``http_api`` (bound apps) call
+``ChatService``; it calls the ``ChatStore``. Each room has a ``RoomHub`` that knows the highest
+seq published without a hole, keeps the newest messages already encoded (so a fan-out to many
+receivers reads the store once, not once per receiver), wakes delivery loops, and holds the
+members' durable cursors for receipts, lag and presence.
+
+A message reaches the hub only after ``store.append`` returned, i.e. after it is durable; a
+delivery loop only sends what the hub published, so nothing is delivered that a crash could undo.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import structlog
+
+from servicebay.chat.metrics import ChatMetrics
+from servicebay.chat.protocol import encode, message_frame
+from servicebay.chat.stores import Appended, ChatStore, Member, Message, NotMember, User
+
+log = structlog.get_logger("servicebay.chat")
+
+RECENT = 4096
+
+
+@dataclass(frozen=True)
+class Entry:
+    """A stored message with its ``msg`` frame encoded once for every receiver."""
+
+    seq: int
+    sender: str
+    text: str
+
+    @classmethod
+    def of(cls, msg: Message) -> Entry:
+        """Encode a stored message."""
+        frame = message_frame(msg.room, msg.seq, msg.sender, msg.key, msg.body, msg.sent_at)
+        return cls(msg.seq, msg.sender, encode(frame))
+
+
+Listener = Callable[[str], None]
+
+
+@dataclass
+class _AckState:
+    target: int = 0
+    task: asyncio.Task[None] | None = None
+
+
+@dataclass
+class RoomHub:
+    """One room in memory: published head, recent messages, cursors, who is online."""
+
+    room: str
+    head: int
+    cursors: dict[str, int]
+    recent: deque[Entry] = field(default_factory=lambda: deque(maxlen=RECENT))
+    pending: dict[int, Entry] = field(default_factory=dict)
+    online: dict[str, int] = field(default_factory=dict)
+    listeners: dict[object, Listener] = field(default_factory=dict)
+    delivered_max: dict[str, int] = field(default_factory=dict)
+    acks: dict[str, _AckState] = field(default_factory=dict)
+    filling: bool = False
+    _changed: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def publish(self, entry: Entry) -> bool:
+        """Publish a durable message; True when a hole before it remains (caller fills it)."""
+        if entry.seq <= self.head:
+            return False
+        self.pending[entry.seq] = entry
+        while (nxt := self.pending.pop(self.head + 1, None)) is not None:
+            self.recent.append(nxt)
+            self.head = nxt.seq
+        changed, self._changed = self._changed, asyncio.Event()
+        changed.set()
+        return bool(self.pending)
+
+    async def wait_beyond(self, seq: int) -> None:
+        """Return once a message after ``seq`` is published."""
+        while self.head <= seq:
+            await self._changed.wait()
+
+    def cached(self, after: int, limit: int) -> list[Entry] | None:
+        """Published entries after ``after`` from memory, or None when memory does not reach."""
+        if after >= self.head:
+            return []
+        if not self.recent or self.recent[0].seq > after + 1:
+            return None
+        start = after + 1 - self.recent[0].seq
+        return [self.recent[i] for i in range(start, min(len(self.recent), start + limit))]
+
+    @property
+    def delivered(self) -> int:
+        """Highest seq every member has acknowledged."""
+        return min(self.cursors.values(), default=self.head)
+
+    def broadcast(self, text: str, *, skip: object = None) -> None:
+        """Hand a control frame to every listening session but ``skip``."""
+        for owner, listener in list(self.listeners.items()):
+            if owner is not skip:
+                listener(text)
+
+    def presence_frame(self) -> str:
+        """The ``presence`` frame listing who is online in the room."""
+        online = sorted(user for user, count in self.online.items() if count > 0)
+        return encode({"type": "presence", "room": self.room, "online": online})
+
+
+class ChatService:
+    """Rooms, sends, reads and acks over a store; one per server process."""
+
+    def __init__(
+        self, store: ChatStore, metrics: ChatMetrics, *, compact_every: float = 30.0
+    ) -> None:
+        """Serve on ``store`` (opened by ``start``)."""
+        self.store = store
+        self.metrics = metrics
+        self.compact_every = compact_every
+        self._hubs: dict[str, RoomHub] = {}
+        self._loading: dict[str, asyncio.Lock] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._compactor: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        """Open the store and start compaction."""
+        await self.store.open()
+        self._compactor = asyncio.create_task(self._compact_forever())
+
+    async def stop(self) -> None:
+        """Stop background work and close the store (pending writes finish first)."""
+        for task in [self._compactor, *self._tasks]:
+            if task is not None:
+                task.cancel()
+        for task in [self._compactor, *self._tasks]:
+            if task is not None:
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+        await self.store.close()
+
+    def _spawn(self, coro: object) -> None:
+        task: asyncio.Task[None] = asyncio.create_task(coro)  # type: ignore[arg-type]
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _compact_forever(self) -> None:
+        while True:
+            await asyncio.sleep(self.compact_every)
+            try:
+                deleted = await self.store.compact()
+            except Exception:
+                log.exception("chat.compact_failed")
+                continue
+            for room, count in deleted.items():
+                self.metrics.compacted.labels(room).inc(count)
+
+    # rooms ---------------------------------------------------------------------------------
+
+    async def hub(self, room_id: str) -> RoomHub:
+        """The room's hub, loaded from the store on first use (raises UnknownRoom)."""
+        if (hub := self._hubs.get(room_id)) is not None:
+            return hub
+        lock = self._loading.setdefault(room_id, asyncio.Lock())
+        async with lock:
+            if (hub := self._hubs.get(room_id)) is not None:
+                return hub
+            members = await self.store.members(room_id)
+            room = await self.store.get_room(room_id)
+            assert room is not None  # members() raised UnknownRoom otherwise
+            cursors = {m.user: m.cursor for m in members}
+            hub = RoomHub(room_id, room.head, cursors)
+            self._hubs[room_id] = hub
+            return hub
+
+    def hubs(self) -> list[RoomHub]:
+        """Rooms loaded so far."""
+        return list(self._hubs.values())
+
+    async def ensure_member(self, room_id: str, user: User) -> int:
+        """The user's cursor in the room, joining it when it is open (raises NotMember)."""
+        hub = await self.hub(room_id)
+        if user.id in hub.cursors:
+            return hub.cursors[user.id]
+        room = await self.store.get_room(room_id)
+        if room is None or not room.open:
+            raise NotMember(room_id, user.id)
+        member: Member = await self.store.join(room_id, user.id)
+        hub.cursors.setdefault(user.id, member.cursor)
+        return hub.cursors[user.id]
+
+    async def join(self, room_id: str, user_id: str, cursor: int | None = None) -> Member:
+        """Make a user a member (administration), keeping the hub's cursors in step."""
+        hub = await self.hub(room_id)
+        member = await self.store.join(room_id, user_id, cursor)
+        hub.cursors.setdefault(user_id, member.cursor)
+        return member
+
+    async def leave(self, room_id: str, user: User) -> bool:
+        """End a membership."""
+        hub = await self.hub(room_id)
+        left = await self.store.leave(room_id, user.id)
+        hub.cursors.pop(user.id, None)
+        return left
+
+    # messages ------------------------------------------------------------------------------
+
+    async def send(self, room_id: str, user: User, key: str, body: str) -> Appended:
+        """Store a message durably, publish it, and return its seq (same key → same seq)."""
+        hub = await self.hub(room_id)
+        await self.ensure_member(room_id, user)
+        # Shielded: a sender that disconnects mid-send must not leave a stored message
+        # unpublished (the hub would wait for it).
+        appended = await asyncio.shield(self._append(hub, user, key, body))
+        if appended.duplicate:
+            self.metrics.duplicate_sends.labels(room_id).inc()
+        return appended
+
+    async def _append(self, hub: RoomHub, user: User, key: str, body: str) -> Appended:
+        appended = await self.store.append(hub.room, user.id, key, body)
+        if not appended.duplicate:
+            self.metrics.messages_in.labels(hub.room).inc()
+            msg = Message(hub.room, appended.seq, user.id, key, body, appended.sent_at)
+            if hub.publish(Entry.of(msg)) and not hub.filling:
+                self._spawn(self._fill(hub))
+        return appended
+
+    async def _fill(self, hub: RoomHub) -> None:
+        """Read a hole in the published sequence back from the store (visibility rule)."""
+        hub.filling = True
+        try:
+            while hub.pending:
+                before = hub.head
+                for msg in await self.store.read(hub.room, hub.head, limit=RECENT):
+                    hub.publish(Entry.of(msg))
+                if hub.head == before:
+                    await asyncio.sleep(0.01)
+        finally:
+            hub.filling = False
+
+    async def fetch(self, hub: RoomHub, after: int, limit: int = 256) -> list[Entry]:
+        """Published messages after a seq: from memory when it reaches, else from the store."""
+        cached = hub.cached(after, limit)
+        if cached is not None:
+            return cached
+        msgs = await self.store.read(hub.room, after, min(limit, max(0, hub.head - after)))
+        return [Entry.of(m) for m in msgs if m.seq <= hub.head]
+
+    def count_delivery(self, hub: RoomHub, user: str, entries: list[Entry]) -> None:
+        """Metrics for a delivery: messages out, and redeliveries seen since start."""
+        seen = hub.delivered_max.get(user, 0)
+        again = sum(1 for e in entries if e.seq <= seen)
+        self.metrics.messages_out.labels(hub.room).inc(len(entries))
+        if again:
+            self.metrics.redeliveries.labels(hub.room).inc(again)
+        hub.delivered_max[user] = max(seen, entries[-1].seq)
+
+    # acknowledgements ----------------------------------------------------------------------
+
+    def request_ack(self, hub: RoomHub, user: str, seq: int) -> None:
+        """Advance a cursor in the background, coalescing a burst of acks into few writes."""
+        state = hub.acks.setdefault(user, _AckState())
+        state.target = max(state.target, seq)
+        if state.task is None or state.task.done():
+            state.task = asyncio.create_task(self._flush_acks(hub, user, state))
+
+    async def _flush_acks(self, hub: RoomHub, user: str, state: _AckState) -> None:
+        try:
+            while state.target > hub.cursors.get(user, state.target):
+                await self.ack(hub, user, state.target)
+        except Exception:
+            # The cursor stays where it durably is; the client's next ack (or its resume
+            # position on reconnect) moves it again. Redelivery, never loss.
+            log.exception("chat.ack_failed", room=hub.room, user=user)
+
+    async def ack(self, hub: RoomHub, user: str, seq: int) -> int:
+        """Advance a cursor durably, then tell listeners when everyone has a message."""
+        before = hub.delivered
+        cursor = await self.store.ack(hub.room, user, seq)
+        if user in hub.cursors:
+            hub.cursors[user] = max(hub.cursors[user], cursor)
+        if hub.delivered != before:
+            hub.broadcast(encode({"type": "receipt", "room": hub.room, "delivered": hub.delivered}))
+        return cursor
+
+    # presence ------------------------------------------------------------------------------
+
+    def went_online(self, hub: RoomHub, user: str, owner: object, listener: Listener) -> None:
+        """A session listens to the room; everyone hears who is online."""
+        hub.listeners[owner] = listener
+        hub.online[user] = hub.online.get(user, 0) + 1
+        hub.broadcast(hub.presence_frame())
+
+    def went_offline(self, hub: RoomHub, user: str, owner: object) -> None:
+        """A session stopped listening to the room."""
+        if hub.listeners.pop(owner, None) is None:
+            return
+        hub.online[user] = hub.online.get(user, 1) - 1
+        if hub.online[user] <= 0:
+            del hub.online[user]
+        hub.broadcast(hub.presence_frame())
+
+    def lag(self) -> dict[str, int]:
+        """Per loaded room: messages published but not yet acknowledged by every member."""
+        return {hub.room: hub.head - hub.delivered for hub in self._hubs.values()}
