@@ -1,0 +1,155 @@
+"""``bay run --app NAME -- COMMAND...``: start a program with its bindings in place.
+
+The app's ready bindings are fetched from the platform (``GET /apps/{app}/bindings``) and
+projected with :mod:`servicebay.bindings` into a private temporary ``SERVICE_BINDING_ROOT``
+(directory 0700, files 0600); the command runs with that variable set, and reads its credentials
+with ``bindings.find(type=...)``. While it runs the projection is refreshed every
+``--refresh`` seconds, so a rotated credential appears and an unbound one disappears without a
+restart. When the command ends the root is removed and ``bay run`` exits with its exit code.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import shutil
+import signal
+import sys
+import tempfile
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from servicebay import bindings
+from servicebay.cli import _config
+from servicebay.cli._api import PlatformAPI, PlatformError
+from servicebay.cli.output import CLIError, NamespaceOption, note, one_line, run
+
+
+def run_command(
+    command: Annotated[list[str], typer.Argument(help="The program and its arguments.")],
+    app: Annotated[str, typer.Option("--app", help="Whose bindings to project.")],
+    namespace: NamespaceOption = "default",
+    root: Annotated[
+        Path | None,
+        typer.Option("--root", help="Project here instead of a private temporary directory."),
+    ] = None,
+    refresh: Annotated[
+        float,
+        typer.Option(help="Seconds between refreshes of the bindings while running (0: never)."),
+    ] = 5.0,
+) -> None:
+    """Run a command with the app's bindings in $SERVICE_BINDING_ROOT.
+
+    Example: bay run --app chat -- python -m servicebay.chat
+    """
+    code = run(_run(app, namespace, root, refresh, command))
+    raise typer.Exit(code)
+
+
+async def _run(
+    app: str, namespace: str, root: Path | None, refresh: float, command: list[str]
+) -> int:
+    private = None if root is not None else Path(tempfile.mkdtemp(prefix="bay-run-"))
+    target = root if root is not None else Path(str(private)) / "bindings"
+    try:
+        async with _config.connect() as api:
+            projected = await _project(api, app, namespace, target)
+            names = ", ".join(b.name for b in projected) or "none"
+            note(f"app {app}: {len(projected)} binding(s) ({names}) in {target}")
+            env = {**os.environ, bindings.ROOT_ENV: str(target)}
+            return await _supervise(api, app, namespace, target, refresh, command, env)
+    finally:
+        if private is not None:
+            shutil.rmtree(private, ignore_errors=True)
+        else:
+            # Given root: take back only what we projected.
+            with contextlib.suppress(bindings.BindingError, OSError):
+                bindings.project([], target)
+
+
+async def _project(
+    api: PlatformAPI, app: str, namespace: str, root: Path
+) -> list[bindings.Binding]:
+    """Fetch the app's bindings and make ``root`` hold exactly those."""
+    items = await api.app_bindings(app, namespace)
+    projected = []
+    for item in items:
+        if item.get("credentials_hidden") or "credentials" not in item:
+            raise CLIError(
+                f"binding {item['name']}: credentials visible only to its creator or an admin", 3
+            )
+        projected.append(
+            bindings.Binding.from_credentials(
+                item["name"], item["type"], item["credentials"], provider=item.get("provider")
+            )
+        )
+    await asyncio.to_thread(bindings.project, projected, root)
+    return projected
+
+
+async def _supervise(
+    api: PlatformAPI,
+    app: str,
+    namespace: str,
+    root: Path,
+    refresh: float,
+    command: list[str],
+    env: dict[str, str],
+) -> int:
+    """Start the command, keep its bindings fresh, forward signals, return its exit code."""
+    try:
+        process = await asyncio.create_subprocess_exec(*command, env=env)
+    except FileNotFoundError:
+        raise CLIError(f"command not found: {command[0]}", 127) from None
+    except PermissionError:
+        raise CLIError(f"command not executable: {command[0]}", 126) from None
+    loop = asyncio.get_running_loop()
+    forwarded = [signal.SIGTERM, signal.SIGHUP]
+    if not sys.stdin.isatty():
+        # At a terminal Ctrl-C reaches the whole process group already; do not send it twice.
+        forwarded.append(signal.SIGINT)
+    else:
+        loop.add_signal_handler(signal.SIGINT, lambda: None)
+    for sig in forwarded:
+        loop.add_signal_handler(sig, process.send_signal, sig)
+    refresher = (
+        asyncio.create_task(_keep_fresh(api, app, namespace, root, refresh))
+        if refresh > 0
+        else None
+    )
+    try:
+        code = await process.wait()
+    finally:
+        if refresher is not None:
+            refresher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await refresher
+        for sig in (*forwarded, signal.SIGINT):
+            loop.remove_signal_handler(sig)
+    return code if code >= 0 else 128 - code
+
+
+async def _keep_fresh(api: PlatformAPI, app: str, namespace: str, root: Path, every: float) -> None:
+    """Re-project the app's bindings every ``every`` seconds; a failed fetch keeps the old ones."""
+    last_problem = None
+    while True:
+        await asyncio.sleep(every)
+        try:
+            await _project(api, app, namespace, root)
+            last_problem = None
+        except (PlatformError, CLIError, bindings.BindingError, OSError) as error:
+            problem = one_line(error)
+            if problem != last_problem:
+                note(f"bay run: could not refresh bindings ({problem}); keeping the current ones")
+                last_problem = problem
+
+
+def register(app: typer.Typer) -> None:
+    """Add ``run`` to ``app``; options after the command belong to the command."""
+    app.command(
+        "run",
+        context_settings={"allow_interspersed_args": False, "ignore_unknown_options": True},
+    )(run_command)
