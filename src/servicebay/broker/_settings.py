@@ -4,18 +4,18 @@ Values come from ``SERVICEBAY_BROKER_*`` environment variables, overridden by wh
 passes (the ``bay broker serve`` flags), see `BrokerSettings.from_env`. `BrokerSettings.describe`
 is what a broker prints at start: every setting, secrets reduced to whether they are set.
 
-=========================  ==================================  ================================
-setting                    environment variable                default
-=========================  ==================================  ================================
-``username``               ``SERVICEBAY_BROKER_USERNAME``      None (basic auth off)
-``password``               ``SERVICEBAY_BROKER_PASSWORD``      None
-``bearer_token``           ``SERVICEBAY_BROKER_BEARER_TOKEN``  None (bearer auth off)
-``db``                     ``SERVICEBAY_BROKER_DB``            ``sqlite:///./servicebay-broker.db``
-``key``                    ``SERVICEBAY_BROKER_KEY``           None (key file next to SQLite db)
-``retry_after``            ``SERVICEBAY_BROKER_RETRY_AFTER``   2 (seconds, last_operation hint)
-``shutdown_grace``         ``SERVICEBAY_BROKER_SHUTDOWN_GRACE``  10 (seconds for in-flight work)
-``log_level``              ``SERVICEBAY_BROKER_LOG_LEVEL``     ``info``
-=========================  ==================================  ================================
+Setting (environment variable ``SERVICEBAY_BROKER_<NAME>``), default:
+
+- ``username``, ``password``: basic auth; None = off.
+- ``bearer_token``: accept this bearer token; None = off.
+- ``db``: store URL, ``sqlite:///./servicebay-broker.db`` (a file) or ``postgresql://...``.
+- ``key``: Fernet key of the encrypted fields; None = ``servicebay-broker.key`` next to a SQLite
+  database (PostgreSQL requires one).
+- ``retry_after``: 2 — seconds suggested to pollers of last_operation (``Retry-After``).
+- ``shutdown_grace``: 10 — seconds in-flight work may finish at shutdown before it is recorded.
+- ``operation_lease``: 30 — seconds after a process's last heartbeat before another process may
+  take over its unfinished operation (a restarted broker resumes its own after that long).
+- ``log_level``: ``info`` (critical, error, warning, info, debug).
 """
 
 from __future__ import annotations
@@ -53,6 +53,7 @@ class BrokerSettings(BaseModel):
     key: str | None = Field(default=None, repr=False)
     retry_after: int = Field(default=2, ge=0)
     shutdown_grace: float = Field(default=10.0, ge=0)
+    operation_lease: float = Field(default=30.0, gt=0)
     log_level: str = "info"
 
     @field_validator("log_level")
