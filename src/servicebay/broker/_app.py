@@ -1,0 +1,157 @@
+"""`create_app`: a `Broker` becomes an ASGI application that speaks OSB v2.17.
+
+The whole wire surface is on this page: the route table, the middleware list (outermost
+first) and the lifespan. Handlers live in `_endpoints`, decisions in `_lifecycle`, background
+work in `_operations`, durable state behind the `Store`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import socket
+import uuid
+from collections.abc import AsyncIterator
+
+import structlog
+from starlette.applications import Starlette
+from starlette.convertors import Convertor, register_url_convertor
+from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from servicebay.broker import _endpoints as ep
+from servicebay.broker._auth import Authenticator
+from servicebay.broker._author import Broker
+from servicebay.broker._errors import ErrorBoundary, error_response
+from servicebay.broker._lifecycle import Lifecycle
+from servicebay.broker._metrics import BrokerMetrics, RequestMetrics, metrics_endpoint
+from servicebay.broker._middleware import (
+    APIVersion,
+    Authentication,
+    OriginatingIdentity,
+    RequestIdentity,
+)
+from servicebay.broker._operations import Operations
+from servicebay.broker._settings import BrokerSettings
+from servicebay.broker._store import Store, open_store
+from servicebay.broker._validation import CatalogIndex
+
+__all__ = ["create_app"]
+
+log = structlog.get_logger("servicebay.broker")
+
+
+class _OSBId(Convertor[str]):
+    """A path id that may be empty, so that an empty id is answered 400 rather than 404."""
+
+    regex = "[^/]*"
+
+    def convert(self, value: str) -> str:
+        return value
+
+    def to_string(self, value: str) -> str:
+        return value
+
+
+register_url_convertor("osb_id", _OSBId())
+
+_INSTANCE = "/v2/service_instances/{instance_id:osb_id}"
+_BINDING = _INSTANCE + "/service_bindings/{binding_id:osb_id}"
+
+ROUTES = [
+    Route("/v2/catalog", ep.catalog, methods=["GET"]),
+    Route(_INSTANCE, ep.provision, methods=["PUT"]),
+    Route(_INSTANCE, ep.update, methods=["PATCH"]),
+    Route(_INSTANCE, ep.deprovision, methods=["DELETE"]),
+    Route(_INSTANCE, ep.fetch_instance, methods=["GET"]),
+    Route(_INSTANCE + "/last_operation", ep.instance_last_operation, methods=["GET"]),
+    Route(_BINDING, ep.bind, methods=["PUT"]),
+    Route(_BINDING, ep.unbind, methods=["DELETE"]),
+    Route(_BINDING, ep.fetch_binding, methods=["GET"]),
+    Route(_BINDING + "/last_operation", ep.binding_last_operation, methods=["GET"]),
+    Route("/metrics", metrics_endpoint, methods=["GET"]),
+    Route("/healthz", ep.healthz, methods=["GET"]),
+]
+
+
+def create_app(
+    broker: Broker,
+    *,
+    settings: BrokerSettings | None = None,
+    store: Store | None = None,
+    allow_anonymous: bool = False,
+    operation_lease: float = 30.0,
+) -> Starlette:
+    """The ASGI app serving `broker` over OSB v2.17.
+
+    `settings` default to `BrokerSettings.from_env()`; `store` defaults to
+    `open_store(settings.db, settings.key)`. The app opens the store when it starts and closes
+    it when it stops. Without credentials in the settings the app refuses to be built unless
+    `allow_anonymous` (tests only). `operation_lease` is how long, in seconds, an operation
+    whose process stopped heart-beating stays reserved before another process resumes it.
+    """
+    settings = settings or BrokerSettings.from_env()
+    authenticator = Authenticator(
+        username=settings.username,
+        password=settings.password,
+        bearer_token=settings.bearer_token,
+        allow_anonymous=allow_anonymous,
+    )
+    catalog = CatalogIndex(broker.catalog)
+    store = store or open_store(settings.db, settings.key)
+    metrics = BrokerMetrics()
+    owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+    lifecycle: Lifecycle
+    operations = Operations(
+        store,
+        metrics,
+        owner=owner,
+        lease=operation_lease,
+        resumable=broker.resumable,
+        job_factory=lambda op: lifecycle.job_for(op),
+    )
+    lifecycle = Lifecycle(broker, catalog, store, operations, retry_after=settings.retry_after)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        await store.open()
+        try:
+            await operations.start()
+            await broker.startup()
+            log.info("broker started", broker=type(broker).__name__, **settings.describe())
+            try:
+                yield
+            finally:
+                await operations.close(settings.shutdown_grace)
+                await broker.shutdown()
+        finally:
+            await operations.close(0)
+            await store.close()
+
+    middleware = [
+        Middleware(RequestIdentity),
+        Middleware(RequestMetrics, metrics=metrics),
+        Middleware(ErrorBoundary),
+        Middleware(Authentication, authenticator=authenticator),
+        Middleware(APIVersion),
+        Middleware(OriginatingIdentity),
+    ]
+    app = Starlette(
+        routes=ROUTES,
+        middleware=middleware,
+        exception_handlers={HTTPException: _http_error},
+        lifespan=lifespan,
+    )
+    app.state.lifecycle = lifecycle
+    app.state.metrics = metrics
+    app.state.store = store
+    app.state.operations = operations
+    return app
+
+
+async def _http_error(request: Request, error: Exception) -> Response:
+    # Starlette's own "no such route" / "method not allowed": same renderer as everything else.
+    return error_response(error)

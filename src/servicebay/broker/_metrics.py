@@ -1,0 +1,108 @@
+"""Prometheus metrics of one broker app: requests, in-flight work, operation durations.
+
+Each app has its own registry (several apps may live in one process, e.g. in tests), exposed
+at `/metrics` in the Prometheus text format. Labels use the route template
+(`/v2/service_instances/{instance_id}`), never a concrete id, to keep cardinality bounded.
+"""
+
+from __future__ import annotations
+
+import time
+
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+)
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+__all__ = ["BrokerMetrics", "RequestMetrics", "metrics_endpoint"]
+
+_OPERATION_BUCKETS = (0.01, 0.05, 0.1, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900, 3600)
+
+
+class BrokerMetrics:
+    """The app's collectors and the registry they live in."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        self.requests = Counter(
+            "servicebay_broker_requests",
+            "OSB requests answered, by endpoint, method and status code.",
+            ["endpoint", "method", "status"],
+            registry=self.registry,
+        )
+        self.request_duration = Histogram(
+            "servicebay_broker_request_duration_seconds",
+            "Time to answer a request, by endpoint.",
+            ["endpoint"],
+            registry=self.registry,
+        )
+        self.requests_in_flight = Gauge(
+            "servicebay_broker_requests_in_flight",
+            "Requests being answered right now.",
+            registry=self.registry,
+        )
+        self.operations_in_flight = Gauge(
+            "servicebay_broker_operations_in_flight",
+            "Asynchronous operations running in this process.",
+            registry=self.registry,
+        )
+        self.operation_duration = Histogram(
+            "servicebay_broker_operation_duration_seconds",
+            "Duration of finished operations, by kind, mode (sync/async) and outcome.",
+            ["kind", "mode", "state"],
+            buckets=_OPERATION_BUCKETS,
+            registry=self.registry,
+        )
+
+    def observe_operation(self, kind: str, mode: str, state: str, seconds: float) -> None:
+        """Record one finished operation."""
+        self.operation_duration.labels(kind, mode, state).observe(seconds)
+
+    def render(self) -> bytes:
+        """The registry in Prometheus text exposition format."""
+        return bytes(generate_latest(self.registry))
+
+
+class RequestMetrics:
+    """ASGI middleware counting requests by route template and status."""
+
+    def __init__(self, app: ASGIApp, metrics: BrokerMetrics) -> None:
+        self.app = app
+        self.metrics = metrics
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Time the request and count its final status."""
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        status = 500
+        started = time.perf_counter()
+
+        async def recording_send(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = int(message["status"])
+            await send(message)
+
+        self.metrics.requests_in_flight.inc()
+        try:
+            await self.app(scope, receive, recording_send)
+        finally:
+            self.metrics.requests_in_flight.dec()
+            route = scope.get("route")
+            endpoint = str(getattr(route, "path", "unmatched"))
+            self.metrics.requests.labels(endpoint, scope["method"], str(status)).inc()
+            self.metrics.request_duration.labels(endpoint).observe(time.perf_counter() - started)
+
+
+async def metrics_endpoint(request: Request) -> Response:
+    """`GET /metrics`: the app's metrics in Prometheus text format."""
+    metrics: BrokerMetrics = request.app.state.metrics
+    return Response(metrics.render(), media_type=CONTENT_TYPE_LATEST)

@@ -1,0 +1,182 @@
+"""Request validation: everything checked before the author sees a request.
+
+Every rule answers with the spec's status and a description naming what is wrong:
+malformed JSON, wrong types and missing or empty ids → 400 (via `osb.parse`); unknown
+`service_id` / `plan_id` (checked against the catalog) → 400; parameters violating the plan's
+JSON schema → 400 naming the field; a `maintenance_info.version` other than the plan's → 422
+MaintenanceInfoConflict (spec "Provisioning" / "Updating a Service Instance"; an empty
+`maintenance_info: {}` names no version and is tolerated).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Mapping
+from typing import Any, TypeVar
+
+from pydantic import BaseModel
+from starlette.requests import Request
+
+from servicebay import osb
+
+__all__ = [
+    "MAX_BODY",
+    "CatalogIndex",
+    "accepts_incomplete",
+    "check_maintenance_info",
+    "fingerprint",
+    "optional_query_id",
+    "parse_body",
+    "read_json",
+    "require_path_id",
+    "require_query_id",
+    "validated_parameters",
+]
+
+#: Largest request body accepted; catalog schemas alone are bounded to 64 kB by the spec.
+MAX_BODY = 1024 * 1024
+
+M = TypeVar("M", bound=BaseModel)
+
+
+class CatalogIndex:
+    """The catalog with services and plans indexed by id, checked once at app creation."""
+
+    def __init__(self, catalog: osb.Catalog) -> None:
+        self.catalog = catalog
+        self.body = catalog.to_json()
+        self._services: dict[str, osb.Service] = {}
+        self._plans: dict[tuple[str, str], osb.Plan] = {}
+        for service in catalog.services:
+            if service.id in self._services:
+                raise ValueError(f"catalog: service id {service.id!r} appears twice")
+            self._services[service.id] = service
+            for plan in service.plans:
+                if (service.id, plan.id) in self._plans:
+                    raise ValueError(f"catalog: plan id {plan.id!r} appears twice")
+                self._plans[(service.id, plan.id)] = plan
+                for schema in (
+                    plan.instance_create_schema(),
+                    plan.instance_update_schema(),
+                    plan.binding_create_schema(),
+                ):
+                    if schema is not None:
+                        osb.check_schema(schema)
+
+    def service(self, service_id: str) -> osb.Service:
+        """The service with that id, or 400 naming the unknown `service_id`."""
+        service = self._services.get(service_id)
+        if service is None:
+            raise osb.BadRequest(f"service_id: unknown service {service_id!r}")
+        return service
+
+    def plan(self, service: osb.Service, plan_id: str) -> osb.Plan:
+        """The plan of `service` with that id, or 400 naming the unknown `plan_id`."""
+        plan = self._plans.get((service.id, plan_id))
+        if plan is None:
+            raise osb.BadRequest(f"plan_id: unknown plan {plan_id!r} of service {service.name!r}")
+        return plan
+
+    def lookup(self, service_id: str, plan_id: str) -> tuple[osb.Service, osb.Plan]:
+        """Service and plan by id, both checked against the catalog (400 if unknown)."""
+        service = self.service(service_id)
+        return service, self.plan(service, plan_id)
+
+    def recorded(self, service_id: str, plan_id: str) -> tuple[osb.Service, osb.Plan]:
+        """Service and plan of a recorded resource; 500 if the catalog no longer has them."""
+        service = self._services.get(service_id)
+        plan = self._plans.get((service_id, plan_id))
+        if service is None or plan is None:
+            raise osb.InternalError(
+                f"the catalog no longer contains plan {plan_id!r} of service {service_id!r}"
+            )
+        return service, plan
+
+
+async def read_json(request: Request) -> dict[str, Any]:
+    """The request body as a JSON object; 400 when it is too large, not JSON or not an object."""
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > MAX_BODY:
+            raise osb.BadRequest(f"request body exceeds {MAX_BODY} bytes")
+    if not body.strip():
+        raise osb.BadRequest("request body is empty; a JSON object is required")
+    try:
+        data = json.loads(body)
+    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise osb.BadRequest(f"request body is not valid JSON: {error}") from None
+    if not isinstance(data, dict):
+        raise osb.BadRequest("request body must be a JSON object")
+    return data
+
+
+def parse_body(model: type[M], data: Mapping[str, Any]) -> M:
+    """The body as `model`, or 400 naming the first offending field."""
+    return osb.parse(model, dict(data))
+
+
+def accepts_incomplete(request: Request) -> bool:
+    """The `accepts_incomplete` query parameter: true, or false when absent."""
+    value = request.query_params.get("accepts_incomplete")
+    if value is None or value.lower() == "false":
+        return False
+    if value.lower() == "true":
+        return True
+    raise osb.BadRequest(f"accepts_incomplete: must be true or false (got {value!r})")
+
+
+def require_path_id(request: Request, name: str) -> str:
+    """A path id (instance_id, binding_id); 400 when empty."""
+    value = str(request.path_params.get(name, ""))
+    if not value:
+        raise osb.BadRequest(f"{name}: must be a non-empty string")
+    return value
+
+
+def require_query_id(request: Request, name: str) -> str:
+    """A mandatory query id (deprovision/unbind `service_id`, `plan_id`); 400 if missing/empty."""
+    value = request.query_params.get(name)
+    if not value:
+        raise osb.BadRequest(f"{name}: query parameter is required and must be non-empty")
+    return value
+
+
+def optional_query_id(request: Request, name: str) -> str | None:
+    """An optional query id; if present it MUST be non-empty (400 otherwise)."""
+    value = request.query_params.get(name)
+    if value is not None and not value:
+        raise osb.BadRequest(f"{name}: if present, must be a non-empty string")
+    return value
+
+
+def check_maintenance_info(requested: osb.MaintenanceInfo | None, plan: osb.Plan) -> None:
+    """422 MaintenanceInfoConflict unless `requested` names the plan's maintenance version."""
+    version = requested.version if requested is not None else None
+    if not version:
+        return  # nothing requested, or an empty `maintenance_info: {}`: tolerated
+    current = plan.maintenance_info.version if plan.maintenance_info is not None else None
+    if version != current:
+        expected = f"{current!r}" if current else "none"
+        raise osb.MaintenanceInfoConflict(
+            f"maintenance_info.version {version!r} does not match the plan's ({expected}); "
+            "fetch the catalog again"
+        )
+
+
+def validated_parameters(
+    schema: dict[str, Any] | None, parameters: Mapping[str, Any] | None, *, defaults: bool
+) -> dict[str, Any]:
+    """Parameters checked against the plan's schema (400 naming the field), defaults applied."""
+    given = dict(parameters or {})
+    osb.validate_parameters(schema, given)
+    if defaults and schema is not None:
+        return osb.apply_defaults(schema, given)
+    return given
+
+
+def fingerprint(request: Mapping[str, Any]) -> str:
+    """A stable digest of the attributes that make two requests "the same" (idempotency)."""
+    canonical = json.dumps(request, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(canonical.encode()).hexdigest()
