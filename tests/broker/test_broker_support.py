@@ -262,10 +262,10 @@ def identity_header(platform: str = "servicebay", **value: Any) -> str:
 
 
 async def eventually(
-    check: Callable[[], Awaitable[bool]], *, timeout: float = 10.0, interval: float = 0.02
+    check: Callable[[], Awaitable[bool]], *, within: float = 10.0, interval: float = 0.02
 ) -> None:
-    """Poll `check` until it is true; fail after `timeout` seconds (never a fixed sleep)."""
-    deadline = time.monotonic() + timeout
+    """Poll `check` until it is true; fail after `within` seconds (never a fixed sleep)."""
+    deadline = time.monotonic() + within
     while not await check():
         if time.monotonic() > deadline:
             raise AssertionError("condition not reached in time")
