@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Coroutine
 from contextlib import asynccontextmanager
 from importlib import resources
 from typing import Any
@@ -49,12 +49,13 @@ from servicebay.chat.protocol import (
 )
 from servicebay.chat.service import ChatService, RoomHub
 from servicebay.chat.settings import ChatSettings
-from servicebay.chat.stores import ChatStore, ChatStoreError, StoreUnavailable, User, open_store
+from servicebay.chat.stores import ChatStore, ChatStoreError, User, open_store
 
 log = structlog.get_logger("servicebay.chat")
 
 WINDOW = 2048
 BATCH = 256
+MAX_INFLIGHT_SENDS = 512
 
 
 class Session:
@@ -69,6 +70,8 @@ class Session:
         self.loops: dict[str, asyncio.Task[None]] = {}
         self.acked: dict[str, int] = {}
         self.ack_moved: dict[str, asyncio.Event] = {}
+        self.sends: set[asyncio.Task[None]] = set()
+        self.inflight = asyncio.Semaphore(MAX_INFLIGHT_SENDS)
 
     async def run(self) -> None:
         """Read frames until the client goes; the writer runs alongside."""
@@ -91,8 +94,10 @@ class Session:
             hub = await self.service.hub(room)
             if self.user is not None:
                 self.service.went_offline(hub, self.user.id, self)
+        for task in self.sends:
+            task.cancel()
         writer.cancel()
-        for task in [*self.loops.values(), writer]:
+        for task in [*self.loops.values(), *self.sends, writer]:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
 
@@ -116,13 +121,29 @@ class Session:
     async def _handle(self, raw: str | bytes) -> None:
         try:
             frame = parse_frame(raw)
-            await self._dispatch(frame)
+        except ProtocolError as exc:
+            return self._error(exc.code, exc.message, exc.ref)
+        if isinstance(frame, Send) and self.user is not None:
+            # Sends run concurrently so that one connection can keep the group commit busy;
+            # the semaphore bounds them (and pushes back on a client that floods).
+            await self.inflight.acquire()
+            task = asyncio.create_task(self._guard(frame, self._send(self.user, frame)))
+            self.sends.add(task)
+            task.add_done_callback(self._send_done)
+            return None
+        return await self._guard(frame, self._dispatch(frame))
+
+    def _send_done(self, task: asyncio.Task[None]) -> None:
+        self.sends.discard(task)
+        self.inflight.release()
+
+    async def _guard(self, frame: ClientFrame, work: Coroutine[Any, Any, None]) -> None:
+        try:
+            await work
         except ProtocolError as exc:
             self._error(exc.code, exc.message, exc.ref)
-        except StoreUnavailable as exc:
-            self._error("unavailable", str(exc), getattr(_frame_or_none(raw), "key", None))
         except ChatStoreError as exc:
-            self._error(exc.code, str(exc), getattr(_frame_or_none(raw), "key", None))
+            self._error(exc.code, str(exc), getattr(frame, "key", None))
 
     def _error(self, code: str, message: str, ref: str | None = None) -> None:
         self.service.metrics.errors.labels(code).inc()
@@ -240,13 +261,6 @@ class Session:
         if user.id not in hub.cursors:
             raise ProtocolError("not_member", f"not a member of room {room!r}")
         hub.broadcast(encode({"type": "typing", "room": room, "user": user.id}), skip=self)
-
-
-def _frame_or_none(raw: str | bytes) -> ClientFrame | None:
-    try:
-        return parse_frame(raw)
-    except ProtocolError:
-        return None
 
 
 # the app ---------------------------------------------------------------------------------------

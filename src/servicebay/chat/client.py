@@ -1,0 +1,300 @@
+"""Python client of the chat protocol v1 that reconnects and resumes by itself.
+
+Where it sits: apps (the call center, tests, benchmarks) use ``ChatClient`` over a WebSocket to
+a chat server. Guarantees, kept across dropped connections and server restarts:
+
+- ``send`` returns the room seq only after the server stored the message durably; until then the
+  message stays pending and is resent with the SAME idempotency key on every reconnect, so it is
+  stored once whatever was lost on the way.
+- ``messages()`` yields each room's messages in seq order, each once: on reconnect the client
+  tells the server, per room, the last seq it handed to the app; the server replays after it.
+  A seq already handed over is dropped; a hole (never expected) makes the client reconnect and
+  resume from its position rather than skip a message.
+- What is handed over is acknowledged (cumulative ack per room), which moves the durable cursor.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import random
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import structlog
+import websockets
+from websockets.asyncio.client import ClientConnection, connect
+
+from servicebay.chat.protocol import MAX_FRAME_BYTES, VERSION
+
+log = structlog.get_logger("servicebay.chat.client")
+
+RETRYABLE = {"unavailable", "not_ready"}
+
+
+class ChatError(Exception):
+    """The server refused a frame for good (``code`` as in the protocol's error frame)."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(f"{code}: {message}")
+        self.code = code
+        self.message = message
+
+
+@dataclass(frozen=True)
+class ChatMessage:
+    """A message handed to the app."""
+
+    room: str
+    seq: int
+    sender: str
+    key: str
+    body: str
+    ts: float
+
+
+@dataclass
+class _Pending:
+    room: str
+    body: str
+    fut: asyncio.Future[int]
+
+
+@dataclass
+class ClientStats:
+    """What the client absorbed on the app's behalf."""
+
+    connects: int = 0
+    duplicates_dropped: int = 0
+    holes: int = 0
+    resent: int = 0
+    errors: dict[str, int] = field(default_factory=dict)
+
+
+class ChatClient:
+    """A resuming chat connection (use ``async with``)."""
+
+    def __init__(
+        self,
+        url: str,
+        token: str,
+        *,
+        positions: dict[str, int | None] | None = None,
+        retry_min: float = 0.05,
+        retry_max: float = 2.0,
+    ) -> None:
+        """Connect to ``url`` (``ws://host:port/ws``) as the token's user.
+
+        ``positions``: per room, the last seq the app already has (None: the server's cursor).
+        """
+        self.url = url
+        self._token = token
+        self.positions: dict[str, int | None] = dict(positions or {})
+        self.retry_min, self.retry_max = retry_min, retry_max
+        self.user: str | None = None
+        self.presence: dict[str, list[str]] = {}
+        self.delivered: dict[str, int] = {}
+        self.stats = ClientStats()
+        self.ready = asyncio.Event()
+        self._pending: dict[str, _Pending] = {}
+        self._inbox: asyncio.Queue[ChatMessage] = asyncio.Queue()
+        self._ws: ClientConnection | None = None
+        self._runner: asyncio.Task[None] | None = None
+        self._closing = False
+        self._retries: set[asyncio.Task[None]] = set()
+
+    async def __aenter__(self) -> ChatClient:
+        """Start connecting (returns at once; ``ready`` is set once welcomed)."""
+        self._runner = asyncio.create_task(self._run())
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        """Close for good."""
+        await self.close()
+
+    async def close(self) -> None:
+        """Stop reconnecting and close the socket; pending sends fail with ``ChatError``."""
+        self._closing = True
+        if self._ws is not None:
+            await self._ws.close()
+        if self._runner is not None:
+            self._runner.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._runner
+        for pending in self._pending.values():
+            if not pending.fut.done():
+                pending.fut.set_exception(ChatError("closed", "the client was closed"))
+
+    async def reconnect(self) -> None:
+        """Drop the connection now; the client reconnects and resumes by itself."""
+        if self._ws is not None:
+            await self._ws.close()
+
+    # sending -----------------------------------------------------------------------------------
+
+    async def send(self, room: str, body: str, key: str | None = None) -> int:
+        """Send a message; returns its room seq once durably stored (retries until then)."""
+        key = key or uuid.uuid4().hex
+        pending = self._pending.get(key)
+        if pending is None:
+            fut: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+            pending = self._pending[key] = _Pending(room, body, fut)
+            if self.ready.is_set():
+                await self._send_frame({"type": "send", "room": room, "key": key, "body": body})
+        return await asyncio.shield(pending.fut)
+
+    async def join(self, room: str, after: int | None = None) -> None:
+        """Join (open rooms) and subscribe; remembered for reconnects."""
+        self.positions.setdefault(room, after)
+        if self.ready.is_set():
+            await self._send_frame({"type": "join", "room": room, "after": self.positions[room]})
+
+    async def typing(self, room: str) -> None:
+        """Tell the room the user is typing."""
+        await self._send_frame({"type": "typing", "room": room})
+
+    async def _send_frame(self, frame: dict[str, Any]) -> None:
+        ws = self._ws
+        if ws is None:
+            return  # resent after the next welcome
+        with contextlib.suppress(websockets.ConnectionClosed):
+            await ws.send(json.dumps(frame))
+
+    # receiving ---------------------------------------------------------------------------------
+
+    async def messages(self) -> AsyncIterator[ChatMessage]:
+        """Each room's messages in order, each once, across reconnects."""
+        while True:
+            yield await self._inbox.get()
+
+    async def next_message(self) -> ChatMessage:
+        """The next message (wrap in ``asyncio.timeout`` to bound the wait)."""
+        return await self._inbox.get()
+
+    def received(self) -> list[ChatMessage]:
+        """Every message handed over but not yet taken, without waiting."""
+        taken = []
+        while not self._inbox.empty():
+            taken.append(self._inbox.get_nowait())
+        return taken
+
+    # the connection loop -----------------------------------------------------------------------
+
+    async def _run(self) -> None:
+        delay = self.retry_min
+        while not self._closing:
+            try:
+                async with connect(self.url, max_size=16 * MAX_FRAME_BYTES) as ws:
+                    self._ws = ws
+                    self.stats.connects += 1
+                    await ws.send(json.dumps(self._hello()))
+                    async for raw in ws:
+                        if await self._on_socket_message(ws, raw):
+                            break  # a hole: resume from our position on a new connection
+            except (OSError, websockets.WebSocketException, TimeoutError) as exc:
+                log.debug("chat.client.disconnected", error=str(exc))
+            finally:
+                self._ws = None
+                if self.ready.is_set():
+                    delay = self.retry_min
+                self.ready.clear()
+            if not self._closing:
+                await asyncio.sleep(delay * (0.5 + random.random()))  # noqa: S311 - jitter
+                delay = min(delay * 2, self.retry_max)
+
+    def _hello(self) -> dict[str, Any]:
+        return {"type": "hello", "v": VERSION, "token": self._token, "rooms": self.positions}
+
+    async def _on_socket_message(self, ws: ClientConnection, raw: str | bytes) -> bool:
+        """Handle one socket message; True when the connection must be renewed (a hole)."""
+        data = json.loads(raw)
+        frames = data if isinstance(data, list) else [data]
+        touched: dict[str, int] = {}
+        for frame in frames:
+            kind = frame.get("type")
+            if kind == "msg":
+                if not self._accept(frame, touched):
+                    await self._ack(ws, touched)
+                    return True
+            else:
+                await self._on_control(ws, frame)
+        await self._ack(ws, touched)
+        return False
+
+    async def _ack(self, ws: ClientConnection, touched: dict[str, int]) -> None:
+        for room, seq in touched.items():
+            await ws.send(json.dumps({"type": "ack", "room": room, "seq": seq}))
+
+    def _accept(self, frame: dict[str, Any], touched: dict[str, int]) -> bool:
+        room, seq = frame["room"], frame["seq"]
+        last = self.positions.get(room)
+        if last is not None and seq <= last:
+            self.stats.duplicates_dropped += 1
+            return True
+        if last is not None and seq != last + 1:
+            self.stats.holes += 1
+            return False
+        self.positions[room] = seq
+        touched[room] = seq
+        self._inbox.put_nowait(
+            ChatMessage(room, seq, frame["from"], frame["key"], frame["body"], frame["ts"])
+        )
+        return True
+
+    async def _on_control(self, ws: ClientConnection, frame: dict[str, Any]) -> None:
+        kind = frame.get("type")
+        if kind == "welcome":
+            self.user = frame["user"]
+            for room in frame["rooms"]:
+                self.positions.setdefault(room, None)
+            await self._resend(ws)
+            self.ready.set()
+        elif kind == "joined":
+            room, start = frame["room"], frame["from"]
+            last = self.positions.get(room)
+            if last is None or start > last:
+                self.positions[room] = start
+        elif kind == "sent":
+            pending = self._pending.pop(frame["key"], None)
+            if pending is not None and not pending.fut.done():
+                pending.fut.set_result(frame["seq"])
+        elif kind == "receipt":
+            self.delivered[frame["room"]] = frame["delivered"]
+        elif kind == "presence":
+            self.presence[frame["room"]] = frame["online"]
+        elif kind == "error":
+            self._on_error(frame)
+
+    async def _retry(self, key: str, pending: _Pending) -> None:
+        await asyncio.sleep(0.2)
+        if self._pending.get(key) is pending and self.ready.is_set():
+            await self._send_frame(
+                {"type": "send", "room": pending.room, "key": key, "body": pending.body}
+            )
+
+    async def _resend(self, ws: ClientConnection) -> None:
+        for key, pending in list(self._pending.items()):
+            self.stats.resent += 1
+            frame = {"type": "send", "room": pending.room, "key": key, "body": pending.body}
+            await ws.send(json.dumps(frame))
+
+    def _on_error(self, frame: dict[str, Any]) -> None:
+        code = frame.get("code", "error")
+        self.stats.errors[code] = self.stats.errors.get(code, 0) + 1
+        ref = frame.get("ref")
+        pending = self._pending.get(ref) if isinstance(ref, str) else None
+        if pending is None:
+            log.warning("chat.client.error", code=code, message=frame.get("message"))
+            return
+        if code in RETRYABLE:
+            # Stays pending with the same key: resent shortly, and after every welcome.
+            retry = asyncio.create_task(self._retry(ref, pending))  # type: ignore[arg-type]
+            self._retries.add(retry)
+            retry.add_done_callback(self._retries.discard)
+            return
+        del self._pending[ref]  # type: ignore[arg-type]
+        if not pending.fut.done():
+            pending.fut.set_exception(ChatError(code, frame.get("message", "")))

@@ -1,0 +1,133 @@
+"""Protocol v1 over a real socket: send, deliver in order, acks, resume, idempotency."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from typing import Any
+
+from chat_helpers import ServedChat, eventually
+from websockets.asyncio.client import ClientConnection, connect
+
+from servicebay.chat.client import ChatClient
+
+
+async def _frames_until(
+    ws: ClientConnection, kind: str, seconds: float = 5
+) -> list[dict[str, Any]]:
+    """Frames received up to and including the first of ``kind``."""
+    seen: list[dict[str, Any]] = []
+    async with asyncio.timeout(seconds):
+        while True:
+            data = json.loads(await ws.recv())
+            batch = data if isinstance(data, list) else [data]
+            seen.extend(batch)
+            if any(f["type"] == kind for f in batch):
+                return seen
+
+
+async def test_two_clients_chat_in_seq_order(chat: ServedChat) -> None:
+    """What one sends, the other receives, in seq order, each once."""
+    ann, bob = await chat.user("ann", "lobby"), await chat.user("bob", "lobby")
+    async with ChatClient(chat.ws, ann) as a, ChatClient(chat.ws, bob) as b:
+        seqs = [await a.send("lobby", f"hello {i}") for i in range(20)]
+        assert seqs == list(range(1, 21))
+        async with asyncio.timeout(5):
+            got = [await b.next_message() for _ in range(20)]
+    assert [(m.seq, m.body, m.sender) for m in got] == [
+        (i + 1, f"hello {i}", "ann") for i in range(20)
+    ]
+
+
+async def test_sent_answer_comes_after_durable_store(chat: ServedChat) -> None:
+    """When `sent` arrives, the message is already in the store with that seq."""
+    token = await chat.user("ann", "lobby")
+    async with connect(chat.ws) as ws:
+        await ws.send(json.dumps({"type": "hello", "token": token}))
+        await ws.send(json.dumps({"type": "send", "room": "lobby", "key": "k1", "body": "x"}))
+        frames = await _frames_until(ws, "sent")
+    sent = next(f for f in frames if f["type"] == "sent")
+    stored = await chat.store.read("lobby", 0)
+    assert [(m.seq, m.key) for m in stored] == [(sent["seq"], "k1")]
+
+
+async def test_resend_after_lost_answer_gets_same_seq_once(chat: ServedChat) -> None:
+    """A resend with the same key (its answer lost) yields the same seq and stores nothing."""
+    token = await chat.user("ann", "lobby")
+    answers = []
+    for _ in range(2):  # the first connection dies before the client reads the answer
+        async with connect(chat.ws) as ws:
+            await ws.send(json.dumps({"type": "hello", "token": token, "rooms": {"lobby": 0}}))
+            frame = {"type": "send", "room": "lobby", "key": "same", "body": "once"}
+            await ws.send(json.dumps(frame))
+            answers.append(next(f for f in await _frames_until(ws, "sent") if f["type"] == "sent"))
+    assert [(a["seq"], a["duplicate"]) for a in answers] == [(1, False), (1, True)]
+    assert len(await chat.store.read("lobby", 0)) == 1
+
+
+async def test_offline_member_catches_up_in_order_on_return(chat: ServedChat) -> None:
+    """Messages sent while a member is away arrive in order, without duplicates, on return."""
+    ann, bob = await chat.user("ann", "lobby"), await chat.user("bob", "lobby")
+    async with ChatClient(chat.ws, ann) as a:
+        async with ChatClient(chat.ws, bob) as b:
+            await a.send("lobby", "before")
+            async with asyncio.timeout(5):
+                assert (await b.next_message()).body == "before"
+            # the ack reaches the durable cursor
+            await eventually(lambda: _cursor_of(chat, "lobby", "bob", 1))
+        for i in range(30):
+            await a.send("lobby", f"away {i}")
+    async with ChatClient(chat.ws, bob) as b2:  # a new client: resumes from the durable cursor
+        async with asyncio.timeout(5):
+            got = [await b2.next_message() for _ in range(30)]
+    assert [m.body for m in got] == [f"away {i}" for i in range(30)]
+    assert [m.seq for m in got] == list(range(2, 32))
+
+
+async def test_client_position_overrides_cursor_for_history(chat: ServedChat) -> None:
+    """A client that says it has nothing gets the retained history again, in order."""
+    ann = await chat.user("ann", "lobby")
+    async with ChatClient(chat.ws, ann) as a:
+        for i in range(3):
+            await a.send("lobby", str(i))
+        async with asyncio.timeout(5):
+            first = [await a.next_message() for _ in range(3)]
+    async with ChatClient(chat.ws, ann, positions={"lobby": 0}) as again:
+        async with asyncio.timeout(5):
+            replay = [await again.next_message() for _ in range(3)]
+    assert [m.seq for m in first] == [m.seq for m in replay] == [1, 2, 3]
+
+
+async def test_dropped_connection_resumes_without_gap_or_duplicate(chat: ServedChat) -> None:
+    """While the receiver's connection is dropped repeatedly, it still sees each message once."""
+    ann, bob = await chat.user("ann", "lobby"), await chat.user("bob", "lobby")
+    async with ChatClient(chat.ws, ann) as a, ChatClient(chat.ws, bob) as b:
+        for i in range(60):
+            await a.send("lobby", str(i))
+            if i % 10 == 5:
+                await b.reconnect()
+        async with asyncio.timeout(10):
+            got = [await b.next_message() for _ in range(60)]
+    assert [m.seq for m in got] == list(range(1, 61))
+
+
+async def test_presence_lists_who_is_online(chat: ServedChat) -> None:
+    """Presence frames list the users connected to a room."""
+    ann, bob = await chat.user("ann", "lobby"), await chat.user("bob", "lobby")
+    async with ChatClient(chat.ws, ann) as a:
+        async with ChatClient(chat.ws, bob):
+            await eventually(lambda: a.presence.get("lobby") == ["ann", "bob"])
+        await eventually(lambda: a.presence.get("lobby") == ["ann"])
+
+
+async def test_receipt_reports_delivered_to_everyone(chat: ServedChat) -> None:
+    """Once every member acknowledged a message, senders get a receipt covering it."""
+    ann, bob = await chat.user("ann", "lobby"), await chat.user("bob", "lobby")
+    async with ChatClient(chat.ws, ann) as a, ChatClient(chat.ws, bob):
+        seq = await a.send("lobby", "hi")
+        await eventually(lambda: a.delivered.get("lobby", 0) >= seq)
+
+
+async def _cursor_of(chat: ServedChat, room: str, user: str, at_least: int) -> bool:
+    members = {m.user: m.cursor for m in await chat.store.members(room)}
+    return members.get(user, -1) >= at_least
