@@ -1,0 +1,149 @@
+"""Bad input: a clear error frame or HTTP error; the connection and server stay healthy; nothing
+is stored."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from typing import Any
+
+import httpx
+import pytest
+from chat_helpers import ServedChat
+from websockets.asyncio.client import ClientConnection, connect
+
+from servicebay.chat.protocol import MAX_BODY_CHARS, MAX_FRAME_BYTES
+
+
+async def _next(ws: ClientConnection, kind: str) -> dict[str, Any]:
+    async with asyncio.timeout(5):
+        while True:
+            data = json.loads(await ws.recv())
+            for frame in data if isinstance(data, list) else [data]:
+                if frame["type"] == kind:
+                    return frame  # type: ignore[no-any-return]
+
+
+async def _still_healthy(ws: ClientConnection) -> None:
+    await ws.send(json.dumps({"type": "ping", "id": "alive"}))
+    assert (await _next(ws, "pong"))["id"] == "alive"
+
+
+BAD_FRAMES = {
+    "not json": ("{nope", "bad_frame"),
+    "not an object": ("[1, 2]", "bad_frame"),
+    "unknown type": (json.dumps({"type": "shout"}), "bad_frame"),
+    "missing field": (json.dumps({"type": "send", "room": "lobby", "body": "x"}), "bad_frame"),
+    "wrong type": (json.dumps({"type": "ack", "room": "lobby", "seq": "ten"}), "bad_frame"),
+    "extra field": (json.dumps({"type": "ping", "id": "1", "evil": True}), "bad_frame"),
+    "bad room name": (
+        json.dumps({"type": "send", "room": "../x", "key": "k", "body": "x"}),
+        "bad_frame",
+    ),
+    "oversized body": (
+        json.dumps(
+            {"type": "send", "room": "lobby", "key": "k", "body": "x" * (MAX_BODY_CHARS + 1)}
+        ),
+        "too_large",
+    ),
+    "oversized frame": (json.dumps({"type": "ping", "id": "x" * MAX_FRAME_BYTES}), "too_large"),
+    "unknown room": (
+        json.dumps({"type": "send", "room": "nowhere", "key": "k", "body": "x"}),
+        "unknown_room",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", BAD_FRAMES)
+async def test_bad_frame_gets_error_frame_and_stores_nothing(chat: ServedChat, case: str) -> None:
+    """Each malformed frame is answered by an error frame naming the problem."""
+    raw, code = BAD_FRAMES[case]
+    token = await chat.user("ann", "lobby")
+    async with connect(chat.ws, max_size=None) as ws:
+        await ws.send(json.dumps({"type": "hello", "token": token}))
+        await _next(ws, "welcome")
+        await ws.send(raw)
+        error = await _next(ws, "error")
+        assert error["code"] == code and error["message"]
+        await _still_healthy(ws)
+        await ws.send(json.dumps({"type": "send", "room": "lobby", "key": "ok", "body": "fine"}))
+        assert (await _next(ws, "sent"))["seq"] == 1
+    assert [m.body for m in await chat.store.read("lobby", 0)] == ["fine"]
+
+
+async def test_wrong_token_is_refused_and_connection_may_retry(chat: ServedChat) -> None:
+    """A wrong token gets `unauthorized`; sends before a good hello are refused; a later good
+    hello works."""
+    token = await chat.user("ann", "lobby")
+    async with connect(chat.ws) as ws:
+        await ws.send(json.dumps({"type": "hello", "token": "wrong"}))
+        assert (await _next(ws, "error"))["code"] == "unauthorized"
+        await ws.send(json.dumps({"type": "send", "room": "lobby", "key": "k", "body": "x"}))
+        assert (await _next(ws, "error"))["code"] == "not_ready"
+        await _still_healthy(ws)
+        await ws.send(json.dumps({"type": "hello", "token": token}))
+        assert (await _next(ws, "welcome"))["user"] == "ann"
+    assert await chat.store.read("lobby", 0) == []
+
+
+async def test_unsupported_version_is_refused(chat: ServedChat) -> None:
+    """A hello for another protocol version gets `unsupported_version`."""
+    token = await chat.user("ann", "lobby")
+    async with connect(chat.ws) as ws:
+        await ws.send(json.dumps({"type": "hello", "v": 2, "token": token}))
+        assert (await _next(ws, "error"))["code"] == "unsupported_version"
+        await _still_healthy(ws)
+
+
+async def test_closed_room_refuses_non_member(chat: ServedChat) -> None:
+    """A user outside a closed room cannot send to it, read it or join it."""
+    from servicebay.chat.stores import Retention
+
+    await chat.store.put_room("private", Retention(), open=False)
+    token = await chat.user("eve")
+    async with connect(chat.ws) as ws:
+        await ws.send(json.dumps({"type": "hello", "token": token}))
+        await _next(ws, "welcome")
+        await ws.send(json.dumps({"type": "send", "room": "private", "key": "k", "body": "x"}))
+        error = await _next(ws, "error")
+        assert (error["code"], error["ref"]) == ("not_member", "k")
+        await ws.send(json.dumps({"type": "join", "room": "private"}))
+        assert (await _next(ws, "error"))["code"] == "not_member"
+    assert await chat.store.read("private", 0) == []
+
+
+HTTP_CASES = {
+    "no token": ({}, b'{"key": "k", "body": "x"}', "lobby", 401, "unauthorized"),
+    "wrong token": (
+        {"authorization": "Bearer nope"},
+        b'{"key":"k","body":"x"}',
+        "lobby",
+        401,
+        "unauthorized",
+    ),
+    "malformed json": (None, b"{nope", "lobby", 400, "bad_request"),
+    "wrong types": (None, b'{"key": 5, "body": []}', "lobby", 400, "bad_request"),
+    "oversized body": (
+        None,
+        json.dumps({"key": "k", "body": "x" * (MAX_BODY_CHARS + 1)}).encode(),
+        "lobby",
+        413,
+        "too_large",
+    ),
+    "oversized request": (None, b"x" * (MAX_FRAME_BYTES + 1), "lobby", 413, "too_large"),
+    "unknown room": (None, b'{"key": "k", "body": "x"}', "nowhere", 404, "unknown_room"),
+}
+
+
+@pytest.mark.parametrize("case", HTTP_CASES)
+async def test_bad_http_post_gets_error_and_stores_nothing(chat: ServedChat, case: str) -> None:
+    """Each bad POST gets the right status and a JSON error; the server keeps serving."""
+    headers, body, room, status, code = HTTP_CASES[case]
+    token = await chat.user("app", "lobby")
+    auth = {"authorization": f"Bearer {token}"} if headers is None else headers
+    async with httpx.AsyncClient(base_url=chat.http) as http:
+        response = await http.post(f"/api/v1/rooms/{room}/messages", content=body, headers=auth)
+        assert response.status_code == status
+        assert response.json()["error"] == code and response.json()["message"]
+        assert (await http.get("/readyz")).status_code == 200
+    assert await chat.store.read("lobby", 0) == []
