@@ -8,9 +8,6 @@ work in `_operations`, durable state behind the `Store`.
 from __future__ import annotations
 
 import contextlib
-import os
-import socket
-import uuid
 from collections.abc import AsyncIterator
 
 import structlog
@@ -34,7 +31,7 @@ from servicebay.broker._middleware import (
     OriginatingIdentity,
     RequestIdentity,
 )
-from servicebay.broker._operations import Operations
+from servicebay.broker._operations import Operations, owner_id
 from servicebay.broker._settings import BrokerSettings
 from servicebay.broker._store import Store, open_store
 from servicebay.broker._validation import CatalogIndex
@@ -83,15 +80,16 @@ def create_app(
     settings: BrokerSettings | None = None,
     store: Store | None = None,
     allow_anonymous: bool = False,
-    operation_lease: float = 30.0,
+    operation_lease: float | None = None,
 ) -> Starlette:
     """The ASGI app serving `broker` over OSB v2.17.
 
     `settings` default to `BrokerSettings.from_env()`; `store` defaults to
     `open_store(settings.db, settings.key)`. The app opens the store when it starts and closes
     it when it stops. Without credentials in the settings the app refuses to be built unless
-    `allow_anonymous` (tests only). `operation_lease` is how long, in seconds, an operation
-    whose process stopped heart-beating stays reserved before another process resumes it.
+    `allow_anonymous` (tests only). `operation_lease` (default: the settings') is how long, in
+    seconds, an operation whose process stopped heart-beating stays reserved before another
+    process resumes it.
     """
     settings = settings or BrokerSettings.from_env()
     authenticator = Authenticator(
@@ -103,13 +101,12 @@ def create_app(
     catalog = CatalogIndex(broker.catalog)
     store = store or open_store(settings.db, settings.key)
     metrics = BrokerMetrics()
-    owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
     lifecycle: Lifecycle
     operations = Operations(
         store,
         metrics,
-        owner=owner,
-        lease=operation_lease,
+        owner=owner_id(),
+        lease=operation_lease or settings.operation_lease,
         resumable=broker.resumable,
         job_factory=lambda op: lifecycle.job_for(op),
     )

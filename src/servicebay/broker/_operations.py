@@ -18,6 +18,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
+import socket
 import time
 import uuid
 from collections.abc import Awaitable, Callable
@@ -31,7 +33,7 @@ from servicebay.broker._author import OperationContext, OperationKind
 from servicebay.broker._metrics import BrokerMetrics
 from servicebay.broker._store import OperationRecord, Store, utcnow
 
-__all__ = ["Job", "JobFactory", "Operations", "failure_of", "is_overdue"]
+__all__ = ["Job", "JobFactory", "Operations", "failure_of", "is_overdue", "owner_id"]
 
 log = structlog.get_logger("servicebay.broker")
 
@@ -215,7 +217,8 @@ class Operations:
         for op in await self.store.unfinished_operations():
             if op.operation_id in self._tasks or self._closing:
                 continue
-            if not await self.store.claim_operation(op.operation_id, self.owner, self.lease):
+            stale_after = 0.0 if _died_here(op.owner) else self.lease
+            if not await self.store.claim_operation(op.operation_id, self.owner, stale_after):
                 continue
             claimed = await self.store.get_operation(op.operation_id)
             if claimed is None or claimed.state != "in progress":
@@ -267,6 +270,26 @@ class Operations:
     def running(self) -> int:
         """How many operations this process is running now."""
         return len(self._tasks)
+
+
+def owner_id() -> str:
+    """A lease owner id for this process: ``host:pid:random``."""
+    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+
+
+def _died_here(owner: str | None) -> bool:
+    """True when `owner` was a process on this host that no longer runs: its lease is void."""
+    host, _, rest = (owner or "").partition(":")
+    pid_text = rest.partition(":")[0]
+    if host != socket.gethostname() or not pid_text.isdigit() or int(pid_text) == os.getpid():
+        return False
+    try:
+        os.kill(int(pid_text), 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:  # alive, owned by someone else
+        return False
+    return False
 
 
 def _remaining(deadline: datetime | None) -> float | None:
