@@ -103,7 +103,7 @@ class Report:
         """Print the table of checks and the summary line."""
         table = Table(title=f"OSB v2.17 conformance: {self.url}", show_lines=False)
         table.add_column("result", no_wrap=True)
-        table.add_column("check", no_wrap=True)
+        table.add_column("check", overflow="fold")
         table.add_column("asserts")
         table.add_column("spec section")
         table.add_column("detail", overflow="fold")
