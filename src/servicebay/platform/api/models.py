@@ -1,0 +1,119 @@
+"""Request bodies of the platform API: strict, unknown fields refused, names checked.
+
+Parsing goes through :func:`parse_body`, which turns any problem into ``BadRequest`` naming
+every offending field, so handlers only ever see valid input.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Annotated, Any, Literal, TypeVar
+
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError
+
+from servicebay.platform.services.errors import BadRequest, PayloadTooLarge
+
+NAME_PATTERN = r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$"
+MAX_BODY = 1024 * 1024
+
+Name = Annotated[str, StringConstraints(pattern=NAME_PATTERN)]
+NonEmpty = Annotated[str, StringConstraints(min_length=1, max_length=255)]
+
+
+class _Body(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+
+class BrokerIn(_Body):
+    """``POST /brokers``."""
+
+    name: Name
+    url: Annotated[str, StringConstraints(pattern=r"^https?://\S+$", max_length=2048)]
+    username: NonEmpty | None = None
+    password: Annotated[str, StringConstraints(max_length=1024)] | None = None
+    bearer_token: Annotated[str, StringConstraints(min_length=1, max_length=4096)] | None = None
+
+
+class NamespaceSettings(_Body):
+    """``PUT /namespaces/{name}``."""
+
+    description: Annotated[str, StringConstraints(max_length=1024)] = ""
+    visible_plans: list[NonEmpty] | None = None
+    constraints: dict[str, dict[str, Any]] = Field(default_factory=dict)
+    max_instances: Annotated[int, Field(ge=0)] | None = None
+
+
+class NamespaceIn(NamespaceSettings):
+    """``POST /namespaces``."""
+
+    name: Name
+
+
+class ProvisionIn(_Body):
+    """``POST /instances``."""
+
+    service: NonEmpty
+    plan: NonEmpty
+    name: Name
+    namespace: Name = "default"
+    parameters: dict[str, Any] = Field(default_factory=dict)
+    maintenance_info: dict[str, Any] | None = None
+    dry_run: bool = False
+
+
+class UpdateIn(_Body):
+    """``PATCH /instances/{name}``."""
+
+    plan: NonEmpty | None = None
+    parameters: dict[str, Any] | None = None
+    maintenance_info: dict[str, Any] | None = None
+    dry_run: bool = False
+
+
+class BindIn(_Body):
+    """``POST /bindings``."""
+
+    instance: Name
+    namespace: Name = "default"
+    kind: Literal["app", "key"] = "app"
+    app: Name | None = None
+    name: Name | None = None
+    parameters: dict[str, Any] = Field(default_factory=dict)
+
+
+class PurgeIn(_Body):
+    """``POST /instances/{name}/purge`` (the body is optional)."""
+
+
+M = TypeVar("M", bound=BaseModel)
+
+
+def _describe(exc: ValidationError) -> str:
+    parts = []
+    for error in exc.errors():
+        where = ".".join(str(p) for p in error["loc"]) or "body"
+        if error["type"] == "extra_forbidden":
+            parts.append(f"{where}: unknown field")
+        elif error["type"] == "string_pattern_mismatch" and error["loc"][-1] != "url":
+            parts.append(f"{where}: must be a lowercase name (a-z, 0-9, '-', 1-63 chars)")
+        else:
+            parts.append(f"{where}: {error['msg']}")
+    return "; ".join(parts)
+
+
+def parse_body(model: type[M], raw: bytes, *, optional: bool = False) -> M:
+    """Parse a JSON body into ``model`` or raise ``BadRequest``/``PayloadTooLarge``."""
+    if len(raw) > MAX_BODY:
+        raise PayloadTooLarge(f"the body exceeds {MAX_BODY} bytes")
+    if not raw.strip() and optional:
+        raw = b"{}"
+    try:
+        data = json.loads(raw)
+    except ValueError:
+        raise BadRequest("the body is not valid JSON") from None
+    if not isinstance(data, dict):
+        raise BadRequest("the body must be a JSON object")
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        raise BadRequest(_describe(exc)) from None

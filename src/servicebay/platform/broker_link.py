@@ -1,0 +1,338 @@
+"""The platform's outbound OSB calls, each answer classified per the spec's Orphan Mitigation table.
+
+The worker calls brokers only through :class:`BrokerLink`; every call returns a :class:`Reply`
+whose ``verdict`` says what the platform should do next and whose ``orphan_mitigation`` flag is
+the table's answer ("Orphan Mitigation SHOULD be performed"). Nothing here touches the database.
+
+Verdicts:
+
+- ``DONE``: 200/201 with a well-formed body (sync success);
+- ``ACCEPTED``: 202 with a well-formed body (async; poll ``last_operation``);
+- ``GONE``: 410 (for deletes and polls of deletes: already gone, which is success);
+- ``REJECTED``: other 4xx (the broker refused; nothing was created);
+- ``RETRY``: the request never reached the broker (connect error, 408) or the broker asks to try
+  later (422 ``ConcurrencyError``): safe to send again;
+- ``FAILED``: 5xx, timeout, malformed 2xx, any other 2xx.
+
+The credentials of a broker are only ever placed in request headers; a ``Reply`` description
+never quotes request headers or bodies.
+"""
+
+from __future__ import annotations
+
+import enum
+import uuid
+from dataclasses import dataclass, field
+from typing import Any
+
+import httpx
+from pydantic import BaseModel, ValidationError
+
+from servicebay.osb import (
+    API_VERSION,
+    API_VERSION_HEADER,
+    ORIGINATING_IDENTITY_HEADER,
+    REQUEST_IDENTITY_HEADER,
+    BindResponse,
+    Catalog,
+    DeprovisionResponse,
+    LastOperationResponse,
+    OriginatingIdentity,
+    ProvisionResponse,
+    UnbindResponse,
+    UpdateResponse,
+)
+
+# spec: Orphan Mitigation table. Which requests call for it on a 5xx / other-2xx answer, on a
+# timeout, and on a malformed 201/202.
+_OM_ON_ERROR = {"provision", "deprovision", "bind", "unbind"}
+_OM_ON_TIMEOUT = {"provision", "bind"}
+_OM_ON_MALFORMED = {"provision", "bind"}
+
+_BODY_MODELS: dict[str, type[BaseModel]] = {
+    "provision": ProvisionResponse,
+    "update": UpdateResponse,
+    "deprovision": DeprovisionResponse,
+    "bind": BindResponse,
+    "unbind": UnbindResponse,
+}
+
+
+class Verdict(enum.StrEnum):
+    """What a broker's answer means for the platform (see the module docstring)."""
+
+    DONE = "done"
+    ACCEPTED = "accepted"
+    GONE = "gone"
+    REJECTED = "rejected"
+    RETRY = "retry"
+    FAILED = "failed"
+
+
+@dataclass(frozen=True)
+class Reply:
+    """One classified broker answer."""
+
+    verdict: Verdict
+    description: str
+    status: int | None = None
+    body: dict[str, Any] = field(default_factory=dict)
+    orphan_mitigation: bool = False
+    retry_after: float | None = None
+
+    @property
+    def operation(self) -> str | None:
+        """The broker's operation string of a 202, if any."""
+        value = self.body.get("operation")
+        return value if isinstance(value, str) else None
+
+
+@dataclass(frozen=True)
+class BrokerEndpoint:
+    """Where a broker is and how to authenticate to it (credentials stay in memory only)."""
+
+    url: str
+    username: str | None = None
+    password: str | None = None
+    bearer_token: str | None = None
+
+    def auth_headers(self) -> dict[str, str]:
+        """The Authorization header for this broker, if it has credentials."""
+        if self.bearer_token:
+            return {"Authorization": f"Bearer {self.bearer_token}"}
+        if self.username is not None and self.password is not None:
+            basic = httpx.BasicAuth(self.username, self.password)
+            request = next(basic.auth_flow(httpx.Request("GET", self.url)))
+            return {"Authorization": request.headers["Authorization"]}
+        return {}
+
+
+class BrokerLink:
+    """Sends OSB v2.17 requests to brokers over one shared connection pool."""
+
+    def __init__(self, *, timeout: float, transport: httpx.AsyncBaseTransport | None = None):
+        self._http = httpx.AsyncClient(timeout=timeout, transport=transport)
+
+    async def close(self) -> None:
+        """Close the connection pool."""
+        await self._http.aclose()
+
+    async def catalog(self, broker: BrokerEndpoint) -> tuple[Catalog | None, Reply]:
+        """Fetch and validate the catalog; the catalog is None unless the reply is ``DONE``."""
+        reply = await self._send(broker, "catalog", "GET", "/v2/catalog", None, None)
+        if reply.verdict is not Verdict.DONE:
+            return None, reply
+        try:
+            return Catalog.model_validate(reply.body), reply
+        except ValidationError as exc:
+            problem = "; ".join(
+                f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors()[:5]
+            )
+            return None, Reply(Verdict.FAILED, f"invalid catalog: {problem}", reply.status)
+
+    async def provision(
+        self, broker: BrokerEndpoint, instance_id: str, body: dict[str, Any], user: str
+    ) -> Reply:
+        """``PUT /v2/service_instances/:id?accepts_incomplete=true``."""
+        path = f"/v2/service_instances/{instance_id}"
+        return await self._send(broker, "provision", "PUT", path, body, user)
+
+    async def update(
+        self, broker: BrokerEndpoint, instance_id: str, body: dict[str, Any], user: str
+    ) -> Reply:
+        """``PATCH /v2/service_instances/:id?accepts_incomplete=true``."""
+        path = f"/v2/service_instances/{instance_id}"
+        return await self._send(broker, "update", "PATCH", path, body, user)
+
+    async def deprovision(
+        self, broker: BrokerEndpoint, instance_id: str, service_id: str, plan_id: str, user: str
+    ) -> Reply:
+        """``DELETE /v2/service_instances/:id?service_id&plan_id&accepts_incomplete=true``."""
+        path = f"/v2/service_instances/{instance_id}"
+        query = {"service_id": service_id, "plan_id": plan_id}
+        return await self._send(broker, "deprovision", "DELETE", path, None, user, query)
+
+    async def bind(
+        self,
+        broker: BrokerEndpoint,
+        instance_id: str,
+        binding_id: str,
+        body: dict[str, Any],
+        user: str,
+    ) -> Reply:
+        """``PUT /v2/service_instances/:id/service_bindings/:binding_id``."""
+        path = f"/v2/service_instances/{instance_id}/service_bindings/{binding_id}"
+        return await self._send(broker, "bind", "PUT", path, body, user)
+
+    async def unbind(
+        self,
+        broker: BrokerEndpoint,
+        instance_id: str,
+        binding_id: str,
+        service_id: str,
+        plan_id: str,
+        user: str,
+    ) -> Reply:
+        """``DELETE /v2/service_instances/:id/service_bindings/:binding_id``."""
+        path = f"/v2/service_instances/{instance_id}/service_bindings/{binding_id}"
+        query = {"service_id": service_id, "plan_id": plan_id}
+        return await self._send(broker, "unbind", "DELETE", path, None, user, query)
+
+    async def fetch_binding(
+        self, broker: BrokerEndpoint, instance_id: str, binding_id: str, user: str
+    ) -> Reply:
+        """``GET .../service_bindings/:binding_id`` (credentials after an async bind)."""
+        path = f"/v2/service_instances/{instance_id}/service_bindings/{binding_id}"
+        return await self._send(broker, "fetch_binding", "GET", path, None, user)
+
+    async def last_operation(
+        self,
+        broker: BrokerEndpoint,
+        instance_id: str,
+        binding_id: str | None,
+        query: dict[str, str],
+        user: str,
+    ) -> Reply:
+        """Poll ``last_operation`` of an instance or binding; ``body`` is the parsed state."""
+        path = f"/v2/service_instances/{instance_id}"
+        if binding_id:
+            path += f"/service_bindings/{binding_id}"
+        return await self._send(broker, "poll", "GET", path + "/last_operation", None, user, query)
+
+    async def _send(
+        self,
+        broker: BrokerEndpoint,
+        request: str,
+        method: str,
+        path: str,
+        body: dict[str, Any] | None,
+        user: str | None,
+        query: dict[str, str] | None = None,
+    ) -> Reply:
+        headers = {
+            API_VERSION_HEADER: API_VERSION,
+            REQUEST_IDENTITY_HEADER: str(uuid.uuid4()),
+            **broker.auth_headers(),
+        }
+        if user is not None:
+            identity = OriginatingIdentity(platform="servicebay", value={"user": user})
+            headers[ORIGINATING_IDENTITY_HEADER] = identity.to_header()
+        params = dict(query or {})
+        if request in _BODY_MODELS:
+            params["accepts_incomplete"] = "true"
+        url = broker.url.rstrip("/") + path
+        try:
+            response = await self._http.request(
+                method, url, json=body, params=params, headers=headers
+            )
+        except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
+            return Reply(Verdict.RETRY, f"broker unreachable ({type(exc).__name__})")
+        except httpx.TimeoutException:
+            # spec: Orphan Mitigation, row "Timeout": only provisioning and binding.
+            return Reply(
+                Verdict.FAILED,
+                "broker did not answer in time",
+                orphan_mitigation=request in _OM_ON_TIMEOUT,
+            )
+        except httpx.HTTPError as exc:
+            return Reply(
+                Verdict.FAILED,
+                f"broker connection failed ({type(exc).__name__})",
+                orphan_mitigation=request in _OM_ON_TIMEOUT,
+            )
+        return classify(request, response)
+
+
+def _retry_after(response: httpx.Response) -> float | None:
+    value = response.headers.get("Retry-After")
+    if value is None:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        return None  # an HTTP-date: fall back to the platform's own backoff
+
+
+def _json_object(response: httpx.Response) -> dict[str, Any] | None:
+    try:
+        data = response.json()
+    except ValueError:
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def _error_text(status: int, body: dict[str, Any] | None) -> str:
+    body = body or {}
+    parts = [str(body[k]) for k in ("error", "description") if isinstance(body.get(k), str)]
+    detail = ": ".join(parts) if parts else "no description"
+    return f"broker answered {status} ({detail})"
+
+
+def classify(request: str, response: httpx.Response) -> Reply:
+    """Turn one broker response into a :class:`Reply` per the spec's Orphan Mitigation table."""
+    status = response.status_code
+    body = _json_object(response)
+    retry_after = _retry_after(response)
+    if request == "poll" and status == 200:
+        return _classify_poll(body, retry_after)
+    if status in (200, 201, 202):
+        return _classify_success(request, status, body, retry_after)
+    if status == 410 and request in ("deprovision", "unbind", "poll"):
+        return Reply(Verdict.GONE, "gone at the broker", status, body or {})
+    if status == 408:
+        # spec: "408 Client timeout failure (request not received at the server)".
+        return Reply(Verdict.RETRY, "broker reported a client timeout (408)", status)
+    if status == 422 and (body or {}).get("error") == "ConcurrencyError":
+        return Reply(Verdict.RETRY, _error_text(status, body), status, body or {}, retry_after=None)
+    if 400 <= status < 500:
+        return Reply(Verdict.REJECTED, _error_text(status, body), status, body or {})
+    if request == "poll":
+        return Reply(Verdict.RETRY, _error_text(status, body), status, retry_after=retry_after)
+    # spec: Orphan Mitigation, rows "5xx" and "All other 2xx".
+    return Reply(
+        Verdict.FAILED,
+        _error_text(status, body),
+        status,
+        body or {},
+        orphan_mitigation=request in _OM_ON_ERROR,
+    )
+
+
+def _classify_success(
+    request: str, status: int, body: dict[str, Any] | None, retry_after: float | None
+) -> Reply:
+    model = _BODY_MODELS.get(request)
+    well_formed = body is not None
+    if well_formed and model is not None:
+        try:
+            body = model.model_validate(body).model_dump(mode="json", exclude_none=True)
+        except ValidationError:
+            well_formed = False
+    if status == 202 and request in ("catalog", "fetch_binding"):
+        return Reply(Verdict.FAILED, f"unexpected status {status}", status)
+    if status == 201 and request not in ("provision", "bind"):
+        # spec: "All other 2xx" is a failure for every request but provision/bind's 201.
+        return Reply(
+            Verdict.FAILED,
+            f"unexpected status {status}",
+            status,
+            orphan_mitigation=request in _OM_ON_ERROR,
+        )
+    if not well_formed:
+        # spec: "200 with malformed response" → no mitigation; malformed 201/202 of provision
+        # and bind → mitigation.
+        om = status in (201, 202) and request in _OM_ON_MALFORMED
+        return Reply(Verdict.FAILED, f"malformed {status} response", status, orphan_mitigation=om)
+    verdict = Verdict.ACCEPTED if status == 202 else Verdict.DONE
+    return Reply(verdict, f"broker answered {status}", status, body or {}, retry_after=retry_after)
+
+
+def _classify_poll(body: dict[str, Any] | None, retry_after: float | None) -> Reply:
+    try:
+        state = LastOperationResponse.model_validate(body)
+    except ValidationError:
+        # A malformed poll answer tells nothing: poll again (bounded by the deadline).
+        return Reply(Verdict.RETRY, "malformed last_operation response", 200)
+    parsed = state.model_dump(mode="json", exclude_none=True)
+    text = state.description or state.state.value
+    return Reply(Verdict.DONE, text, 200, parsed, retry_after=retry_after)

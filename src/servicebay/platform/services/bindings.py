@@ -1,0 +1,277 @@
+"""Bindings (for an app) and service keys (for use outside an app): one lifecycle, two kinds.
+
+A bind is checked (instance ready and bindable, parameters against the plan's binding schema)
+and queued like a provision; the worker stores the credentials the broker returns, encrypted.
+Credentials leave the platform only through :func:`get_binding` and :func:`app_bindings`, and
+only for the user who created the binding or an admin.
+"""
+
+from __future__ import annotations
+
+import secrets
+import uuid
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from servicebay.osb import Plan, Service, redact
+from servicebay.platform.services.errors import BadRequest, Conflict, Unprocessable, not_found
+from servicebay.platform.services.instances import check_parameters, invalid
+from servicebay.platform.services.namespaces import require_namespace
+from servicebay.platform.services.operations import audit, enqueue
+from servicebay.platform.services.records import (
+    TERMINAL,
+    binding_select,
+    binding_view,
+    instance_select,
+    operation_view,
+)
+from servicebay.platform.services.runtime import Actor, Platform
+from servicebay.platform.store import tables, utcnow
+
+
+async def _require_binding(conn: AsyncConnection, namespace: str, name: str) -> Any:
+    b = tables.bindings
+    query = binding_select().where(b.c.namespace == namespace, b.c.name == name)
+    row = (await conn.execute(query)).mappings().first()
+    if row is None:
+        raise not_found("binding", f"{namespace}/{name}")
+    return row
+
+
+async def _offering_of(conn: AsyncConnection, plan_pk: str) -> tuple[Service, Plan]:
+    p, s = tables.plans, tables.services
+    row = (
+        await conn.execute(
+            sa.select(p.c.definition, s.c.definition.label("service"))
+            .join(s, s.c.id == p.c.service_pk)
+            .where(p.c.id == plan_pk)
+        )
+    ).first()
+    assert row is not None
+    return Service.model_validate(row[1]), Plan.model_validate(row[0])
+
+
+async def bind(
+    platform: Platform,
+    actor: Actor,
+    *,
+    instance: str,
+    namespace: str,
+    kind: str,
+    app: str | None,
+    name: str | None,
+    parameters: dict[str, Any],
+) -> dict[str, Any]:
+    """Check and queue a bind (202)."""
+    if kind == "app" and not app:
+        raise BadRequest("app: is required for a binding of kind 'app'")
+    if kind == "key" and app:
+        raise BadRequest("app: must not be given for a service key")
+    name = name or (f"{instance}-{app}" if kind == "app" else f"{instance}-key-{_suffix()}")
+    async with platform.db.begin() as conn:
+        await require_namespace(conn, namespace)
+        i = tables.instances
+        query = instance_select().where(i.c.namespace == namespace, i.c.name == instance)
+        inst = (await conn.execute(query)).mappings().first()
+        if inst is None:
+            raise not_found("instance", f"{namespace}/{instance}")
+        service, plan = await _offering_of(conn, inst["plan_pk"])
+        if not plan.effective_bindable(service):
+            raise Unprocessable(
+                f"plan {service.name}/{plan.name} is not bindable", code="not_bindable"
+            )
+        schema = plan.binding_create_schema()
+        full, problems = check_parameters(schema, parameters, [], namespace)
+        if problems:
+            raise invalid(problems)
+        if inst["state"] != "ready":
+            raise Conflict(
+                f"instance {instance!r} is {inst['state']}, not ready", code="instance_not_ready"
+            )
+        b = tables.bindings
+        taken = await conn.scalar(
+            sa.select(b.c.id).where(b.c.namespace == namespace, b.c.name == name)
+        )
+        if taken is not None:
+            raise Conflict(f"binding {name!r} already exists", code="binding_exists")
+        binding_id = str(uuid.uuid4())
+        context: dict[str, Any] = {
+            "platform": "servicebay",
+            "namespace": namespace,
+            "instance_name": instance,
+        }
+        body: dict[str, Any] = {
+            "service_id": service.id,
+            "plan_id": plan.id,
+            "context": {**context, "app": app} if app else context,
+            "parameters": full,
+        }
+        if app:
+            body["bind_resource"] = {"app_guid": app}
+        shown = redact(schema, full)
+        op = await enqueue(
+            conn,
+            platform,
+            kind="bind",
+            namespace=namespace,
+            user=actor.user,
+            instance_id=inst["id"],
+            instance_name=instance,
+            binding_id=binding_id,
+            binding_name=name,
+            request={"body": body},
+        )
+        now = utcnow()
+        await conn.execute(
+            b.insert().values(
+                id=binding_id,
+                namespace=namespace,
+                name=name,
+                instance_id=inst["id"],
+                kind=kind,
+                app=app,
+                state="binding",
+                parameters=platform.cipher.seal(full),
+                parameters_shown=shown,
+                credentials=None,
+                last_operation_id=op["id"],
+                created_by=actor.user,
+                created_at=now,
+                updated_at=now,
+            )
+        )
+        await audit(
+            conn,
+            user=actor.user,
+            action=f"{'binding' if kind == 'app' else 'key'}.create",
+            target=f"{namespace}/{name}",
+            outcome="accepted",
+            operation_id=op["id"],
+            details={"instance": instance, "app": app, "parameters": shown},
+        )
+        row = await _require_binding(conn, namespace, name)
+    platform.notify()
+    return {"binding": binding_view(row), "operation": operation_view(op)}
+
+
+def _suffix() -> str:
+    return "".join(secrets.choice("abcdefghijklmnopqrstuvwxyz0123456789") for _ in range(6))
+
+
+async def unbind(platform: Platform, actor: Actor, *, name: str, namespace: str) -> dict[str, Any]:
+    """Queue an unbind (202)."""
+    async with platform.db.begin() as conn:
+        await require_namespace(conn, namespace)
+        row = await _require_binding(conn, namespace, name)
+        o = tables.operations
+        busy = await conn.scalar(
+            sa.select(o.c.id).where(o.c.binding_id == row["id"], o.c.state.not_in(TERMINAL))
+        )
+        if busy is not None:
+            raise Conflict(
+                f"binding {name!r} has an operation in progress", code="operation_in_progress"
+            )
+        op = await enqueue(
+            conn,
+            platform,
+            kind="unbind",
+            namespace=namespace,
+            user=actor.user,
+            instance_id=row["instance_id"],
+            instance_name=row["instance_name"],
+            binding_id=row["id"],
+            binding_name=name,
+            request={"previous_state": row["state"]},
+        )
+        b = tables.bindings
+        await conn.execute(
+            b.update()
+            .where(b.c.id == row["id"])
+            .values(state="unbinding", last_operation_id=op["id"], updated_at=utcnow())
+        )
+        await audit(
+            conn,
+            user=actor.user,
+            action=f"{'binding' if row['kind'] == 'app' else 'key'}.delete",
+            target=f"{namespace}/{name}",
+            outcome="accepted",
+            operation_id=op["id"],
+        )
+        row = await _require_binding(conn, namespace, name)
+    platform.notify()
+    return {"binding": binding_view(row), "operation": operation_view(op)}
+
+
+def _with_credentials(platform: Platform, actor: Actor, row: Any) -> dict[str, Any]:
+    view = binding_view(row)
+    if actor.admin or actor.user == row["created_by"]:
+        view["credentials"] = platform.cipher.open(row["credentials"]) or {}
+        view["credentials_hidden"] = False
+    else:
+        view["credentials_hidden"] = True
+    return view
+
+
+async def get_binding(
+    platform: Platform, actor: Actor, *, name: str, namespace: str
+) -> dict[str, Any]:
+    """One binding; its credentials only for its creator or an admin."""
+    async with platform.db.begin() as conn:
+        await require_namespace(conn, namespace)
+        return _with_credentials(platform, actor, await _require_binding(conn, namespace, name))
+
+
+async def list_bindings(
+    platform: Platform,
+    *,
+    namespace: str,
+    instance: str | None,
+    app: str | None,
+    kind: str | None,
+) -> list[dict[str, Any]]:
+    """Bindings of a namespace (never with credentials)."""
+    b = tables.bindings
+    query = binding_select().where(b.c.namespace == namespace).order_by(b.c.name)
+    if instance:
+        query = query.where(tables.instances.c.name == instance)
+    if app:
+        query = query.where(b.c.app == app)
+    if kind:
+        query = query.where(b.c.kind == kind)
+    async with platform.db.begin() as conn:
+        await require_namespace(conn, namespace)
+        rows = (await conn.execute(query)).mappings().all()
+    return [binding_view(r) for r in rows]
+
+
+async def app_bindings(
+    platform: Platform, actor: Actor, *, app: str, namespace: str
+) -> dict[str, Any]:
+    """What ``bay run`` projects for an app: its ready bindings with type, provider, credentials."""
+    b = tables.bindings
+    query = (
+        binding_select()
+        .where(b.c.namespace == namespace, b.c.app == app, b.c.state == "ready")
+        .order_by(b.c.name)
+    )
+    async with platform.db.begin() as conn:
+        await require_namespace(conn, namespace)
+        rows = (await conn.execute(query)).mappings().all()
+    items = []
+    for row in rows:
+        full = _with_credentials(platform, actor, row)
+        item = {
+            "name": row["name"],
+            "instance": row["instance_name"],
+            "type": row["service_name"],
+            "provider": row["broker_name"],
+            "service": row["service_name"],
+            "plan": row["plan_name"],
+            "credentials_hidden": full["credentials_hidden"],
+        }
+        if "credentials" in full:
+            item["credentials"] = full["credentials"]
+        items.append(item)
+    return {"app": app, "namespace": namespace, "items": items}

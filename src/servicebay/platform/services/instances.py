@@ -1,0 +1,490 @@
+"""Service instances: provision (or dry-run it), update, deprovision, purge, list.
+
+Every request is checked completely *before* anything is stored or sent: the namespace, the
+plan's existence and visibility, the namespace quota, and the parameters — against the plan's
+schema with ``servicebay.osb``'s validator (after its defaults are applied) and then against
+the namespace's constraints. Accepted requests store the record and a queued operation in one
+transaction; the worker sends it to the broker. Parameters are stored encrypted, and shown
+only redacted (``writeOnly`` / ``x-sensitive`` values become ``***``).
+"""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from servicebay.osb import InvalidParameters, apply_defaults, redact, validate_parameters
+from servicebay.platform.services.catalog import Offering, constraints_for, resolve_offering
+from servicebay.platform.services.errors import Conflict, Unprocessable, not_found
+from servicebay.platform.services.namespaces import require_namespace
+from servicebay.platform.services.operations import audit, enqueue
+from servicebay.platform.services.records import (
+    TERMINAL,
+    instance_select,
+    instance_view,
+    operation_view,
+)
+from servicebay.platform.services.runtime import Actor, Platform
+from servicebay.platform.store import tables, utcnow
+
+
+def check_parameters(
+    schema: dict[str, Any] | None,
+    parameters: dict[str, Any],
+    constraints: list[dict[str, Any]],
+    namespace: str,
+) -> tuple[dict[str, Any], list[dict[str, str]]]:
+    """Parameters after defaults, and every problem with them (plan schema, then namespace)."""
+    full = apply_defaults(schema, parameters)
+    problems: list[dict[str, str]] = []
+    try:
+        validate_parameters(schema, full)
+    except InvalidParameters as exc:
+        problems += [{"path": p.path, "rule": p.rule, "message": p.message} for p in exc.problems]
+    for extra in constraints:
+        try:
+            validate_parameters(extra, full)
+        except InvalidParameters as exc:
+            problems += [
+                {
+                    "path": p.path,
+                    "rule": p.rule,
+                    "message": f"{p.message} [namespace {namespace}]",
+                }
+                for p in exc.problems
+            ]
+    return full, problems
+
+
+def invalid(problems: list[dict[str, str]]) -> Unprocessable:
+    """The ``invalid_parameters`` error whose message lists every problem."""
+    text = "; ".join(
+        f"{p['path']}: {p['message']}" if p["path"] else p["message"] for p in problems
+    )
+    return Unprocessable(text, code="invalid_parameters", problems=problems)
+
+
+def _context(namespace: str, name: str) -> dict[str, Any]:
+    return {"platform": "servicebay", "namespace": namespace, "instance_name": name}
+
+
+async def _require_instance(conn: AsyncConnection, namespace: str, name: str) -> Any:
+    i = tables.instances
+    query = instance_select().where(i.c.namespace == namespace, i.c.name == name)
+    row = (await conn.execute(query)).mappings().first()
+    if row is None:
+        raise not_found("instance", f"{namespace}/{name}")
+    return row
+
+
+def _dry_run(
+    offering: Offering,
+    broker_url: str,
+    method: str,
+    instance_id: str,
+    body: dict[str, Any],
+    problems: list[dict[str, str]],
+    namespace: str,
+) -> dict[str, Any]:
+    return {
+        "dry_run": True,
+        "accepted": not problems,
+        "problems": problems,
+        "target": {
+            "broker": offering.broker_name,
+            "url": broker_url,
+            "method": method,
+            "path": f"/v2/service_instances/{instance_id}?accepts_incomplete=true",
+        },
+        "request": body,
+        "service": offering.service.name,
+        "plan": offering.plan.name,
+        "namespace": namespace,
+    }
+
+
+async def _broker_url(conn: AsyncConnection, broker_id: str) -> str:
+    b = tables.brokers
+    return str(await conn.scalar(sa.select(b.c.url).where(b.c.id == broker_id)))
+
+
+async def provision(
+    platform: Platform,
+    actor: Actor,
+    *,
+    service: str,
+    plan: str,
+    name: str,
+    namespace: str,
+    parameters: dict[str, Any],
+    maintenance_info: dict[str, Any] | None,
+    dry_run: bool,
+) -> tuple[int, dict[str, Any]]:
+    """Check and queue a provision (202), or describe it without doing it (dry run, 200)."""
+    instance_id = str(uuid.uuid4())
+    async with platform.db.begin() as conn:
+        ns = await require_namespace(conn, namespace)
+        offering = await resolve_offering(conn, ns, service, plan)
+        schema = offering.plan.instance_create_schema()
+        full, problems = check_parameters(
+            schema, parameters, constraints_for(ns, service, plan), namespace
+        )
+        if maintenance_info is None and offering.plan.maintenance_info is not None:
+            maintenance_info = offering.plan.maintenance_info.to_wire()
+        body: dict[str, Any] = {
+            "service_id": offering.service.id,
+            "plan_id": offering.plan.id,
+            "context": _context(namespace, name),
+            "parameters": full,
+        }
+        if maintenance_info is not None:
+            body["maintenance_info"] = maintenance_info
+        if dry_run:
+            shown = {**body, "parameters": redact(schema, full)}
+            url = await _broker_url(conn, offering.broker_id)
+            return 200, _dry_run(offering, url, "PUT", instance_id, shown, problems, namespace)
+        await _check_quota(conn, ns)
+        if problems:
+            raise invalid(problems)
+        i = tables.instances
+        taken = await conn.scalar(
+            sa.select(i.c.id).where(i.c.namespace == namespace, i.c.name == name)
+        )
+        if taken is not None:
+            raise Conflict(
+                f"instance {name!r} already exists in namespace {namespace!r}",
+                code="instance_exists",
+            )
+        now = utcnow()
+        shown_params = redact(schema, full)
+        op = await enqueue(
+            conn,
+            platform,
+            kind="provision",
+            namespace=namespace,
+            user=actor.user,
+            instance_id=instance_id,
+            instance_name=name,
+            request={"body": body},
+        )
+        await conn.execute(
+            i.insert().values(
+                id=instance_id,
+                namespace=namespace,
+                name=name,
+                plan_pk=offering.plan_pk,
+                state="provisioning",
+                parameters=platform.cipher.seal(full),
+                parameters_shown=shown_params,
+                dashboard_url=None,
+                maintenance_info=maintenance_info,
+                last_operation_id=op["id"],
+                created_by=actor.user,
+                created_at=now,
+                updated_at=now,
+            )
+        )
+        await audit(
+            conn,
+            user=actor.user,
+            action="instance.provision",
+            target=f"{namespace}/{name}",
+            outcome="accepted",
+            operation_id=op["id"],
+            details={"service": service, "plan": plan, "parameters": shown_params},
+        )
+        row = await _require_instance(conn, namespace, name)
+    platform.notify()
+    return 202, {"instance": instance_view(row), "operation": operation_view(op)}
+
+
+async def _check_quota(conn: AsyncConnection, ns: Any) -> None:
+    if ns["max_instances"] is None:
+        return
+    i = tables.instances
+    count = await conn.scalar(
+        sa.select(sa.func.count()).select_from(i).where(i.c.namespace == ns["name"])
+    )
+    if (count or 0) >= ns["max_instances"]:
+        raise Unprocessable(
+            f"namespace {ns['name']!r} allows at most {ns['max_instances']} instance(s)",
+            code="quota_exceeded",
+        )
+
+
+async def _check_idle(conn: AsyncConnection, operation_id: str | None, what: str) -> None:
+    if operation_id is None:
+        return
+    o = tables.operations
+    state = await conn.scalar(sa.select(o.c.state).where(o.c.id == operation_id))
+    if state is not None and state not in TERMINAL:
+        raise Conflict(f"{what} has an operation in progress", code="operation_in_progress")
+
+
+async def _busy_orphan_mitigation(conn: AsyncConnection, instance_id: str) -> bool:
+    o = tables.operations
+    found = await conn.scalar(
+        sa.select(o.c.id).where(
+            o.c.instance_id == instance_id,
+            o.c.binding_id.is_(None),
+            o.c.kind == "orphan_mitigation",
+            o.c.state.not_in(TERMINAL),
+        )
+    )
+    return found is not None
+
+
+async def update(
+    platform: Platform,
+    actor: Actor,
+    *,
+    name: str,
+    namespace: str,
+    plan: str | None,
+    parameters: dict[str, Any] | None,
+    maintenance_info: dict[str, Any] | None,
+    dry_run: bool,
+) -> tuple[int, dict[str, Any]]:
+    """Check and queue an update of plan and/or parameters (202), or dry-run it (200)."""
+    async with platform.db.begin() as conn:
+        ns = await require_namespace(conn, namespace)
+        row = await _require_instance(conn, namespace, name)
+        target_plan = plan or row["plan_name"]
+        offering = await resolve_offering(conn, ns, row["service_name"], target_plan)
+        changing = plan is not None and plan != row["plan_name"]
+        if changing and not offering.plan.effective_updateable(offering.service):
+            raise Unprocessable(
+                f"service {offering.service.name!r} does not allow changing the plan",
+                code="not_updateable",
+            )
+        schema = offering.plan.instance_update_schema()
+        given = parameters or {}
+        checked, problems = check_parameters(
+            schema, given, constraints_for(ns, offering.service.name, target_plan), namespace
+        )
+        old_params = platform.cipher.open(row["parameters"]) or {}
+        old_plan_id = await conn.scalar(
+            sa.select(tables.plans.c.plan_id).where(tables.plans.c.id == row["plan_pk"])
+        )
+        body: dict[str, Any] = {
+            "service_id": offering.service.id,
+            "context": _context(namespace, name),
+            "previous_values": {"service_id": offering.service.id, "plan_id": old_plan_id},
+        }
+        if plan is not None:
+            body["plan_id"] = offering.plan.id
+        if parameters is not None:
+            body["parameters"] = checked
+        if maintenance_info is not None:
+            body["maintenance_info"] = maintenance_info
+        create_schema = offering.plan.instance_create_schema()
+        if dry_run:
+            shown = {**body, "parameters": redact(schema or create_schema, checked)}
+            url = await _broker_url(conn, offering.broker_id)
+            return 200, _dry_run(offering, url, "PATCH", row["id"], shown, problems, namespace)
+        if problems:
+            raise invalid(problems)
+        await _check_idle(conn, row["last_operation_id"], f"instance {name!r}")
+        merged = {**old_params, **checked}
+        op = await enqueue(
+            conn,
+            platform,
+            kind="update",
+            namespace=namespace,
+            user=actor.user,
+            instance_id=row["id"],
+            instance_name=name,
+            request={
+                "body": body,
+                "plan_pk": offering.plan_pk,
+                "parameters": merged,
+                "parameters_shown": redact(create_schema or schema, merged),
+                "maintenance_info": maintenance_info,
+                "previous_state": row["state"],
+            },
+        )
+        await _set_instance(conn, row["id"], state="updating", last_operation_id=op["id"])
+        await audit(
+            conn,
+            user=actor.user,
+            action="instance.update",
+            target=f"{namespace}/{name}",
+            outcome="accepted",
+            operation_id=op["id"],
+            details={"plan": target_plan, "parameters": redact(schema, checked)},
+        )
+        row = await _require_instance(conn, namespace, name)
+    platform.notify()
+    return 202, {"instance": instance_view(row), "operation": operation_view(op)}
+
+
+async def deprovision(
+    platform: Platform, actor: Actor, *, name: str, namespace: str
+) -> dict[str, Any]:
+    """Queue a deprovision; refused while bindings exist or another operation runs."""
+    async with platform.db.begin() as conn:
+        await require_namespace(conn, namespace)
+        row = await _require_instance(conn, namespace, name)
+        await _check_idle(conn, row["last_operation_id"], f"instance {name!r}")
+        if await _busy_orphan_mitigation(conn, row["id"]):
+            raise Conflict(
+                f"instance {name!r} is under orphan mitigation", code="operation_in_progress"
+            )
+        b = tables.bindings
+        count = await conn.scalar(
+            sa.select(sa.func.count()).select_from(b).where(b.c.instance_id == row["id"])
+        )
+        if count:
+            raise Conflict(
+                f"instance {name!r} still has {count} binding(s) or key(s); unbind them first",
+                code="instance_has_bindings",
+            )
+        op = await enqueue(
+            conn,
+            platform,
+            kind="deprovision",
+            namespace=namespace,
+            user=actor.user,
+            instance_id=row["id"],
+            instance_name=name,
+            request={"previous_state": row["state"]},
+        )
+        await _set_instance(conn, row["id"], state="deprovisioning", last_operation_id=op["id"])
+        await audit(
+            conn,
+            user=actor.user,
+            action="instance.deprovision",
+            target=f"{namespace}/{name}",
+            outcome="accepted",
+            operation_id=op["id"],
+        )
+        row = await _require_instance(conn, namespace, name)
+    platform.notify()
+    return {"instance": instance_view(row), "operation": operation_view(op)}
+
+
+async def purge(platform: Platform, actor: Actor, *, name: str, namespace: str) -> dict[str, Any]:
+    """Remove an instance and its bindings from the platform only, keeping the evidence.
+
+    The broker is not called: this is for records the broker can no longer answer for. The
+    removed records (redacted) are kept in a ``purge`` operation of the history; unfinished
+    operations of the instance are ended as failed so no worker acts on them afterwards.
+    """
+    async with platform.db.begin() as conn:
+        await require_namespace(conn, namespace)
+        row = await _require_instance(conn, namespace, name)
+        b, o = tables.bindings, tables.operations
+        bindings = (
+            (await conn.execute(sa.select(b).where(b.c.instance_id == row["id"]))).mappings().all()
+        )
+        now = utcnow()
+        await conn.execute(
+            o.update()
+            .where(o.c.instance_id == row["id"], o.c.state.not_in(TERMINAL))
+            .values(
+                state="failed",
+                description="ended by purge",
+                owner=None,
+                lease_until=None,
+                finished_at=now,
+                updated_at=now,
+            )
+        )
+        evidence = {
+            "instance": instance_view(row),
+            "bindings": [
+                {
+                    "id": x["id"],
+                    "name": x["name"],
+                    "kind": x["kind"],
+                    "app": x["app"],
+                    "state": x["state"],
+                }
+                for x in bindings
+            ],
+        }
+        op = await enqueue(
+            conn,
+            platform,
+            kind="purge",
+            namespace=namespace,
+            user=actor.user,
+            instance_id=row["id"],
+            instance_name=name,
+            request={},
+            description=f"purged from the platform ({len(bindings)} binding(s)); broker not called",
+            state="succeeded",
+        )
+        await conn.execute(o.update().where(o.c.id == op["id"]).values(evidence=evidence))
+        await conn.execute(b.delete().where(b.c.instance_id == row["id"]))
+        await conn.execute(tables.instances.delete().where(tables.instances.c.id == row["id"]))
+        await audit(
+            conn,
+            user=actor.user,
+            action="instance.purge",
+            target=f"{namespace}/{name}",
+            outcome="succeeded",
+            operation_id=op["id"],
+            details={"bindings": [x["name"] for x in bindings]},
+        )
+    return {
+        "purged": evidence["instance"],
+        "bindings": [x["name"] for x in bindings],
+        "operation": operation_view(op),
+    }
+
+
+async def _set_instance(conn: AsyncConnection, instance_id: str, **values: Any) -> None:
+    i = tables.instances
+    await conn.execute(
+        i.update().where(i.c.id == instance_id).values(updated_at=utcnow(), **values)
+    )
+
+
+async def get_instance(platform: Platform, *, name: str, namespace: str) -> dict[str, Any]:
+    """One instance with its last operation."""
+    async with platform.db.begin() as conn:
+        await require_namespace(conn, namespace)
+        return instance_view(await _require_instance(conn, namespace, name))
+
+
+async def list_instances(
+    platform: Platform,
+    *,
+    namespace: str,
+    service: str | None,
+    limit: int,
+    after: str | None,
+) -> dict[str, Any]:
+    """A page of instances sorted by (namespace,) name; ``next`` continues after the last."""
+    i = tables.instances
+    query = instance_select()
+    if namespace == "*":
+        query = query.order_by(i.c.namespace, i.c.name)
+        if after:
+            ns_after, _, name_after = after.partition("/")
+            query = query.where(
+                sa.or_(
+                    i.c.namespace > ns_after,
+                    sa.and_(i.c.namespace == ns_after, i.c.name > name_after),
+                )
+            )
+    else:
+        query = query.where(i.c.namespace == namespace).order_by(i.c.name)
+        if after:
+            query = query.where(i.c.name > after)
+    if service:
+        query = query.where(tables.services.c.name == service)
+    async with platform.db.begin() as conn:
+        if namespace != "*":
+            await require_namespace(conn, namespace)
+        rows = (await conn.execute(query.limit(limit + 1))).mappings().all()
+    items = [instance_view(r) for r in rows[:limit]]
+    following = None
+    if len(rows) > limit and items:
+        last = items[-1]
+        following = f"{last['namespace']}/{last['name']}" if namespace == "*" else last["name"]
+    return {"items": items, "next": following}

@@ -1,0 +1,161 @@
+"""Namespaces: where instances live side by side (test, staging, development...).
+
+Each namespace says which plans its users may see (``visible_plans``; ``None`` = all), which
+extra JSON-schema constraints parameters must meet on top of the plan's schema (keyed
+``service`` or ``service/plan``), and how many instances it may hold. ``default`` always exists.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from servicebay.osb import BadRequest as SchemaError
+from servicebay.osb import check_schema
+from servicebay.platform.services.errors import BadRequest, Conflict, not_found
+from servicebay.platform.services.operations import audit
+from servicebay.platform.services.records import ts
+from servicebay.platform.services.runtime import Actor, Platform
+from servicebay.platform.store import tables, utcnow
+
+DEFAULT = "default"
+_PLAN_REF = re.compile(r"^[^/\s]+/[^/\s]+$")
+
+
+def _check_settings(visible_plans: list[str] | None, constraints: dict[str, Any]) -> None:
+    for entry in visible_plans or []:
+        if not _PLAN_REF.match(entry):
+            raise BadRequest(f"visible_plans: {entry!r} must be 'service/plan' or 'service/*'")
+    for key, schema in constraints.items():
+        if not re.match(r"^[^/\s]+(/[^/\s]+)?$", key):
+            raise BadRequest(f"constraints: key {key!r} must be 'service' or 'service/plan'")
+        try:
+            check_schema(schema)
+        except SchemaError as exc:
+            raise BadRequest(f"constraints.{key}: {exc.description}") from None
+
+
+async def require_namespace(conn: AsyncConnection, name: str) -> Any:
+    """The namespace row, or ``namespace_not_found``."""
+    n = tables.namespaces
+    row = (await conn.execute(sa.select(n).where(n.c.name == name))).mappings().first()
+    if row is None:
+        raise not_found("namespace", name)
+    return row
+
+
+async def _view(conn: AsyncConnection, row: Any) -> dict[str, Any]:
+    i = tables.instances
+    count = await conn.scalar(
+        sa.select(sa.func.count()).select_from(i).where(i.c.namespace == row["name"])
+    )
+    return {
+        "name": row["name"],
+        "description": row["description"],
+        "visible_plans": row["visible_plans"],
+        "constraints": row["constraints"],
+        "max_instances": row["max_instances"],
+        "instance_count": count or 0,
+        "created_at": ts(row["created_at"]),
+        "updated_at": ts(row["updated_at"]),
+    }
+
+
+async def create_namespace(
+    platform: Platform,
+    actor: Actor,
+    *,
+    name: str,
+    description: str,
+    visible_plans: list[str] | None,
+    constraints: dict[str, Any],
+    max_instances: int | None,
+) -> dict[str, Any]:
+    """Create a namespace (409 ``namespace_exists`` if taken)."""
+    _check_settings(visible_plans, constraints)
+    now = utcnow()
+    async with platform.db.begin() as conn:
+        n = tables.namespaces
+        if (await conn.execute(sa.select(n.c.name).where(n.c.name == name))).first():
+            raise Conflict(f"namespace {name!r} already exists", code="namespace_exists")
+        await conn.execute(
+            n.insert().values(
+                name=name,
+                description=description,
+                visible_plans=visible_plans,
+                constraints=constraints,
+                max_instances=max_instances,
+                created_at=now,
+                updated_at=now,
+            )
+        )
+        await audit(
+            conn, user=actor.user, action="namespace.create", target=name, outcome="succeeded"
+        )
+        return await _view(conn, await require_namespace(conn, name))
+
+
+async def replace_namespace(
+    platform: Platform,
+    actor: Actor,
+    *,
+    name: str,
+    description: str,
+    visible_plans: list[str] | None,
+    constraints: dict[str, Any],
+    max_instances: int | None,
+) -> dict[str, Any]:
+    """Replace a namespace's settings (existing instances are not re-validated)."""
+    _check_settings(visible_plans, constraints)
+    async with platform.db.begin() as conn:
+        await require_namespace(conn, name)
+        n = tables.namespaces
+        await conn.execute(
+            n.update()
+            .where(n.c.name == name)
+            .values(
+                description=description,
+                visible_plans=visible_plans,
+                constraints=constraints,
+                max_instances=max_instances,
+                updated_at=utcnow(),
+            )
+        )
+        await audit(
+            conn, user=actor.user, action="namespace.update", target=name, outcome="succeeded"
+        )
+        return await _view(conn, await require_namespace(conn, name))
+
+
+async def delete_namespace(platform: Platform, actor: Actor, name: str) -> None:
+    """Delete an empty namespace other than ``default``."""
+    if name == DEFAULT:
+        raise BadRequest("the default namespace cannot be deleted")
+    async with platform.db.begin() as conn:
+        view = await _view(conn, await require_namespace(conn, name))
+        if view["instance_count"]:
+            raise Conflict(
+                f"namespace {name!r} still has {view['instance_count']} instance(s)",
+                code="namespace_in_use",
+            )
+        await conn.execute(tables.namespaces.delete().where(tables.namespaces.c.name == name))
+        await audit(
+            conn, user=actor.user, action="namespace.delete", target=name, outcome="succeeded"
+        )
+
+
+async def get_namespace(platform: Platform, name: str) -> dict[str, Any]:
+    """One namespace."""
+    async with platform.db.begin() as conn:
+        return await _view(conn, await require_namespace(conn, name))
+
+
+async def list_namespaces(platform: Platform) -> list[dict[str, Any]]:
+    """Every namespace."""
+    n = tables.namespaces
+    async with platform.db.begin() as conn:
+        rows = (await conn.execute(sa.select(n).order_by(n.c.name))).mappings().all()
+        return [await _view(conn, r) for r in rows]

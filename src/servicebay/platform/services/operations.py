@@ -1,0 +1,172 @@
+"""Operations (the work queue and its history) and the audit trail.
+
+Use cases create an operation with :func:`enqueue` inside their own transaction, so a request
+either stores its record *and* its operation or neither; the worker picks it up from there.
+Every change is also written to the audit trail with the acting user (the same user the broker
+sees as originating identity).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import time
+import uuid
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from servicebay.platform.services.errors import BadRequest, not_found
+from servicebay.platform.services.records import TERMINAL, operation_view, ts
+from servicebay.platform.services.runtime import Platform
+from servicebay.platform.store import tables, utcnow
+
+MAX_WAIT = 60.0
+
+
+async def enqueue(
+    conn: AsyncConnection,
+    platform: Platform,
+    *,
+    kind: str,
+    namespace: str,
+    user: str,
+    instance_id: str | None,
+    instance_name: str | None,
+    request: dict[str, Any],
+    binding_id: str | None = None,
+    binding_name: str | None = None,
+    parent_id: str | None = None,
+    description: str | None = None,
+    state: str = "queued",
+) -> dict[str, Any]:
+    """Insert a queued operation (its ``request`` encrypted) and return its row as a dict."""
+    now = utcnow()
+    row: dict[str, Any] = {
+        "id": str(uuid.uuid4()),
+        "kind": kind,
+        "state": state,
+        "description": description or "waiting for a worker",
+        "namespace": namespace,
+        "instance_id": instance_id,
+        "instance_name": instance_name,
+        "binding_id": binding_id,
+        "binding_name": binding_name,
+        "parent_id": parent_id,
+        "orphan_mitigation_id": None,
+        "phase": "send",
+        "broker_operation": None,
+        "request": platform.cipher.seal(request),
+        "evidence": None,
+        "attempts": 0,
+        "next_attempt_at": now,
+        "deadline": None,
+        "owner": None,
+        "lease_until": None,
+        "created_by": user,
+        "created_at": now,
+        "updated_at": now,
+        "finished_at": now if state in TERMINAL else None,
+    }
+    await conn.execute(tables.operations.insert().values(**row))
+    return row
+
+
+async def audit(
+    conn: AsyncConnection,
+    *,
+    user: str,
+    action: str,
+    target: str,
+    outcome: str,
+    operation_id: str | None = None,
+    details: dict[str, Any] | None = None,
+) -> None:
+    """Append one audit entry (``details`` must already be redacted)."""
+    await conn.execute(
+        tables.audit.insert().values(
+            at=utcnow(),
+            user=user,
+            action=action,
+            target=target,
+            operation_id=operation_id,
+            outcome=outcome,
+            details=details or {},
+        )
+    )
+
+
+async def get_operation(platform: Platform, operation_id: str) -> dict[str, Any]:
+    """One operation, or ``operation_not_found``."""
+    async with platform.db.begin() as conn:
+        row = (
+            (
+                await conn.execute(
+                    sa.select(tables.operations).where(tables.operations.c.id == operation_id)
+                )
+            )
+            .mappings()
+            .first()
+        )
+    view = operation_view(row) if row is not None else None
+    if view is None:
+        raise not_found("operation", operation_id)
+    return view
+
+
+async def wait_operation(platform: Platform, operation_id: str, seconds: float) -> dict[str, Any]:
+    """The operation once terminal, or as it is after ``seconds`` (at most 60)."""
+    if not 0 <= seconds <= MAX_WAIT:
+        raise BadRequest(f"wait must be between 0 and {MAX_WAIT:.0f} seconds")
+    deadline = time.monotonic() + seconds
+    delay = 0.05
+    while True:
+        view = await get_operation(platform, operation_id)
+        if view["state"] in TERMINAL or time.monotonic() >= deadline:
+            return view
+        await asyncio.sleep(min(delay, max(0.0, deadline - time.monotonic())))
+        delay = min(delay * 2, 0.5)
+
+
+async def list_operations(
+    platform: Platform, *, namespace: str | None, instance: str | None, limit: int
+) -> list[dict[str, Any]]:
+    """Operations newest first, optionally of one namespace and instance name."""
+    o = tables.operations
+    query = sa.select(o).order_by(o.c.created_at.desc(), o.c.id).limit(limit)
+    if namespace:
+        query = query.where(o.c.namespace == namespace)
+    if instance:
+        query = query.where(o.c.instance_name == instance)
+    async with platform.db.begin() as conn:
+        rows = (await conn.execute(query)).mappings().all()
+    return [v for v in (operation_view(r) for r in rows) if v is not None]
+
+
+async def list_audit(platform: Platform, *, target: str | None, limit: int) -> list[dict[str, Any]]:
+    """Audit entries newest first."""
+    a = tables.audit
+    query = sa.select(a).order_by(a.c.id.desc()).limit(limit)
+    if target:
+        query = query.where(a.c.target == target)
+    async with platform.db.begin() as conn:
+        rows = (await conn.execute(query)).mappings().all()
+    return [
+        {
+            "id": r["id"],
+            "at": ts(r["at"]),
+            "user": r["user"],
+            "action": r["action"],
+            "target": r["target"],
+            "operation": r["operation_id"],
+            "outcome": r["outcome"],
+            "details": r["details"],
+        }
+        for r in rows
+    ]
+
+
+def deadline_after(seconds: float) -> dt.datetime:
+    """A stored deadline ``seconds`` from now."""
+    return utcnow() + dt.timedelta(seconds=seconds)

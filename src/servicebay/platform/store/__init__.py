@@ -1,0 +1,125 @@
+"""The platform store: one SQLAlchemy async engine over SQLite (default) or PostgreSQL.
+
+The schema is owned by Alembic migrations (``migrations/``), applied on every start by
+:meth:`Database.migrate`; the tables are described in :mod:`.tables`. Services use
+:meth:`Database.begin` for one transaction per use case and never hold one across a broker call.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import sqlalchemy as sa
+from alembic import command
+from alembic.config import Config
+from sqlalchemy import event
+from sqlalchemy.engine import URL, make_url
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
+
+from servicebay.platform.store import tables
+
+__all__ = ["Database", "tables", "utcnow"]
+
+# Any fixed number: the advisory lock that serialises migrations across platform processes.
+_MIGRATION_LOCK = 7_470_001
+
+
+def utcnow() -> dt.datetime:
+    """Naive UTC now: every stored timestamp is naive UTC, so both backends compare alike."""
+    return dt.datetime.now(dt.UTC).replace(tzinfo=None)
+
+
+def _urls(url: str) -> tuple[URL, URL]:
+    """The (async runtime, sync migration) URLs for a driverless database URL."""
+    parsed = make_url(url)
+    backend = parsed.get_backend_name()
+    if backend == "sqlite":
+        return parsed.set(drivername="sqlite+aiosqlite"), parsed.set(drivername="sqlite")
+    if backend == "postgresql":
+        return (
+            parsed.set(drivername="postgresql+asyncpg"),
+            parsed.set(drivername="postgresql+psycopg"),
+        )
+    raise ValueError(f"unsupported database URL {parsed.drivername!r}: use sqlite or postgresql")
+
+
+class Database:
+    """The platform's database: migrations, transactions, and which backend it is."""
+
+    def __init__(self, url: str) -> None:
+        self._async_url, self._sync_url = _urls(url)
+        self.is_postgres = self._async_url.get_backend_name() == "postgresql"
+        if not self.is_postgres and self._async_url.database:
+            Path(self._async_url.database).parent.mkdir(parents=True, exist_ok=True)
+        kwargs: dict[str, Any] = {"pool_pre_ping": True}
+        if self.is_postgres:
+            kwargs.update(pool_size=10, max_overflow=10)
+        self.engine: AsyncEngine = create_async_engine(self._async_url, **kwargs)
+        if not self.is_postgres:
+            _sqlite_immediate(self.engine)
+
+    async def migrate(self) -> None:
+        """Bring the schema to the newest revision (safe when several processes start at once)."""
+        await asyncio.to_thread(self._migrate_sync)
+
+    def _migrate_sync(self) -> None:
+        engine = sa.create_engine(self._sync_url)
+        try:
+            with engine.connect() as conn:
+                if self.is_postgres:
+                    conn.execute(sa.text("SELECT pg_advisory_lock(:k)"), {"k": _MIGRATION_LOCK})
+                    conn.commit()
+                try:
+                    config = Config()
+                    config.set_main_option(
+                        "script_location", str(Path(__file__).parent / "migrations")
+                    )
+                    config.attributes["connection"] = conn
+                    command.upgrade(config, "head")
+                    conn.commit()
+                finally:
+                    if self.is_postgres:
+                        conn.execute(
+                            sa.text("SELECT pg_advisory_unlock(:k)"), {"k": _MIGRATION_LOCK}
+                        )
+                        conn.commit()
+        finally:
+            engine.dispose()
+
+    @asynccontextmanager
+    async def begin(self) -> AsyncIterator[AsyncConnection]:
+        """One transaction: committed when the block ends, rolled back if it raises."""
+        async with self.engine.begin() as conn:
+            yield conn
+
+    async def close(self) -> None:
+        """Release every pooled connection."""
+        await self.engine.dispose()
+
+
+def _sqlite_immediate(engine: AsyncEngine) -> None:
+    """Make SQLite transactions take the write lock up front and wait for it.
+
+    A deferred SQLite transaction that reads and then writes fails at once with "database is
+    locked" when another connection writes meanwhile; ``BEGIN IMMEDIATE`` with a busy timeout
+    queues writers instead, which is what several workers sharing one file need.
+    """
+
+    @event.listens_for(engine.sync_engine, "connect")
+    def _on_connect(dbapi_connection: Any, _record: Any) -> None:
+        dbapi_connection.isolation_level = None
+        cursor = dbapi_connection.cursor()
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute("PRAGMA busy_timeout=30000")
+        cursor.execute("PRAGMA foreign_keys=ON")
+        cursor.execute("PRAGMA synchronous=NORMAL")
+        cursor.close()
+
+    @event.listens_for(engine.sync_engine, "begin")
+    def _on_begin(conn: Any) -> None:
+        conn.exec_driver_sql("BEGIN IMMEDIATE")

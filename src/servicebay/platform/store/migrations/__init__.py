@@ -1,0 +1,1 @@
+"""Alembic migrations of the platform store, applied by ``Database.migrate``."""

@@ -1,0 +1,663 @@
+"""The worker: drives queued operations to the broker, one step at a time, from the database.
+
+Every platform process runs one in-process (``bay server``), and ``bay worker`` adds more. A
+worker *claims* a due operation by taking a short lease on its row (``SELECT ... FOR UPDATE
+SKIP LOCKED`` on PostgreSQL, ``BEGIN IMMEDIATE`` on SQLite), performs exactly one broker call
+(send, poll, or fetch), then writes the outcome and releases the lease in one transaction that
+first checks it still owns the row. The phase (``send`` → ``poll`` → ``fetch``), the broker's
+operation string and the polling deadline are stored, so a worker killed at any moment is
+replaced by any other: the lease expires, the next claim resumes at the stored phase, and no
+operation is driven by two workers at once.
+
+Outcomes follow the spec's Orphan Mitigation table (classified in ``broker_link``): when the
+broker may have created something the platform cannot be sure of, the operation fails and a
+child ``orphan_mitigation`` operation keeps deleting it until the broker confirms.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime as dt
+import logging
+import os
+import socket
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from servicebay.platform.broker_link import BrokerEndpoint, Reply, Verdict
+from servicebay.platform.services.catalog import endpoint_of
+from servicebay.platform.services.operations import audit, enqueue
+from servicebay.platform.services.runtime import Platform
+from servicebay.platform.store import tables, utcnow
+
+log = logging.getLogger("servicebay.platform.worker")
+
+ACTIVE = ("queued", "in progress")
+UNREACHABLE_GIVE_UP = dt.timedelta(minutes=10)
+
+
+class LeaseLost(Exception):
+    """Another worker took the operation over (our lease expired); our result is discarded."""
+
+
+@dataclass
+class Job:
+    """One claimed operation with everything its step needs."""
+
+    op: dict[str, Any]
+    request: dict[str, Any]
+    endpoint: BrokerEndpoint
+    instance_id: str
+    service_id: str
+    plan_id: str
+    max_polling: float | None
+    binding_id: str | None
+    binding_kind: str | None
+
+
+Step = Callable[["Worker", Job], Awaitable[None]]
+
+
+class Worker:
+    """Claims due operations and drives them, ``concurrency`` at a time."""
+
+    def __init__(self, platform: Platform, *, concurrency: int | None = None) -> None:
+        self.platform = platform
+        self.settings = platform.settings
+        self.concurrency = concurrency or self.settings.worker_concurrency
+        self.id = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Work until ``stop`` is set; in-flight steps finish (or lose their lease) first."""
+        loops = [asyncio.create_task(self._loop(stop)) for _ in range(self.concurrency)]
+        try:
+            await asyncio.gather(*loops)
+        finally:
+            for task in loops:
+                task.cancel()
+            await asyncio.gather(*loops, return_exceptions=True)
+
+    async def _loop(self, stop: asyncio.Event) -> None:
+        while not stop.is_set():
+            try:
+                job = await self.claim()
+            except Exception:
+                log.exception("claiming an operation failed")
+                job = None
+            if job is None:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self.platform.wake.wait(), self.settings.poll_interval)
+                self.platform.wake.clear()
+                continue
+            self.platform.wake.set()  # there may be more: let an idle sibling look too
+            await self.drive(job)
+
+    async def run_until_idle(self) -> None:
+        """Drive operations until none is due (tests and one-shot use)."""
+        while (job := await self.claim()) is not None:
+            await self.drive(job)
+
+    # -- claiming ---------------------------------------------------------------------------
+
+    async def claim(self) -> Job | None:
+        """Lease one due operation, or return None if there is none."""
+        o = tables.operations
+        now = utcnow()
+        free = sa.or_(o.c.lease_until.is_(None), o.c.lease_until < now)
+        due = sa.and_(o.c.state.in_(ACTIVE), o.c.next_attempt_at <= now, free)
+        pick = sa.select(o.c.id).where(due).order_by(o.c.next_attempt_at).limit(1)
+        if self.platform.db.is_postgres:
+            pick = pick.with_for_update(skip_locked=True)
+        lease = now + dt.timedelta(seconds=self.settings.lease_seconds)
+        async with self.platform.db.begin() as conn:
+            op_id = await conn.scalar(pick)
+            if op_id is None:
+                return None
+            claimed = await conn.execute(
+                o.update()
+                .where(o.c.id == op_id, due)
+                .values(
+                    owner=self.id,
+                    lease_until=lease,
+                    state="in progress",
+                    attempts=o.c.attempts + 1,
+                    updated_at=now,
+                )
+            )
+            if claimed.rowcount != 1:
+                return None
+            row = dict((await conn.execute(sa.select(o).where(o.c.id == op_id))).mappings().one())
+            return await self._job(conn, row)
+
+    async def _job(self, conn: AsyncConnection, op: dict[str, Any]) -> Job | None:
+        i, p, s, b, bi = (
+            tables.instances,
+            tables.plans,
+            tables.services,
+            tables.brokers,
+            tables.bindings,
+        )
+        row = (
+            (
+                await conn.execute(
+                    sa.select(
+                        i.c.id,
+                        p.c.plan_id,
+                        p.c.definition,
+                        s.c.service_id,
+                        b.c.url,
+                        b.c.credentials,
+                    )
+                    .join(p, p.c.id == i.c.plan_pk)
+                    .join(s, s.c.id == p.c.service_pk)
+                    .join(b, b.c.id == s.c.broker_id)
+                    .where(i.c.id == op["instance_id"])
+                )
+            )
+            .mappings()
+            .first()
+        )
+        kind = None
+        if op["binding_id"] is not None:
+            kind = await conn.scalar(sa.select(bi.c.kind).where(bi.c.id == op["binding_id"]))
+        if row is None or (op["binding_id"] is not None and kind is None):
+            await self._finish(conn, op, "failed", "the record no longer exists")
+            return None
+        request = self.platform.cipher.open(op["request"]) or {}
+        # An update to another plan polls and deprovisions with the plan it is moving to.
+        plan_id = request.get("body", {}).get("plan_id") or row["plan_id"]
+        return Job(
+            op=op,
+            request=request,
+            endpoint=endpoint_of(self.platform, row),
+            instance_id=row["id"],
+            service_id=row["service_id"],
+            plan_id=plan_id,
+            max_polling=row["definition"].get("maximum_polling_duration"),
+            binding_id=op["binding_id"],
+            binding_kind=kind,
+        )
+
+    # -- driving ----------------------------------------------------------------------------
+
+    async def drive(self, job: Job) -> None:
+        """Run one step of a claimed operation, keeping its lease alive meanwhile."""
+        heartbeat = asyncio.create_task(self._heartbeat(job.op["id"]))
+        try:
+            step = _STEPS[(job.op["kind"], job.op["phase"])]
+            await step(self, job)
+        except LeaseLost:
+            log.warning("lease lost; another worker continues", extra={"op": job.op["id"]})
+        except Exception:
+            # Not swallowed: logged with its traceback, and the operation is retried later.
+            log.exception("operation step failed", extra={"op": job.op["id"]})
+            with contextlib.suppress(LeaseLost):
+                async with self._owned(job) as conn:
+                    await self._reschedule(
+                        conn, job, self._backoff(job), description="internal error; retrying"
+                    )
+        finally:
+            heartbeat.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await heartbeat
+
+    async def _heartbeat(self, op_id: str) -> None:
+        o = tables.operations
+        interval = self.settings.lease_seconds / 3
+        while True:
+            await asyncio.sleep(interval)
+            lease = utcnow() + dt.timedelta(seconds=self.settings.lease_seconds)
+            try:
+                async with self.platform.db.begin() as conn:
+                    await conn.execute(
+                        o.update()
+                        .where(o.c.id == op_id, o.c.owner == self.id)
+                        .values(lease_until=lease)
+                    )
+            except Exception:
+                log.exception("heartbeat failed", extra={"op": op_id})
+
+    @contextlib.asynccontextmanager
+    async def _owned(self, job: Job) -> AsyncIterator[AsyncConnection]:
+        """A transaction that proceeds only while this worker still owns the operation."""
+        o = tables.operations
+        query = sa.select(o.c.owner, o.c.state).where(o.c.id == job.op["id"])
+        if self.platform.db.is_postgres:
+            query = query.with_for_update()
+        async with self.platform.db.begin() as conn:
+            row = (await conn.execute(query)).first()
+            if row is None or row[0] != self.id or row[1] not in ACTIVE:
+                raise LeaseLost(job.op["id"])
+            yield conn
+
+    def _backoff(self, job: Job) -> float:
+        base = self.settings.default_retry_after
+        exponent = min(max(job.op["attempts"] - 1, 0), 10)
+        return float(min(self.settings.orphan_backoff_cap, base * 2**exponent))
+
+    def _poll_delay(self, reply: Reply) -> float:
+        if reply.retry_after is not None:
+            return reply.retry_after
+        return self.settings.default_retry_after
+
+    async def _reschedule(
+        self, conn: AsyncConnection, job: Job, delay: float, **values: Any
+    ) -> None:
+        o = tables.operations
+        now = utcnow()
+        await conn.execute(
+            o.update()
+            .where(o.c.id == job.op["id"])
+            .values(
+                owner=None,
+                lease_until=None,
+                next_attempt_at=now + dt.timedelta(seconds=delay),
+                updated_at=now,
+                **values,
+            )
+        )
+
+    async def _finish(
+        self, conn: AsyncConnection, op: dict[str, Any], state: str, description: str
+    ) -> None:
+        o = tables.operations
+        now = utcnow()
+        await conn.execute(
+            o.update()
+            .where(o.c.id == op["id"])
+            .values(
+                state=state,
+                description=description,
+                owner=None,
+                lease_until=None,
+                finished_at=now,
+                updated_at=now,
+            )
+        )
+        target = f"{op['namespace']}/{op['binding_name'] or op['instance_name']}"
+        await audit(
+            conn,
+            user=op["created_by"],
+            action=f"operation.{op['kind']}",
+            target=target,
+            outcome=state,
+            operation_id=op["id"],
+            details={"description": description},
+        )
+
+    async def _set_target(self, conn: AsyncConnection, job: Job, **values: Any) -> None:
+        table = tables.bindings if job.binding_id else tables.instances
+        key = job.binding_id or job.instance_id
+        await conn.execute(
+            table.update().where(table.c.id == key).values(updated_at=utcnow(), **values)
+        )
+
+    async def _delete_target(self, conn: AsyncConnection, job: Job) -> None:
+        table = tables.bindings if job.binding_id else tables.instances
+        await conn.execute(table.delete().where(table.c.id == (job.binding_id or job.instance_id)))
+
+    async def _orphan_mitigation(
+        self, conn: AsyncConnection, job: Job, reason: str, *, then: str
+    ) -> None:
+        """Fail the operation and start deleting what the broker may have created."""
+        op = job.op
+        child = await enqueue(
+            conn,
+            self.platform,
+            kind="orphan_mitigation",
+            namespace=op["namespace"],
+            user=op["created_by"],
+            instance_id=op["instance_id"],
+            instance_name=op["instance_name"],
+            binding_id=op["binding_id"],
+            binding_name=op["binding_name"],
+            parent_id=op["id"],
+            request={"then": then},
+            description=f"deleting what the broker may have created ({reason})",
+        )
+        await self._finish(conn, op, "failed", f"{reason}; orphan mitigation started")
+        o = tables.operations
+        await conn.execute(
+            o.update().where(o.c.id == op["id"]).values(orphan_mitigation_id=child["id"])
+        )
+        await self._set_target(conn, job, state="orphan_mitigation", last_operation_id=child["id"])
+        self.platform.notify()
+
+    def _past(self, deadline: dt.datetime | None) -> bool:
+        return deadline is not None and utcnow() >= deadline
+
+    def _poll_deadline(self, job: Job) -> dt.datetime:
+        seconds = job.max_polling or self.settings.max_polling_duration
+        return utcnow() + dt.timedelta(seconds=seconds)
+
+    async def _retry_send(self, job: Job, reply: Reply, on_give_up: str) -> None:
+        """The request did not reach the broker: send again later, for a bounded time."""
+        async with self._owned(job) as conn:
+            if utcnow() - job.op["created_at"] > UNREACHABLE_GIVE_UP:
+                await self._finish(conn, job.op, "failed", f"gave up: {reply.description}")
+                await self._set_target(conn, job, state=on_give_up)
+                return
+            delay = self._backoff(job)
+            await self._reschedule(
+                conn, job, delay, description=f"{reply.description}; retrying in {delay:.0f}s"
+            )
+
+    async def _wait_more(self, job: Job, reply: Reply, description: str) -> None:
+        async with self._owned(job) as conn:
+            await self._reschedule(conn, job, self._poll_delay(reply), description=description)
+
+    # -- provision --------------------------------------------------------------------------
+
+    async def provision_send(self, job: Job) -> None:
+        """Send the provision request."""
+        body = job.request["body"]
+        reply = await self.platform.link.provision(
+            job.endpoint, job.instance_id, body, job.op["created_by"]
+        )
+        if reply.verdict is Verdict.RETRY:
+            return await self._retry_send(job, reply, "failed")
+        async with self._owned(job) as conn:
+            if reply.verdict is Verdict.DONE:
+                await self._finish(conn, job.op, "succeeded", "provisioned")
+                await self._set_target(
+                    conn, job, state="ready", dashboard_url=reply.body.get("dashboard_url")
+                )
+            elif reply.verdict is Verdict.ACCEPTED:
+                await self._set_target(conn, job, dashboard_url=reply.body.get("dashboard_url"))
+                await self._accepted(conn, job, reply)
+            elif reply.orphan_mitigation:
+                await self._orphan_mitigation(conn, job, reply.description, then="keep")
+            else:
+                await self._finish(conn, job.op, "failed", reply.description)
+                await self._set_target(conn, job, state="failed")
+
+    async def _accepted(self, conn: AsyncConnection, job: Job, reply: Reply) -> None:
+        await self._reschedule(
+            conn,
+            job,
+            self._poll_delay(reply),
+            phase="poll",
+            broker_operation=reply.operation,
+            deadline=self._poll_deadline(job),
+            description="accepted by the broker; in progress",
+        )
+
+    async def _poll(self, job: Job) -> Reply:
+        query = {"service_id": job.service_id, "plan_id": job.plan_id}
+        if job.op["broker_operation"]:
+            query["operation"] = job.op["broker_operation"]
+        binding = job.binding_id if job.op["kind"] in ("bind", "unbind") else None
+        if job.op["kind"] == "orphan_mitigation":
+            binding = job.binding_id
+        return await self.platform.link.last_operation(
+            job.endpoint, job.instance_id, binding, query, job.op["created_by"]
+        )
+
+    async def provision_poll(self, job: Job) -> None:
+        """Poll an async provision."""
+        await self._poll_create(job, ready={"state": "ready"})
+
+    async def _poll_create(self, job: Job, ready: dict[str, Any]) -> None:
+        reply = await self._poll(job)
+        state = reply.body.get("state") if reply.verdict is Verdict.DONE else None
+        if state == "in progress" and not self._past(job.op["deadline"]):
+            return await self._wait_more(job, reply, reply.description)
+        async with self._owned(job) as conn:
+            if state == "succeeded":
+                if job.op["kind"] == "bind":
+                    await self._reschedule(
+                        conn, job, 0, phase="fetch", description="fetching the credentials"
+                    )
+                    return
+                await self._finish(conn, job.op, "succeeded", reply.description)
+                await self._set_target(conn, job, **ready)
+            elif state == "failed":
+                # spec: Orphan Mitigation, row "200 with state failed" for provision/bind.
+                await self._orphan_mitigation(
+                    conn, job, f"failed: {reply.description}", then="keep"
+                )
+            elif reply.verdict is Verdict.GONE:
+                await self._finish(conn, job.op, "failed", "the broker no longer knows it (410)")
+                await self._set_target(conn, job, state="failed")
+            elif self._past(job.op["deadline"]):
+                await self._orphan_mitigation(conn, job, "polling deadline passed", then="keep")
+            else:
+                await self._reschedule(
+                    conn, job, self._backoff(job), description=f"polling: {reply.description}"
+                )
+
+    # -- update -----------------------------------------------------------------------------
+
+    async def update_send(self, job: Job) -> None:
+        """Send the update request."""
+        reply = await self.platform.link.update(
+            job.endpoint, job.instance_id, job.request["body"], job.op["created_by"]
+        )
+        if reply.verdict is Verdict.RETRY:
+            return await self._retry_send(job, reply, job.request.get("previous_state", "ready"))
+        async with self._owned(job) as conn:
+            if reply.verdict is Verdict.DONE:
+                await self._apply_update(conn, job, reply)
+            elif reply.verdict is Verdict.ACCEPTED:
+                await self._accepted(conn, job, reply)
+            else:
+                await self._update_failed(conn, job, reply)
+
+    async def _apply_update(self, conn: AsyncConnection, job: Job, reply: Reply) -> None:
+        request = job.request
+        values: dict[str, Any] = {
+            "state": "ready",
+            "plan_pk": request["plan_pk"],
+            "parameters": self.platform.cipher.seal(request["parameters"]),
+            "parameters_shown": request["parameters_shown"],
+        }
+        if request.get("maintenance_info") is not None:
+            values["maintenance_info"] = request["maintenance_info"]
+        if reply.body.get("dashboard_url"):
+            values["dashboard_url"] = reply.body["dashboard_url"]
+        await self._finish(conn, job.op, "succeeded", "updated")
+        await self._set_target(conn, job, **values)
+
+    async def _update_failed(self, conn: AsyncConnection, job: Job, reply: Reply) -> None:
+        usable = reply.body.get("instance_usable")
+        state = "failed" if usable is False else job.request.get("previous_state", "ready")
+        await self._finish(conn, job.op, "failed", reply.description)
+        await self._set_target(conn, job, state=state)
+
+    async def update_poll(self, job: Job) -> None:
+        """Poll an async update."""
+        reply = await self._poll(job)
+        state = reply.body.get("state") if reply.verdict is Verdict.DONE else None
+        if state == "in progress" and not self._past(job.op["deadline"]):
+            return await self._wait_more(job, reply, reply.description)
+        async with self._owned(job) as conn:
+            if state == "succeeded":
+                await self._apply_update(conn, job, reply)
+            elif state == "failed" or self._past(job.op["deadline"]):
+                await self._update_failed(conn, job, reply)
+            else:
+                await self._reschedule(
+                    conn, job, self._backoff(job), description=f"polling: {reply.description}"
+                )
+
+    # -- deprovision / unbind ---------------------------------------------------------------
+
+    async def delete_send(self, job: Job) -> None:
+        """Send a deprovision or unbind."""
+        reply = await self._send_delete(job)
+        previous = job.request.get("previous_state", "ready")
+        if reply.verdict is Verdict.RETRY:
+            return await self._retry_send(job, reply, previous)
+        async with self._owned(job) as conn:
+            if reply.verdict in (Verdict.DONE, Verdict.GONE):
+                await self._finish(conn, job.op, "succeeded", "deleted at the broker")
+                await self._delete_target(conn, job)
+            elif reply.verdict is Verdict.ACCEPTED:
+                await self._accepted(conn, job, reply)
+            elif reply.orphan_mitigation:
+                await self._orphan_mitigation(conn, job, reply.description, then="delete")
+            else:
+                await self._finish(conn, job.op, "failed", reply.description)
+                await self._set_target(conn, job, state=previous)
+
+    async def _send_delete(self, job: Job) -> Reply:
+        user = job.op["created_by"]
+        if job.binding_id:
+            return await self.platform.link.unbind(
+                job.endpoint, job.instance_id, job.binding_id, job.service_id, job.plan_id, user
+            )
+        return await self.platform.link.deprovision(
+            job.endpoint, job.instance_id, job.service_id, job.plan_id, user
+        )
+
+    async def delete_poll(self, job: Job) -> None:
+        """Poll an async deprovision or unbind."""
+        reply = await self._poll(job)
+        state = reply.body.get("state") if reply.verdict is Verdict.DONE else None
+        if state == "in progress" and not self._past(job.op["deadline"]):
+            return await self._wait_more(job, reply, reply.description)
+        async with self._owned(job) as conn:
+            if state == "succeeded" or reply.verdict is Verdict.GONE:
+                await self._finish(conn, job.op, "succeeded", "deleted at the broker")
+                await self._delete_target(conn, job)
+            elif state == "failed":
+                # spec: Orphan Mitigation, row "200 with state failed" for deprovision/unbind.
+                await self._orphan_mitigation(
+                    conn, job, f"failed: {reply.description}", then="delete"
+                )
+            elif self._past(job.op["deadline"]):
+                await self._orphan_mitigation(conn, job, "polling deadline passed", then="delete")
+            else:
+                await self._reschedule(
+                    conn, job, self._backoff(job), description=f"polling: {reply.description}"
+                )
+
+    # -- bind -------------------------------------------------------------------------------
+
+    async def bind_send(self, job: Job) -> None:
+        """Send the bind request."""
+        assert job.binding_id is not None
+        reply = await self.platform.link.bind(
+            job.endpoint,
+            job.instance_id,
+            job.binding_id,
+            job.request["body"],
+            job.op["created_by"],
+        )
+        if reply.verdict is Verdict.RETRY:
+            return await self._retry_send(job, reply, "failed")
+        async with self._owned(job) as conn:
+            if reply.verdict is Verdict.DONE:
+                await self._store_credentials(conn, job, reply)
+            elif reply.verdict is Verdict.ACCEPTED:
+                await self._accepted(conn, job, reply)
+            elif reply.orphan_mitigation:
+                await self._orphan_mitigation(conn, job, reply.description, then="keep")
+            else:
+                await self._finish(conn, job.op, "failed", reply.description)
+                await self._set_target(conn, job, state="failed")
+
+    async def _store_credentials(self, conn: AsyncConnection, job: Job, reply: Reply) -> None:
+        credentials = reply.body.get("credentials") or {}
+        await self._finish(conn, job.op, "succeeded", "bound")
+        await self._set_target(
+            conn, job, state="ready", credentials=self.platform.cipher.seal(credentials)
+        )
+
+    async def bind_poll(self, job: Job) -> None:
+        """Poll an async bind."""
+        await self._poll_create(job, ready={"state": "ready"})
+
+    async def bind_fetch(self, job: Job) -> None:
+        """Fetch the credentials of a binding created asynchronously."""
+        assert job.binding_id is not None
+        reply = await self.platform.link.fetch_binding(
+            job.endpoint, job.instance_id, job.binding_id, job.op["created_by"]
+        )
+        async with self._owned(job) as conn:
+            if reply.verdict is Verdict.DONE:
+                await self._store_credentials(conn, job, reply)
+            elif self._past(job.op["deadline"]):
+                await self._orphan_mitigation(
+                    conn, job, f"cannot fetch the binding: {reply.description}", then="keep"
+                )
+            else:
+                await self._reschedule(
+                    conn, job, self._backoff(job), description=f"fetching: {reply.description}"
+                )
+
+    # -- orphan mitigation ------------------------------------------------------------------
+
+    async def mitigate_send(self, job: Job) -> None:
+        """Delete what may be orphaned; keep trying until the broker confirms (spec)."""
+        reply = await self._send_delete(job)
+        async with self._owned(job) as conn:
+            if reply.verdict in (Verdict.DONE, Verdict.GONE):
+                await self._mitigated(conn, job)
+            elif reply.verdict is Verdict.ACCEPTED:
+                await self._reschedule(
+                    conn,
+                    job,
+                    self._poll_delay(reply),
+                    phase="poll",
+                    broker_operation=reply.operation,
+                    description="the broker is deleting it",
+                )
+            else:
+                await self._mitigation_retry(conn, job, reply)
+
+    async def mitigate_poll(self, job: Job) -> None:
+        """Poll the deletion started by orphan mitigation."""
+        reply = await self._poll(job)
+        state = reply.body.get("state") if reply.verdict is Verdict.DONE else None
+        async with self._owned(job) as conn:
+            if state == "succeeded" or reply.verdict is Verdict.GONE:
+                await self._mitigated(conn, job)
+            elif state == "in progress":
+                await self._reschedule(
+                    conn, job, self._poll_delay(reply), description=reply.description
+                )
+            else:
+                await self._mitigation_retry(conn, job, reply, phase="send")
+
+    async def _mitigation_retry(
+        self, conn: AsyncConnection, job: Job, reply: Reply, phase: str | None = None
+    ) -> None:
+        delay = self._backoff(job)
+        values: dict[str, Any] = {
+            "description": f"attempt {job.op['attempts']}: {reply.description}; "
+            f"trying again in {delay:.0f}s"
+        }
+        if phase is not None:
+            values.update(phase=phase, broker_operation=None)
+        await self._reschedule(conn, job, delay, **values)
+
+    async def _mitigated(self, conn: AsyncConnection, job: Job) -> None:
+        await self._finish(conn, job.op, "succeeded", "the broker confirmed the deletion")
+        if job.request.get("then") == "delete":
+            await self._delete_target(conn, job)
+        else:
+            await self._set_target(conn, job, state="failed")
+
+
+_STEPS: dict[tuple[str, str], Step] = {
+    ("provision", "send"): Worker.provision_send,
+    ("provision", "poll"): Worker.provision_poll,
+    ("update", "send"): Worker.update_send,
+    ("update", "poll"): Worker.update_poll,
+    ("deprovision", "send"): Worker.delete_send,
+    ("deprovision", "poll"): Worker.delete_poll,
+    ("bind", "send"): Worker.bind_send,
+    ("bind", "poll"): Worker.bind_poll,
+    ("bind", "fetch"): Worker.bind_fetch,
+    ("unbind", "send"): Worker.delete_send,
+    ("unbind", "poll"): Worker.delete_poll,
+    ("orphan_mitigation", "send"): Worker.mitigate_send,
+    ("orphan_mitigation", "poll"): Worker.mitigate_poll,
+}

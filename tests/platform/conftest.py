@@ -1,0 +1,140 @@
+"""Fixtures of the platform tests: a database per test (SQLite and PostgreSQL), the fake broker,
+and a running platform app (lifespan, in-process worker) with an authenticated client."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import psycopg
+import pytest
+from platform_fake_broker import PASSWORD, USERNAME, FakeBroker
+from sqlalchemy.engine import make_url
+from starlette.applications import Starlette
+
+from servicebay.platform import PlatformSettings, create_app
+
+ADMIN_TOKEN = "admin-token-0123456789"
+ALICE_TOKEN = "alice-token-0123456789"
+FAKE_URL = "http://fake-broker.test"
+
+
+def create_pg_database(base_url: str) -> str:
+    """Create a fresh database ``sb_<uuid8>`` and return its URL."""
+    name = f"sb_{uuid.uuid4().hex[:8]}"
+    url = make_url(base_url)
+    with psycopg.connect(
+        host=url.host,
+        port=url.port or 5432,
+        user=url.username,
+        dbname=url.database,
+        autocommit=True,
+    ) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    return url.set(database=name).render_as_string(hide_password=False)
+
+
+def drop_pg_database(base_url: str, db_url: str) -> None:
+    """Drop a database created by :func:`create_pg_database`."""
+    url = make_url(base_url)
+    name = make_url(db_url).database
+    with psycopg.connect(
+        host=url.host,
+        port=url.port or 5432,
+        user=url.username,
+        dbname=url.database,
+        autocommit=True,
+    ) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def db_url(request: pytest.FixtureRequest, tmp_path: Path, postgres_url: str) -> Iterator[str]:
+    """A fresh, empty database URL: a SQLite file, or a new PostgreSQL database."""
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'platform.db'}"
+        return
+    url = create_pg_database(postgres_url)
+    try:
+        yield url
+    finally:
+        drop_pg_database(postgres_url, url)
+
+
+@pytest.fixture
+def fake() -> FakeBroker:
+    """The misbehaving fake broker (in-process)."""
+    return FakeBroker()
+
+
+@dataclass
+class PlatformUnderTest:
+    """A running platform app and clients for it."""
+
+    app: Starlette
+    client: httpx.AsyncClient
+    settings: PlatformSettings
+
+    def as_user(self, token: str) -> httpx.AsyncClient:
+        return httpx.AsyncClient(
+            transport=httpx.ASGITransport(app=self.app),
+            base_url="http://platform.test",
+            headers={"Authorization": f"Bearer {token}"},
+        )
+
+    async def wait(self, operation: dict[str, Any], seconds: float = 20) -> dict[str, Any]:
+        """The operation once terminal (fails the test if it is not within ``seconds``)."""
+        response = await self.client.get(
+            f"/api/v1/operations/{operation['id']}", params={"wait": seconds}
+        )
+        assert response.status_code == 200, response.text
+        body: dict[str, Any] = response.json()
+        assert body["state"] in ("succeeded", "failed"), body
+        return body
+
+    async def register_fake(self, name: str = "fake") -> dict[str, Any]:
+        response = await self.client.post(
+            "/api/v1/brokers",
+            json={"name": name, "url": FAKE_URL, "username": USERNAME, "password": PASSWORD},
+        )
+        assert response.status_code == 201, response.text
+        body: dict[str, Any] = response.json()
+        return body
+
+
+def platform_settings(tmp_path: Path, db_url: str, **overrides: Any) -> PlatformSettings:
+    """Settings for a test platform: fast retries, short timeouts, fixed tokens."""
+    values: dict[str, Any] = {
+        "home": tmp_path / "home",
+        "db": db_url,
+        "tokens": {ADMIN_TOKEN: "admin", ALICE_TOKEN: "alice"},
+        "broker_timeout": 1.0,
+        "default_retry_after": 0.05,
+        "orphan_backoff_cap": 0.2,
+        "poll_interval": 0.05,
+        "lease_seconds": 5.0,
+    }
+    values.update(overrides)
+    return PlatformSettings(**values)
+
+
+@pytest.fixture
+async def platform(
+    tmp_path: Path, db_url: str, fake: FakeBroker
+) -> AsyncIterator[PlatformUnderTest]:
+    """The platform (app lifespan and in-process worker running) talking to the fake broker."""
+    settings = platform_settings(tmp_path, db_url)
+    app = create_app(settings, transport=httpx.ASGITransport(app=fake.app()))
+    async with (
+        app.router.lifespan_context(app),
+        httpx.AsyncClient(
+            transport=httpx.ASGITransport(app=app),
+            base_url="http://platform.test",
+            headers={"Authorization": f"Bearer {ADMIN_TOKEN}"},
+        ) as client,
+    ):
+        yield PlatformUnderTest(app, client, settings)
