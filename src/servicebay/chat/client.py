@@ -68,6 +68,7 @@ class ClientStats:
     """What the client absorbed on the app's behalf."""
 
     connects: int = 0
+    disconnects: int = 0
     duplicates_dropped: int = 0
     holes: int = 0
     resent: int = 0
@@ -194,8 +195,8 @@ class ChatClient:
                     async for raw in ws:
                         if await self._on_socket_message(ws, raw):
                             break  # a hole: resume from our position on a new connection
-            except (OSError, websockets.WebSocketException, TimeoutError) as exc:
-                log.debug("chat.client.disconnected", error=str(exc))
+            except (OSError, websockets.WebSocketException, TimeoutError):
+                self.stats.disconnects += 1  # expected: the loop reconnects and resumes
             finally:
                 self._ws = None
                 if self.ready.is_set():
