@@ -1,0 +1,369 @@
+"""`bay broker`: serve (and, from ``broker_check``, check) brokers written with the SDK.
+
+``bay broker serve MODULE:ATTR`` imports the author's `Broker` (an instance, or a subclass it
+instantiates), builds the ASGI app with `servicebay.broker.create_app` and runs it under uvicorn.
+Settings come from the flags over ``SERVICEBAY_BROKER_*`` variables (`BrokerSettings.from_env`);
+they are printed at start without secrets, with the URL and a request to try.
+
+With ``--workers N`` (N > 1) uvicorn forks N processes on one listening socket; each builds its
+own app through `app_from_environment` (a factory reading the same settings from the
+environment), and all share the store, whose operation lease keeps two workers from running one
+operation. SIGTERM or Ctrl-C stop accepting connections, let open requests finish, then run the
+app's lifespan shutdown, which finishes or records in-flight work; the exit code is then 0.
+
+Logs are structured (structlog): JSON lines when stderr is not a terminal, readable console
+lines when it is (``--log-format`` chooses); uvicorn's own logs go through the same pipeline.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import os
+import signal
+import socket
+import sys
+from enum import StrEnum
+from typing import TYPE_CHECKING, Annotated, Any, NoReturn
+
+import structlog
+import typer
+
+from servicebay.broker._settings import BrokerSettings, SettingsError
+from servicebay.broker._store import StoreError
+
+if TYPE_CHECKING:
+    from starlette.types import ASGIApp
+
+    from servicebay.broker import Broker
+
+__all__ = ["app", "app_from_environment", "configure_logging", "load_broker", "serve"]
+
+TARGET_ENV = "SERVICEBAY_BROKER_SERVE_TARGET"
+LOG_FORMAT_ENV = "SERVICEBAY_BROKER_LOG_FORMAT"
+
+app = typer.Typer(
+    name="broker",
+    help="Serve and check brokers written with the SDK.",
+    no_args_is_help=True,
+)
+
+log = structlog.get_logger("servicebay.broker.serve")
+
+
+class LogFormat(StrEnum):
+    """How log lines are written to stderr."""
+
+    auto = "auto"
+    json = "json"
+    console = "console"
+
+
+class BrokerTargetError(Exception):
+    """MODULE:ATTR does not name an importable Broker."""
+
+
+@app.callback()
+def _group() -> None:
+    """Serve and check brokers written with the SDK."""
+
+
+@app.command()
+def serve(
+    target: Annotated[
+        str,
+        typer.Argument(
+            metavar="MODULE:ATTR",
+            help="The broker: a Broker instance or subclass, e.g. mypkg.broker:broker.",
+        ),
+    ],
+    host: Annotated[str, typer.Option(help="Interface to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="TCP port (0 picks a free one).")] = 8080,
+    username: Annotated[
+        str | None, typer.Option(help="Basic auth user [env SERVICEBAY_BROKER_USERNAME].")
+    ] = None,
+    password: Annotated[
+        str | None,
+        typer.Option(
+            help="Basic auth password [env SERVICEBAY_BROKER_PASSWORD, which keeps it out of ps]."
+        ),
+    ] = None,
+    bearer_token: Annotated[
+        str | None,
+        typer.Option(help="Accept this bearer token [env SERVICEBAY_BROKER_BEARER_TOKEN]."),
+    ] = None,
+    db: Annotated[
+        str | None,
+        typer.Option(
+            help="Store URL: sqlite:///file.db or postgresql://... [env SERVICEBAY_BROKER_DB; "
+            "default sqlite:///./servicebay-broker.db]. Encryption key: SERVICEBAY_BROKER_KEY."
+        ),
+    ] = None,
+    workers: Annotated[
+        int, typer.Option(min=1, help="Worker processes sharing the socket and the store.")
+    ] = 1,
+    log_level: Annotated[
+        str | None,
+        typer.Option(
+            help="critical, error, warning, info or debug [env SERVICEBAY_BROKER_LOG_LEVEL]."
+        ),
+    ] = None,
+    log_format: Annotated[
+        LogFormat, typer.Option(help="json, console, or auto (console on a terminal).")
+    ] = LogFormat.auto,
+    access_log: Annotated[bool, typer.Option(help="Log every HTTP request (uvicorn).")] = False,
+    fd: Annotated[
+        int | None,
+        typer.Option(
+            hidden=True, help="Serve on this already-listening socket (servicebay.testing)."
+        ),
+    ] = None,
+) -> None:
+    """Serve a broker written with the SDK over HTTP, until SIGTERM or Ctrl-C.
+
+    Secrets are best given as SERVICEBAY_BROKER_PASSWORD / _BEARER_TOKEN / _KEY: flags show in `ps`.
+
+    Example: bay broker serve servicebay.examples.sandbox:broker --username admin --password s3cret
+    """
+    try:
+        settings = BrokerSettings.from_env(
+            username=username,
+            password=password,
+            bearer_token=bearer_token,
+            db=db,
+            log_level=log_level,
+        )
+        _require_auth(settings)
+    except SettingsError as exc:
+        _fail(str(exc))
+    sys.path.insert(0, os.getcwd())  # like uvicorn: MODULE may live in the working directory
+    try:
+        broker = load_broker(target)
+    except BrokerTargetError as exc:
+        _fail(str(exc))
+    fmt = _resolve_format(log_format)
+    configure_logging(settings.log_level, fmt)
+    sock = _listening_socket(host, port, fd)
+    url = _url_of(sock, host)
+    _announce(target, settings, url, workers)
+    if workers == 1:
+        _serve_one(broker, settings, sock, access_log)
+    else:
+        _serve_many(target, settings, sock, workers, access_log, fmt)
+
+
+def load_broker(target: str) -> Broker:
+    """The Broker named by ``MODULE:ATTR`` (a subclass is instantiated without arguments)."""
+    from servicebay.broker import Broker
+
+    module_name, _, attr_path = target.partition(":")
+    if not module_name or not attr_path:
+        raise BrokerTargetError(f"expected MODULE:ATTR (e.g. mypkg.broker:broker), got {target!r}")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise BrokerTargetError(f"cannot import module {module_name!r}: {exc}") from exc
+    obj: Any = module
+    for part in attr_path.split("."):
+        try:
+            obj = getattr(obj, part)
+        except AttributeError:
+            raise BrokerTargetError(
+                f"module {module_name!r} has no attribute {attr_path!r}"
+            ) from None
+    if isinstance(obj, type) and issubclass(obj, Broker):
+        obj = obj()
+    if not isinstance(obj, Broker):
+        raise BrokerTargetError(
+            f"{target} is a {type(obj).__name__}, "
+            "not a servicebay.broker.Broker instance or subclass"
+        )
+    return obj
+
+
+def app_from_environment() -> ASGIApp:
+    """Build the app in a uvicorn worker from the environment `serve` prepared (app factory)."""
+    from servicebay.broker import create_app
+
+    settings = BrokerSettings.from_env()
+    configure_logging(settings.log_level, LogFormat(os.environ.get(LOG_FORMAT_ENV, "json")))
+    return create_app(load_broker(os.environ[TARGET_ENV]), settings=settings)
+
+
+def configure_logging(level: str, fmt: LogFormat) -> None:
+    """Route structlog and stdlib logging (uvicorn's too) to stderr as JSON or console lines."""
+    shared: list[Any] = [
+        structlog.contextvars.merge_contextvars,
+        structlog.stdlib.add_logger_name,
+        structlog.stdlib.add_log_level,
+        structlog.processors.TimeStamper(fmt="iso", utc=True),
+    ]
+    renderer: Any = (
+        structlog.processors.JSONRenderer()
+        if fmt is LogFormat.json
+        else structlog.dev.ConsoleRenderer(colors=sys.stderr.isatty())
+    )
+    structlog.configure(
+        processors=[
+            *shared,
+            structlog.processors.format_exc_info if fmt is LogFormat.json else _identity,
+            structlog.stdlib.ProcessorFormatter.wrap_for_formatter,
+        ],
+        logger_factory=structlog.stdlib.LoggerFactory(),
+        wrapper_class=structlog.stdlib.BoundLogger,
+        cache_logger_on_first_use=True,
+    )
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(
+        structlog.stdlib.ProcessorFormatter(
+            foreign_pre_chain=shared,
+            processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, renderer],
+        )
+    )
+    root = logging.getLogger()
+    root.handlers = [handler]
+    root.setLevel(level.upper())
+    for name in ("uvicorn", "uvicorn.error", "uvicorn.access"):
+        logging.getLogger(name).handlers = []
+        logging.getLogger(name).propagate = True
+
+
+def _identity(logger: Any, method: str, event: Any) -> Any:
+    return event
+
+
+def _resolve_format(fmt: LogFormat) -> LogFormat:
+    if fmt is LogFormat.auto:
+        return LogFormat.console if sys.stderr.isatty() else LogFormat.json
+    return fmt
+
+
+def _require_auth(settings: BrokerSettings) -> None:
+    if settings.username and not settings.password:
+        raise SettingsError("--username needs --password (or SERVICEBAY_BROKER_PASSWORD)")
+    if settings.password and not settings.username:
+        raise SettingsError("--password needs --username (or SERVICEBAY_BROKER_USERNAME)")
+    if not settings.auth_configured:
+        raise SettingsError(
+            "refusing to serve a broker without authentication: give --username and --password "
+            "(or SERVICEBAY_BROKER_USERNAME / SERVICEBAY_BROKER_PASSWORD) or --bearer-token"
+        )
+
+
+def _listening_socket(host: str, port: int, fd: int | None) -> socket.socket:
+    if fd is not None:
+        # The caller keeps its own copy open, so a restarted broker listens on the same port.
+        sock = socket.socket(fileno=os.dup(fd))
+    else:
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host, port))
+        except OSError as exc:
+            sock.close()
+            _fail(f"cannot listen on {host}:{port}: {exc.strerror}")
+        sock.listen(2048)
+    sock.set_inheritable(True)
+    return sock
+
+
+def _url_of(sock: socket.socket, host: str) -> str:
+    bound_host, bound_port = sock.getsockname()[:2]
+    shown = bound_host if bound_host not in ("0.0.0.0", "::") else "127.0.0.1"  # noqa: S104
+    if ":" in shown:
+        shown = f"[{shown}]"
+    return f"http://{shown}:{bound_port}"
+
+
+def _announce(target: str, settings: BrokerSettings, url: str, workers: int) -> None:
+    described = settings.describe()
+    # The app logs every setting itself when it starts; this line says where it is served.
+    log.info("serving broker", target=target, url=url, workers=workers)
+    auth = f"-u {settings.username}:$SERVICEBAY_BROKER_PASSWORD" if settings.username else ""
+    if not auth:
+        auth = "-H 'Authorization: Bearer $SERVICEBAY_BROKER_BEARER_TOKEN'"
+    lines = [
+        f"servicebay broker {target} (Open Service Broker API 2.17)",
+        f"  url:      {url}  ({workers} worker{'s' if workers > 1 else ''})",
+        f"  auth:     basic {'user ' + settings.username if settings.username else 'off'}, "
+        f"bearer {'on' if settings.bearer_token else 'off'}",
+        f"  store:    {described['db']} (key: {described['key']})",
+        f"  try:      curl {auth} -H 'X-Broker-API-Version: 2.17' {url}/v2/catalog",
+        f"  conform:  bay broker check {url} --username {settings.username or 'USER'}",
+    ]
+    typer.echo("\n".join(lines), err=True)
+
+
+def _uvicorn_config(app: Any, settings: BrokerSettings, access_log: bool, **extra: Any) -> Any:
+    import uvicorn
+
+    return uvicorn.Config(
+        app,
+        log_config=None,
+        log_level=settings.log_level,
+        access_log=access_log,
+        lifespan="on",
+        server_header=False,
+        timeout_graceful_shutdown=max(int(settings.shutdown_grace), 1),
+        **extra,
+    )
+
+
+def _serve_one(
+    broker: Broker, settings: BrokerSettings, sock: socket.socket, access_log: bool
+) -> None:
+    import uvicorn
+
+    from servicebay.broker import create_app
+
+    try:
+        asgi = create_app(broker, settings=settings)
+    except (StoreError, SettingsError, ValueError) as exc:
+        _fail(str(exc))
+    server = uvicorn.Server(_uvicorn_config(asgi, settings, access_log))
+    stops: list[int] = []
+    # uvicorn re-raises the stop signal once it has shut down gracefully, which would end the
+    # process "killed by SIGTERM"; a clean, finished shutdown is exit code 0.
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda signum, frame: stops.append(signum))
+    server.run(sockets=[sock])
+    if not server.started:
+        _fail("the broker did not start (see the log above)", code=1)
+    log.info("broker stopped", signal=signal.Signals(stops[0]).name if stops else None)
+
+
+def _serve_many(
+    target: str,
+    settings: BrokerSettings,
+    sock: socket.socket,
+    workers: int,
+    access_log: bool,
+    fmt: LogFormat,
+) -> None:
+    from uvicorn.supervisors import Multiprocess
+
+    # Workers are fresh processes: hand them the flags through the environment they inherit.
+    for name, value in settings.model_dump().items():
+        if value is not None:
+            os.environ["SERVICEBAY_BROKER_" + name.upper()] = str(value)
+    os.environ[TARGET_ENV] = target
+    os.environ[LOG_FORMAT_ENV] = fmt.value
+    config = _uvicorn_config(
+        "servicebay.cli.broker:app_from_environment",
+        settings,
+        access_log,
+        factory=True,
+        workers=workers,
+    )
+    Multiprocess(config, sockets=[sock]).run()
+    log.info("broker stopped", workers=workers)
+
+
+def _fail(message: str, code: int = 2) -> NoReturn:
+    typer.echo(f"error: {message}", err=True)
+    raise typer.Exit(code)
+
+
+if __name__ == "__main__":
+    app()
