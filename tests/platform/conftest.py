@@ -3,6 +3,9 @@ and a running platform app (lifespan, in-process worker) with an authenticated c
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import socket
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
@@ -12,6 +15,7 @@ from typing import Any
 import httpx
 import psycopg
 import pytest
+import uvicorn
 from platform_fake_broker import PASSWORD, USERNAME, FakeBroker
 from sqlalchemy.engine import make_url
 from starlette.applications import Starlette
@@ -138,3 +142,25 @@ async def platform(
         ) as client,
     ):
         yield PlatformUnderTest(app, client, settings)
+
+
+@contextlib.asynccontextmanager
+async def served(app: Any) -> AsyncIterator[str]:
+    """Serve an ASGI app on a real local port (chosen by the OS); yield its base URL."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="off"))
+    task = asyncio.create_task(server.serve(sockets=[sock]))
+    try:
+        for _ in range(500):  # poll for startup with a deadline (5 s)
+            if server.started:
+                break
+            await asyncio.sleep(0.01)
+        assert server.started, "the test server did not start"
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        await task
+        sock.close()

@@ -95,6 +95,7 @@ class FakeBroker:
     async_seconds: float = 0.3
     slow_seconds: float = 3.0
     fail_deletes: int = 2
+    bind_mode: str | None = None
     instances: dict[str, dict[str, Any]] = field(default_factory=dict)
     bindings: dict[str, dict[str, Any]] = field(default_factory=dict)
     operations: dict[str, tuple[float, str]] = field(default_factory=dict)
@@ -174,9 +175,9 @@ class FakeBroker:
             body = await request.json()
             plan = self._plan(body.get("plan_id"))
             self.provisions[iid] += 1
-            bad = await self._misbehave(plan, "provision")
             if plan in ("error500", "slow", "malformed201", "malformed202"):
                 self.instances[iid] = {"plan": plan, "body": body}  # the would-be orphan
+            bad = await self._misbehave(plan, "provision")
             if bad is not None:
                 return bad
             self.instances[iid] = {"plan": plan, "body": body}
@@ -227,13 +228,13 @@ class FakeBroker:
             return JSONResponse({"credentials": found["credentials"]})
         if request.method == "PUT":
             body = await request.json()
-            plan = self._plan(body.get("plan_id"))
+            plan = self.bind_mode or self._plan(body.get("plan_id"))
             credentials = {"uri": f"fake://{bid[:8]}:pw-{bid}@fake", "password": f"pw-{bid}"}
             self.bindings[bid] = {"instance": iid, "plan": plan, "credentials": credentials}
             bad = await self._misbehave(plan, "bind")
             if bad is not None:
                 return bad
-            if plan == "async":
+            if plan in ("async", "async-fail"):
                 self.operations[bid] = (time.monotonic(), plan)
                 return JSONResponse({"operation": f"op-{bid}"}, status_code=202)
             return JSONResponse({"credentials": credentials}, status_code=201)
