@@ -99,3 +99,40 @@ def test_operation_state_terminality() -> None:
     assert osb.OperationState.SUCCEEDED.is_terminal
     assert osb.OperationState.FAILED.is_terminal
     assert osb.OperationState("in progress") is osb.OperationState.IN_PROGRESS
+
+
+def test_display_metadata_follows_profile_conventions() -> None:
+    """displayName, imageUrl, bullets and costs are read by the profile's names."""
+    service = _service(
+        metadata={"displayName": "Chat", "imageUrl": "data:x", "documentationUrl": "http://d"},
+        plans=[
+            {
+                "id": "p",
+                "name": "small",
+                "description": "d",
+                "metadata": {
+                    "bullets": ["50 users"],
+                    "costs": [{"amount": {"usd": 99}, "unit": "MONTHLY"}],
+                    "displayName": "Small",
+                },
+            }
+        ],
+    )
+    shown = service.display_metadata()
+    assert shown is not None
+    assert (shown.display_name, shown.image_url) == ("Chat", "data:x")
+    assert shown.documentation_url == "http://d"
+    plan = service.plans[0].display_metadata()
+    assert plan is not None and plan.bullets == ["50 users"] and plan.display_name == "Small"
+    assert plan.costs == [osb.Cost(amount={"usd": 99.0}, unit="MONTHLY")]
+
+
+def test_display_metadata_off_convention_is_none_not_an_error() -> None:
+    """Metadata that ignores the conventions does not break the catalog."""
+    service = _service(
+        metadata={"displayName": ["not", "a", "string"]},
+        plans=[{"id": "p", "name": "n", "description": "d", "metadata": {"costs": "free"}}],
+    )
+    assert service.display_metadata() is None
+    assert service.plans[0].display_metadata() is None
+    assert _service().display_metadata() == osb.ServiceMetadata()

@@ -34,6 +34,8 @@ WIRE_MODELS = {
     "KubernetesContext",
     "ServicebayContext",
     "OriginatingIdentity",
+    "ServiceMetadata",
+    "PlanMetadata",
 }
 
 

@@ -47,6 +47,7 @@ from servicebay.osb._identity import (
     ServicebayContext,
     parse_context,
 )
+from servicebay.osb._metadata import Cost, PlanMetadata, ServiceMetadata
 from servicebay.osb._parameters import (
     REDACTED,
     apply_defaults,
@@ -108,6 +109,7 @@ __all__ = [
     "ConcurrencyError",
     "Conflict",
     "Context",
+    "Cost",
     "DashboardClient",
     "DeleteQuery",
     "DeprovisionResponse",
@@ -130,6 +132,7 @@ __all__ = [
     "OriginatingIdentity",
     "ParameterProblem",
     "Plan",
+    "PlanMetadata",
     "PreconditionFailed",
     "PreviousValues",
     "ProvisionRequest",
@@ -139,6 +142,7 @@ __all__ = [
     "Service",
     "ServiceBindingSchemas",
     "ServiceInstanceSchemas",
+    "ServiceMetadata",
     "ServicebayContext",
     "Unauthorized",
     "UnbindResponse",

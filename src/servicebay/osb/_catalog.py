@@ -15,6 +15,7 @@ from typing import Any
 from pydantic import Field, field_validator, model_validator
 
 from servicebay.osb._errors import BadRequest
+from servicebay.osb._metadata import PlanMetadata, ServiceMetadata, read_metadata
 from servicebay.osb._parameters import check_schema
 from servicebay.osb._wire import Bool, Id, Int, Str, WireModel
 
@@ -129,6 +130,10 @@ class Plan(WireModel):
             return self.plan_updateable
         return bool(service.plan_updateable)
 
+    def display_metadata(self) -> PlanMetadata | None:
+        """``metadata`` read by the profile's conventions (bullets, costs, displayName)."""
+        return read_metadata(PlanMetadata, self.metadata)
+
     @property
     def is_free(self) -> bool:
         """Whether the plan is free; the spec's default is true."""
@@ -172,6 +177,10 @@ class Service(WireModel):
         _unique("plan id", [p.id for p in self.plans])
         _unique("plan name", [p.name for p in self.plans])
         return self
+
+    def display_metadata(self) -> ServiceMetadata | None:
+        """``metadata`` read by the profile's conventions (displayName, imageUrl, ...)."""
+        return read_metadata(ServiceMetadata, self.metadata)
 
     def find_plan(self, plan_id: str) -> Plan | None:
         """The plan with this id, or None."""
