@@ -113,6 +113,8 @@ class SampleBroker(Broker):
         self.gate = asyncio.Event()
         self.identities: list[osb.OriginatingIdentity | None] = []
         self.started = self.stopped = False
+        #: Operation kinds that wait for `release()` whatever their parameters say.
+        self.hold: set[str] = set()
 
     def is_async(self, operation: OperationKind, plan: osb.Plan) -> bool:
         return plan.id in (ASYNC, SHORT)
@@ -123,7 +125,7 @@ class SampleBroker(Broker):
     async def _work(self, kind: str, details: Any, ctx: OperationContext, params: Any) -> None:
         self.calls.append((kind, details))
         self.identities.append(getattr(details, "identity", None))
-        if params.get("gate"):
+        if params.get("gate") or kind in self.hold:
             await ctx.progress(f"{kind}: waiting")
             await self.gate.wait()
         if params.get("fail"):

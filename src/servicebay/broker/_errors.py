@@ -16,6 +16,7 @@ in the ASGI scope (`KIND_KEY`) so the renderer can drop them.
 from __future__ import annotations
 
 import json
+import traceback
 from typing import Any
 
 import structlog
@@ -26,7 +27,14 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from servicebay import osb
 from servicebay.broker._author import OperationKind
 
-__all__ = ["KIND_KEY", "ErrorBoundary", "MethodNotAllowed", "error_response", "json_response"]
+__all__ = [
+    "KIND_KEY",
+    "ErrorBoundary",
+    "MethodNotAllowed",
+    "error_response",
+    "json_response",
+    "log_crash",
+]
 
 #: ASGI scope key where a handler notes which operation it serves.
 KIND_KEY = "servicebay.operation"
@@ -53,16 +61,30 @@ def error_response(error: BaseException, kind: OperationKind | None = None) -> R
     if isinstance(error, HTTPException):
         error = _from_http(error)
     if not isinstance(error, osb.OSBError):
-        log.error("unhandled error", error_type=type(error).__name__, exc_info=error)
+        log_crash(log, "unhandled error", error)
         error = osb.InternalError("internal error")
     elif error.http_status >= 500:
-        log.error("operation failed", error_type=type(error).__name__, exc_info=error)
+        log.error("request failed", error_type=type(error).__name__, description=error.description)
     body = error.to_response().to_wire()
     if kind not in _FLAGGED:
         body.pop("instance_usable", None)
         body.pop("update_repeatable", None)
     headers = {"WWW-Authenticate": 'Basic realm="servicebay"'} if error.http_status == 401 else None
     return json_response(error.http_status, _dumps(body), headers)
+
+
+def log_crash(logger: Any, event: str, error: BaseException) -> None:
+    """Log an unexpected exception with a plain traceback.
+
+    Never `exc_info`: structlog's default console renderer prints tracebacks with every frame's
+    local variables (request headers with credentials among them). The plain text traceback
+    names files, lines and source only.
+    """
+    logger.error(
+        event,
+        error_type=type(error).__name__,
+        traceback="".join(traceback.format_exception(error)),
+    )
 
 
 def _from_http(error: HTTPException) -> osb.OSBError:

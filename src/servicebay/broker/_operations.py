@@ -30,6 +30,7 @@ import structlog
 
 from servicebay import osb
 from servicebay.broker._author import OperationContext, OperationKind
+from servicebay.broker._errors import log_crash
 from servicebay.broker._metrics import BrokerMetrics
 from servicebay.broker._store import OperationRecord, Store, utcnow
 
@@ -169,11 +170,11 @@ class Operations:
             if isinstance(error, osb.OSBError):
                 logger.warning("operation failed", description=failure.description)
             else:
-                logger.error("operation crashed", error_type=type(error).__name__, exc_info=error)
+                log_crash(logger, "operation crashed", error)
             try:
                 await job.fail()
             except Exception as fail_error:  # the operation record below is what matters
-                logger.error("recording the failure failed", exc_info=fail_error)
+                log_crash(logger, "recording the failure failed", fail_error)
             op.state, op.description = "failed", failure.description
             if op.kind in _FLAGGED:
                 op.instance_usable = failure.instance_usable
@@ -210,7 +211,7 @@ class Operations:
             try:
                 await self.adopt_orphans()
             except Exception as error:  # keep watching; the next round may succeed
-                log.error("resuming operations failed", exc_info=error)
+                log_crash(log, "resuming operations failed", error)
 
     async def adopt_orphans(self) -> None:
         """Claim every unfinished operation no live process holds; resume or fail each."""
@@ -230,7 +231,7 @@ class Operations:
         try:
             job = await self.job_factory(op)
         except Exception as error:
-            logger.error("cannot resume operation", exc_info=error)
+            log_crash(logger, "cannot resume operation", error)
             op.state, op.owner = "failed", None
             op.description = "the operation could not be resumed after a broker restart"
             await self.store.put_operation(op)
