@@ -235,3 +235,30 @@ def test_parse_retry_after(value: str | None, seconds: float | None) -> None:
 
     now = parsedate_to_datetime("Mon, 30 Nov 2026 21:00:00 GMT").timestamp()
     assert parse_retry_after(value, now=now) == seconds
+
+
+async def test_busy_broker_retry_after_is_honoured_while_polling() -> None:
+    """503 or 429 with Retry-After: wait as asked, then keep polling."""
+    broker = FakeBroker().on(
+        "GET",
+        LAST,
+        reply(503, {"description": "busy"}, Retry_After="6"),
+        reply(429, {}, Retry_After="2"),
+        reply(200, {"state": "succeeded"}),
+    )
+    clock = FakeClock()
+    async with make_client(broker, clock) as client:
+        final = await client.poll("i")
+    assert final.state is osb.OperationState.SUCCEEDED
+    assert clock.sleeps == [6.0, 2.0]
+
+
+async def test_refused_poll_ends_polling() -> None:
+    """401 to a poll will not change by asking again: BrokerError at once."""
+    broker = FakeBroker().on("GET", LAST, reply(401, {}))
+    clock = FakeClock()
+    async with make_client(broker, clock) as client:
+        with pytest.raises(BrokerError) as info:
+            await client.poll("i")
+    assert isinstance(info.value.error, osb.Unauthorized)
+    assert clock.sleeps == []

@@ -73,6 +73,9 @@ M = TypeVar("M", bound=WireModel)
 ProgressCallback = Callable[[LastOperationResponse], Awaitable[None] | None]
 
 _DELETES = {RequestKind.DEPROVISION, RequestKind.UNBIND}
+# 4xx answers to a poll that are worth polling again: timeouts, rate limits, a 410 while creating
+# (spec: "SHOULD be interpreted as an invalid response and the Platform SHOULD continue polling").
+_POLL_AGAIN = {408, 410, 422, 425, 429}
 # Transport failures after which the request may have reached the broker.
 _MAYBE_RECEIVED = (httpx.ReadError, httpx.WriteError, httpx.RemoteProtocolError)
 
@@ -379,41 +382,29 @@ class BrokerClient:
         """Poll last_operation of ``kind`` until it succeeds or fails; return the final answer.
 
         Waits ``Retry-After`` when given, else backs off (``PollingPolicy``). Invalid answers
-        (5xx, malformed bodies, timeouts, 410 while creating) do not end polling (spec: "SHOULD
-        continue polling until ... a valid response or the maximum polling duration is
-        reached"); 400 and 404 do. A 410 while deleting is success. Past the maximum polling
-        duration ``PollingTimedOut`` is raised, carrying the orphan mitigation a failure needs.
-        For a failed result, ``orphan_mitigation(kind, 200, state=FAILED)`` says what to delete.
+        (5xx, malformed bodies, timeouts, 408, 429, a 410 while creating) do not end polling
+        (spec: "SHOULD continue polling until ... a valid response or the maximum polling
+        duration is reached"); other 4xx (400, 401, 404...) raise ``BrokerError``. A 410 while
+        deleting is success. Past the maximum polling duration ``PollingTimedOut`` is raised,
+        carrying the orphan mitigation a failure needs. For a failed result,
+        ``orphan_mitigation(kind, 200, state=FAILED)`` says what to delete. When polling an update
+        that changes the plan, pass the plan_id from before the update (spec "Polling Last
+        Operation for Service Instances").
         """
         deadline = self._clock() + self.polling.limit(maximum_polling_duration)
-        attempt, described = 0, None
+        progress = _Progress(on_progress)
+        attempt = 0
         while True:
-            retry_after: float | None = None
             try:
                 answer = await self._poll_once(
                     instance_id, binding_id, operation, service_id, plan_id, identity
                 )
-            except BrokerError as exc:
-                if exc.status == 410 and kind in _DELETES:
-                    # spec: 410 "The Platform MUST consider this response a success".
-                    return LastOperationResponse(
-                        state=OperationState.SUCCEEDED, description="the broker has forgotten it"
-                    )
-                if exc.status in (400, 404):
-                    raise
-                answer = None
-            except (BrokerTimeout, BrokerUnreachable, MalformedResponse, UnexpectedStatus):
-                answer = None
-            if answer is not None:
-                retry_after = answer.retry_after
-                state = answer.response
-                if on_progress is not None and state.description != described:
-                    described = state.description
-                    result = on_progress(state)
-                    if inspect.isawaitable(result):
-                        await result
-                if state.state.is_terminal:
-                    return state
+            except ClientError as exc:
+                final, retry_after = _judge_failed_poll(kind, exc), _retry_after(exc)
+            else:
+                final, retry_after = await progress.report(answer.response), answer.retry_after
+            if final is not None:
+                return final
             remaining = deadline - self._clock()
             if remaining <= 0:
                 raise PollingTimedOut(
@@ -610,7 +601,12 @@ class BrokerClient:
         mitigation = orphan_mitigation(kind, status)
         if 400 <= status < 600:
             error = OSBError.from_response(status, _json_or_none(response))
-            raise BrokerError(error, mitigation=mitigation, request_id=request_id)
+            raise BrokerError(
+                error,
+                mitigation=mitigation,
+                request_id=request_id,
+                retry_after=parse_retry_after(response.headers.get("Retry-After")),
+            )
         raise UnexpectedStatus(
             f"{kind.value}: the broker answered {status}, which the spec does not define here",
             status=status,
@@ -637,3 +633,39 @@ def _json_or_none(response: httpx.Response) -> Any:
         return json.loads(response.content)
     except ValueError:
         return None
+
+
+class _Progress:
+    """Hands each answer whose description changed to the caller's progress callback."""
+
+    def __init__(self, callback: ProgressCallback | None) -> None:
+        self._callback = callback
+        self._described: str | None = None
+
+    async def report(self, answer: LastOperationResponse) -> LastOperationResponse | None:
+        """Report ``answer`` if it says something new; return it when it is final."""
+        if self._callback is not None and answer.description != self._described:
+            self._described = answer.description
+            result = self._callback(answer)
+            if inspect.isawaitable(result):
+                await result
+        return answer if answer.state.is_terminal else None
+
+
+def _judge_failed_poll(kind: RequestKind, exc: ClientError) -> LastOperationResponse | None:
+    """The final answer a failed poll implies, None to poll again; raises if polling must end."""
+    if isinstance(exc, BrokerError):
+        if exc.status == 410 and kind in _DELETES:
+            # spec: 410 "The Platform MUST consider this response a success".
+            return LastOperationResponse(
+                state=OperationState.SUCCEEDED, description="the broker no longer has it"
+            )
+        if 400 <= exc.status < 500 and exc.status not in _POLL_AGAIN:
+            # A refused poll (bad request, unknown instance, wrong credentials) will not change
+            # by asking again.
+            raise exc
+    return None
+
+
+def _retry_after(exc: ClientError) -> float | None:
+    return exc.retry_after if isinstance(exc, BrokerError) else None

@@ -66,10 +66,13 @@ class BrokerError(ClientError):
         *,
         mitigation: OrphanMitigation = OrphanMitigation.NONE,
         request_id: str | None = None,
+        retry_after: float | None = None,
     ) -> None:
         message = f"broker answered {error.http_status}: {error.description}"
         super().__init__(message, mitigation=mitigation, request_id=request_id)
         self.error = error
+        #: Seconds the broker asked to wait (Retry-After on a 429 or 503), if it said.
+        self.retry_after = retry_after
         self.status = error.http_status
         self.exit_code = error.exit_code
 
