@@ -88,3 +88,9 @@ def register(app: typer.Typer) -> None:
     """Add ``server`` and ``worker`` to the ``bay`` app."""
     app.command("server")(server)
     app.command("worker")(worker)
+
+
+if __name__ == "__main__":  # `python -m servicebay.cli.server server|worker ...` (tests, CI)
+    _app = typer.Typer(no_args_is_help=True)
+    register(_app)
+    _app()
