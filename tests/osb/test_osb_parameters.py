@@ -227,3 +227,49 @@ def test_check_schema_accepts_schema_without_dollar_schema() -> None:
     """A schema without $schema is read as draft-04."""
     osb.check_schema({"type": "object", "properties": {"a": {"type": "integer", "maximum": 3}}})
     osb.check_schema(CHAT)
+
+
+def test_every_missing_required_property_is_named_once() -> None:
+    """Each missing required property gets its own problem, even when names overlap."""
+    schema = {"type": "object", "required": ["a", "name", "ame"]}
+    problems = _problems({}, schema)
+    assert [p.path for p in problems] == ["a", "name", "ame"]
+    assert all(p.rule == "required" for p in problems)
+
+
+def test_every_unexpected_property_is_named() -> None:
+    """Several unknown properties: one problem each; patternProperties count as declared."""
+    schema = {
+        "type": "object",
+        "properties": {"known": {}},
+        "patternProperties": {"^x-": {}},
+        "additionalProperties": False,
+    }
+    problems = _problems({"known": 1, "x-ok": 2, "b": 3, "c": 4}, schema)
+    assert sorted(p.path for p in problems) == ["b", "c"]
+    assert {p.message for p in problems} == {"b: is not allowed", "c: is not allowed"}
+
+
+@pytest.mark.parametrize(
+    "declared",
+    [
+        "http://json-schema.org/draft-04/schema#",
+        "http://json-schema.org/draft-04/schema",
+        "https://json-schema.org/draft-04/schema#",
+        "http://json-schema.org/draft-06/schema#",
+        "http://json-schema.org/draft-07/schema#",
+        "https://json-schema.org/draft/2019-09/schema",
+        "https://json-schema.org/draft/2020-12/schema",
+    ],
+)
+def test_known_drafts_are_accepted(declared: str) -> None:
+    """draft-04 and later drafts are understood, with or without trailing # or https."""
+    osb.check_schema({"$schema": declared, "type": "object"})
+
+
+@pytest.mark.parametrize("declared", ["http://example.com/my-meta", 4, "draft-04"])
+def test_unknown_dollar_schema_is_refused(declared: object) -> None:
+    """A $schema naming no known draft cannot be honoured: BadRequest naming it."""
+    with pytest.raises(osb.BadRequest) as info:
+        osb.check_schema({"$schema": declared, "type": "object"})
+    assert "$schema" in info.value.description

@@ -12,12 +12,18 @@ from __future__ import annotations
 
 import copy
 import json
+import re
 from collections.abc import Callable, Iterator
 from typing import Any
 
-from jsonschema import Draft4Validator
+from jsonschema import (
+    Draft4Validator,
+    Draft6Validator,
+    Draft7Validator,
+    Draft201909Validator,
+    Draft202012Validator,
+)
 from jsonschema.exceptions import SchemaError, ValidationError
-from jsonschema.validators import validator_for
 
 from servicebay.osb._errors import BadRequest, InvalidParameters, ParameterProblem
 
@@ -38,8 +44,31 @@ _MAX_SCHEMA_BYTES = 64 * 1024
 _ANY = "*"
 
 
+def _key(uri: str) -> str:
+    return uri.split("://", 1)[-1].rstrip("#")
+
+
+# Drafts a schema may declare: draft-04 (which the spec requires) and the later ones it says
+# platforms SHOULD be prepared for. Keys are meta-schema URIs without scheme and trailing "#".
+_DRAFTS: dict[str, Any] = {
+    _key(klass.META_SCHEMA.get("$id") or klass.META_SCHEMA["id"]): klass
+    for klass in (
+        Draft4Validator,
+        Draft6Validator,
+        Draft7Validator,
+        Draft201909Validator,
+        Draft202012Validator,
+    )
+}
+
+
 def _validator_class(schema: dict[str, Any]) -> Any:
-    return validator_for(schema, default=Draft4Validator)
+    # A schema without (or with an unknown) $schema is read as draft-04; check_schema refuses
+    # unknown ones before a schema reaches a catalog.
+    declared = schema.get("$schema")
+    if not isinstance(declared, str):
+        return Draft4Validator
+    return _DRAFTS.get(_key(declared), Draft4Validator)
 
 
 def check_schema(schema: Any) -> None:
@@ -56,6 +85,12 @@ def check_schema(schema: Any) -> None:
     for ref in _refs(schema):
         if not ref.startswith("#"):
             raise BadRequest(f"parameters schema has an external reference {ref!r}")
+    declared = schema.get("$schema")
+    if declared is not None and (not isinstance(declared, str) or _key(declared) not in _DRAFTS):
+        raise BadRequest(
+            f"parameters schema declares $schema {declared!r}; supported: JSON Schema draft-04, "
+            "draft-06, draft-07, 2019-09 and 2020-12"
+        )
     try:
         _validator_class(schema).check_schema(schema)
     except SchemaError as exc:
@@ -95,7 +130,7 @@ def validate_parameters(schema: dict[str, Any] | None, parameters: Any) -> None:
     hidden = sensitive_paths(schema)
     validator = _validator_class(schema)(schema)
     errors = sorted(validator.iter_errors(parameters), key=lambda e: [str(p) for p in e.path])
-    problems = [_problem(error, hidden) for error in errors]
+    problems = [problem for error in errors for problem in _problems(error, hidden)]
     if problems:
         raise InvalidParameters(
             "invalid parameters: " + "; ".join(p.message for p in problems), problems=problems
@@ -112,44 +147,43 @@ def _join(path: list[str | int]) -> str:
     return text
 
 
-def _problem(error: ValidationError, hidden: set[str]) -> ParameterProblem:
+def _problems(error: ValidationError, hidden: set[str]) -> list[ParameterProblem]:
     path: list[str | int] = list(error.absolute_path)
     rule = str(error.validator)
-    detail = _describe(error)
     if rule == "required" and isinstance(error.instance, dict):
-        missing = _missing(error)
-        if missing is not None:
-            path.append(missing)
-            detail = "is required"
-    elif rule == "additionalProperties" and isinstance(error.instance, dict):
-        extra = _extra(error)
-        if extra is not None:
-            path.append(extra)
-            detail = "is not allowed"
-    where = _join(path) or "parameters"
+        # jsonschema reports each missing property as its own error: "'name' is a required ..."
+        names = [n for n in _names(error.validator_value) if n not in error.instance]
+        names = [n for n in names if error.message.startswith(f"{n!r} ")] or names[:1]
+        return [_located(rule, [*path, name], "is required") for name in names]
+    if rule == "additionalProperties" and isinstance(error.instance, dict):
+        return [_located(rule, [*path, name], "is not allowed") for name in _extras(error)]
+    detail = _describe(error)
     got = error.instance
-    if rule not in {"required", "additionalProperties"} and not isinstance(got, (dict, list)):
+    if not isinstance(got, (dict, list)):
         shown = REDACTED if _is_hidden(path, hidden) else json.dumps(got)
         detail += f" (got {shown})"
+    return [_located(rule, path, detail)]
+
+
+def _located(rule: str, path: list[str | int], detail: str) -> ParameterProblem:
+    where = _join(path) or "parameters"
     return ParameterProblem(path=where, rule=rule, message=f"{where}: {detail}")
 
 
-def _missing(error: ValidationError) -> str | None:
-    required = error.validator_value
-    instance = error.instance
-    for name in required if isinstance(required, list) else []:
-        if name not in instance and name in error.message:
-            return str(name)
-    return None
+def _names(value: Any) -> list[str]:
+    return [str(v) for v in value] if isinstance(value, list) else []
 
 
-def _extra(error: ValidationError) -> str | None:
+def _extras(error: ValidationError) -> list[str]:
+    """The property names additionalProperties refused (not declared, matching no pattern)."""
     schema = error.schema if isinstance(error.schema, dict) else {}
-    known = set(schema.get("properties", {}))
-    for name in error.instance:
-        if name not in known and repr(name) in error.message:
-            return str(name)
-    return None
+    known = set(schema.get("properties") or {})
+    patterns = list(schema.get("patternProperties") or {})
+    return [
+        str(name)
+        for name in error.instance
+        if name not in known and not any(re.search(p, str(name)) for p in patterns)
+    ]
 
 
 def _describe(error: ValidationError) -> str:
