@@ -9,7 +9,14 @@ from __future__ import annotations
 import json
 from typing import Annotated, Any, Literal, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    ValidationError,
+    model_validator,
+)
 
 from servicebay.platform.services.errors import BadRequest, PayloadTooLarge
 
@@ -32,6 +39,14 @@ class BrokerIn(_Body):
     username: NonEmpty | None = None
     password: Annotated[str, StringConstraints(max_length=1024)] | None = None
     bearer_token: Annotated[str, StringConstraints(min_length=1, max_length=4096)] | None = None
+
+    @model_validator(mode="after")
+    def _one_kind_of_auth(self) -> BrokerIn:
+        if (self.username is None) != (self.password is None):
+            raise ValueError("username and password go together")
+        if self.bearer_token is not None and self.username is not None:
+            raise ValueError("give either username/password or bearer_token, not both")
+        return self
 
 
 class NamespaceSettings(_Body):
