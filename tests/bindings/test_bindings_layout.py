@@ -167,7 +167,7 @@ def test_readers_never_see_half_a_binding(tmp_path: Path) -> None:
     readers = [threading.Thread(target=read) for _ in range(2)]
     for reader in readers:
         reader.start()
-    for turn in range(150):
+    for turn in range(80):
         bindings.write(versions[turn % 2], tmp_path)
     stop.set()
     for reader in readers:

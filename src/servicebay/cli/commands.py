@@ -28,3 +28,8 @@ def build_app(broker_group: typer.Typer | None = None) -> typer.Typer:
     brokers.register_commands(group)
     app.add_typer(group, name="broker")
     return app
+
+
+if __name__ == "__main__":
+    # `python -m servicebay.cli.commands ...`: these commands alone, without the rest of `bay`.
+    build_app()()

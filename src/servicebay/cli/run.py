@@ -17,6 +17,7 @@ import shutil
 import signal
 import sys
 import tempfile
+import threading
 from pathlib import Path
 from typing import Annotated
 
@@ -106,20 +107,10 @@ async def _supervise(
         raise CLIError(f"command not found: {command[0]}", 127) from None
     except PermissionError:
         raise CLIError(f"command not executable: {command[0]}", 126) from None
-    loop = asyncio.get_running_loop()
-    forwarded = [signal.SIGTERM, signal.SIGHUP]
-    if not sys.stdin.isatty():
-        # At a terminal Ctrl-C reaches the whole process group already; do not send it twice.
-        forwarded.append(signal.SIGINT)
-    else:
-        loop.add_signal_handler(signal.SIGINT, lambda: None)
-    for sig in forwarded:
-        loop.add_signal_handler(sig, process.send_signal, sig)
-    refresher = (
-        asyncio.create_task(_keep_fresh(api, app, namespace, root, refresh))
-        if refresh > 0
-        else None
-    )
+    handled = _forward_signals(process)
+    refresher = None
+    if refresh > 0:
+        refresher = asyncio.create_task(_keep_fresh(api, app, namespace, root, refresh))
     try:
         code = await process.wait()
     finally:
@@ -127,9 +118,35 @@ async def _supervise(
             refresher.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await refresher
-        for sig in (*forwarded, signal.SIGINT):
+        loop = asyncio.get_running_loop()
+        for sig in handled:
             loop.remove_signal_handler(sig)
+        if process.returncode is None:
+            # We are leaving early (an error, a cancellation): never leave the command orphaned
+            # with its bindings about to be removed.
+            process.kill()
+            await process.wait()
     return code if code >= 0 else 128 - code
+
+
+def _forward_signals(process: asyncio.subprocess.Process) -> list[signal.Signals]:
+    """Pass SIGTERM/SIGHUP (and SIGINT when not at a terminal) on to the command.
+
+    At a terminal Ctrl-C reaches the whole process group already, so it is not sent twice;
+    ``bay run`` just keeps waiting for the command. Handlers need the main thread; elsewhere
+    (embedded use) signals are left alone.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        return []
+    loop = asyncio.get_running_loop()
+    at_terminal = sys.stdin.isatty()
+    handled = [signal.SIGTERM, signal.SIGHUP, signal.SIGINT]
+    for sig in handled:
+        if sig == signal.SIGINT and at_terminal:
+            loop.add_signal_handler(sig, lambda: None)
+        else:
+            loop.add_signal_handler(sig, process.send_signal, sig)
+    return handled
 
 
 async def _keep_fresh(api: PlatformAPI, app: str, namespace: str, root: Path, every: float) -> None:
