@@ -215,3 +215,19 @@ async def test_requests_are_counted_by_endpoint_and_status(db: str) -> None:
         in metrics
     )
     assert "i-1" not in metrics
+
+
+async def test_lost_lease_stops_the_run_and_the_operation_is_taken_over(db: str) -> None:
+    """When another process takes an operation over, this process stops running it; once that
+    owner goes silent the operation is adopted again and finished."""
+    broker = SampleBroker()
+    broker.hold.add("provision")
+    async with running(broker, db, operation_lease=0.6) as client:
+        response = await client.put(INSTANCE, params=ASYNC_OK, json=provision_body(ASYNC))
+        operation = response.json()["operation"]
+        await eventually(lambda: _true(broker.count("provision") == 1))
+        await _set_owner(db, operation, "other-host:1:cafe")
+        # Our heartbeat notices, cancels our run; the stale lease is then adopted again.
+        await eventually(lambda: _true(broker.count("provision") == 2))
+        broker.release()
+        await wait_state(client, INSTANCE, "succeeded", operation)

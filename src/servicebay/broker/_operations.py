@@ -63,6 +63,15 @@ def failure_of(error: BaseException) -> osb.OSBError:
     return osb.InternalError("internal error")
 
 
+class _Lease:
+    """Whether this process lost an operation's lease while running it."""
+
+    __slots__ = ("lost",)
+
+    def __init__(self) -> None:
+        self.lost = False
+
+
 class Operations:
     """Runs, resumes and settles the asynchronous operations of one app."""
 
@@ -128,27 +137,33 @@ class Operations:
         )
 
         async def report(description: str) -> None:
-            op.description = description
+            op.description, op.heartbeat_at = description, utcnow()
             await self.store.put_operation(op)
 
         ctx = OperationContext(
             operation_id=op.operation_id, is_async=True, logger=logger, report=report
         )
         started = time.perf_counter()
-        heartbeat = asyncio.create_task(self._heartbeat(op))
+        this = asyncio.current_task()
+        assert this is not None  # spawn() runs us as a task
+        lease = _Lease()
+        heartbeat = asyncio.create_task(self._heartbeat(op, this, lease))
+        budget = asyncio.timeout(_remaining(op.deadline))
         self.metrics.operations_in_flight.inc()
         try:
-            async with asyncio.timeout(_remaining(op.deadline)):
+            async with budget:
                 await job.run(ctx)
         except asyncio.CancelledError:
             heartbeat.cancel()
+            if lease.lost:
+                # Another process owns the operation now; it records the outcome.
+                return
             if self._closing:
                 await self._release(op)
             raise
-        except TimeoutError:
-            await self._finish(op, job, _timed_out(op), logger, started)
         except Exception as error:
-            await self._finish(op, job, error, logger, started)
+            failure = _timed_out(op) if budget.expired() else error
+            await self._finish(op, job, failure, logger, started)
         else:
             await self._finish(op, job, None, logger, started)
         finally:
@@ -184,11 +199,15 @@ class Operations:
         self.metrics.observe_operation(op.kind, "async", op.state, time.perf_counter() - started)
         logger.info("operation finished", state=op.state)
 
-    async def _heartbeat(self, op: OperationRecord) -> None:
+    async def _heartbeat(self, op: OperationRecord, job: asyncio.Task[None], lease: _Lease) -> None:
         while True:
             await asyncio.sleep(self.lease / 3)
             if not await self.store.heartbeat(op.operation_id, self.owner):
+                # Another process took the operation over (we looked dead): stop our run, so
+                # the author's method never runs twice at once for one operation.
                 log.warning("operation lease lost", operation_id=op.operation_id)
+                lease.lost = True
+                job.cancel()
                 return
 
     async def _release(self, op: OperationRecord) -> None:
