@@ -11,8 +11,10 @@ docs/rabbitmq-broker.md).
 
 from __future__ import annotations
 
+from servicebay.brokers.rabbitmq._broker import RabbitMQBroker
 from servicebay.brokers.rabbitmq._catalog import PLANS, SERVICE_ID, PlanLimits
 from servicebay.brokers.rabbitmq._management import ManagementAPI, ManagementAPIError
+from servicebay.brokers.rabbitmq._names import user_name, vhost_name
 from servicebay.brokers.rabbitmq._settings import (
     ConfigurationError,
     RabbitMQBrokerSettings,
@@ -26,6 +28,14 @@ __all__ = [
     "ManagementAPI",
     "ManagementAPIError",
     "PlanLimits",
+    "RabbitMQBroker",
     "RabbitMQBrokerSettings",
+    "broker",
     "check_management_access",
+    "user_name",
+    "vhost_name",
 ]
+
+#: The broker `bay broker serve servicebay.brokers.rabbitmq:broker` serves; its settings are read
+#: from the environment when it starts.
+broker = RabbitMQBroker()
