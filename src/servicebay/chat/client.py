@@ -28,7 +28,7 @@ import structlog
 import websockets
 from websockets.asyncio.client import ClientConnection, connect
 
-from servicebay.chat.protocol import MAX_FRAME_BYTES, VERSION
+from servicebay.chat.protocol import VERSION
 
 log = structlog.get_logger("servicebay.chat.client")
 
@@ -188,7 +188,7 @@ class ChatClient:
         delay = self.retry_min
         while not self._closing:
             try:
-                async with connect(self.url, max_size=16 * MAX_FRAME_BYTES) as ws:
+                async with connect(self.url, max_size=None, compression=None) as ws:
                     self._ws = ws
                     self.stats.connects += 1
                     await ws.send(json.dumps(self._hello()))

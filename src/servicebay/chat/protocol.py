@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 VERSION = 1
 MAX_FRAME_BYTES = 64 * 1024
@@ -97,10 +97,16 @@ class Ping(_Frame):
     id: Annotated[str, Field(max_length=64)] = ""
 
 
-ClientFrame = Annotated[
-    Hello | Join | Leave | Send | Ack | Typing | Ping, Field(discriminator="type")
-]
-_CLIENT_FRAME: TypeAdapter[ClientFrame] = TypeAdapter(ClientFrame)
+ClientFrame = Hello | Join | Leave | Send | Ack | Typing | Ping
+_BY_TYPE: dict[str, type[ClientFrame]] = {
+    "hello": Hello,
+    "join": Join,
+    "leave": Leave,
+    "send": Send,
+    "ack": Ack,
+    "typing": Typing,
+    "ping": Ping,
+}
 
 
 class ProtocolError(Exception):
@@ -124,8 +130,12 @@ def parse_frame(raw: str | bytes) -> ClientFrame:
     if not isinstance(data, dict):
         raise ProtocolError("bad_frame", "a frame is a JSON object")
     ref = data.get("key") if isinstance(data.get("key"), str) else None
+    model = _BY_TYPE.get(data.get("type"))  # type: ignore[arg-type]
+    if model is None:
+        known = ", ".join(_BY_TYPE)
+        raise ProtocolError("bad_frame", f"type: must be one of {known}", ref)
     try:
-        return _CLIENT_FRAME.validate_python(data)
+        return model.model_validate(data)
     except ValidationError as exc:
         raise ProtocolError(_code_of(exc), _describe(exc), ref) from None
 
@@ -140,7 +150,7 @@ def _code_of(exc: ValidationError) -> str:
 def _describe(exc: ValidationError) -> str:
     parts = []
     for problem in exc.errors()[:3]:
-        where = ".".join(str(p) for p in problem["loc"][1:]) or "type"
+        where = ".".join(str(p) for p in problem["loc"]) or "frame"
         parts.append(f"{where}: {problem['msg']}")
     return "; ".join(parts)
 

@@ -27,6 +27,7 @@ from servicebay.chat.stores import Appended, ChatStore, Member, Message, NotMemb
 log = structlog.get_logger("servicebay.chat")
 
 RECENT = 4096
+RECEIPT_EVERY = 0.05
 
 
 @dataclass(frozen=True)
@@ -67,6 +68,8 @@ class RoomHub:
     delivered_max: dict[str, int] = field(default_factory=dict)
     acks: dict[str, _AckState] = field(default_factory=dict)
     filling: bool = False
+    receipt_sent: int = 0
+    receipt_timer: asyncio.TimerHandle | None = None
     _changed: asyncio.Event = field(default_factory=asyncio.Event)
 
     def publish(self, entry: Entry) -> bool:
@@ -278,14 +281,22 @@ class ChatService:
             log.exception("chat.ack_failed", room=hub.room, user=user)
 
     async def ack(self, hub: RoomHub, user: str, seq: int) -> int:
-        """Advance a cursor durably, then tell listeners when everyone has a message."""
-        before = hub.delivered
+        """Advance a cursor durably, then (soon) tell listeners what everyone has."""
         cursor = await self.store.ack(hub.room, user, seq)
         if user in hub.cursors:
             hub.cursors[user] = max(hub.cursors[user], cursor)
-        if hub.delivered != before:
-            hub.broadcast(encode({"type": "receipt", "room": hub.room, "delivered": hub.delivered}))
+        if hub.delivered != hub.receipt_sent and hub.receipt_timer is None:
+            # Receipts are coalesced: with many members, one per ack would cost O(members)
+            # frames per message; every RECEIPT_EVERY seconds is plenty for "delivered".
+            loop = asyncio.get_running_loop()
+            hub.receipt_timer = loop.call_later(RECEIPT_EVERY, self._send_receipt, hub)
         return cursor
+
+    def _send_receipt(self, hub: RoomHub) -> None:
+        hub.receipt_timer = None
+        if hub.delivered != hub.receipt_sent:
+            hub.receipt_sent = hub.delivered
+            hub.broadcast(encode({"type": "receipt", "room": hub.room, "delivered": hub.delivered}))
 
     # presence ------------------------------------------------------------------------------
 
