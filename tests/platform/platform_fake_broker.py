@@ -102,6 +102,7 @@ class FakeBroker:
     calls: list[tuple[str, str]] = field(default_factory=list)
     delete_failures: Counter[str] = field(default_factory=Counter)
     provisions: Counter[str] = field(default_factory=Counter)
+    identities: list[str] = field(default_factory=list)
 
     def count(self, method: str, fragment: str = "") -> int:
         return sum(1 for m, p in self.calls if m == method and fragment in p)
@@ -110,7 +111,11 @@ class FakeBroker:
         return Starlette(
             routes=[
                 Route("/v2/catalog", self._catalog, methods=["GET"]),
-                Route("/v2/service_instances/{iid}", self._instance, methods=["PUT", "DELETE"]),
+                Route(
+                    "/v2/service_instances/{iid}",
+                    self._instance,
+                    methods=["PUT", "PATCH", "DELETE"],
+                ),
                 Route("/v2/service_instances/{iid}/last_operation", self._last, methods=["GET"]),
                 Route(
                     "/v2/service_instances/{iid}/service_bindings/{bid}",
@@ -171,6 +176,7 @@ class FakeBroker:
             return JSONResponse({"description": "unauthorized"}, status_code=401)
         iid = request.path_params["iid"]
         self.calls.append((request.method, request.url.path))
+        self.identities.append(request.headers.get("x-broker-api-originating-identity", ""))
         if request.method == "PUT":
             body = await request.json()
             plan = self._plan(body.get("plan_id"))
@@ -185,6 +191,12 @@ class FakeBroker:
                 self.operations[iid] = (time.monotonic(), plan)
                 return JSONResponse({"operation": f"op-{iid}"}, status_code=202)
             return JSONResponse({}, status_code=201)
+        if request.method == "PATCH":
+            body = await request.json()
+            if iid not in self.instances:
+                return JSONResponse({"description": "no such instance"}, status_code=404)
+            self.instances[iid]["updates"] = [*self.instances[iid].get("updates", []), body]
+            return JSONResponse({}, status_code=200)
         # DELETE
         if iid not in self.instances:
             return JSONResponse({}, status_code=410)

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import base64
+import json
+
 from platform_fake_broker import FakeBroker
 
 from conftest import ALICE_TOKEN, PlatformUnderTest
@@ -60,3 +63,107 @@ async def test_async_provision_is_polled_to_ready(
     assert inst["state"] == "ready"
     assert fake.count("GET", f"{inst['id']}/last_operation") >= 1
     assert fake.count("PUT", inst["id"]) == 1
+
+
+async def test_update_changes_parameters_and_plan(
+    platform: PlatformUnderTest, fake: FakeBroker
+) -> None:
+    """PATCH sends previous values, and the stored parameters/plan change only on success."""
+    await platform.register_fake()
+    c = platform.client
+    r = await c.post(
+        "/api/v1/instances",
+        json={"service": "fake", "plan": "sync", "name": "u1", "parameters": {"a": 1}},
+    )
+    await platform.wait(r.json()["operation"])
+    r = await c.patch("/api/v1/instances/u1", json={"parameters": {"b": 2}, "dry_run": True})
+    assert r.status_code == 200 and r.json()["target"]["method"] == "PATCH"
+    r = await c.patch("/api/v1/instances/u1", json={"parameters": {"b": 2}})
+    assert r.status_code == 202, r.text
+    op = await platform.wait(r.json()["operation"])
+    assert op["state"] == "succeeded", op
+    inst = (await c.get("/api/v1/instances/u1")).json()
+    assert inst["parameters"] == {"a": 1, "b": 2} and inst["state"] == "ready"
+    assert fake.count("PATCH", inst["id"]) == 1
+
+
+async def test_service_keys_have_the_binding_lifecycle(
+    platform: PlatformUnderTest, fake: FakeBroker
+) -> None:
+    """kind=key: no app, generated name, credentials readable by its creator."""
+    await platform.register_fake()
+    c = platform.client
+    r = await c.post("/api/v1/instances", json={"service": "fake", "plan": "sync", "name": "k1"})
+    await platform.wait(r.json()["operation"])
+    r = await c.post("/api/v1/bindings", json={"instance": "k1", "kind": "key"})
+    assert r.status_code == 202, r.text
+    name = r.json()["binding"]["name"]
+    assert name.startswith("k1-key-")
+    await platform.wait(r.json()["operation"])
+    keys = (await c.get("/api/v1/bindings", params={"instance": "k1", "kind": "key"})).json()
+    assert [k["name"] for k in keys["items"]] == [name]
+    assert "credentials" not in keys["items"][0]
+    assert (await c.get(f"/api/v1/bindings/{name}")).json()["credentials"]["password"]
+    r = await c.delete("/api/v1/instances/k1")
+    assert r.status_code == 409 and r.json()["error"] == "instance_has_bindings"
+
+
+async def test_purge_removes_records_but_keeps_evidence(
+    platform: PlatformUnderTest, fake: FakeBroker
+) -> None:
+    """Purge deletes instance and bindings locally (no broker call) and records the evidence."""
+    await platform.register_fake()
+    c = platform.client
+    r = await c.post("/api/v1/instances", json={"service": "fake", "plan": "sync", "name": "pg"})
+    await platform.wait(r.json()["operation"])
+    r = await c.post("/api/v1/bindings", json={"instance": "pg", "app": "web"})
+    await platform.wait(r.json()["operation"])
+    calls_before = len(fake.calls)
+    r = await c.post("/api/v1/instances/pg/purge")
+    assert r.status_code == 200, r.text
+    assert r.json()["bindings"] == ["pg-web"]
+    assert r.json()["operation"]["kind"] == "purge"
+    assert len(fake.calls) == calls_before
+    assert (await c.get("/api/v1/instances/pg")).status_code == 404
+    assert (await c.get("/api/v1/bindings/pg-web")).status_code == 404
+    history = (await c.get("/api/v1/operations", params={"instance": "pg"})).json()["items"]
+    assert [o["kind"] for o in history] == ["purge", "bind", "provision"]
+    audit = (await c.get("/api/v1/audit", params={"target": "default/pg"})).json()["items"]
+    assert audit[0]["action"] == "instance.purge" and audit[0]["user"] == "admin"
+
+
+async def test_broker_refresh_and_remove(platform: PlatformUnderTest, fake: FakeBroker) -> None:
+    """Refresh reports no change for the same catalog; remove is refused while in use."""
+    await platform.register_fake()
+    c = platform.client
+    r = await c.post("/api/v1/brokers/fake/refresh")
+    assert r.status_code == 200 and r.json()["changes"] == {
+        "added": [],
+        "removed": [],
+        "updated": [],
+    }
+    r = await c.post("/api/v1/instances", json={"service": "fake", "plan": "sync", "name": "b1"})
+    await platform.wait(r.json()["operation"])
+    r = await c.delete("/api/v1/brokers/fake")
+    assert r.status_code == 409 and r.json()["error"] == "broker_in_use"
+    await c.post("/api/v1/instances/b1/purge")
+    assert (await c.delete("/api/v1/brokers/fake")).status_code == 204
+    assert (await c.get("/api/v1/marketplace")).json()["items"] == []
+
+
+async def test_originating_identity_is_the_acting_user(
+    platform: PlatformUnderTest, fake: FakeBroker
+) -> None:
+    """Alice's provision reaches the broker as `servicebay {"user": "alice"}` and is audited."""
+    await platform.register_fake()
+    async with platform.as_user(ALICE_TOKEN) as alice:
+        r = await alice.post(
+            "/api/v1/instances", json={"service": "fake", "plan": "sync", "name": "al"}
+        )
+        assert r.status_code == 202
+        await platform.wait(r.json()["operation"])
+    platform_name, value = fake.identities[0].split(" ")
+    assert platform_name == "servicebay"
+    assert json.loads(base64.b64decode(value)) == {"user": "alice"}
+    audit = (await platform.client.get("/api/v1/audit", params={"target": "default/al"})).json()
+    assert {a["user"] for a in audit["items"]} == {"alice"}
