@@ -19,9 +19,10 @@ writers from other processes wait for the lock instead of failing.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
-from collections.abc import Mapping
+from collections.abc import AsyncIterator, Mapping
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -39,6 +40,7 @@ from sqlalchemy import (
     Table,
     Text,
     and_,
+    bindparam,
     delete,
     event,
     or_,
@@ -48,7 +50,7 @@ from sqlalchemy import (
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import URL, Row, make_url
 from sqlalchemy.exc import ArgumentError, DBAPIError
-from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 from sqlalchemy.pool import StaticPool
 from sqlalchemy.sql.dml import Insert
 from sqlalchemy.types import TypeDecorator
@@ -154,6 +156,8 @@ _operations = Table(
     Index("ix_broker_operations_state", "state"),
 )
 
+_DATA = (_instances, _bindings, _operations)
+
 _SQLITE_DRIVERS = {"sqlite", "sqlite+pysqlite", "sqlite+aiosqlite"}
 _POSTGRES_DRIVERS = {
     "postgres",
@@ -195,6 +199,54 @@ def _loads_opt(value: str | None) -> Any:
     return None if value is None else json.loads(value)
 
 
+class _Statements:
+    """Every hot statement, built once per dialect; values arrive as bound parameters."""
+
+    def __init__(self, is_sqlite: bool) -> None:
+        self.create = {t.name: self._insert(t, is_sqlite).on_conflict_do_nothing() for t in _DATA}
+        self.upsert = {t.name: self._upsert(t, is_sqlite) for t in _DATA}
+        i, b, o = _instances.c, _bindings.c, _operations.c
+        self.get_instance = select(_instances).where(i.instance_id == bindparam("k_instance"))
+        self.get_binding = select(_bindings).where(
+            b.instance_id == bindparam("k_instance"), b.binding_id == bindparam("k_binding")
+        )
+        self.list_bindings = (
+            select(_bindings)
+            .where(b.instance_id == bindparam("k_instance"))
+            .order_by(b.created_at, b.binding_id)
+        )
+        self.delete_binding = delete(_bindings).where(
+            b.instance_id == bindparam("k_instance"), b.binding_id == bindparam("k_binding")
+        )
+        self.delete_bindings = delete(_bindings).where(b.instance_id == bindparam("k_instance"))
+        self.delete_instance = delete(_instances).where(i.instance_id == bindparam("k_instance"))
+        self.get_operation = select(_operations).where(o.operation_id == bindparam("k_operation"))
+        latest = select(_operations).order_by(o.created_at.desc()).limit(1)
+        self.latest_instance_op = latest.where(
+            o.instance_id == bindparam("k_instance"), o.binding_id.is_(None)
+        )
+        self.latest_binding_op = latest.where(
+            o.instance_id == bindparam("k_instance"), o.binding_id == bindparam("k_binding")
+        )
+        self.unfinished = select(_operations).where(o.state == _IN_PROGRESS).order_by(o.created_at)
+
+    @staticmethod
+    def _insert(table: Table, is_sqlite: bool) -> postgresql.Insert | sqlite.Insert:
+        return sqlite.insert(table) if is_sqlite else postgresql.insert(table)
+
+    @classmethod
+    def _upsert(cls, table: Table, is_sqlite: bool) -> Insert:
+        stmt = cls._insert(table, is_sqlite)
+        keys = [c.name for c in table.primary_key.columns]
+        # created_at is kept from the first write: an upsert updates, it does not re-create.
+        changed = {
+            c.name: stmt.excluded[c.name]
+            for c in table.columns
+            if c.name not in keys and c.name != "created_at"
+        }
+        return stmt.on_conflict_do_update(index_elements=keys, set_=changed)
+
+
 class SqlStore:
     """`Store` backed by SQLAlchemy async Core on aiosqlite or asyncpg."""
 
@@ -213,8 +265,11 @@ class SqlStore:
                 '`python -c "from cryptography.fernet import Fernet; '
                 'print(Fernet.generate_key().decode())"` and keep it with your secrets'
             )
+        self._sql = _Statements(self._is_sqlite)
         self._engine: AsyncEngine | None = None
-        self._auto: AsyncEngine | None = None
+        self._auto: AsyncEngine | None = None  # PostgreSQL: pooled autocommit connections
+        self._shared: AsyncConnection | None = None  # SQLite: the one connection
+        self._lock = asyncio.Lock()
         self._cipher: FieldCipher | None = None
 
     def __repr__(self) -> str:
@@ -237,19 +292,24 @@ class SqlStore:
         engine = self._create_engine()
         try:
             await self._create_schema(engine, cipher)
+            if self._is_sqlite:
+                # SQLite has one writer at a time anyway; one connection held for the store's
+                # life spares every call a pool checkout and its reset (each a thread hop).
+                self._shared = await engine.connect()
         except BaseException:
             await engine.dispose()
             raise
         self._engine = engine
         # Single statements need no explicit transaction: autocommit saves a BEGIN/COMMIT pair.
-        self._auto = (
-            engine if self._is_sqlite else engine.execution_options(isolation_level="AUTOCOMMIT")
-        )
+        self._auto = engine.execution_options(isolation_level="AUTOCOMMIT")
         self._cipher = cipher
 
     async def close(self) -> None:
-        """Dispose of the connection pool."""
+        """Release the connections."""
+        shared, self._shared = self._shared, None
         engine, self._engine, self._auto = self._engine, None, None
+        if shared is not None:
+            await shared.close()
         if engine is not None:
             await engine.dispose()
 
@@ -260,26 +320,17 @@ class SqlStore:
         if key_file is None:
             # An in-memory SQLite database dies with the process, and its key with it.
             return Fernet.generate_key().decode()
-        await asyncio.to_thread(key_file.parent.mkdir, parents=True, exist_ok=True)
         return await asyncio.to_thread(load_or_create_key, key_file)
 
     def _create_engine(self) -> AsyncEngine:
         if not self._is_sqlite:
             return create_async_engine(self._url, pool_size=10, max_overflow=20)
-        if self._sqlite_path is None:
-            engine = create_async_engine(
-                self._url, poolclass=StaticPool, isolation_level="AUTOCOMMIT"
-            )
-        else:
-            # One connection per process: the store's statements are short, and a second
-            # connection would only contend with the first for SQLite's single writer lock.
-            engine = create_async_engine(
-                self._url,
-                pool_size=1,
-                max_overflow=0,
-                isolation_level="AUTOCOMMIT",
-                connect_args={"timeout": _SQLITE_BUSY_TIMEOUT_MS / 1000},
-            )
+        engine = create_async_engine(
+            self._url,
+            poolclass=StaticPool,
+            isolation_level="AUTOCOMMIT",
+            connect_args={"timeout": _SQLITE_BUSY_TIMEOUT_MS / 1000},
+        )
         event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
         return engine
 
@@ -298,10 +349,13 @@ class SqlStore:
         async with engine.begin() as conn:
             row = (await conn.execute(select(_schema).where(_schema.c.id == 1))).first()
             if row is None:
-                stmt = self._insert(_schema).values(
-                    id=1, version=SCHEMA_VERSION, key_check=cipher.encrypt(_KEY_CHECK)
-                )
-                await conn.execute(stmt.on_conflict_do_nothing())
+                values = {
+                    "id": 1,
+                    "version": SCHEMA_VERSION,
+                    "key_check": cipher.encrypt(_KEY_CHECK),
+                }
+                insert = _Statements._insert(_schema, self._is_sqlite).on_conflict_do_nothing()
+                await conn.execute(insert, values)
                 row = (await conn.execute(select(_schema).where(_schema.c.id == 1))).one()
         if row.version > SCHEMA_VERSION:
             raise StoreError(
@@ -313,20 +367,16 @@ class SqlStore:
 
     # -- plumbing ----------------------------------------------------------------------------
 
-    def _insert(self, table: Table) -> postgresql.Insert | sqlite.Insert:
-        return sqlite.insert(table) if self._is_sqlite else postgresql.insert(table)
-
-    def _upsert(self, table: Table, values: Mapping[str, Any]) -> Insert:
-        keys = [c.name for c in table.primary_key.columns]
-        stmt = self._insert(table).values(**values)
-        # created_at is kept from the first write: an upsert updates, it does not re-create.
-        changed = {k: stmt.excluded[k] for k in values if k not in keys and k != "created_at"}
-        return stmt.on_conflict_do_update(index_elements=keys, set_=changed)
-
-    def _connection(self) -> AsyncEngine:
-        if self._auto is None:
+    @contextlib.asynccontextmanager
+    async def _connection(self) -> AsyncIterator[AsyncConnection]:
+        if self._shared is not None:
+            async with self._lock:
+                yield self._shared
+        elif self._auto is not None:
+            async with self._auto.connect() as conn:
+                yield conn
+        else:
             raise StoreError("the broker store is not open (call open() first)")
-        return self._auto
 
     @property
     def _fernet(self) -> FieldCipher:
@@ -334,19 +384,18 @@ class SqlStore:
             raise StoreError("the broker store is not open (call open() first)")
         return self._cipher
 
-    async def _write(self, stmt: Any) -> int:
-        async with self._connection().connect() as conn:
-            result = await conn.execute(stmt)
-            await conn.commit()
+    async def _write(self, stmt: Any, params: Mapping[str, Any] | None = None) -> int:
+        async with self._connection() as conn:
+            result = await conn.execute(stmt, params)
             return int(result.rowcount)
 
-    async def _first(self, stmt: Any) -> Row[Any] | None:
-        async with self._connection().connect() as conn:
-            return (await conn.execute(stmt)).first()
+    async def _first(self, stmt: Any, params: Mapping[str, Any] | None = None) -> Row[Any] | None:
+        async with self._connection() as conn:
+            return (await conn.execute(stmt, params)).first()
 
-    async def _all(self, stmt: Any) -> list[Row[Any]]:
-        async with self._connection().connect() as conn:
-            return list((await conn.execute(stmt)).all())
+    async def _all(self, stmt: Any, params: Mapping[str, Any] | None = None) -> list[Row[Any]]:
+        async with self._connection() as conn:
+            return list((await conn.execute(stmt, params)).all())
 
     # -- instances ---------------------------------------------------------------------------
 
@@ -384,26 +433,39 @@ class SqlStore:
 
     async def get_instance(self, instance_id: str) -> InstanceRecord | None:
         """The instance record, or None."""
-        row = await self._first(select(_instances).where(_instances.c.instance_id == instance_id))
+        row = await self._first(self._sql.get_instance, {"k_instance": instance_id})
         return None if row is None else self._instance(row)
 
     async def put_instance(self, record: InstanceRecord) -> None:
         """Insert or replace the instance record (stamps ``updated_at``)."""
         record.updated_at = utcnow()
-        await self._write(self._upsert(_instances, self._instance_values(record)))
+        await self._write(self._sql.upsert["broker_instances"], self._instance_values(record))
 
     async def create_instance(self, record: InstanceRecord) -> bool:
         """Insert the record; False (nothing written) if the id exists."""
-        stmt = self._insert(_instances).values(**self._instance_values(record))
-        return await self._write(stmt.on_conflict_do_nothing()) == 1
+        values = self._instance_values(record)
+        return await self._write(self._sql.create["broker_instances"], values) == 1
 
     async def delete_instance(self, instance_id: str) -> None:
         """Forget the instance and its bindings; its operations stay for last_operation."""
-        self._connection()
-        assert self._engine is not None
-        async with self._engine.begin() as conn:
-            await conn.execute(delete(_bindings).where(_bindings.c.instance_id == instance_id))
-            await conn.execute(delete(_instances).where(_instances.c.instance_id == instance_id))
+        key = {"k_instance": instance_id}
+        if self._shared is None:
+            if self._engine is None:
+                raise StoreError("the broker store is not open (call open() first)")
+            async with self._engine.begin() as conn:
+                await conn.execute(self._sql.delete_bindings, key)
+                await conn.execute(self._sql.delete_instance, key)
+            return
+        async with self._connection() as conn:
+            # The shared connection autocommits; this pair must land together or not at all.
+            await conn.exec_driver_sql("BEGIN IMMEDIATE")
+            try:
+                await conn.execute(self._sql.delete_bindings, key)
+                await conn.execute(self._sql.delete_instance, key)
+            except BaseException:
+                await conn.exec_driver_sql("ROLLBACK")
+                raise
+            await conn.exec_driver_sql("COMMIT")
 
     # -- bindings ----------------------------------------------------------------------------
 
@@ -431,37 +493,31 @@ class SqlStore:
             updated_at=row.updated_at,
         )
 
-    @staticmethod
-    def _binding_key(instance_id: str, binding_id: str) -> Any:
-        return and_(_bindings.c.instance_id == instance_id, _bindings.c.binding_id == binding_id)
-
     async def get_binding(self, instance_id: str, binding_id: str) -> BindingRecord | None:
         """The binding record, or None."""
-        row = await self._first(select(_bindings).where(self._binding_key(instance_id, binding_id)))
+        key = {"k_instance": instance_id, "k_binding": binding_id}
+        row = await self._first(self._sql.get_binding, key)
         return None if row is None else self._binding(row)
 
     async def create_binding(self, record: BindingRecord) -> bool:
         """Insert the record; False (nothing written) if the binding exists."""
-        stmt = self._insert(_bindings).values(**self._binding_values(record))
-        return await self._write(stmt.on_conflict_do_nothing()) == 1
+        values = self._binding_values(record)
+        return await self._write(self._sql.create["broker_bindings"], values) == 1
 
     async def put_binding(self, record: BindingRecord) -> None:
         """Insert or replace the binding record (stamps ``updated_at``)."""
         record.updated_at = utcnow()
-        await self._write(self._upsert(_bindings, self._binding_values(record)))
+        await self._write(self._sql.upsert["broker_bindings"], self._binding_values(record))
 
     async def delete_binding(self, instance_id: str, binding_id: str) -> None:
         """Forget the binding."""
-        await self._write(delete(_bindings).where(self._binding_key(instance_id, binding_id)))
+        key = {"k_instance": instance_id, "k_binding": binding_id}
+        await self._write(self._sql.delete_binding, key)
 
     async def list_bindings(self, instance_id: str) -> list[BindingRecord]:
         """The instance's bindings, oldest first."""
-        stmt = (
-            select(_bindings)
-            .where(_bindings.c.instance_id == instance_id)
-            .order_by(_bindings.c.created_at, _bindings.c.binding_id)
-        )
-        return [self._binding(row) for row in await self._all(stmt)]
+        rows = await self._all(self._sql.list_bindings, {"k_instance": instance_id})
+        return [self._binding(row) for row in rows]
 
     # -- operations --------------------------------------------------------------------------
 
@@ -504,47 +560,34 @@ class SqlStore:
 
     async def create_operation(self, record: OperationRecord) -> None:
         """Insert a new operation; StoreError if its id is taken."""
-        stmt = self._insert(_operations).values(**self._operation_values(record))
-        if await self._write(stmt.on_conflict_do_nothing()) != 1:
+        values = self._operation_values(record)
+        if await self._write(self._sql.create["broker_operations"], values) != 1:
             raise StoreError(f"operation {record.operation_id!r} already exists")
 
     async def put_operation(self, record: OperationRecord) -> None:
         """Insert or replace the operation record (stamps ``updated_at``)."""
         record.updated_at = utcnow()
-        await self._write(self._upsert(_operations, self._operation_values(record)))
+        await self._write(self._sql.upsert["broker_operations"], self._operation_values(record))
 
     async def get_operation(self, operation_id: str) -> OperationRecord | None:
         """The operation record, or None."""
-        stmt = select(_operations).where(_operations.c.operation_id == operation_id)
-        row = await self._first(stmt)
+        row = await self._first(self._sql.get_operation, {"k_operation": operation_id})
         return None if row is None else self._operation(row)
 
     async def latest_operation(
         self, instance_id: str, binding_id: str | None = None
     ) -> OperationRecord | None:
         """The newest operation on the instance (binding_id None) or on that binding."""
-        target = (
-            _operations.c.binding_id.is_(None)
-            if binding_id is None
-            else _operations.c.binding_id == binding_id
-        )
-        stmt = (
-            select(_operations)
-            .where(_operations.c.instance_id == instance_id, target)
-            .order_by(_operations.c.created_at.desc())
-            .limit(1)
-        )
-        row = await self._first(stmt)
+        if binding_id is None:
+            row = await self._first(self._sql.latest_instance_op, {"k_instance": instance_id})
+        else:
+            key = {"k_instance": instance_id, "k_binding": binding_id}
+            row = await self._first(self._sql.latest_binding_op, key)
         return None if row is None else self._operation(row)
 
     async def unfinished_operations(self) -> list[OperationRecord]:
         """Every operation still in progress, oldest first."""
-        stmt = (
-            select(_operations)
-            .where(_operations.c.state == _IN_PROGRESS)
-            .order_by(_operations.c.created_at)
-        )
-        return [self._operation(row) for row in await self._all(stmt)]
+        return [self._operation(row) for row in await self._all(self._sql.unfinished)]
 
     async def claim_operation(self, operation_id: str, owner: str, stale_after: float) -> bool:
         """Take the lease if the operation is unowned, ``owner``'s, or its holder went silent."""
@@ -564,7 +607,7 @@ class SqlStore:
         take = (
             update(_operations).where(where).values(owner=owner, heartbeat_at=now, updated_at=now)
         )
-        if self._is_sqlite:
+        if self._shared is not None:
             # SQLite serialises writers, so the conditional UPDATE alone is the atomic test-and-set.
             return await self._write(take) == 1
         if self._engine is None:
@@ -582,11 +625,10 @@ class SqlStore:
 
     async def heartbeat(self, operation_id: str, owner: str) -> bool:
         """Renew ``owner``'s lease; False if another process took the operation over."""
-        now = utcnow()
         stmt = (
             update(_operations)
             .where(_operations.c.operation_id == operation_id, _operations.c.owner == owner)
-            .values(heartbeat_at=now)
+            .values(heartbeat_at=utcnow())
         )
         return await self._write(stmt) == 1
 
