@@ -8,9 +8,9 @@ middleware near the top of the stack) catches it and `error_response` renders it
     starlette HTTPException (no route)  -> 404 / 405 with an OSB error body
     anything else                       -> 500 "internal error", logged with its traceback
 
-Per spec "Service Broker Errors", `instance_usable` and `update_repeatable` MUST NOT appear
-in errors of operations other than update and deprovision; the handlers mark the operation
-in the ASGI scope (`KIND_KEY`) so the renderer can drop them.
+Per spec "Service Broker Errors", `instance_usable` MUST NOT appear in errors of operations
+other than update and deprovision, and `update_repeatable` in errors other than update's; the
+handlers mark the operation in the ASGI scope (`KIND_KEY`) so the renderer can drop them.
 """
 
 from __future__ import annotations
@@ -68,6 +68,7 @@ def error_response(error: BaseException, kind: OperationKind | None = None) -> R
     body = error.to_response().to_wire()
     if kind not in _FLAGGED:
         body.pop("instance_usable", None)
+    if kind is not OperationKind.UPDATE:
         body.pop("update_repeatable", None)
     headers = {"WWW-Authenticate": 'Basic realm="servicebay"'} if error.http_status == 401 else None
     return json_response(error.http_status, _dumps(body), headers)
