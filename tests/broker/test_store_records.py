@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from datetime import UTC, datetime, timedelta
@@ -325,3 +326,58 @@ def test_unsupported_database_urls_are_refused(url: str) -> None:
     """Only SQLite and PostgreSQL URLs are accepted, with a message naming both."""
     with pytest.raises(StoreError, match=r"sqlite:///.*postgresql://"):
         open_store(url, Fernet.generate_key().decode())
+
+
+async def test_fresh_database_opened_by_two_processes_at_once(
+    store_target: tuple[str, str | None],
+) -> None:
+    """Stores opening one database together agree on its tables, version and key check."""
+    url, key = store_target
+    stores = [open_store(url, key) for _ in range(4)]
+    await asyncio.gather(*(s.open() for s in stores))
+    try:
+        instance_id = _id()
+        assert await stores[0].create_instance(_instance(instance_id))
+        assert await stores[3].get_instance(instance_id) is not None
+    finally:
+        await asyncio.gather(*(s.close() for s in stores))
+
+
+async def test_newer_schema_version_is_refused(tmp_path: Path) -> None:
+    """A database written by a newer servicebay is not silently misread."""
+    url = f"sqlite:///{tmp_path / 'broker.db'}"
+    store = open_store(url)
+    await store.open()
+    await store.close()
+    with sqlite3.connect(tmp_path / "broker.db") as raw:
+        raw.execute("UPDATE broker_schema SET version = version + 1")
+    newer = open_store(url)
+    with pytest.raises(StoreError, match="newer than this servicebay"):
+        await newer.open()
+
+
+async def test_in_memory_sqlite_store_works() -> None:
+    """sqlite:// (no file) keeps records for the life of the store: handy in tests."""
+    store = open_store("sqlite://")
+    await store.open()
+    try:
+        record = _instance(_id())
+        assert await store.create_instance(record)
+        assert await store.get_instance(record.instance_id) == record
+    finally:
+        await store.close()
+
+
+@pytest.mark.postgres
+@pytest.mark.parametrize("scheme", ["postgres", "postgresql+psycopg", "postgresql+asyncpg"])
+async def test_postgres_url_spellings_are_accepted(
+    scheme: str, store_pg_database: str, store_pg_key: str
+) -> None:
+    """Whatever driver a PostgreSQL URL names, the store talks asyncpg to it."""
+    url = make_url(store_pg_database).set(drivername=scheme).render_as_string(hide_password=False)
+    store = open_store(url, store_pg_key)
+    await store.open()
+    try:
+        assert await store.get_instance(_id()) is None
+    finally:
+        await store.close()
