@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import yaml
 
@@ -188,3 +189,37 @@ def test_plan_of_unknown_name_exits_4(bay: Bay, registered: str) -> None:
     result = bay("provision", "sandbox", unique("x"), "--plan", "gold")
     assert result.exit_code == 4
     assert "sync" in result.stderr
+
+
+def test_update_dry_run_sends_nothing(bay: Bay, registered: str) -> None:
+    """update --dry-run reports a PATCH and leaves the instance as it was."""
+    name = unique("upddry")
+    assert bay("provision", "sandbox", name, "--plan", "param", "-p", "size=2").exit_code == 0
+    result = bay("update", name, "-p", "size=4", "--dry-run", "-o", "json")
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    assert report["accepted"] is True
+    assert report["target"]["method"] == "PATCH"
+    assert _instance(bay, name)["parameters"] == {"size": 2}
+
+
+def test_params_file_and_yaml_output(bay: Bay, registered: str, tmp_path: Path) -> None:
+    """--params-file supplies parameters, -p overrides them; -o yaml is valid YAML."""
+    name = unique("file")
+    path = tmp_path / "params.yaml"
+    path.write_text("size: 2\nname: from-file\n")
+    result = bay(
+        "provision",
+        "sandbox",
+        name,
+        "--plan",
+        "param",
+        "--params-file",
+        str(path),
+        "-p",
+        "size=5",
+        "-o",
+        "yaml",
+    )
+    assert result.exit_code == 0, result.output
+    assert yaml.safe_load(result.stdout)["parameters"] == {"size": 5, "name": "from-file"}

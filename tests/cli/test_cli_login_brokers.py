@@ -92,3 +92,20 @@ def test_duplicate_broker_name_exits_5(bay: Bay, registered: str) -> None:
 def test_remove_unknown_broker_exits_4(bay: Bay) -> None:
     """Unknown broker: exit 4."""
     assert bay("broker", "remove", unique("nope")).exit_code == 4
+
+
+def test_login_on_the_same_machine_uses_the_platform_token_file(bay: Bay) -> None:
+    """With no --token, a local platform's token file (written by `bay server`) is used."""
+    bay.home.mkdir(parents=True)
+    (bay.home / "platform.token").write_text(ADMIN_TOKEN + "\n")
+    result = bay("login", "--url", bay.platform.url, token="")
+    assert result.exit_code == 0, result.output
+    assert json.loads((bay.home / "cli.json").read_text())["token"] == ADMIN_TOKEN
+
+
+def test_login_prompts_for_a_token_without_echo(bay: Bay) -> None:
+    """No token anywhere: login asks for it (hidden input) and checks it."""
+    result = bay("login", "--url", bay.platform.url, token="", input=ADMIN_TOKEN + "\n")
+    assert result.exit_code == 0, result.output
+    assert "API token" in result.stderr
+    assert ADMIN_TOKEN not in result.stdout + result.stderr

@@ -13,6 +13,7 @@ import os
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from servicebay.cli._api import PlatformAPI
 
@@ -73,6 +74,12 @@ def local_platform_token() -> str | None:
         return path.read_text().strip() or None
     except OSError:
         return None
+
+
+def is_local(url: str) -> bool:
+    """Whether ``url`` points at this machine (where ``platform.token`` is the right token)."""
+    host = urlsplit(url).hostname or ""
+    return host in {"localhost", "127.0.0.1", "::1"}
 
 
 def target() -> Target:

@@ -77,9 +77,10 @@ def parse_assignment(assignment: str, schema: JSON | None) -> tuple[list[str], A
     elif "=" in assignment:
         key, text = assignment.split("=", 1)
     else:
-        raise CLIError(f"parameter {assignment!r} must look like key=value or key:=json")
+        # Not echoed: a mistyped -p may be a bare secret.
+        raise CLIError("a -p parameter must look like key=value or key:=json")
     if not key:
-        raise CLIError(f"parameter {assignment!r} has no name")
+        raise CLIError("a -p parameter has no name before '='")
     path = _split_key(key, schema)
     if raw_json:
         try:

@@ -38,10 +38,13 @@ def login(
 
 async def _login(url: str | None, token: str | None, output: OutputFormat) -> None:
     chosen = _config.target()
-    url = url or chosen.url
-    token = token or _config.local_platform_token() or chosen.token
+    url = (url or chosen.url).rstrip("/")
+    if token is None and url == chosen.url.rstrip("/"):
+        token = chosen.token  # re-login to the same platform keeps the token in use
+    if token is None and _config.is_local(url):
+        token = _config.local_platform_token()  # `bay server` on this machine wrote it
     if token is None:
-        token = typer.prompt("API token", hide_input=True)
+        token = typer.prompt("API token", hide_input=True, err=True)
     if not token:
         fail("no token given", 3)
     async with PlatformAPI(url, token) as api:
