@@ -264,14 +264,16 @@ async def main() -> None:
     print(f"SQLite raw ceiling (batched append+read+delete, FULL): {raw:,.0f} msg/s")
     print(f"SQLiteChatStore.append, 256 concurrent (group commit):  {store:,.0f} msg/s")
     print(
-        "| receivers | mode | msgs | delivered msg/s | deliveries/s | % of raw | p50 ms | p99 ms |"
+        "| receivers | mode | msgs | delivered msg/s | deliveries/s | % of raw "
+        "| p50 ms | p99 ms | server CPU s | server CPU-bound msg/s | bench CPU s |"
     )
-    print("|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
     for r in runs:
         print(
             f"| {r.receivers} | {r.mode} | {r.messages} | {r.msgs_per_s:,.0f} | "
             f"{r.deliveries_per_s:,.0f} | {100 * r.msgs_per_s / raw:.0f}% | "
-            f"{r.p50_ms:.1f} | {r.p99_ms:.1f} | {r.server_cpu:.1f} | {r.bench_cpu:.1f} |"
+            f"{r.p50_ms:.1f} | {r.p99_ms:.1f} | {r.server_cpu:.2f} | "
+            f"{r.messages / max(r.server_cpu, 1e-9):,.0f} | {r.bench_cpu:.2f} |"
         )
     if args.json:
         out: dict[str, Any] = {

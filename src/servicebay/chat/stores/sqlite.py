@@ -26,6 +26,7 @@ from typing import Any, TypeVar
 
 from servicebay.chat.stores.base import (
     Appended,
+    ChatStoreError,
     IssuedToken,
     Member,
     Message,
@@ -90,21 +91,40 @@ def _connect(path: str, synchronous: str) -> sqlite3.Connection:
 
 
 class _Pending:
-    """A queued write and the future its caller awaits."""
+    """A queued operation and the future its caller awaits.
 
-    __slots__ = ("fut", "loop", "op")
+    ``checked``: the operation raises ``ChatStoreError`` only before its first write, so it needs
+    no savepoint of its own (the hot paths, append and ack, are written that way).
+    """
 
-    def __init__(self, op: Op, loop: asyncio.AbstractEventLoop, fut: asyncio.Future[Any]) -> None:
-        self.op, self.loop, self.fut = op, loop, fut
+    __slots__ = ("checked", "fut", "loop", "op")
+
+    def __init__(
+        self, op: Op, loop: asyncio.AbstractEventLoop, fut: asyncio.Future[Any], checked: bool
+    ) -> None:
+        self.op, self.loop, self.fut, self.checked = op, loop, fut, checked
 
 
-def _settle(fut: asyncio.Future[Any], result: Any, error: BaseException | None) -> None:
-    if fut.done():
-        return
-    if error is not None:
-        fut.set_exception(error)
-    else:
-        fut.set_result(result)
+Outcome = tuple[asyncio.Future[Any], Any, BaseException | None]
+
+
+def _settle(outcomes: list[Outcome]) -> None:
+    for fut, result, error in outcomes:
+        if fut.done():
+            continue
+        if error is not None:
+            fut.set_exception(error)
+        else:
+            fut.set_result(result)
+
+
+def _answer(batch: list[_Pending], results: list[tuple[Any, BaseException | None]]) -> None:
+    """Settle every caller's future with one wake-up per event loop, not one per caller."""
+    by_loop: dict[asyncio.AbstractEventLoop, list[Outcome]] = {}
+    for item, (result, error) in zip(batch, results, strict=True):
+        by_loop.setdefault(item.loop, []).append((item.fut, result, error))
+    for loop, outcomes in by_loop.items():
+        loop.call_soon_threadsafe(_settle, outcomes)
 
 
 class SQLiteChatStore:
@@ -121,6 +141,9 @@ class SQLiteChatStore:
         self._threads: list[threading.Thread] = []
         self._closed = True
         self.batches = 0
+        # Writer-thread caches (only the writer writes, so they stay true; cleared on rollback).
+        self._heads: dict[str, int] = {}
+        self._members: set[tuple[str, str]] = set()
         self.batched_writes = 0
 
     # lifecycle -------------------------------------------------------------------------------
@@ -157,16 +180,18 @@ class SQLiteChatStore:
 
     # the two threads ---------------------------------------------------------------------------
 
-    def _submit(self, target: queue.Queue[_Pending | None], op: Op) -> asyncio.Future[Any]:
+    def _submit(
+        self, target: queue.Queue[_Pending | None], op: Op, checked: bool = False
+    ) -> asyncio.Future[Any]:
         if self._closed:
             raise StoreUnavailable("the chat store is closed")
         loop = asyncio.get_running_loop()
         fut: asyncio.Future[Any] = loop.create_future()
-        target.put(_Pending(op, loop, fut))
+        target.put(_Pending(op, loop, fut, checked))
         return fut
 
-    async def _write(self, op: Callable[[sqlite3.Connection], T]) -> T:
-        result: T = await self._submit(self._writes, op)
+    async def _write(self, op: Callable[[sqlite3.Connection], T], checked: bool = False) -> T:
+        result: T = await self._submit(self._writes, op, checked)
         return result
 
     async def _read(self, op: Callable[[sqlite3.Connection], T]) -> T:
@@ -193,29 +218,41 @@ class SQLiteChatStore:
         conn.close()
 
     def _commit_batch(self, conn: sqlite3.Connection, batch: list[_Pending]) -> None:
-        outcomes: list[tuple[Any, BaseException | None]] = []
+        results: list[tuple[Any, BaseException | None]] = []
         try:
             conn.execute("BEGIN IMMEDIATE")
             for item in batch:
-                conn.execute("SAVEPOINT op")
-                try:
-                    outcomes.append((item.op(conn), None))
-                    conn.execute("RELEASE op")
-                except Exception as exc:  # handed to its caller, never swallowed
-                    conn.execute("ROLLBACK TO op")
-                    conn.execute("RELEASE op")
-                    outcomes.append((None, exc))
+                results.append(self._apply(conn, item))
             conn.execute("COMMIT")
-        except sqlite3.Error as exc:
+        except Exception as exc:
             # Nothing of this batch is durable: every caller hears so and may retry.
             if conn.in_transaction:
                 conn.execute("ROLLBACK")
+            self._heads.clear()
+            self._members.clear()
             failure = StoreUnavailable(f"commit failed: {exc}")
-            outcomes = [(None, failure)] * len(batch)
+            results = [(None, failure)] * len(batch)
         self.batches += 1
         self.batched_writes += len(batch)
-        for item, (result, error) in zip(batch, outcomes, strict=True):
-            item.loop.call_soon_threadsafe(_settle, item.fut, result, error)
+        _answer(batch, results)
+
+    def _apply(self, conn: sqlite3.Connection, item: _Pending) -> tuple[Any, BaseException | None]:
+        if item.checked:
+            try:
+                return item.op(conn), None
+            except ChatStoreError as exc:  # raised before any write: nothing to undo
+                return None, exc
+        conn.execute("SAVEPOINT op")
+        try:
+            result = item.op(conn)
+        except Exception as exc:  # handed to its caller, never swallowed
+            conn.execute("ROLLBACK TO op")
+            conn.execute("RELEASE op")
+            self._heads.clear()
+            self._members.clear()
+            return None, exc
+        conn.execute("RELEASE op")
+        return result, None
 
     def _read_loop(self, conn: sqlite3.Connection) -> None:
         while (item := self._reads.get()) is not None:
@@ -223,7 +260,7 @@ class SQLiteChatStore:
                 result, error = item.op(conn), None
             except Exception as exc:  # handed to its caller, never swallowed
                 result, error = None, exc
-            item.loop.call_soon_threadsafe(_settle, item.fut, result, error)
+            _answer([item], [(result, error)])
         conn.close()
 
     # users and tokens --------------------------------------------------------------------------
@@ -355,6 +392,7 @@ class SQLiteChatStore:
 
         def op(c: sqlite3.Connection) -> bool:
             sql = "DELETE FROM members WHERE room = ? AND user = ?"
+            self._members.discard((room_id, user_id))
             return c.execute(sql, (room_id, user_id)).rowcount > 0
 
         return await self._write(op)
@@ -381,30 +419,44 @@ class SQLiteChatStore:
         """Append durably (group-committed with concurrent appends)."""
 
         def op(c: sqlite3.Connection) -> Appended:
-            known = c.execute(
-                "SELECT seq, sent_at FROM keys WHERE room = ? AND sender = ? AND key = ?",
-                (room_id, sender, key),
-            ).fetchone()
-            if known is not None:
-                return Appended(int(known[0]), float(known[1]), True)
-            head = _head(c, room_id)
-            if (
-                c.execute(
-                    "SELECT 1 FROM members WHERE room = ? AND user = ?", (room_id, sender)
-                ).fetchone()
-                is None
-            ):
-                raise NotMember(room_id, sender)
+            head = self._head(c, room_id)
+            self._check_member(c, room_id, sender)
             seq, now = head + 1, time.time()
+            inserted = c.execute(
+                "INSERT OR IGNORE INTO keys VALUES (?, ?, ?, ?, ?)",
+                (room_id, sender, key, seq, now),
+            ).rowcount
+            if not inserted:
+                known = c.execute(
+                    "SELECT seq, sent_at FROM keys WHERE room = ? AND sender = ? AND key = ?",
+                    (room_id, sender, key),
+                ).fetchone()
+                return Appended(int(known[0]), float(known[1]), True)
             c.execute(
                 "INSERT INTO messages VALUES (?, ?, ?, ?, ?, ?)",
                 (room_id, seq, sender, key, body, now),
             )
-            c.execute("INSERT INTO keys VALUES (?, ?, ?, ?, ?)", (room_id, sender, key, seq, now))
             c.execute("UPDATE rooms SET head = ? WHERE id = ?", (seq, room_id))
+            self._heads[room_id] = seq
             return Appended(seq, now, False)
 
-        return await self._write(op)
+        return await self._write(op, checked=True)
+
+    def _head(self, c: sqlite3.Connection, room_id: str) -> int:
+        """The room's head, from the writer's cache (writer thread only)."""
+        head = self._heads.get(room_id)
+        if head is None:
+            head = self._heads[room_id] = _head(c, room_id)
+        return head
+
+    def _check_member(self, c: sqlite3.Connection, room_id: str, user: str) -> None:
+        """Raise NotMember unless the user is in the room (writer thread only)."""
+        if (room_id, user) in self._members:
+            return
+        sql = "SELECT 1 FROM members WHERE room = ? AND user = ?"
+        if c.execute(sql, (room_id, user)).fetchone() is None:
+            raise NotMember(room_id, user)
+        self._members.add((room_id, user))
 
     async def read(self, room_id: str, after: int, limit: int = 500) -> list[Message]:
         """Retained messages after a seq."""
@@ -425,7 +477,7 @@ class SQLiteChatStore:
         """Advance a member's cursor durably."""
 
         def op(c: sqlite3.Connection) -> int:
-            head = _head(c, room_id)
+            head = self._head(c, room_id)
             row = c.execute(
                 "SELECT cursor FROM members WHERE room = ? AND user = ?", (room_id, user_id)
             ).fetchone()
@@ -439,7 +491,7 @@ class SQLiteChatStore:
                 )
             return cursor
 
-        return await self._write(op)
+        return await self._write(op, checked=True)
 
     async def compact(self, now: float | None = None) -> dict[str, int]:
         """Delete acknowledged messages that retention no longer keeps."""
