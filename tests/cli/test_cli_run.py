@@ -97,3 +97,22 @@ def test_run_with_no_bindings_still_runs(bay: Bay, registered: str, tmp_path: Pa
     result = bay("run", "--app", unique("lonely"), "--", sys.executable, "-c", "pass")
     assert result.exit_code == 0, result.output
     assert "0 binding(s)" in result.stderr
+
+
+def test_run_with_root_keeps_foreign_bindings(bay: Bay, registered: str, tmp_path: Path) -> None:
+    """--root: the app's bindings are added, then taken back; others in that root stay."""
+    from servicebay import bindings
+
+    app = unique("app")
+    _instance, binding = _bound(bay, app)
+    root = tmp_path / "root"
+    bindings.write(bindings.Binding.from_credentials("other", "db", {"uri": "x"}), root)
+    script = tmp_path / "app.py"
+    script.write_text(APP)
+    out = tmp_path / "seen.json"
+    result = bay(
+        "run", "--app", app, "--root", str(root), "--", sys.executable, str(script), str(out)
+    )
+    assert result.exit_code == 0, result.output
+    assert json.loads(out.read_text())["name"] == binding
+    assert bindings.all(root).names == ["other"]

@@ -50,52 +50,85 @@ def run_command(
     raise typer.Exit(code)
 
 
+class Projection:
+    """The app's bindings as projected into one root, kept in step with the platform.
+
+    Only bindings this projection wrote are ever replaced or removed, so a ``--root`` that also
+    holds other bindings keeps them.
+    """
+
+    def __init__(self, api: PlatformAPI, app: str, namespace: str, root: Path) -> None:
+        self.api = api
+        self.app = app
+        self.namespace = namespace
+        self.root = root
+        self.current: dict[str, bindings.Binding] = {}
+
+    async def refresh(self) -> list[bindings.Binding]:
+        """Fetch the app's ready bindings; write new or changed ones, remove unbound ones."""
+        wanted = {binding.name: binding for binding in await self._fetch()}
+        await asyncio.to_thread(self._apply, wanted)
+        return list(wanted.values())
+
+    def clear(self) -> None:
+        """Remove every binding this projection wrote."""
+        self._apply({})
+
+    async def _fetch(self) -> list[bindings.Binding]:
+        items = await self.api.app_bindings(self.app, self.namespace)
+        found = []
+        for item in items:
+            if item.get("credentials_hidden") or "credentials" not in item:
+                raise CLIError(
+                    f"binding {item['name']}: credentials visible only to its creator or an admin",
+                    3,
+                )
+            found.append(
+                bindings.Binding.from_credentials(
+                    item["name"], item["type"], item["credentials"], provider=item.get("provider")
+                )
+            )
+        return found
+
+    def _apply(self, wanted: dict[str, bindings.Binding]) -> None:
+        for name, binding in wanted.items():
+            if self.current.get(name) != binding:
+                bindings.write(binding, self.root)
+        for name in set(self.current) - set(wanted):
+            bindings.remove(name, self.root)
+        self.current = dict(wanted)
+
+
 async def _run(
     app: str, namespace: str, root: Path | None, refresh: float, command: list[str]
 ) -> int:
     private = None if root is not None else Path(tempfile.mkdtemp(prefix="bay-run-"))
     target = root if root is not None else Path(str(private)) / "bindings"
+    projection = None
     try:
         async with _config.connect() as api:
-            projected = await _project(api, app, namespace, target)
+            projection = Projection(api, app, namespace, target)
+            await asyncio.to_thread(ensure_root, target)
+            projected = await projection.refresh()
             names = ", ".join(b.name for b in projected) or "none"
             note(f"app {app}: {len(projected)} binding(s) ({names}) in {target}")
             env = {**os.environ, bindings.ROOT_ENV: str(target)}
-            return await _supervise(api, app, namespace, target, refresh, command, env)
+            return await _supervise(projection, refresh, command, env)
     finally:
         if private is not None:
             shutil.rmtree(private, ignore_errors=True)
-        else:
-            # Given root: take back only what we projected.
+        elif projection is not None:
             with contextlib.suppress(bindings.BindingError, OSError):
-                bindings.project([], target)
+                projection.clear()
 
 
-async def _project(
-    api: PlatformAPI, app: str, namespace: str, root: Path
-) -> list[bindings.Binding]:
-    """Fetch the app's bindings and make ``root`` hold exactly those."""
-    items = await api.app_bindings(app, namespace)
-    projected = []
-    for item in items:
-        if item.get("credentials_hidden") or "credentials" not in item:
-            raise CLIError(
-                f"binding {item['name']}: credentials visible only to its creator or an admin", 3
-            )
-        projected.append(
-            bindings.Binding.from_credentials(
-                item["name"], item["type"], item["credentials"], provider=item.get("provider")
-            )
-        )
-    await asyncio.to_thread(bindings.project, projected, root)
-    return projected
+def ensure_root(root: Path) -> None:
+    """Create the root (0700) even when there is nothing to project: the app may watch it."""
+    root.mkdir(mode=0o700, parents=True, exist_ok=True)
 
 
 async def _supervise(
-    api: PlatformAPI,
-    app: str,
-    namespace: str,
-    root: Path,
+    projection: Projection,
     refresh: float,
     command: list[str],
     env: dict[str, str],
@@ -110,7 +143,7 @@ async def _supervise(
     handled = _forward_signals(process)
     refresher = None
     if refresh > 0:
-        refresher = asyncio.create_task(_keep_fresh(api, app, namespace, root, refresh))
+        refresher = asyncio.create_task(_keep_fresh(projection, refresh))
     try:
         code = await process.wait()
     finally:
@@ -149,13 +182,13 @@ def _forward_signals(process: asyncio.subprocess.Process) -> list[signal.Signals
     return handled
 
 
-async def _keep_fresh(api: PlatformAPI, app: str, namespace: str, root: Path, every: float) -> None:
+async def _keep_fresh(projection: Projection, every: float) -> None:
     """Re-project the app's bindings every ``every`` seconds; a failed fetch keeps the old ones."""
     last_problem = None
     while True:
         await asyncio.sleep(every)
         try:
-            await _project(api, app, namespace, root)
+            await projection.refresh()
             last_problem = None
         except (PlatformError, CLIError, bindings.BindingError, OSError) as error:
             problem = one_line(error)
