@@ -94,14 +94,22 @@ class Bay:
         self.token = token
         self.app = build_app()
 
-    def __call__(self, *args: str, token: str | None = None, input: str | None = None) -> Result:
+    def __call__(
+        self,
+        *args: str,
+        token: str | None = None,
+        input: str | None = None,
+        env: dict[str, str] | None = None,
+    ) -> Result:
         """Invoke `bay ARGS`; stdout and stderr are kept apart."""
+        extra = env or {}
         env = {
             "SERVICEBAY_URL": self.platform.url,
             "SERVICEBAY_TOKEN": token if token is not None else self.token,
             "SERVICEBAY_HOME": str(self.home),
             "SERVICEBAY_NAMESPACE": "default",
             "COLUMNS": "200",
+            **extra,
         }
         return CliRunner().invoke(self.app, list(args), env=env, input=input)
 

@@ -223,3 +223,21 @@ def test_params_file_and_yaml_output(bay: Bay, registered: str, tmp_path: Path) 
     )
     assert result.exit_code == 0, result.output
     assert yaml.safe_load(result.stdout)["parameters"] == {"size": 5, "name": "from-file"}
+
+
+def test_terminal_progress_leaves_the_outcome(bay: Bay, registered: str) -> None:
+    """At a terminal a live spinner follows the work; the final state stays on screen."""
+    name = unique("tty")
+    result = bay(
+        "provision",
+        "sandbox",
+        name,
+        "--plan",
+        "async",
+        "-p",
+        "delay_seconds=1",
+        env={"TTY_COMPATIBLE": "1"},
+    )
+    assert result.exit_code == 0, result.output
+    assert "\x1b[?25l" in result.stderr  # the live display hid the cursor: a spinner ran
+    assert f"provision {name}: succeeded" in result.stderr

@@ -233,6 +233,8 @@ async def follow(
             while operation["state"] not in TERMINAL_STATES:
                 operation = await api.operation(operation["id"], wait=_POLL_WAIT)
                 status.update(_progress_text(what, operation))
+        # The spinner vanishes when done; leave the outcome on screen.
+        console.print(_progress_text(what, operation), markup=False, highlight=False)
     else:
         # No terminal (CI, pipes): one line per change of description instead of a spinner.
         last = None
