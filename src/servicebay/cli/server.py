@@ -31,6 +31,9 @@ def server(
     no_worker: Annotated[
         bool, typer.Option("--no-worker", help="Serve the API only (run `bay worker` apart).")
     ] = False,
+    worker_concurrency: Annotated[
+        int, typer.Option(help="Operations the in-process worker drives at once.")
+    ] = 8,
     log_level: Annotated[str, typer.Option(help="debug, info, warning or error.")] = "info",
 ) -> None:
     """Run the platform: HTTP API, web page and an in-process worker.
@@ -41,7 +44,14 @@ def server(
 
     from servicebay.platform import create_app
 
-    settings = _settings(host=host, port=port, db=db, run_worker=not no_worker, log_level=log_level)
+    settings = _settings(
+        host=host,
+        port=port,
+        db=db,
+        run_worker=not no_worker,
+        worker_concurrency=worker_concurrency,
+        log_level=log_level,
+    )
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(name)s %(message)s")
     typer.echo(f"servicebay platform: {settings.describe()}", err=True)
     if settings.tokens is None:

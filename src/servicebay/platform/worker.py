@@ -74,29 +74,43 @@ class Worker:
         self.id = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
 
     async def run(self, stop: asyncio.Event) -> None:
-        """Work until ``stop`` is set; in-flight steps finish (or lose their lease) first."""
-        loops = [asyncio.create_task(self._loop(stop)) for _ in range(self.concurrency)]
-        try:
-            await asyncio.gather(*loops)
-        finally:
-            for task in loops:
-                task.cancel()
-            await asyncio.gather(*loops, return_exceptions=True)
+        """Work until ``stop`` is set, driving up to ``concurrency`` operations at once.
 
-    async def _loop(self, stop: asyncio.Event) -> None:
-        while not stop.is_set():
-            try:
-                job = await self.claim()
-            except Exception:
-                log.exception("claiming an operation failed")
-                job = None
-            if job is None:
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self.platform.wake.wait(), self.settings.poll_interval)
-                self.platform.wake.clear()
-                continue
-            self.platform.wake.set()  # there may be more: let an idle sibling look too
+        One loop claims (so a wake-up does not send every idle slot to the database at once)
+        and hands each claimed operation to its own task.
+        """
+        slots = asyncio.Semaphore(self.concurrency)
+        running: set[asyncio.Task[None]] = set()
+        try:
+            while not stop.is_set():
+                await slots.acquire()
+                try:
+                    job = await self.claim()
+                except Exception:
+                    log.exception("claiming an operation failed")
+                    job = None
+                if job is None:
+                    slots.release()
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(
+                            self.platform.wake.wait(), self.settings.poll_interval
+                        )
+                    self.platform.wake.clear()
+                    continue
+                task = asyncio.create_task(self._drive_in_slot(job, slots))
+                running.add(task)
+                task.add_done_callback(running.discard)
+        finally:
+            if running:
+                await asyncio.wait(running, timeout=self.settings.broker_timeout)
+            for task in running:
+                task.cancel()
+
+    async def _drive_in_slot(self, job: Job, slots: asyncio.Semaphore) -> None:
+        try:
             await self.drive(job)
+        finally:
+            slots.release()
 
     async def run_until_idle(self) -> None:
         """Drive operations until none is due (tests and one-shot use)."""
@@ -206,6 +220,7 @@ class Worker:
             heartbeat.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await heartbeat
+            self.platform.changed(job.op["id"])
 
     async def _heartbeat(self, op_id: str) -> None:
         o = tables.operations

@@ -218,7 +218,7 @@ async def get_binding(
     platform: Platform, actor: Actor, *, name: str, namespace: str
 ) -> dict[str, Any]:
     """One binding; its credentials only for its creator or an admin."""
-    async with platform.db.begin() as conn:
+    async with platform.db.read() as conn:
         await require_namespace(conn, namespace)
         return _with_credentials(platform, actor, await _require_binding(conn, namespace, name))
 
@@ -240,7 +240,7 @@ async def list_bindings(
         query = query.where(b.c.app == app)
     if kind:
         query = query.where(b.c.kind == kind)
-    async with platform.db.begin() as conn:
+    async with platform.db.read() as conn:
         await require_namespace(conn, namespace)
         rows = (await conn.execute(query)).mappings().all()
     return [binding_view(r) for r in rows]
@@ -256,7 +256,7 @@ async def app_bindings(
         .where(b.c.namespace == namespace, b.c.app == app, b.c.state == "ready")
         .order_by(b.c.name)
     )
-    async with platform.db.begin() as conn:
+    async with platform.db.read() as conn:
         await require_namespace(conn, namespace)
         rows = (await conn.execute(query)).mappings().all()
     items = []

@@ -89,7 +89,7 @@ async def register_broker(
 ) -> dict[str, Any]:
     """Fetch, validate and store a broker and its catalog."""
     endpoint = BrokerEndpoint(url, username, password, bearer_token)
-    async with platform.db.begin() as conn:
+    async with platform.db.read() as conn:
         if await _broker_row(conn, name) is not None:
             raise Conflict(f"broker {name!r} already exists", code="broker_exists")
     catalog = await fetch_catalog(platform, endpoint)
@@ -131,7 +131,7 @@ async def register_broker(
 
 async def refresh_broker(platform: Platform, actor: Actor, name: str) -> dict[str, Any]:
     """Fetch the catalog again and apply it; report added, removed and updated plans."""
-    async with platform.db.begin() as conn:
+    async with platform.db.read() as conn:
         row = await _require_broker(conn, name)
     catalog = await fetch_catalog(platform, endpoint_of(platform, row))
     async with platform.db.begin() as conn:
@@ -179,7 +179,7 @@ async def remove_broker(platform: Platform, actor: Actor, name: str) -> None:
 
 async def list_brokers(platform: Platform) -> list[dict[str, Any]]:
     """Every registered broker."""
-    async with platform.db.begin() as conn:
+    async with platform.db.read() as conn:
         rows = (
             (await conn.execute(sa.select(tables.brokers).order_by(tables.brokers.c.name)))
             .mappings()
@@ -190,7 +190,7 @@ async def list_brokers(platform: Platform) -> list[dict[str, Any]]:
 
 async def get_broker(platform: Platform, name: str) -> dict[str, Any]:
     """One broker, or ``broker_not_found``."""
-    async with platform.db.begin() as conn:
+    async with platform.db.read() as conn:
         return broker_view(await _require_broker(conn, name))
 
 
@@ -427,7 +427,7 @@ async def marketplace(
     )
     if service_name is not None:
         query = query.where(s.c.name == service_name)
-    async with platform.db.begin() as conn:
+    async with platform.db.read() as conn:
         namespace = await require_namespace(conn, namespace_name)
         services = (await conn.execute(query)).mappings().all()
         active = (await conn.execute(sa.select(p.c.plan_id, p.c.service_pk, p.c.active))).all()

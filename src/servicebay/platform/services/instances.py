@@ -446,7 +446,7 @@ async def _set_instance(conn: AsyncConnection, instance_id: str, **values: Any) 
 
 async def get_instance(platform: Platform, *, name: str, namespace: str) -> dict[str, Any]:
     """One instance with its last operation."""
-    async with platform.db.begin() as conn:
+    async with platform.db.read() as conn:
         await require_namespace(conn, namespace)
         return instance_view(await _require_instance(conn, namespace, name))
 
@@ -478,7 +478,7 @@ async def list_instances(
             query = query.where(i.c.name > after)
     if service:
         query = query.where(tables.services.c.name == service)
-    async with platform.db.begin() as conn:
+    async with platform.db.read() as conn:
         if namespace != "*":
             await require_namespace(conn, namespace)
         rows = (await conn.execute(query.limit(limit + 1))).mappings().all()

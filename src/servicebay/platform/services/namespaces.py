@@ -149,13 +149,13 @@ async def delete_namespace(platform: Platform, actor: Actor, name: str) -> None:
 
 async def get_namespace(platform: Platform, name: str) -> dict[str, Any]:
     """One namespace."""
-    async with platform.db.begin() as conn:
+    async with platform.db.read() as conn:
         return await _view(conn, await require_namespace(conn, name))
 
 
 async def list_namespaces(platform: Platform) -> list[dict[str, Any]]:
     """Every namespace."""
     n = tables.namespaces
-    async with platform.db.begin() as conn:
+    async with platform.db.read() as conn:
         rows = (await conn.execute(sa.select(n).order_by(n.c.name))).mappings().all()
         return [await _view(conn, r) for r in rows]

@@ -9,6 +9,7 @@ sees as originating identity).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
 import time
 import uuid
@@ -99,7 +100,7 @@ async def audit(
 
 async def get_operation(platform: Platform, operation_id: str) -> dict[str, Any]:
     """One operation, or ``operation_not_found``."""
-    async with platform.db.begin() as conn:
+    async with platform.db.read() as conn:
         row = (
             (
                 await conn.execute(
@@ -121,12 +122,21 @@ async def wait_operation(platform: Platform, operation_id: str, seconds: float) 
         raise BadRequest(f"wait must be between 0 and {MAX_WAIT:.0f} seconds")
     deadline = time.monotonic() + seconds
     delay = 0.05
-    while True:
-        view = await get_operation(platform, operation_id)
-        if view["state"] in TERMINAL or time.monotonic() >= deadline:
-            return view
-        await asyncio.sleep(min(delay, max(0.0, deadline - time.monotonic())))
-        delay = min(delay * 2, 0.5)
+    event = platform.watch(operation_id)
+    try:
+        while True:
+            event.clear()
+            view = await get_operation(platform, operation_id)
+            if view["state"] in TERMINAL or time.monotonic() >= deadline:
+                return view
+            # Woken at once by this process's worker; the timeout covers other processes'.
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(
+                    event.wait(), min(delay, max(0.0, deadline - time.monotonic()))
+                )
+            delay = min(delay * 2, 0.5)
+    finally:
+        platform.unwatch(operation_id, event)
 
 
 async def list_operations(
@@ -139,7 +149,7 @@ async def list_operations(
         query = query.where(o.c.namespace == namespace)
     if instance:
         query = query.where(o.c.instance_name == instance)
-    async with platform.db.begin() as conn:
+    async with platform.db.read() as conn:
         rows = (await conn.execute(query)).mappings().all()
     return [v for v in (operation_view(r) for r in rows) if v is not None]
 
@@ -150,7 +160,7 @@ async def list_audit(platform: Platform, *, target: str | None, limit: int) -> l
     query = sa.select(a).order_by(a.c.id.desc()).limit(limit)
     if target:
         query = query.where(a.c.target == target)
-    async with platform.db.begin() as conn:
+    async with platform.db.read() as conn:
         rows = (await conn.execute(query)).mappings().all()
     return [
         {

@@ -44,6 +44,7 @@ class Platform:
         self._tokens = load_tokens(settings.home, settings.tokens)
         self.link = BrokerLink(timeout=settings.broker_timeout, transport=transport)
         self.wake = asyncio.Event()
+        self._watchers: dict[str, set[asyncio.Event]] = {}
 
     async def start(self) -> None:
         """Apply migrations; call before serving or working."""
@@ -65,3 +66,25 @@ class Platform:
     def notify(self) -> None:
         """Tell the in-process worker there is work."""
         self.wake.set()
+
+    def watch(self, operation_id: str) -> asyncio.Event:
+        """An event set when this process's worker next changes the operation.
+
+        Waiters still poll the database as well: another process's worker may drive it.
+        """
+        event = asyncio.Event()
+        self._watchers.setdefault(operation_id, set()).add(event)
+        return event
+
+    def unwatch(self, operation_id: str, event: asyncio.Event) -> None:
+        """Stop watching (see :meth:`watch`)."""
+        events = self._watchers.get(operation_id)
+        if events is not None:
+            events.discard(event)
+            if not events:
+                del self._watchers[operation_id]
+
+    def changed(self, operation_id: str) -> None:
+        """Wake whoever waits on this operation in this process."""
+        for event in self._watchers.get(operation_id, ()):
+            event.set()

@@ -60,8 +60,13 @@ class Database:
         if self.is_postgres:
             kwargs.update(pool_size=10, max_overflow=10)
         self.engine: AsyncEngine = create_async_engine(self._async_url, **kwargs)
+        self._reader = self.engine
         if not self.is_postgres:
+            _sqlite_pragmas(self.engine)
             _sqlite_immediate(self.engine)
+            # Readers need no write lock: in WAL mode they never block, nor wait for, writers.
+            self._reader = create_async_engine(self._async_url, **kwargs)
+            _sqlite_pragmas(self._reader)
 
     async def migrate(self) -> None:
         """Bring the schema to the newest revision (safe when several processes start at once)."""
@@ -97,9 +102,17 @@ class Database:
         async with self.engine.begin() as conn:
             yield conn
 
+    @asynccontextmanager
+    async def read(self) -> AsyncIterator[AsyncConnection]:
+        """A read-only transaction (on SQLite it does not queue behind writers)."""
+        async with self._reader.begin() as conn:
+            yield conn
+
     async def close(self) -> None:
         """Release every pooled connection."""
         await self.engine.dispose()
+        if self._reader is not self.engine:
+            await self._reader.dispose()
 
 
 def _sqlite_immediate(engine: AsyncEngine) -> None:
@@ -113,13 +126,20 @@ def _sqlite_immediate(engine: AsyncEngine) -> None:
     @event.listens_for(engine.sync_engine, "connect")
     def _on_connect(dbapi_connection: Any, _record: Any) -> None:
         dbapi_connection.isolation_level = None
+
+    @event.listens_for(engine.sync_engine, "begin")
+    def _on_begin(conn: Any) -> None:
+        conn.exec_driver_sql("BEGIN IMMEDIATE")
+
+
+def _sqlite_pragmas(engine: AsyncEngine) -> None:
+    """WAL (readers and one writer at a time), a busy timeout, and foreign keys enforced."""
+
+    @event.listens_for(engine.sync_engine, "connect")
+    def _on_connect(dbapi_connection: Any, _record: Any) -> None:
         cursor = dbapi_connection.cursor()
         cursor.execute("PRAGMA journal_mode=WAL")
         cursor.execute("PRAGMA busy_timeout=30000")
         cursor.execute("PRAGMA foreign_keys=ON")
         cursor.execute("PRAGMA synchronous=NORMAL")
         cursor.close()
-
-    @event.listens_for(engine.sync_engine, "begin")
-    def _on_begin(conn: Any) -> None:
-        conn.exec_driver_sql("BEGIN IMMEDIATE")
