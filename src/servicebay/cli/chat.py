@@ -68,8 +68,13 @@ def serve(
     )
     for name, value in settings.describe().items():
         typer.echo(f"{name}: {value}", err=True)
+    try:
+        app_ = create_app(settings)
+    except ValueError as exc:  # an unknown or unavailable store: say so, no traceback
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from None
     uvicorn.run(
-        create_app(settings),
+        app_,
         host=settings.host,
         port=settings.port,
         log_level=settings.log_level,
