@@ -26,6 +26,7 @@ import time
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).parent))
 
@@ -74,10 +75,11 @@ def sync_plan_ids(catalog: dict[str, object]) -> tuple[str, str]:
 
 
 @contextlib.contextmanager
-def process(cmd: list[str], env: dict[str, str] | None = None) -> Iterator[None]:
-    proc = subprocess.Popen(
-        cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
-    )
+def process(cmd: list[str], log: Path, env: dict[str, str] | None = None) -> Iterator[None]:
+    """Run ``cmd`` for the duration of the block; its output goes to ``log`` (never a pipe that
+    could fill up and stall the server under load)."""
+    with log.open("w") as sink:
+        proc = subprocess.Popen(cmd, env=env, stdout=sink, stderr=subprocess.STDOUT)
     try:
         yield
     finally:
@@ -91,7 +93,7 @@ def process(cmd: list[str], env: dict[str, str] | None = None) -> Iterator[None]
 
 def servicebay_cmd(port: int, db: str, workers: int) -> list[str]:
     return [
-        sys.executable, "-m", "servicebay", "broker", "serve",
+        sys.executable, "-m", "servicebay.cli.broker", "serve",
         "servicebay.examples.sandbox:broker",
         "--host", "127.0.0.1", "--port", str(port),
         "--username", USER, "--password", PASSWORD,
@@ -124,6 +126,70 @@ def row(name: str, scenario: str, c: int, r: LoadResult) -> str:
     )
 
 
+async def asgi_call(app: Any, method: str, path: str, body: bytes, query: bytes) -> int:
+    """One request straight into the ASGI app (no HTTP, no client): the SDK's own cost."""
+    headers = [(k.lower().encode(), v.encode()) for k, v in osb_headers(USER, PASSWORD).items()]
+    if body:
+        headers += [(b"content-type", b"application/json"), (b"content-length", b"%d" % len(body))]
+    scope = {
+        "type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": method,
+        "scheme": "http", "path": path, "raw_path": path.encode(), "query_string": query,
+        "root_path": "", "headers": headers, "client": ("127.0.0.1", 1), "server": ("x", 80),
+    }  # fmt: skip
+    messages = [{"type": "http.request", "body": body, "more_body": False}]
+    status: list[int] = []
+
+    async def receive() -> dict[str, Any]:
+        return messages.pop() if messages else {"type": "http.disconnect"}
+
+    async def send(message: dict[str, Any]) -> None:
+        if message["type"] == "http.response.start":
+            status.append(message["status"])
+
+    await app(scope, receive, send)
+    return status[0]
+
+
+async def profile_asgi(lifecycles: int, db: str, profile: bool) -> None:
+    """Sequential lifecycles through the raw ASGI app; print ms/request (and a profile)."""
+    from servicebay.broker import BrokerSettings, create_app
+    from servicebay.examples.sandbox import SERVICE_ID, broker, plan_id
+
+    settings = BrokerSettings(username=USER, password=PASSWORD, db=db, log_level="warning")
+    app = create_app(broker, settings=settings)
+    inbox: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+    outbox: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+    lifespan = asyncio.create_task(app({"type": "lifespan", "state": {}}, inbox.get, outbox.put))
+    await inbox.put({"type": "lifespan.startup"})
+    print((await outbox.get())["type"])
+    requests = lifecycle_scenario(SERVICE_ID, plan_id("sync"))
+
+    async def run(n: int) -> None:
+        for _ in range(n):
+            for method, target, body, expected in requests():
+                path, _, query = target.partition("?")
+                got = await asgi_call(app, method, path, body or b"", query.encode())
+                assert got == expected, (method, target, got)
+
+    await run(30)  # warm-up: imports, caches, the first SQLite pages
+    profiler = None
+    if profile:
+        from pyinstrument import Profiler  # benchmarks/.venv only
+
+        profiler = Profiler(async_mode="enabled")
+        profiler.start()
+    start = time.perf_counter()
+    await run(lifecycles)
+    elapsed = time.perf_counter() - start
+    if profiler is not None:
+        profiler.stop()
+        print(profiler.output_text(color=False))
+    print(f"raw ASGI lifecycle: {elapsed / (4 * lifecycles) * 1000:.3f} ms/request")
+    await inbox.put({"type": "lifespan.shutdown"})
+    await outbox.get()
+    await lifespan
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=float, default=10.0)
@@ -131,11 +197,23 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=2, help="servicebay worker processes")
     parser.add_argument("--db", default="", help="our store URL (default: a fresh SQLite file)")
     parser.add_argument("--peer-server", default="waitress", choices=["waitress", "gevent"])
+    parser.add_argument(
+        "--asgi",
+        type=int,
+        metavar="N",
+        help="instead: N sequential lifecycles straight into the ASGI app (the SDK's own cost)",
+    )
+    parser.add_argument("--profile", action="store_true", help="with --asgi: pyinstrument it")
     args = parser.parse_args()
+    if args.asgi:
+        tmp = Path(tempfile.mkdtemp(prefix="sb-bench-asgi-"))
+        asyncio.run(profile_asgi(args.asgi, args.db or f"sqlite:///{tmp / 'b.db'}", args.profile))
+        return
 
     tmp = Path(tempfile.mkdtemp(prefix="sb-bench-"))
     db = args.db or f"sqlite:///{tmp / 'broker.db'}"
-    env = {**os.environ, "SERVICEBAY_BROKER_KEY_FILE": str(tmp / "broker.key")}
+    # Our store's encryption key file is created next to the SQLite file (mode 0600).
+    env = dict(os.environ)
     ours_port, peer_port = free_port(), free_port()
     print(
         f"servicebay: {args.workers} worker(s), store {db.split('://')[0]}; "
@@ -144,8 +222,8 @@ def main() -> None:
     print("\n| broker | scenario | concurrency | requests/s | p50 ms | p99 ms |")
     print("|---|---|---:|---:|---:|---:|")
     with (
-        process(servicebay_cmd(ours_port, db, args.workers), env=env),
-        process(peer_cmd(peer_port, args.peer_server)),
+        process(servicebay_cmd(ours_port, db, args.workers), tmp / "servicebay.log", env=env),
+        process(peer_cmd(peer_port, args.peer_server), tmp / "peer.log"),
     ):
         wait_for_catalog(ours_port)
         wait_for_catalog(peer_port)
