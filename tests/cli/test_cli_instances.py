@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
+import pytest
 import yaml
 
 from conftest import Bay, unique
+from servicebay.cli._api import PlatformAPI
 
 
 def _instance(bay: Bay, name: str) -> dict[str, object]:
@@ -38,12 +41,23 @@ def test_provision_sync_types_parameters_and_redacts_secret(bay: Bay, registered
     assert "hunter2xyz" not in bay("instances").stdout
 
 
-def test_invalid_parameter_is_refused_before_sending(bay: Bay, registered: str) -> None:
-    """size=50 on a 1..10 field: exit 2 naming field, rule and range; nothing is created."""
+def test_invalid_parameter_is_refused_before_sending(
+    bay: Bay, registered: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """size=50 on a 1..10 field: exit 2 naming field, rule and range; no POST is made."""
+    sent: list[tuple[str, str]] = []
+    real_call = PlatformAPI._call
+
+    async def recording(self: PlatformAPI, method: str, path: str, **kwargs: Any) -> Any:
+        sent.append((method, path))
+        return await real_call(self, method, path, **kwargs)
+
+    monkeypatch.setattr(PlatformAPI, "_call", recording)
     name = unique("bad")
     result = bay("provision", "sandbox", name, "--plan", "param", "-p", "size=50")
     assert result.exit_code == 2
     assert result.stderr.strip() == "error: invalid parameters: size: must be <= 10 (got 50)"
+    assert sent == [("GET", "/marketplace/sandbox")]
     assert bay("instance", name).exit_code == 4
 
 
