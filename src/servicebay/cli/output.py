@@ -8,7 +8,7 @@ coroutine and maps every expected failure to a one-line ``error: ...`` and an ex
 code  meaning
 ====  ============================================================================
 0     success
-1     unexpected failure (a bug: the traceback is not shown, the type is)
+1     aborted by the user, or a bug (type shown; SERVICEBAY_DEBUG=1 shows the traceback)
 2     bad input: invalid parameters (checked before sending), bad request, bad file
 3     not logged in, unauthorized or forbidden (token missing, unknown, not allowed)
 4     not found (broker, service, plan, namespace, instance, binding, operation)
@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import sys
 from collections.abc import Coroutine, Iterable, Mapping, Sequence
 from enum import StrEnum
@@ -142,6 +143,8 @@ def run(work: Coroutine[Any, Any, T]) -> T:
         raise typer.Exit(130) from None
     except Exception as error:
         code = exit_code_for(error)
+        if code == 1 and not isinstance(error, CLIError) and os.environ.get("SERVICEBAY_DEBUG"):
+            raise  # a bug: show the whole traceback when asked to
         message = one_line(error) if code != 1 else f"{type(error).__name__}: {one_line(error)}"
         stderr().print(f"error: {message}", markup=False, highlight=False)
         raise typer.Exit(code) from None
