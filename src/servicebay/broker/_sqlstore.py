@@ -1,4 +1,4 @@
-"""The `Store` on SQLAlchemy 2 (async Core): a SQLite file by default, PostgreSQL at scale.
+"""The `Store` on SQLAlchemy 2 Core: a SQLite file by default, PostgreSQL at scale.
 
 Where it sits: the SDK's lifecycle calls the store on every request; `open_store` builds this class
 from ``BrokerSettings.db``. Tables are created on ``open()`` along with a one-row
@@ -11,21 +11,24 @@ operation lease is taken with a conditional UPDATE on SQLite (whose writers are 
 database lock) and with ``SELECT ... FOR UPDATE SKIP LOCKED`` on PostgreSQL, so a running
 operation is never picked up by a second process while its owner is alive.
 
-SQLite runs in WAL mode (readers never wait for the writer) with ``synchronous=NORMAL`` (a commit
-survives a process crash, which is what a killed broker needs) and a busy timeout so concurrent
-writers from other processes wait for the lock instead of failing.
+Every store call is one coroutine for the event loop and never blocks it. PostgreSQL is reached
+through asyncpg (pooled, autocommit for single statements). SQLite is driven by one thread per
+store that owns its single connection: each store call is one hop to that thread, where aiosqlite
+would hop for every cursor step. SQLite runs in WAL mode (readers never wait for the writer) with
+``synchronous=NORMAL`` (a commit survives a process crash, which is what a killed broker needs)
+and a busy timeout so concurrent writers from other processes wait for the lock instead of failing.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import os
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import Awaitable, Callable, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from cryptography.fernet import Fernet
 from sqlalchemy import (
@@ -41,6 +44,7 @@ from sqlalchemy import (
     Text,
     and_,
     bindparam,
+    create_engine,
     delete,
     event,
     or_,
@@ -48,9 +52,9 @@ from sqlalchemy import (
     update,
 )
 from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.engine import URL, Row, make_url
+from sqlalchemy.engine import URL, Connection, Engine, Row, make_url
 from sqlalchemy.exc import ArgumentError, DBAPIError
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from sqlalchemy.pool import StaticPool
 from sqlalchemy.sql.dml import Insert
 from sqlalchemy.types import TypeDecorator
@@ -75,6 +79,8 @@ __all__ = ["SCHEMA_VERSION", "SqlStore", "async_database_url"]
 SCHEMA_VERSION = 1
 _KEY_CHECK = "servicebay-broker-key-check"
 _SQLITE_BUSY_TIMEOUT_MS = 30_000
+T = TypeVar("T")
+R = TypeVar("R")
 _IN_PROGRESS = "in progress"
 
 
@@ -169,7 +175,7 @@ _POSTGRES_DRIVERS = {
 
 
 def async_database_url(url: str) -> URL:
-    """``url`` with the async driver this store uses (``sqlite://`` → aiosqlite, PG → asyncpg)."""
+    """``url`` with the driver this store uses (SQLite: the standard library, PG: asyncpg)."""
     try:
         parsed = make_url(url)
     except ArgumentError as exc:
@@ -178,7 +184,7 @@ def async_database_url(url: str) -> URL:
             "or postgresql://user@host/dbname"
         ) from exc
     if parsed.drivername in _SQLITE_DRIVERS:
-        return parsed.set(drivername="sqlite+aiosqlite")
+        return parsed.set(drivername="sqlite+pysqlite")
     if parsed.drivername in _POSTGRES_DRIVERS:
         return parsed.set(drivername="postgresql+asyncpg")
     raise StoreError(
@@ -247,8 +253,47 @@ class _Statements:
         return stmt.on_conflict_do_update(index_elements=keys, set_=changed)
 
 
+class _SQLiteThread:
+    """The one thread that owns the SQLite connection; each store call is one hop to it.
+
+    aiosqlite would hop to its thread for every cursor step (3-4 per statement), and every hop
+    waits for the GIL while the event loop is busy; running a whole store call in the thread
+    makes it one hop, which under load is most of a request's database time.
+    """
+
+    def __init__(self, engine: Engine) -> None:
+        self._engine = engine
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="servicebay-store")
+        self._conn: Connection | None = None
+
+    async def start(self) -> None:
+        self._conn = await self._submit(self._engine.connect)
+
+    async def run(self, fn: Callable[[Connection], T]) -> T:
+        conn = self._conn
+        if conn is None:
+            raise StoreError("the broker store is not open (call open() first)")
+        return await self._submit(lambda: fn(conn))
+
+    async def stop(self) -> None:
+        conn, self._conn = self._conn, None
+
+        def release() -> None:
+            if conn is not None:
+                conn.close()
+            self._engine.dispose()
+
+        try:
+            await self._submit(release)
+        finally:
+            self._executor.shutdown(wait=False)
+
+    def _submit(self, fn: Callable[[], T]) -> asyncio.Future[T]:
+        return asyncio.get_running_loop().run_in_executor(self._executor, fn)
+
+
 class SqlStore:
-    """`Store` backed by SQLAlchemy async Core on aiosqlite or asyncpg."""
+    """`Store` backed by SQLAlchemy Core: SQLite through one owned thread, PostgreSQL on asyncpg."""
 
     def __init__(self, url: str, key: str | None = None) -> None:
         self._url = async_database_url(url)
@@ -266,10 +311,9 @@ class SqlStore:
                 'print(Fernet.generate_key().decode())"` and keep it with your secrets'
             )
         self._sql = _Statements(self._is_sqlite)
-        self._engine: AsyncEngine | None = None
-        self._auto: AsyncEngine | None = None  # PostgreSQL: pooled autocommit connections
-        self._shared: AsyncConnection | None = None  # SQLite: the one connection
-        self._lock = asyncio.Lock()
+        self._sqlite: _SQLiteThread | None = None
+        self._pg: AsyncEngine | None = None
+        self._pg_auto: AsyncEngine | None = None
         self._cipher: FieldCipher | None = None
 
     def __repr__(self) -> str:
@@ -286,30 +330,59 @@ class SqlStore:
 
     async def open(self) -> None:
         """Connect, create missing tables, record or check the schema version and the key."""
-        if self._engine is not None:
+        if self._sqlite is not None or self._pg is not None:
             return
         cipher = FieldCipher(await self._resolve_key())
-        engine = self._create_engine()
+        if self._is_sqlite:
+            await self._open_sqlite(cipher)
+        else:
+            await self._open_postgres(cipher)
+        self._cipher = cipher
+
+    async def _open_sqlite(self, cipher: FieldCipher) -> None:
+        if self._sqlite_path is not None:
+            await asyncio.to_thread(self._sqlite_path.parent.mkdir, parents=True, exist_ok=True)
+        engine = create_engine(
+            self._url,
+            poolclass=StaticPool,
+            isolation_level="AUTOCOMMIT",
+            connect_args={"timeout": _SQLITE_BUSY_TIMEOUT_MS / 1000, "check_same_thread": False},
+        )
+        event.listen(engine, "connect", _sqlite_pragmas)
+        thread = _SQLiteThread(engine)
         try:
-            await self._create_schema(engine, cipher)
-            if self._is_sqlite:
-                # SQLite has one writer at a time anyway; one connection held for the store's
-                # life spares every call a pool checkout and its reset (each a thread hop).
-                self._shared = await engine.connect()
+            await thread.start()
+            await _retrying_schema_creation(lambda: thread.run(_create_tables))
+            await thread.run(lambda conn: _check_schema(conn, cipher, self._is_sqlite))
+        except BaseException:
+            await thread.stop()
+            raise
+        self._sqlite = thread
+
+    async def _open_postgres(self, cipher: FieldCipher) -> None:
+        engine = create_async_engine(self._url, pool_size=10, max_overflow=20)
+        try:
+
+            async def create() -> None:
+                async with engine.begin() as conn:
+                    await conn.run_sync(_create_tables)
+
+            await _retrying_schema_creation(create)
+            async with engine.begin() as conn:
+                await conn.run_sync(lambda c: _check_schema(c, cipher, self._is_sqlite))
         except BaseException:
             await engine.dispose()
             raise
-        self._engine = engine
+        self._pg = engine
         # Single statements need no explicit transaction: autocommit saves a BEGIN/COMMIT pair.
-        self._auto = engine.execution_options(isolation_level="AUTOCOMMIT")
-        self._cipher = cipher
+        self._pg_auto = engine.execution_options(isolation_level="AUTOCOMMIT")
 
     async def close(self) -> None:
         """Release the connections."""
-        shared, self._shared = self._shared, None
-        engine, self._engine, self._auto = self._engine, None, None
-        if shared is not None:
-            await shared.close()
+        thread, self._sqlite = self._sqlite, None
+        engine, self._pg, self._pg_auto = self._pg, None, None
+        if thread is not None:
+            await thread.stop()
         if engine is not None:
             await engine.dispose()
 
@@ -322,61 +395,21 @@ class SqlStore:
             return Fernet.generate_key().decode()
         return await asyncio.to_thread(load_or_create_key, key_file)
 
-    def _create_engine(self) -> AsyncEngine:
-        if not self._is_sqlite:
-            return create_async_engine(self._url, pool_size=10, max_overflow=20)
-        engine = create_async_engine(
-            self._url,
-            poolclass=StaticPool,
-            isolation_level="AUTOCOMMIT",
-            connect_args={"timeout": _SQLITE_BUSY_TIMEOUT_MS / 1000},
-        )
-        event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
-        return engine
-
-    async def _create_schema(self, engine: AsyncEngine, cipher: FieldCipher) -> None:
-        # Two processes opening a fresh database at once may both try CREATE TABLE; the loser
-        # fails, and finds the tables there on its next attempt.
-        for attempt in range(5):
-            try:
-                async with engine.begin() as conn:
-                    await conn.run_sync(_metadata.create_all)
-                break
-            except DBAPIError:
-                if attempt == 4:
-                    raise
-                await asyncio.sleep(0.05 * (attempt + 1))
-        async with engine.begin() as conn:
-            row = (await conn.execute(select(_schema).where(_schema.c.id == 1))).first()
-            if row is None:
-                values = {
-                    "id": 1,
-                    "version": SCHEMA_VERSION,
-                    "key_check": cipher.encrypt(_KEY_CHECK),
-                }
-                insert = _Statements._insert(_schema, self._is_sqlite).on_conflict_do_nothing()
-                await conn.execute(insert, values)
-                row = (await conn.execute(select(_schema).where(_schema.c.id == 1))).one()
-        if row.version > SCHEMA_VERSION:
-            raise StoreError(
-                f"the broker database has schema version {row.version}, newer than this "
-                f"servicebay understands ({SCHEMA_VERSION}); upgrade servicebay"
-            )
-        if cipher.decrypt(row.key_check) != _KEY_CHECK:
-            raise EncryptionKeyError("the broker store's key check does not match")
-
     # -- plumbing ----------------------------------------------------------------------------
 
-    @contextlib.asynccontextmanager
-    async def _connection(self) -> AsyncIterator[AsyncConnection]:
-        if self._shared is not None:
-            async with self._lock:
-                yield self._shared
-        elif self._auto is not None:
-            async with self._auto.connect() as conn:
-                yield conn
-        else:
+    async def _call(self, fn: Callable[[Connection], T], *, atomic: bool = False) -> T:
+        """Run ``fn`` on a connection: SQLite's thread, or a pooled PostgreSQL connection.
+
+        ``atomic`` wraps it in a transaction on PostgreSQL; on SQLite ``fn`` (one statement,
+        or its own BEGIN IMMEDIATE) is atomic by itself.
+        """
+        if self._sqlite is not None:
+            return await self._sqlite.run(fn)
+        engine = self._pg if atomic else self._pg_auto
+        if engine is None:
             raise StoreError("the broker store is not open (call open() first)")
+        async with engine.begin() if atomic else engine.connect() as conn:
+            return await conn.run_sync(fn)
 
     @property
     def _fernet(self) -> FieldCipher:
@@ -385,17 +418,21 @@ class SqlStore:
         return self._cipher
 
     async def _write(self, stmt: Any, params: Mapping[str, Any] | None = None) -> int:
-        async with self._connection() as conn:
-            result = await conn.execute(stmt, params)
-            return int(result.rowcount)
+        return await self._call(lambda conn: int(conn.execute(stmt, params).rowcount))
 
-    async def _first(self, stmt: Any, params: Mapping[str, Any] | None = None) -> Row[Any] | None:
-        async with self._connection() as conn:
-            return (await conn.execute(stmt, params)).first()
+    async def _first(
+        self, stmt: Any, params: Mapping[str, Any], convert: Callable[[Row[Any]], R]
+    ) -> R | None:
+        def run(conn: Connection) -> R | None:
+            row = conn.execute(stmt, params).first()
+            return None if row is None else convert(row)
 
-    async def _all(self, stmt: Any, params: Mapping[str, Any] | None = None) -> list[Row[Any]]:
-        async with self._connection() as conn:
-            return list((await conn.execute(stmt, params)).all())
+        return await self._call(run)
+
+    async def _all(
+        self, stmt: Any, params: Mapping[str, Any] | None, convert: Callable[[Row[Any]], R]
+    ) -> list[R]:
+        return await self._call(lambda conn: [convert(r) for r in conn.execute(stmt, params)])
 
     # -- instances ---------------------------------------------------------------------------
 
@@ -433,8 +470,8 @@ class SqlStore:
 
     async def get_instance(self, instance_id: str) -> InstanceRecord | None:
         """The instance record, or None."""
-        row = await self._first(self._sql.get_instance, {"k_instance": instance_id})
-        return None if row is None else self._instance(row)
+        key = {"k_instance": instance_id}
+        return await self._first(self._sql.get_instance, key, self._instance)
 
     async def put_instance(self, record: InstanceRecord) -> None:
         """Insert or replace the instance record (stamps ``updated_at``)."""
@@ -449,23 +486,23 @@ class SqlStore:
     async def delete_instance(self, instance_id: str) -> None:
         """Forget the instance and its bindings; its operations stay for last_operation."""
         key = {"k_instance": instance_id}
-        if self._shared is None:
-            if self._engine is None:
-                raise StoreError("the broker store is not open (call open() first)")
-            async with self._engine.begin() as conn:
-                await conn.execute(self._sql.delete_bindings, key)
-                await conn.execute(self._sql.delete_instance, key)
-            return
-        async with self._connection() as conn:
-            # The shared connection autocommits; this pair must land together or not at all.
-            await conn.exec_driver_sql("BEGIN IMMEDIATE")
+        sqlite_tx = self._is_sqlite
+
+        def run(conn: Connection) -> None:
+            # SQLite's connection autocommits: the pair must land together or not at all.
+            if sqlite_tx:
+                conn.exec_driver_sql("BEGIN IMMEDIATE")
             try:
-                await conn.execute(self._sql.delete_bindings, key)
-                await conn.execute(self._sql.delete_instance, key)
+                conn.execute(self._sql.delete_bindings, key)
+                conn.execute(self._sql.delete_instance, key)
             except BaseException:
-                await conn.exec_driver_sql("ROLLBACK")
+                if sqlite_tx:
+                    conn.exec_driver_sql("ROLLBACK")
                 raise
-            await conn.exec_driver_sql("COMMIT")
+            if sqlite_tx:
+                conn.exec_driver_sql("COMMIT")
+
+        await self._call(run, atomic=True)
 
     # -- bindings ----------------------------------------------------------------------------
 
@@ -496,8 +533,7 @@ class SqlStore:
     async def get_binding(self, instance_id: str, binding_id: str) -> BindingRecord | None:
         """The binding record, or None."""
         key = {"k_instance": instance_id, "k_binding": binding_id}
-        row = await self._first(self._sql.get_binding, key)
-        return None if row is None else self._binding(row)
+        return await self._first(self._sql.get_binding, key, self._binding)
 
     async def create_binding(self, record: BindingRecord) -> bool:
         """Insert the record; False (nothing written) if the binding exists."""
@@ -516,8 +552,8 @@ class SqlStore:
 
     async def list_bindings(self, instance_id: str) -> list[BindingRecord]:
         """The instance's bindings, oldest first."""
-        rows = await self._all(self._sql.list_bindings, {"k_instance": instance_id})
-        return [self._binding(row) for row in rows]
+        key = {"k_instance": instance_id}
+        return await self._all(self._sql.list_bindings, key, self._binding)
 
     # -- operations --------------------------------------------------------------------------
 
@@ -571,23 +607,22 @@ class SqlStore:
 
     async def get_operation(self, operation_id: str) -> OperationRecord | None:
         """The operation record, or None."""
-        row = await self._first(self._sql.get_operation, {"k_operation": operation_id})
-        return None if row is None else self._operation(row)
+        key = {"k_operation": operation_id}
+        return await self._first(self._sql.get_operation, key, self._operation)
 
     async def latest_operation(
         self, instance_id: str, binding_id: str | None = None
     ) -> OperationRecord | None:
         """The newest operation on the instance (binding_id None) or on that binding."""
         if binding_id is None:
-            row = await self._first(self._sql.latest_instance_op, {"k_instance": instance_id})
-        else:
-            key = {"k_instance": instance_id, "k_binding": binding_id}
-            row = await self._first(self._sql.latest_binding_op, key)
-        return None if row is None else self._operation(row)
+            key = {"k_instance": instance_id}
+            return await self._first(self._sql.latest_instance_op, key, self._operation)
+        key = {"k_instance": instance_id, "k_binding": binding_id}
+        return await self._first(self._sql.latest_binding_op, key, self._operation)
 
     async def unfinished_operations(self) -> list[OperationRecord]:
         """Every operation still in progress, oldest first."""
-        return [self._operation(row) for row in await self._all(self._sql.unfinished)]
+        return await self._all(self._sql.unfinished, None, self._operation)
 
     async def claim_operation(self, operation_id: str, owner: str, stale_after: float) -> bool:
         """Take the lease if the operation is unowned, ``owner``'s, or its holder went silent."""
@@ -607,21 +642,20 @@ class SqlStore:
         take = (
             update(_operations).where(where).values(owner=owner, heartbeat_at=now, updated_at=now)
         )
-        if self._shared is not None:
+        if self._is_sqlite:
             # SQLite serialises writers, so the conditional UPDATE alone is the atomic test-and-set.
             return await self._write(take) == 1
-        if self._engine is None:
-            raise StoreError("the broker store is not open (call open() first)")
-        async with self._engine.begin() as conn:
-            # A row another process is claiming right now is skipped rather than waited for:
-            # it is being taken, so this process has nothing to do with it.
-            locked = (
-                select(_operations.c.operation_id).where(where).with_for_update(skip_locked=True)
-            )
-            if (await conn.execute(locked)).first() is None:
+        # A row another process is claiming right now is skipped rather than waited for:
+        # it is being taken, so this process has nothing to do with it.
+        locked = select(_operations.c.operation_id).where(where).with_for_update(skip_locked=True)
+
+        def run(conn: Connection) -> bool:
+            if conn.execute(locked).first() is None:
                 return False
-            await conn.execute(take)
+            conn.execute(take)
             return True
+
+        return await self._call(run, atomic=True)
 
     async def heartbeat(self, operation_id: str, owner: str) -> bool:
         """Renew ``owner``'s lease; False if another process took the operation over."""
@@ -631,6 +665,40 @@ class SqlStore:
             .values(heartbeat_at=utcnow())
         )
         return await self._write(stmt) == 1
+
+
+def _create_tables(conn: Connection) -> None:
+    _metadata.create_all(conn)
+
+
+async def _retrying_schema_creation(create: Callable[[], Awaitable[None]]) -> None:
+    # Two processes opening a fresh database at once may both try CREATE TABLE; the loser
+    # fails, and finds the tables there on its next attempt.
+    for attempt in range(5):
+        try:
+            await create()
+            return
+        except DBAPIError:
+            if attempt == 4:
+                raise
+            await asyncio.sleep(0.05 * (attempt + 1))
+
+
+def _check_schema(conn: Connection, cipher: FieldCipher, is_sqlite: bool) -> None:
+    """Record the schema version and key check on a new database; verify them on an old one."""
+    current = select(_schema).where(_schema.c.id == 1)
+    row = conn.execute(current).first()
+    if row is None:
+        values = {"id": 1, "version": SCHEMA_VERSION, "key_check": cipher.encrypt(_KEY_CHECK)}
+        conn.execute(_Statements._insert(_schema, is_sqlite).on_conflict_do_nothing(), values)
+        row = conn.execute(current).one()
+    if row.version > SCHEMA_VERSION:
+        raise StoreError(
+            f"the broker database has schema version {row.version}, newer than this "
+            f"servicebay understands ({SCHEMA_VERSION}); upgrade servicebay"
+        )
+    if cipher.decrypt(row.key_check) != _KEY_CHECK:
+        raise EncryptionKeyError("the broker store's key check does not match")
 
 
 def _sqlite_pragmas(dbapi_connection: Any, connection_record: Any) -> None:
