@@ -156,3 +156,13 @@ async def test_unreachable_broker_is_a_failed_check_not_a_crash() -> None:
     """Nothing listening: one failed `broker.reachable` check."""
     report = await run_checks("http://127.0.0.1:9", username=USER, password=PASSWORD)
     assert [r.check for r in report.failed] == ["broker.reachable"]
+
+
+async def test_bearer_token_only_broker_passes_with_the_token(tmp_path: Path) -> None:
+    """A broker configured with a bearer token is checked with it: auth checks pass."""
+    settings = BrokerSettings(bearer_token="t0ken-for-check", db=f"sqlite:///{tmp_path / 'b.db'}")
+    with serve_in_thread(create_app(SandboxBroker(), settings=settings)) as url:
+        report = await run_checks(url, bearer_token="t0ken-for-check", plans=["sync"])
+    assert report.ok, [f"{r.check}: {r.detail}" for r in report.failed]
+    assert report.get("auth.missing").outcome is Outcome.PASS
+    assert report.get("auth.wrong_bearer").outcome is Outcome.PASS
