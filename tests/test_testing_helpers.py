@@ -5,9 +5,14 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
+from collections.abc import Iterator
 
 import httpx
+import psycopg
 import pytest
+from cryptography.fernet import Fernet
+from psycopg import sql
+from sqlalchemy.engine import make_url
 
 from servicebay import broker as sb
 from servicebay.osb import Catalog, Plan, Service
@@ -128,7 +133,7 @@ async def test_run_broker_requires_the_credentials_it_presets() -> None:
         assert wrong.status_code == 401
 
 
-async def test_run_broker_uses_a_bearer_token_from_settings(tmp_path: object) -> None:
+async def test_run_broker_uses_a_bearer_token_from_settings() -> None:
     """With bearer-only settings the client sends the token."""
     settings = sb.BrokerSettings(bearer_token="tok-123", db="sqlite://")
     async with run_broker(TinyBroker(), settings=settings) as tb:
@@ -235,3 +240,45 @@ def test_killed_broker_resumes_its_operation_after_restart() -> None:
             assert time.monotonic() < deadline, "the operation never reached a terminal state"
             time.sleep(0.2)
         assert polled.json()["state"] == "succeeded"
+
+
+def test_testing_module_exports_exactly_its_helpers() -> None:
+    """The public surface of servicebay.testing is pinned (CONTRACTS: servicebay.testing)."""
+    import servicebay.testing
+
+    assert sorted(servicebay.testing.__all__) == [
+        "BrokerClientForTests",
+        "ServedBroker",
+        "run_broker",
+        "serve_broker",
+    ]
+
+
+@pytest.fixture
+def helpers_pg_database(postgres_url: str) -> Iterator[str]:
+    """A fresh PostgreSQL database for one test, dropped afterwards."""
+    name = f"sb_helpers_{uuid.uuid4().hex[:8]}"
+    with psycopg.connect(postgres_url, autocommit=True) as admin:
+        admin.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+    try:
+        yield make_url(postgres_url).set(database=name).render_as_string(hide_password=False)
+    finally:
+        with psycopg.connect(postgres_url, autocommit=True) as admin:
+            admin.execute(
+                sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
+            )
+
+
+@pytest.mark.postgres
+async def test_run_broker_on_postgresql(helpers_pg_database: str) -> None:
+    """Settings naming PostgreSQL (and a key) put the in-process broker's records there."""
+    settings = sb.BrokerSettings(
+        username="u", password="p", db=helpers_pg_database, key=Fernet.generate_key().decode()
+    )
+    async with run_broker(TinyBroker(), settings=settings) as tb:
+        response = await tb.client.put("/v2/service_instances/pg-1", json=_provision_body())
+        assert response.status_code == 201
+        assert await tb.store.get_instance("pg-1") is not None
+    async with run_broker(TinyBroker(), settings=settings) as again:
+        replay = await again.client.put("/v2/service_instances/pg-1", json=_provision_body())
+        assert replay.status_code == 200  # the record outlived the first app
