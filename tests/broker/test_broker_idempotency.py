@@ -321,3 +321,17 @@ async def test_fetch_instance_answers_from_records(
     assert body["parameters"] == {"size": 4, "secret": "***"}
     assert body["maintenance_info"] == {"version": "1.2.0"}
     assert body["dashboard_url"] == "https://dash.example/i-1"
+
+
+async def test_provision_is_compared_with_the_instance_as_updated(
+    env: tuple[SampleBroker, httpx.AsyncClient],
+) -> None:
+    """After an update, "same attributes" means the instance's current plan and parameters:
+    the original request now conflicts, the updated state replays as 200."""
+    broker, client = env
+    assert (await client.put(INSTANCE, json=provision_body(size=3))).status_code == 201
+    update = {"service_id": SERVICE, "parameters": {"size": 2}}
+    assert (await client.patch(INSTANCE, json=update)).status_code == 200
+    assert (await client.put(INSTANCE, json=provision_body(size=3))).status_code == 409
+    assert (await client.put(INSTANCE, json=provision_body(size=2))).status_code == 200
+    assert broker.count("provision") == 1

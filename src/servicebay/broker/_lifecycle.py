@@ -147,7 +147,7 @@ class Lifecycle:
             service_id=service.id,
             plan_id=plan.id,
             state="provisioning",
-            request_fingerprint=_provision_fingerprint(request),
+            request_fingerprint=_instance_fingerprint(request, plan.id, parameters),
             parameters=parameters,
             context=dict(request.context or {}),
             maintenance_info=_maintenance(plan),
@@ -361,6 +361,7 @@ class Lifecycle:
         if metadata is not None:
             record.metadata = metadata.to_wire()
         record.state = "ready"
+        _restate(record)
         await self.store.put_instance(record)
 
     # ------------------------------------------------------------------ deprovision
@@ -885,19 +886,32 @@ def _expired(timestamp: str) -> bool:
     return moment <= utcnow()
 
 
-def _provision_fingerprint(request: osb.ProvisionRequest) -> str:
-    return fingerprint(
+def _instance_fingerprint(
+    request: osb.ProvisionRequest, plan_id: str, parameters: Mapping[str, Any]
+) -> str:
+    """``<origin>:<state>``: who asked (immutable ids) and what the instance is now.
+
+    spec "Provisioning": 409 when the instance exists "with different attributes" — compared
+    with the instance as it is, so an update moves the state half (`_restate`).
+    """
+    origin = fingerprint(
         {
             "service_id": request.service_id,
-            "plan_id": request.plan_id,
-            "parameters": request.parameters or {},
             "organization_guid": request.organization_guid,
             "space_guid": request.space_guid,
-            "maintenance_info": request.maintenance_info.version
-            if request.maintenance_info
-            else None,
         }
     )
+    return f"{origin[:32]}:{_state_fingerprint(plan_id, parameters)}"
+
+
+def _state_fingerprint(plan_id: str, parameters: Mapping[str, Any]) -> str:
+    return fingerprint({"plan_id": plan_id, "parameters": dict(parameters)})[:32]
+
+
+def _restate(record: InstanceRecord) -> None:
+    """Recompute the state half of an instance's fingerprint after an update."""
+    origin = record.request_fingerprint.partition(":")[0]
+    record.request_fingerprint = f"{origin}:{_state_fingerprint(record.plan_id, record.parameters)}"
 
 
 def _update_fingerprint(request: osb.UpdateRequest, target: osb.Plan) -> str:
