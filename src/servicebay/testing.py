@@ -158,6 +158,10 @@ class _Lifespan:
             raise RuntimeError(f"the app returned without completing lifespan {phase}")
         message = reply.result()
         if message["type"] == f"lifespan.{phase}.failed":
+            # Collect the app's own exception too: an unretrieved task exception would be
+            # reported later, at garbage collection, far from this test.
+            with contextlib.suppress(BaseException):
+                await self._task
             raise RuntimeError(f"broker {phase} failed: {message.get('message', '')}")
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import os
 import re
 import signal
@@ -17,6 +18,7 @@ from pathlib import Path
 import httpx
 import psycopg
 import pytest
+import structlog
 from cryptography.fernet import Fernet
 from psycopg import sql
 from sqlalchemy.engine import make_url
@@ -24,7 +26,7 @@ from typer.testing import CliRunner
 
 from servicebay import broker as sb
 from servicebay.broker import open_store
-from servicebay.cli.broker import app
+from servicebay.cli.broker import LogFormat, app, configure_logging
 from servicebay.osb import Catalog, Plan, Service
 
 SERVICE_ID = "7c1d2e3f-0000-4000-8000-00000000b001"
@@ -396,3 +398,30 @@ def test_serve_on_postgresql_without_a_key_fails_clearly(tmp_path: Path, postgre
     )
     assert process.wait(30) != 0
     assert "SERVICEBAY_BROKER_KEY" in log_path.read_text()
+
+
+@pytest.mark.parametrize("fmt", [LogFormat.console, LogFormat.json])
+def test_logged_tracebacks_never_show_local_variables(
+    fmt: LogFormat, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A crash logged by serve's logging (ours or uvicorn's) keeps the locals, and secrets, out."""
+    root = logging.getLogger()
+    saved = (root.handlers[:], root.level)
+    configure_logging("info", fmt)
+    try:
+
+        def crash() -> None:
+            password = SECRET  # a local a pretty traceback would print
+            raise RuntimeError(f"boom ({len(password)})")
+
+        try:
+            crash()
+        except RuntimeError:
+            logging.getLogger("uvicorn.error").exception("Exception in ASGI application")
+            structlog.get_logger("servicebay.test").exception("operation crashed")
+        err = capsys.readouterr().err
+    finally:
+        structlog.reset_defaults()
+        root.handlers, root.level = saved
+    assert err.count("RuntimeError: boom") == 2
+    assert SECRET not in err

@@ -198,27 +198,27 @@ def configure_logging(level: str, fmt: LogFormat) -> None:
         structlog.stdlib.add_log_level,
         structlog.processors.TimeStamper(fmt="iso", utc=True),
     ]
+    # Tracebacks are rendered plain: rich's pretty tracebacks show frame locals, and a local
+    # may hold a credential (an Authorization header, a binding's password).
     renderer: Any = (
         structlog.processors.JSONRenderer()
         if fmt is LogFormat.json
-        else structlog.dev.ConsoleRenderer(colors=sys.stderr.isatty())
+        else structlog.dev.ConsoleRenderer(
+            colors=sys.stderr.isatty(), exception_formatter=structlog.dev.plain_traceback
+        )
     )
     structlog.configure(
-        processors=[
-            *shared,
-            structlog.processors.format_exc_info if fmt is LogFormat.json else _identity,
-            structlog.stdlib.ProcessorFormatter.wrap_for_formatter,
-        ],
+        processors=[*shared, structlog.stdlib.ProcessorFormatter.wrap_for_formatter],
         logger_factory=structlog.stdlib.LoggerFactory(),
         wrapper_class=structlog.stdlib.BoundLogger,
         cache_logger_on_first_use=True,
     )
+    tail: list[Any] = [structlog.stdlib.ProcessorFormatter.remove_processors_meta]
+    if fmt is LogFormat.json:
+        tail.append(structlog.processors.format_exc_info)
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(
-        structlog.stdlib.ProcessorFormatter(
-            foreign_pre_chain=shared,
-            processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, renderer],
-        )
+        structlog.stdlib.ProcessorFormatter(foreign_pre_chain=shared, processors=[*tail, renderer])
     )
     root = logging.getLogger()
     root.handlers = [handler]
@@ -226,10 +226,6 @@ def configure_logging(level: str, fmt: LogFormat) -> None:
     for name in ("uvicorn", "uvicorn.error", "uvicorn.access"):
         logging.getLogger(name).handlers = []
         logging.getLogger(name).propagate = True
-
-
-def _identity(logger: Any, method: str, event: Any) -> Any:
-    return event
 
 
 def _resolve_format(fmt: LogFormat) -> LogFormat:
