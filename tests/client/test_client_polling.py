@@ -262,3 +262,22 @@ async def test_refused_poll_ends_polling() -> None:
             await client.poll("i")
     assert isinstance(info.value.error, osb.Unauthorized)
     assert clock.sleeps == []
+
+
+async def test_retry_after_zero_does_not_cause_a_tight_loop() -> None:
+    """Retry-After: 0 forever still waits at least the policy's initial interval."""
+    broker = FakeBroker().on("GET", LAST, reply(200, IN_PROGRESS, Retry_After="0"))
+    clock = FakeClock()
+    async with make_client(broker, clock) as client:
+        with pytest.raises(PollingTimedOut):
+            await client.poll("i", maximum_polling_duration=5)
+    assert clock.sleeps == [1.0] * 5
+    assert len(broker.requests) == 6
+
+
+def test_polling_policy_refuses_nonsense() -> None:
+    """A policy that could never wait is a configuration error."""
+    with pytest.raises(ValueError, match="initial"):
+        PollingPolicy(initial=0)
+    with pytest.raises(ValueError, match="factor"):
+        PollingPolicy(factor=0.5)

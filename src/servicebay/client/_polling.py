@@ -37,7 +37,7 @@ def parse_retry_after(value: str | None, *, now: float | None = None) -> float |
 class PollingPolicy:
     """Polling rhythm: backoff bounds, the ceiling on Retry-After, the overall limit."""
 
-    #: First wait when the broker gives no Retry-After.
+    #: First wait when the broker gives no Retry-After, and the shortest wait ever.
     initial: float = 1.0
     #: Growth factor of the wait between polls.
     factor: float = 1.5
@@ -48,10 +48,16 @@ class PollingPolicy:
     #: The platform's own maximum polling duration, used when the plan sets none (seconds).
     max_duration: float = 24 * 3600.0
 
+    def __post_init__(self) -> None:
+        if self.initial <= 0 or self.factor < 1 or self.maximum < self.initial:
+            raise ValueError("polling needs 0 < initial <= maximum and factor >= 1")
+
     def wait(self, attempt: int, retry_after: float | None) -> float:
         """Seconds to wait before poll number ``attempt + 1`` (``attempt`` counts from 0)."""
         if retry_after is not None:
-            return min(max(retry_after, 0.0), self.retry_after_cap)
+            # Never below ``initial``: a broker answering "Retry-After: 0" forever must not be
+            # polled in a tight loop.
+            return min(max(retry_after, self.initial), self.retry_after_cap)
         return min(self.initial * self.factor**attempt, self.maximum)
 
     def limit(self, maximum_polling_duration: float | None) -> float:
