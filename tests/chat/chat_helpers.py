@@ -13,6 +13,7 @@ from typing import Any
 import uvicorn
 from starlette.applications import Starlette
 
+from servicebay.chat.protocol import MAX_MESSAGE_BYTES
 from servicebay.chat.server import create_app
 from servicebay.chat.service import ChatService
 from servicebay.chat.settings import ChatSettings
@@ -63,7 +64,7 @@ async def serve_chat(settings: ChatSettings) -> AsyncIterator[ServedChat]:
         app,
         log_level="warning",
         lifespan="on",
-        ws_max_size=256 * 1024,
+        ws_max_size=2 * MAX_MESSAGE_BYTES,
         ws_per_message_deflate=False,
     )
     server = uvicorn.Server(config)

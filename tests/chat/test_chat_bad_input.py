@@ -12,16 +12,23 @@ import pytest
 from chat_helpers import ServedChat
 from websockets.asyncio.client import ClientConnection, connect
 
-from servicebay.chat.protocol import MAX_BODY_CHARS, MAX_FRAME_BYTES
+from servicebay.chat.protocol import MAX_BODY_CHARS, MAX_FRAME_BYTES, MAX_MESSAGE_BYTES
+
+
+_unread: dict[int, list[dict[str, Any]]] = {}
 
 
 async def _next(ws: ClientConnection, kind: str) -> dict[str, Any]:
+    """The next frame of ``kind``; other frames are skipped, later ones of a batch kept."""
+    buffered = _unread.setdefault(id(ws), [])
     async with asyncio.timeout(5):
         while True:
-            data = json.loads(await ws.recv())
-            for frame in data if isinstance(data, list) else [data]:
+            while buffered:
+                frame = buffered.pop(0)
                 if frame["type"] == kind:
-                    return frame  # type: ignore[no-any-return]
+                    return frame
+            data = json.loads(await ws.recv())
+            buffered.extend(data if isinstance(data, list) else [data])
 
 
 async def _still_healthy(ws: ClientConnection) -> None:
@@ -47,6 +54,12 @@ BAD_FRAMES = {
         "too_large",
     ),
     "oversized frame": (json.dumps({"type": "ping", "id": "x" * MAX_FRAME_BYTES}), "too_large"),
+    "oversized array": (
+        json.dumps([{"type": "ping", "id": "x" * 60}] * (MAX_MESSAGE_BYTES // 60)),
+        "too_large",
+    ),
+    "too many frames": (json.dumps([{"type": "typing", "room": "lobby"}] * 1001), "too_large"),
+    "array of non-objects": ("[1]", "bad_frame"),
     "unknown room": (
         json.dumps({"type": "send", "room": "nowhere", "key": "k", "body": "x"}),
         "unknown_room",
@@ -147,3 +160,23 @@ async def test_bad_http_post_gets_error_and_stores_nothing(chat: ServedChat, cas
         assert response.json()["error"] == code and response.json()["message"]
         assert (await http.get("/readyz")).status_code == 200
     assert await chat.store.read("lobby", 0) == []
+
+
+async def test_array_message_judges_each_frame_alone(chat: ServedChat) -> None:
+    """In an array, a bad frame gets its error; the good frames around it still take effect."""
+    token = await chat.user("ann", "lobby")
+    batch = [
+        {"type": "send", "room": "lobby", "key": "a", "body": "first"},
+        {"type": "send", "room": "lobby", "key": "b"},
+        {"type": "send", "room": "lobby", "key": "c", "body": "third"},
+    ]
+    async with connect(chat.ws) as ws:
+        await ws.send(json.dumps({"type": "hello", "token": token}))
+        await _next(ws, "welcome")
+        await ws.send(json.dumps(batch))
+        error = await _next(ws, "error")
+        assert (error["code"], error["ref"]) == ("bad_frame", "b")
+        assert {(await _next(ws, "sent"))["key"] for _ in range(2)} == {"a", "c"}
+        await _still_healthy(ws)
+    stored = await chat.store.read("lobby", 0)
+    assert sorted(m.body for m in stored) == ["first", "third"]

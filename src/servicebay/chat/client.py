@@ -106,6 +106,7 @@ class ChatClient:
         self._runner: asyncio.Task[None] | None = None
         self._closing = False
         self._retries: set[asyncio.Task[None]] = set()
+        self._outbox: list[dict[str, Any]] = []
 
     async def __aenter__(self) -> ChatClient:
         """Start connecting (returns at once; ``ready`` is set once welcomed)."""
@@ -158,11 +159,28 @@ class ChatClient:
         await self._send_frame({"type": "typing", "room": room})
 
     async def _send_frame(self, frame: dict[str, Any]) -> None:
+        self._queue(frame)
+
+    def _queue(self, frame: dict[str, Any]) -> None:
+        """Queue a frame for the current connection; frames queued together go as one array."""
         ws = self._ws
         if ws is None:
-            return  # resent after the next welcome
+            return  # sends are resent after the next welcome; acks follow from positions
+        box = self._outbox
+        box.append(frame)
+        if len(box) == 1:
+            flush = asyncio.create_task(self._flush(ws, box))
+            self._retries.add(flush)
+            flush.add_done_callback(self._retries.discard)
+
+    async def _flush(self, ws: ClientConnection, box: list[dict[str, Any]]) -> None:
+        await asyncio.sleep(0)  # let frames queued in this same turn join the message
+        frames = list(box)
+        box.clear()
+        if ws is not self._ws or not frames:
+            return  # that connection is gone; a new one starts with a new box
         with contextlib.suppress(websockets.ConnectionClosed):
-            await ws.send(json.dumps(frame))
+            await ws.send(json.dumps(frames[0] if len(frames) == 1 else frames))
 
     # receiving ---------------------------------------------------------------------------------
 
@@ -190,6 +208,7 @@ class ChatClient:
             try:
                 async with connect(self.url, max_size=None, compression=None) as ws:
                     self._ws = ws
+                    self._outbox = []
                     self.stats.connects += 1
                     await ws.send(json.dumps(self._hello()))
                     async for raw in ws:
@@ -218,16 +237,16 @@ class ChatClient:
             kind = frame.get("type")
             if kind == "msg":
                 if not self._accept(frame, touched):
-                    await self._ack(ws, touched)
+                    self._ack(touched)
                     return True
             else:
                 await self._on_control(ws, frame)
-        await self._ack(ws, touched)
+        self._ack(touched)
         return False
 
-    async def _ack(self, ws: ClientConnection, touched: dict[str, int]) -> None:
+    def _ack(self, touched: dict[str, int]) -> None:
         for room, seq in touched.items():
-            await ws.send(json.dumps({"type": "ack", "room": room, "seq": seq}))
+            self._queue({"type": "ack", "room": room, "seq": seq})
 
     def _accept(self, frame: dict[str, Any], touched: dict[str, int]) -> bool:
         room, seq = frame["room"], frame["seq"]
@@ -279,8 +298,7 @@ class ChatClient:
     async def _resend(self, ws: ClientConnection) -> None:
         for key, pending in list(self._pending.items()):
             self.stats.resent += 1
-            frame = {"type": "send", "room": pending.room, "key": key, "body": pending.body}
-            await ws.send(json.dumps(frame))
+            self._queue({"type": "send", "room": pending.room, "key": key, "body": pending.body})
 
     def _on_error(self, frame: dict[str, Any]) -> None:
         code = frame.get("code", "error")

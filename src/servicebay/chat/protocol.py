@@ -18,6 +18,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 VERSION = 1
 MAX_FRAME_BYTES = 64 * 1024
+MAX_MESSAGE_BYTES = 1024 * 1024  # a WebSocket message carrying an array of frames
+MAX_FRAMES_PER_MESSAGE = 1000
 MAX_BODY_CHARS = 16 * 1024
 MAX_KEY_CHARS = 128
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
@@ -120,15 +122,50 @@ class ProtocolError(Exception):
 
 
 def parse_frame(raw: str | bytes) -> ClientFrame:
-    """Parse one client frame or raise ``ProtocolError`` saying what is wrong."""
+    """Parse one client frame (a JSON object) or raise ``ProtocolError`` saying what is wrong."""
     if len(raw) > MAX_FRAME_BYTES:
         raise ProtocolError("too_large", f"frame exceeds {MAX_FRAME_BYTES} bytes")
-    try:
-        data = json.loads(raw)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise ProtocolError("bad_frame", f"not JSON: {exc}") from None
+    data = _load(raw)
     if not isinstance(data, dict):
         raise ProtocolError("bad_frame", "a frame is a JSON object")
+    return _validate(data)
+
+
+def parse_message(raw: str | bytes) -> list[ClientFrame | ProtocolError]:
+    """Parse one WebSocket message: a frame, or a JSON array of frames (each judged alone).
+
+    Raises ``ProtocolError`` when the message as a whole is unusable.
+    """
+    head = raw[:64].lstrip()[:1]
+    limit = MAX_MESSAGE_BYTES if head in ("[", b"[") else MAX_FRAME_BYTES
+    if len(raw) > limit:
+        raise ProtocolError("too_large", f"message exceeds {limit} bytes")
+    data = _load(raw)
+    if isinstance(data, dict):
+        return [_validate(data)]
+    if not isinstance(data, list):
+        raise ProtocolError("bad_frame", "a message is a JSON object or an array of objects")
+    if len(data) > MAX_FRAMES_PER_MESSAGE:
+        raise ProtocolError("too_large", f"more than {MAX_FRAMES_PER_MESSAGE} frames")
+    parsed: list[ClientFrame | ProtocolError] = []
+    for item in data:
+        try:
+            if not isinstance(item, dict):
+                raise ProtocolError("bad_frame", "a frame is a JSON object")
+            parsed.append(_validate(item))
+        except ProtocolError as exc:
+            parsed.append(exc)
+    return parsed
+
+
+def _load(raw: str | bytes) -> Any:
+    try:
+        return json.loads(raw)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise ProtocolError("bad_frame", f"not JSON: {exc}") from None
+
+
+def _validate(data: dict[str, Any]) -> ClientFrame:
     ref = data.get("key") if isinstance(data.get("key"), str) else None
     model = _BY_TYPE.get(data.get("type"))  # type: ignore[arg-type]
     if model is None:

@@ -45,7 +45,7 @@ from servicebay.chat.protocol import (
     Typing,
     encode,
     error_frame,
-    parse_frame,
+    parse_message,
 )
 from servicebay.chat.service import ChatService, RoomHub
 from servicebay.chat.settings import ChatSettings
@@ -56,6 +56,7 @@ log = structlog.get_logger("servicebay.chat")
 WINDOW = 2048
 BATCH = 256
 MAX_INFLIGHT_SENDS = 512
+OUT_MESSAGE_BYTES = 256 * 1024  # stop packing frames into one message beyond this
 
 
 class Session:
@@ -66,7 +67,7 @@ class Session:
         self.ws = ws
         self.service = service
         self.user: User | None = None
-        self.out: asyncio.Queue[str | None] = asyncio.Queue()
+        self.out: asyncio.Queue[str | list[str] | None] = asyncio.Queue()
         self.loops: dict[str, asyncio.Task[None]] = {}
         self.acked: dict[str, int] = {}
         self.ack_moved: dict[str, asyncio.Event] = {}
@@ -101,8 +102,8 @@ class Session:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
 
-    def push(self, text: str) -> None:
-        """Queue a frame for the socket."""
+    def push(self, text: str | list[str]) -> None:
+        """Queue a frame (or several, in order) for the socket."""
         self.out.put_nowait(text)
 
     def reply(self, frame: dict[str, Any]) -> None:
@@ -110,7 +111,19 @@ class Session:
         self.push(encode(frame))
 
     async def _write_out(self) -> None:
-        while (text := await self.out.get()) is not None:
+        """Send queued frames; whatever queued up meanwhile goes as one JSON array message."""
+        while (item := await self.out.get()) is not None:
+            frames = [item] if isinstance(item, str) else list(item)
+            size = sum(len(f) for f in frames)
+            while size < OUT_MESSAGE_BYTES and not self.out.empty():
+                more = self.out.get_nowait()
+                if more is None:
+                    self.out.put_nowait(None)
+                    break
+                chunk = [more] if isinstance(more, str) else more
+                frames.extend(chunk)
+                size += sum(len(f) for f in chunk)
+            text = frames[0] if len(frames) == 1 else "[" + ",".join(frames) + "]"
             try:
                 await self.ws.send_text(text)
             except Exception:
@@ -120,18 +133,22 @@ class Session:
 
     async def _handle(self, raw: str | bytes) -> None:
         try:
-            frame = parse_frame(raw)
+            frames = parse_message(raw)
         except ProtocolError as exc:
             return self._error(exc.code, exc.message, exc.ref)
-        if isinstance(frame, Send) and self.user is not None:
-            # Sends run concurrently so that one connection can keep the group commit busy;
-            # the semaphore bounds them (and pushes back on a client that floods).
-            await self.inflight.acquire()
-            task = asyncio.create_task(self._guard(frame, self._send(self.user, frame)))
-            self.sends.add(task)
-            task.add_done_callback(self._send_done)
-            return None
-        return await self._guard(frame, self._dispatch(frame))
+        for frame in frames:
+            if isinstance(frame, ProtocolError):
+                self._error(frame.code, frame.message, frame.ref)
+            elif isinstance(frame, Send) and self.user is not None:
+                # Sends run concurrently so that one connection can keep the group commit
+                # busy; the semaphore bounds them (and pushes back on a client that floods).
+                await self.inflight.acquire()
+                task = asyncio.create_task(self._guard(frame, self._send(self.user, frame)))
+                self.sends.add(task)
+                task.add_done_callback(self._send_done)
+            else:
+                await self._guard(frame, self._dispatch(frame))
+        return None
 
     def _send_done(self, task: asyncio.Task[None]) -> None:
         self.sends.discard(task)
@@ -217,10 +234,7 @@ class Session:
             if not entries:
                 await hub.wait_beyond(position)
                 continue
-            if len(entries) == 1:
-                self.push(entries[0].text)
-            else:  # several frames in one socket message: a JSON array (protocol v1)
-                self.push("[" + ",".join(e.text for e in entries) + "]")
+            self.push([e.text for e in entries])
             self.service.count_delivery(hub, user, entries)
             position = entries[-1].seq
 

@@ -51,7 +51,7 @@ def serve(
     """
     import uvicorn
 
-    from servicebay.chat.protocol import MAX_FRAME_BYTES
+    from servicebay.chat.protocol import MAX_MESSAGE_BYTES
     from servicebay.chat.server import create_app
     from servicebay.chat.settings import ChatSettings
 
@@ -78,9 +78,9 @@ def serve(
         host=settings.host,
         port=settings.port,
         log_level=settings.log_level,
-        # Frames up to 4x the protocol limit reach the server, which answers "too_large"
+        # Messages up to twice the protocol limit reach the server, which answers "too_large"
         # and keeps the connection; bigger ones are closed by the WebSocket layer (1009).
-        ws_max_size=4 * MAX_FRAME_BYTES,
+        ws_max_size=2 * MAX_MESSAGE_BYTES,
         # Chat frames are small; compressing each costs more CPU than it saves (measured).
         ws_per_message_deflate=False,
         ws_ping_interval=10,
