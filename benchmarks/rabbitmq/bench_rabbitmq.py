@@ -10,7 +10,7 @@ after the other at each concurrency, and the ratio raw/broker is the broker's ov
 
 Run from the repository root (needs the local RabbitMQ with its management plugin):
 
-    .venv/bin/python benchmarks/rabbitmq/bench_rabbitmq.py --seconds 15 --concurrency 1 4
+    .venv/bin/python benchmarks/rabbitmq/bench_rabbitmq.py --rounds 4 --seconds 5 --concurrency 1 4
 """
 
 from __future__ import annotations
@@ -28,8 +28,9 @@ import tempfile
 import time
 import urllib.request
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
+from typing import Any
 from urllib.parse import quote, urlsplit
 
 import httpx
@@ -85,10 +86,11 @@ def broker_scenario() -> Sequence[Request]:
 
 
 @contextlib.contextmanager
-def broker_process(port: int, env: dict[str, str], log: Path, db: str) -> Iterator[None]:
+def broker_process(port: int, env: dict[str, str], log: Path, db: str) -> Iterator[int]:
     """``bay broker serve`` for the duration of the block (output to a file, not a pipe)."""
     cmd = [
-        sys.executable, "-m", "servicebay", "broker", "serve",
+        # `bay broker serve`, invoked through its Typer app so it runs from a source checkout.
+        sys.executable, "-c", "from servicebay.cli.broker import app; app()", "serve",
         "servicebay.brokers.rabbitmq:broker",
         "--host", "127.0.0.1", "--port", str(port),
         "--username", USER, "--password", PASSWORD, "--db", db, "--log-level", "warning",
@@ -97,7 +99,7 @@ def broker_process(port: int, env: dict[str, str], log: Path, db: str) -> Iterat
         proc = subprocess.Popen(cmd, env=env, stdout=sink, stderr=subprocess.STDOUT)
     try:
         wait_for_catalog(port, proc, log)
-        yield
+        yield proc.pid
     finally:
         proc.terminate()
         try:
@@ -133,17 +135,94 @@ def cleanup(management_url: str, admin: tuple[str, str], prefix: str) -> None:
                     api.delete(f"/{kind}/{quote(item['name'], safe='')}")
 
 
-async def measure(
+async def cell(
     host: str, port: int, scenario: object, headers: dict[str, str], c: int, seconds: float
 ) -> LoadResult:
-    """A short warm-up, then the measured run."""
-    await run_load(host, port, scenario, concurrency=c, seconds=1, headers=headers)  # type: ignore[arg-type]
+    """One measured run of ``scenario`` at concurrency ``c``."""
     return await run_load(host, port, scenario, concurrency=c, seconds=seconds, headers=headers)  # type: ignore[arg-type]
+
+
+def _cpu_of(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime + stime
+
+
+def _pids(match: Callable[[int, str, int], bool]) -> list[int]:
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                head, _, rest = (entry / "stat").read_text().rpartition(")")
+                comm, ppid = head.split("(", 1)[1], int(rest.split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+            if match(int(entry.name), comm, ppid):
+                found.append(int(entry.name))
+    return found
+
+
+def cpu_seconds(pids: list[int]) -> float:
+    """CPU seconds used so far by these processes (Linux /proc); 0 where unreadable."""
+    total = 0.0
+    for pid in pids:
+        with contextlib.suppress(OSError):
+            total += _cpu_of(pid)
+    return total
+
+
+def merge(results: list[LoadResult]) -> LoadResult:
+    """Several cells of one side as one result (their requests over their summed time)."""
+    total = LoadResult()
+    for r in results:
+        total.requests += r.requests
+        total.errors += r.errors
+        total.seconds += r.seconds
+        total.latencies_ms += r.latencies_ms
+        total.first_error = total.first_error or r.first_error
+    return total
+
+
+async def httpx_cell(
+    management_url: str, admin: tuple[str, str], prefix: str, c: int, seconds: float
+) -> LoadResult:
+    """The raw calls again, sent with httpx (the HTTP client the broker itself uses)."""
+    result = LoadResult()
+    deadline = time.perf_counter() + seconds
+
+    async def user(api: httpx.AsyncClient) -> None:
+        while time.perf_counter() < deadline:
+            for method, path, body, expected in raw_scenario(prefix):
+                start = time.perf_counter()
+                try:
+                    response = await api.request(method, path, content=body)
+                except httpx.RemoteProtocolError:  # RabbitMQ closed a kept-alive connection
+                    response = await api.request(method, path, content=body)
+                result.latencies_ms.append((time.perf_counter() - start) * 1000)
+                result.requests += 1
+                if response.status_code != expected:
+                    result.errors += 1
+                    result.first_error = result.first_error or f"{method} {path} -> {response}"
+
+    started = time.perf_counter()
+    async with httpx.AsyncClient(
+        base_url=management_url,
+        auth=admin,
+        headers={"content-type": "application/json"},
+        timeout=30,
+    ) as api:
+        await asyncio.gather(*(user(api) for _ in range(c)))
+    result.seconds = time.perf_counter() - started
+    return result
+
+
+# name → OSB or management API requests per cycle
+SIDES = {"raw API, lean client": 8, "raw API, httpx": 8, "broker": 4}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--seconds", type=float, default=15.0)
+    parser.add_argument("--seconds", type=float, default=5.0, help="length of one cell")
+    parser.add_argument("--rounds", type=int, default=4, help="alternating cells per side")
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 4])
     parser.add_argument("--management-url", default="http://127.0.0.1:15672")
     parser.add_argument("--admin", default="guest:guest", help="management API user:password")
@@ -165,35 +244,66 @@ def main() -> None:
     port = free_port()
     print(
         f"RabbitMQ at {args.management_url}; broker: 1 process, SQLite store; "
-        f"{args.seconds:.0f}s a cell; one cycle = provision+bind+unbind+deprovision"
+        f"{args.rounds} alternating {args.seconds:.0f}s cells per side; "
+        "one cycle = provision+bind+unbind+deprovision"
     )
-    print("\n| path | concurrency | cycles/s | requests/s | p50 ms/request | errors |")
-    print("|---|---:|---:|---:|---:|---:|")
-    raw_headers = {"Authorization": auth, "Content-Type": "application/json"}
+    print(
+        "\n| path | concurrency | cycles/s | p50 ms/request | RabbitMQ CPU ms/cycle "
+        "| broker CPU ms/cycle | client CPU ms/cycle | errors |"
+    )
+    print("|---|---:|---:|---:|---:|---:|---:|---:|")
+    raw_headers = {"Authorization": auth}  # loadgen adds Content-Type to bodies
     try:
-        with broker_process(port, env, tmp / "broker.log", f"sqlite:///{tmp / 'broker.db'}"):
+        with broker_process(port, env, tmp / "broker.log", f"sqlite:///{tmp / 'broker.db'}") as pid:
+            rabbitmq = _pids(lambda _pid, comm, _ppid: comm == "beam.smp")
+            broker = [pid, *_pids(lambda _pid, _comm, ppid: ppid == pid)]
             for c in args.concurrency:
-                raw = asyncio.run(
-                    measure(
-                        api_host, api_port, lambda: raw_scenario(run + "raw-"),
-                        raw_headers, c, args.seconds,
-                    )
-                )  # fmt: skip
-                ours = asyncio.run(
-                    measure(
-                        "127.0.0.1", port, broker_scenario,
-                        osb_headers(USER, PASSWORD), c, args.seconds,
-                    )
-                )  # fmt: skip
-                raw_cycles, our_cycles = raw.rps / 8, ours.rps / 4
-                for name, r, cycles in (("raw API", raw, raw_cycles), ("broker", ours, our_cycles)):
+                cells: dict[str, Callable[[float], Any]] = {
+                    "raw API, lean client": lambda s, c=c: cell(
+                        api_host, api_port, lambda: raw_scenario(run + "raw-"), raw_headers, c, s
+                    ),
+                    "raw API, httpx": lambda s, c=c: httpx_cell(
+                        args.management_url, (user, password), run + "raw-", c, s
+                    ),
+                    "broker": lambda s, c=c: cell(
+                        "127.0.0.1", port, broker_scenario, osb_headers(USER, PASSWORD), c, s
+                    ),
+                }
+                for make in cells.values():  # warm-up: connections, caches
+                    asyncio.run(make(1.0))
+                # The machine is shared: alternate short cells so every side sees the same load.
+                results: dict[str, list[LoadResult]] = {name: [] for name in SIDES}
+                cpu = {name: [0.0, 0.0, 0.0] for name in SIDES}
+                for _ in range(args.rounds):
+                    for name, make in cells.items():
+                        before = (cpu_seconds(rabbitmq), cpu_seconds(broker), time.process_time())
+                        results[name].append(asyncio.run(make(args.seconds)))
+                        after = (cpu_seconds(rabbitmq), cpu_seconds(broker), time.process_time())
+                        for i in range(3):
+                            cpu[name][i] += after[i] - before[i]
+                cycles = {}
+                for name, per_cycle in SIDES.items():
+                    r = merge(results[name])
+                    cycles[name] = r.rps / per_cycle
+                    n = max(1.0, r.requests / per_cycle)
+                    rmq, brk, gen = (1000 * x / n for x in cpu[name])
                     error = f" {r.first_error[:80]}" if r.errors else ""
                     print(
-                        f"| {name} | {c} | {cycles:.1f} | {r.rps:.0f} | "
-                        f"{r.percentile(50):.1f} | {r.errors}{error} |",
+                        f"| {name} | {c} | {cycles[name]:.1f} | {r.percentile(50):.1f} | "
+                        f"{rmq:.0f} | {brk:.0f} | {gen:.0f} | {r.errors}{error} |",
                         flush=True,
                     )
-                print(f"| overhead raw/broker | {c} | {raw_cycles / our_cycles:.2f}x | | | |")
+                for baseline in ("raw API, lean client", "raw API, httpx"):
+                    per_round = ", ".join(
+                        f"{(a.rps / 8) / max(b.rps / 4, 1e-9):.2f}"
+                        for a, b in zip(results[baseline], results["broker"], strict=True)
+                    )
+                    print(
+                        f"| **broker overhead** vs {baseline} | {c} | "
+                        f"**{cycles[baseline] / cycles['broker']:.2f}x** | rounds: {per_round} "
+                        "| | | | |",
+                        flush=True,
+                    )
     finally:
         cleanup(args.management_url, (user, password), run)
 

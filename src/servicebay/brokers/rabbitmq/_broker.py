@@ -115,32 +115,16 @@ class RabbitMQBroker(Broker):
         limits = limits_of(details.plan)
         parameters = _with_plan_defaults(details.parameters, limits)
         queue_type = cast(QueueType, parameters["default_queue_type"])
-        existing = await self.api.get_vhost(vhost)
-        if existing is not None and (existing.default_queue_type or "classic") != queue_type:
-            # Left by an interrupted provision with other parameters: RabbitMQ cannot change a
-            # vhost's queue type, so an empty one is recreated; one holding queues is not ours
-            # to drop.
-            if await self.api.count_queues(vhost):
-                raise osb.Conflict(
-                    f"vhost {vhost!r} already exists with default queue type "
-                    f"{existing.default_queue_type or 'classic'!r} and holds queues"
-                )
-            await self.api.delete_vhost(vhost)
-            existing = None
-        if existing is None:
-            await self.api.put_vhost(
-                vhost,
-                description=f"servicebay instance {details.instance_id}",
-                tags=(_VHOST_TAG,),
-                default_queue_type=queue_type,
-            )
+        created = await self._put_vhost(vhost, details.instance_id, queue_type)
+        if not created:  # left by an interrupted attempt, perhaps with other parameters
+            created = await self._match_queue_type(vhost, details.instance_id, queue_type)
         try:
             await self._apply_limits(vhost, parameters)
         except Exception:
             # A failed provision changes nothing (the SDK forgets the instance, so the
             # platform's orphan mitigation finds nothing to deprovision): take the vhost back,
             # unless it held queues before this attempt.
-            await self._undo(ctx, f"vhost {vhost!r}", self._drop_vhost(vhost, existing is None))
+            await self._undo(ctx, f"vhost {vhost!r}", self._drop_vhost(vhost, created))
             raise
         ctx.logger.info("vhost ready", vhost=vhost, queue_type=queue_type)
         return ProvisionResult()
@@ -168,11 +152,12 @@ class RabbitMQBroker(Broker):
     async def deprovision(self, details: DeprovisionDetails, ctx: OperationContext) -> None:
         """Delete every user the broker created for the instance, then its vhost."""
         prefix = user_prefix(self.settings.prefix, details.instance_id)
-        users = [u.name for u in await self.api.list_users() if u.name.startswith(prefix)]
-        await asyncio.gather(*(self._revoke(name) for name in users))
         vhost = vhost_name(self.settings.prefix, details.instance_id)
-        # Deleting a vhost closes every connection into it (RabbitMQ does this itself).
-        await self.api.delete_vhost(vhost)
+        # Deleting a vhost closes every connection into it (RabbitMQ does this itself), and
+        # leaves its users without rights; they are found by name meanwhile.
+        all_users, _ = await asyncio.gather(self.api.list_users(), self.api.delete_vhost(vhost))
+        users = [u.name for u in all_users if u.name.startswith(prefix)]
+        await asyncio.gather(*(self._revoke(name) for name in users))
         ctx.logger.info("vhost deleted", vhost=vhost, users=len(users))
 
     async def fetch_instance(
@@ -244,7 +229,39 @@ class RabbitMQBroker(Broker):
 
     # -- steps -----------------------------------------------------------------------------
 
+    async def _put_vhost(self, vhost: str, instance_id: str, queue_type: QueueType) -> bool:
+        """Create the instance's vhost; False if it already existed."""
+        return await self.api.put_vhost(
+            vhost,
+            description=f"servicebay instance {instance_id}",
+            tags=(_VHOST_TAG,),
+            default_queue_type=queue_type,
+        )
+
+    async def _match_queue_type(self, vhost: str, instance_id: str, queue_type: QueueType) -> bool:
+        """Make an existing vhost's queue type the wanted one; True if it was recreated.
+
+        RabbitMQ cannot change a vhost's queue type, so an empty vhost is recreated; one that
+        holds queues is not the broker's to drop.
+        """
+        existing = await self.api.get_vhost(vhost)
+        if existing is not None and (existing.default_queue_type or "classic") == queue_type:
+            return False
+        if existing is not None:
+            if await self.api.count_queues(vhost):
+                raise osb.Conflict(
+                    f"vhost {vhost!r} already exists with default queue type "
+                    f"{existing.default_queue_type or 'classic'!r} and holds queues"
+                )
+            await self.api.delete_vhost(vhost)
+        return await self._put_vhost(vhost, instance_id, queue_type)
+
     async def _apply_limits(self, vhost: str, parameters: Mapping[str, Any]) -> None:
+        """Set (or clear) both vhost limits.
+
+        One after the other: RabbitMQ keeps a vhost's limits in one runtime parameter that each
+        request reads and rewrites whole, so two concurrent requests can lose one limit.
+        """
         for key, limit in _LIMITS:
             value = parameters.get(key)
             if value is None:

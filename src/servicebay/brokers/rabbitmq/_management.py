@@ -239,8 +239,8 @@ class ManagementAPI:
         description: str = "",
         tags: tuple[str, ...] = (),
         default_queue_type: QueueType | None = None,
-    ) -> None:
-        """Create the vhost, or update its description and tags if it exists.
+    ) -> bool:
+        """Create the vhost, or update its description and tags if it exists; True if created.
 
         RabbitMQ applies ``default_queue_type`` only when it creates the vhost. 3.10 reads the
         key ``defaultqueuetype``, later releases ``default_queue_type``: both are sent.
@@ -249,7 +249,10 @@ class ManagementAPI:
         if default_queue_type is not None:
             body["default_queue_type"] = default_queue_type
             body["defaultqueuetype"] = default_queue_type
-        await self._send("PUT", f"/vhosts/{_segment(name)}", json=body, what=f"vhost {name!r}")
+        status = await self._send(
+            "PUT", f"/vhosts/{_segment(name)}", json=body, what=f"vhost {name!r}"
+        )
+        return status == 201  # 204: it existed
 
     async def delete_vhost(self, name: str) -> bool:
         """Delete the vhost (RabbitMQ closes its connections); False if it was already gone."""
@@ -378,9 +381,10 @@ class ManagementAPI:
         _raise_for_status(response, what=what, method=method)
         return response.json()
 
-    async def _send(self, method: str, path: str, *, what: str, **kwargs: Any) -> None:
+    async def _send(self, method: str, path: str, *, what: str, **kwargs: Any) -> int:
         response = await self._request(method, path, what=what, **kwargs)
         _raise_for_status(response, what=what, method=method)
+        return response.status_code
 
     async def _delete(self, path: str, *, what: str, **kwargs: Any) -> bool:
         response = await self._request("DELETE", path, what=what, **kwargs)
