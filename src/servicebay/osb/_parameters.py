@@ -127,11 +127,12 @@ def validate_parameters(schema: dict[str, Any] | None, parameters: Any) -> None:
         raise InvalidParameters(problem.message, problems=[problem])
     if schema is None:
         return
-    hidden = sensitive_paths(schema)
     validator = _validator_class(schema)(schema)
     errors = sorted(validator.iter_errors(parameters), key=lambda e: [str(p) for p in e.path])
-    problems = [problem for error in errors for problem in _problems(error, hidden)]
-    if problems:
+    if errors:
+        # Only a refusal needs to know what to hide; valid requests skip the walk.
+        hidden = sensitive_paths(schema)
+        problems = [problem for error in errors for problem in _problems(error, hidden)]
         raise InvalidParameters(
             "invalid parameters: " + "; ".join(p.message for p in problems), problems=problems
         )
