@@ -1,8 +1,11 @@
 """Pins the public surface of servicebay.client."""
 
+import pytest
+
 import servicebay.client as client
 
 EXPECTED = {
+    "PLATFORM",
     "BindOutcome",
     "BrokerClient",
     "BrokerError",
@@ -25,6 +28,7 @@ EXPECTED = {
     "orphan_mitigation",
     "orphan_mitigation_needed",
     "parse_retry_after",
+    "user_identity",
 }
 
 
@@ -45,3 +49,13 @@ def test_client_error_exit_codes() -> None:
     assert client.PollingTimedOut("x").exit_code == 14
     for klass in (client.BrokerUnreachable, client.BrokerTimeout, client.PollingTimedOut):
         assert issubclass(klass, client.ClientError)
+
+
+def test_user_identity_is_a_servicebay_originating_identity() -> None:
+    """user_identity() names platform "servicebay" and the acting user."""
+    identity = client.user_identity("ann", email="ann@example.com")
+    assert identity.platform == client.PLATFORM == "servicebay"
+    assert identity.value == {"username": "ann", "email": "ann@example.com"}
+    assert identity.to_header().startswith("servicebay ")
+    with pytest.raises(ValueError, match="username"):
+        client.user_identity("")

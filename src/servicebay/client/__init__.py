@@ -17,6 +17,7 @@ from servicebay.client._errors import (
     PollingTimedOut,
     UnexpectedStatus,
 )
+from servicebay.client._identity import PLATFORM, user_identity
 from servicebay.client._orphans import (
     OrphanMitigation,
     RequestKind,
@@ -35,6 +36,7 @@ from servicebay.client._outcomes import (
 from servicebay.client._polling import PollingPolicy, parse_retry_after
 
 __all__ = [
+    "PLATFORM",
     "BindOutcome",
     "BrokerClient",
     "BrokerError",
@@ -57,4 +59,5 @@ __all__ = [
     "orphan_mitigation",
     "orphan_mitigation_needed",
     "parse_retry_after",
+    "user_identity",
 ]
