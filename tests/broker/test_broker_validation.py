@@ -407,3 +407,16 @@ async def test_update_of_unknown_instance_is_404(
     _, client = env
     response = await client.patch(INSTANCE, json={"service_id": SERVICE})
     assert response.status_code == 404
+
+
+@pytest.mark.parametrize("token", ["NaN", "Infinity", "-Infinity"])
+async def test_non_json_numbers_are_400(
+    env: tuple[SampleBroker, httpx.AsyncClient], token: str
+) -> None:
+    """NaN and Infinity are not JSON: refused like any malformed body."""
+    broker, client = env
+    body = f'{{"service_id": "{SERVICE}", "plan_id": "{SYNC}", "parameters": {{"size": {token}}}}}'
+    response = await client.put(INSTANCE, content=body.encode())
+    assert response.status_code == 400
+    assert token in _description(response)
+    assert broker.calls == []

@@ -104,12 +104,17 @@ async def read_json(request: Request) -> dict[str, Any]:
     if not body.strip():
         raise osb.BadRequest("request body is empty; a JSON object is required")
     try:
-        data = json.loads(body)
+        data = json.loads(body, parse_constant=_not_json)
     except (UnicodeDecodeError, json.JSONDecodeError) as error:
         raise osb.BadRequest(f"request body is not valid JSON: {error}") from None
     if not isinstance(data, dict):
         raise osb.BadRequest("request body must be a JSON object")
     return data
+
+
+def _not_json(token: str) -> Any:
+    # Python's json accepts NaN and Infinity; JSON (RFC 8259) does not, nor can we store them.
+    raise osb.BadRequest(f"request body is not valid JSON: {token} is not a JSON number")
 
 
 def parse_body(model: type[M], data: Mapping[str, Any]) -> M:
