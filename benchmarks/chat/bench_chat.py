@@ -164,6 +164,7 @@ class Receiver:
         async with connect(self.url, max_size=None, compression=None) as ws:
             hello = {"type": "hello", "token": self.token, "rooms": {"bench": 0}}
             await ws.send(json.dumps(hello))
+            acked, acked_at = 0, 0.0
             async for raw in ws:
                 now = time.perf_counter()
                 data = json.loads(raw)
@@ -175,8 +176,10 @@ class Receiver:
                         assert seq == self.last + 1, "gap or duplicate"
                         self.last = seq
                         self.latencies.append(now - float(frame["body"]))
-                if self.last:
+                # Ack like servicebay.chat.client: cumulative, at most every 20 ms.
+                if self.last > acked and (now - acked_at >= 0.02 or self.last >= self.total):
                     await ws.send(json.dumps({"type": "ack", "room": "bench", "seq": self.last}))
+                    acked, acked_at = self.last, now
                 if self.last >= self.total:
                     self.done.set()
                     return

@@ -33,6 +33,7 @@ from servicebay.chat.protocol import VERSION
 log = structlog.get_logger("servicebay.chat.client")
 
 RETRYABLE = {"unavailable", "not_ready"}
+ACK_EVERY = 0.02
 
 
 class ChatError(Exception):
@@ -107,6 +108,8 @@ class ChatClient:
         self._closing = False
         self._retries: set[asyncio.Task[None]] = set()
         self._outbox: list[dict[str, Any]] = []
+        self._to_ack: dict[str, int] = {}
+        self._ack_timer: asyncio.TimerHandle | None = None
 
     async def __aenter__(self) -> ChatClient:
         """Start connecting (returns at once; ``ready`` is set once welcomed)."""
@@ -120,6 +123,8 @@ class ChatClient:
     async def close(self) -> None:
         """Stop reconnecting and close the socket; pending sends fail with ``ChatError``."""
         self._closing = True
+        if self._ack_timer is not None:
+            self._ack_timer.cancel()
         if self._ws is not None:
             await self._ws.close()
         if self._runner is not None:
@@ -245,8 +250,21 @@ class ChatClient:
         return False
 
     def _ack(self, touched: dict[str, int]) -> None:
-        for room, seq in touched.items():
+        """Acknowledge what was handed over, at most every ACK_EVERY seconds per client.
+
+        Acks are cumulative, so a burst needs one; the server's durable cursor then trails by
+        at most ACK_EVERY, and a reconnect carries the exact position anyway.
+        """
+        self._to_ack.update(touched)
+        if self._to_ack and self._ack_timer is None:
+            loop = asyncio.get_running_loop()
+            self._ack_timer = loop.call_later(ACK_EVERY, self._send_acks)
+
+    def _send_acks(self) -> None:
+        self._ack_timer = None
+        for room, seq in self._to_ack.items():
             self._queue({"type": "ack", "room": room, "seq": seq})
+        self._to_ack.clear()
 
     def _accept(self, frame: dict[str, Any], touched: dict[str, int]) -> bool:
         room, seq = frame["room"], frame["seq"]

@@ -28,6 +28,7 @@ log = structlog.get_logger("servicebay.chat")
 
 RECENT = 4096
 RECEIPT_EVERY = 0.05
+WAKE_EVERY = 0.005
 
 
 @dataclass(frozen=True)
@@ -71,6 +72,8 @@ class RoomHub:
     receipt_sent: int = 0
     receipt_timer: asyncio.TimerHandle | None = None
     _changed: asyncio.Event = field(default_factory=asyncio.Event)
+    _last_wake: float = 0.0
+    _wake_timer: asyncio.TimerHandle | None = None
 
     def publish(self, entry: Entry) -> bool:
         """Publish a durable message; True when a hole before it remains (caller fills it)."""
@@ -80,9 +83,34 @@ class RoomHub:
         while (nxt := self.pending.pop(self.head + 1, None)) is not None:
             self.recent.append(nxt)
             self.head = nxt.seq
+        self._wake()
+        return bool(self.pending)
+
+    def _wake(self) -> None:
+        """Wake waiting delivery loops, at most once per WAKE_EVERY.
+
+        Under load, messages published within one period go out together (one socket write per
+        receiver instead of one per message); an idle room wakes at once. Loops that are busy
+        sending do not wait at all: they find the new head when they come back.
+        """
+        if self._wake_timer is not None:
+            return
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:  # no loop (unit use): nobody can be waiting
+            return self._fire()
+        due = self._last_wake + WAKE_EVERY
+        if loop.time() >= due:
+            return self._fire()
+        self._wake_timer = loop.call_at(due, self._fire)
+        return None
+
+    def _fire(self) -> None:
+        self._wake_timer = None
+        with contextlib.suppress(RuntimeError):
+            self._last_wake = asyncio.get_running_loop().time()
         changed, self._changed = self._changed, asyncio.Event()
         changed.set()
-        return bool(self.pending)
 
     async def wait_beyond(self, seq: int) -> None:
         """Return once a message after ``seq`` is published."""
