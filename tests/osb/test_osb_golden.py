@@ -97,3 +97,11 @@ def test_every_malformed_fixture_is_listed() -> None:
     """No malformed fixture file is silently skipped."""
     files = {p.name for p in (FIXTURES / "malformed").glob("*.json")} - {"expected.json"}
     assert files == set(EXPECTED)
+
+
+@pytest.mark.parametrize("constant", [b"NaN", b"Infinity", b"-Infinity"])
+def test_non_json_number_constants_are_refused(constant: bytes) -> None:
+    """NaN and Infinity are not JSON: the body is refused rather than stored."""
+    body = b'{"service_id": "s", "plan_id": "p", "parameters": {"size": ' + constant + b"}}"
+    with pytest.raises(osb.BadRequest, match="not valid JSON"):
+        osb.parse(osb.ProvisionRequest, body)

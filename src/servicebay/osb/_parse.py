@@ -49,7 +49,7 @@ def parse(model: type[M], data: Any) -> M:
         if not data:
             data = "{}"
         try:
-            data = json.loads(data)
+            data = json.loads(data, parse_constant=_no_constant)
         except ValueError:
             raise BadRequest("the body is not valid JSON") from None
     if not isinstance(data, dict):
@@ -58,6 +58,12 @@ def parse(model: type[M], data: Any) -> M:
         return model.model_validate(data)
     except ValidationError as exc:
         raise BadRequest(describe_validation_error(exc)) from None
+
+
+def _no_constant(name: str) -> Any:
+    # Python's json accepts NaN and Infinity, which JSON (RFC 8259) does not; letting them in
+    # would store values that cannot be written back out.
+    raise ValueError(f"{name} is not a JSON value")
 
 
 def describe_validation_error(exc: ValidationError, *, prefix: str = "") -> str:
