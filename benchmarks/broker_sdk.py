@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import copy
 import json
 import os
 import socket
@@ -150,13 +151,85 @@ async def asgi_call(app: Any, method: str, path: str, body: bytes, query: bytes)
     return status[0]
 
 
-async def profile_asgi(lifecycles: int, db: str, profile: bool) -> None:
+class DictStore:
+    """A zero-cost store (dicts, no durability) to split the SDK's cost from its store's.
+
+    Benchmark-only: it implements just enough of ``servicebay.broker.Store`` for synchronous
+    lifecycles; never serve a real broker with it.
+    """
+
+    def __init__(self) -> None:
+        self.instances: dict[str, Any] = {}
+        self.bindings: dict[tuple[str, str], Any] = {}
+        self.operations: dict[str, Any] = {}
+
+    async def open(self) -> None: ...
+    async def close(self) -> None: ...
+
+    async def get_instance(self, instance_id: str) -> Any:
+        return copy.copy(self.instances.get(instance_id))
+
+    async def put_instance(self, record: Any) -> None:
+        self.instances[record.instance_id] = copy.copy(record)
+
+    async def create_instance(self, record: Any) -> bool:
+        if record.instance_id in self.instances:
+            return False
+        self.instances[record.instance_id] = copy.copy(record)
+        return True
+
+    async def delete_instance(self, instance_id: str) -> None:
+        self.instances.pop(instance_id, None)
+        self.bindings = {k: v for k, v in self.bindings.items() if k[0] != instance_id}
+
+    async def get_binding(self, instance_id: str, binding_id: str) -> Any:
+        return copy.copy(self.bindings.get((instance_id, binding_id)))
+
+    async def create_binding(self, record: Any) -> bool:
+        key = (record.instance_id, record.binding_id)
+        if key in self.bindings:
+            return False
+        self.bindings[key] = copy.copy(record)
+        return True
+
+    async def put_binding(self, record: Any) -> None:
+        self.bindings[(record.instance_id, record.binding_id)] = copy.copy(record)
+
+    async def delete_binding(self, instance_id: str, binding_id: str) -> None:
+        self.bindings.pop((instance_id, binding_id), None)
+
+    async def list_bindings(self, instance_id: str) -> list[Any]:
+        return [v for k, v in self.bindings.items() if k[0] == instance_id]
+
+    async def create_operation(self, record: Any) -> None:
+        self.operations[record.operation_id] = record
+
+    async def put_operation(self, record: Any) -> None:
+        self.operations[record.operation_id] = record
+
+    async def get_operation(self, operation_id: str) -> Any:
+        return self.operations.get(operation_id)
+
+    async def latest_operation(self, instance_id: str, binding_id: str | None = None) -> Any:
+        return None
+
+    async def unfinished_operations(self) -> list[Any]:
+        return []
+
+    async def claim_operation(self, operation_id: str, owner: str, stale_after: float) -> bool:
+        return True
+
+    async def heartbeat(self, operation_id: str, owner: str) -> bool:
+        return True
+
+
+async def profile_asgi(lifecycles: int, db: str, profile: bool, dict_store: bool) -> None:
     """Sequential lifecycles through the raw ASGI app; print ms/request (and a profile)."""
     from servicebay.broker import BrokerSettings, create_app
     from servicebay.examples.sandbox import SERVICE_ID, broker, plan_id
 
     settings = BrokerSettings(username=USER, password=PASSWORD, db=db, log_level="warning")
-    app = create_app(broker, settings=settings)
+    app = create_app(broker, settings=settings, store=DictStore() if dict_store else None)
     inbox: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
     outbox: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
     lifespan = asyncio.create_task(app({"type": "lifespan", "state": {}}, inbox.get, outbox.put))
@@ -184,7 +257,8 @@ async def profile_asgi(lifecycles: int, db: str, profile: bool) -> None:
     if profiler is not None:
         profiler.stop()
         print(profiler.output_text(color=False))
-    print(f"raw ASGI lifecycle: {elapsed / (4 * lifecycles) * 1000:.3f} ms/request")
+    store = "dict store (no durability)" if dict_store else db.split(":")[0]
+    print(f"raw ASGI lifecycle, {store}: {elapsed / (4 * lifecycles) * 1000:.3f} ms/request")
     await inbox.put({"type": "lifespan.shutdown"})
     await outbox.get()
     await lifespan
@@ -204,10 +278,14 @@ def main() -> None:
         help="instead: N sequential lifecycles straight into the ASGI app (the SDK's own cost)",
     )
     parser.add_argument("--profile", action="store_true", help="with --asgi: pyinstrument it")
+    parser.add_argument(
+        "--dict-store", action="store_true", help="with --asgi: a zero-cost store (SDK cost only)"
+    )
     args = parser.parse_args()
     if args.asgi:
         tmp = Path(tempfile.mkdtemp(prefix="sb-bench-asgi-"))
-        asyncio.run(profile_asgi(args.asgi, args.db or f"sqlite:///{tmp / 'b.db'}", args.profile))
+        db = args.db or f"sqlite:///{tmp / 'b.db'}"
+        asyncio.run(profile_asgi(args.asgi, db, args.profile, args.dict_store))
         return
 
     tmp = Path(tempfile.mkdtemp(prefix="sb-bench-"))
