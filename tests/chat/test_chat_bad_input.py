@@ -14,7 +14,6 @@ from websockets.asyncio.client import ClientConnection, connect
 
 from servicebay.chat.protocol import MAX_BODY_CHARS, MAX_FRAME_BYTES, MAX_MESSAGE_BYTES
 
-
 _unread: dict[int, list[dict[str, Any]]] = {}
 
 

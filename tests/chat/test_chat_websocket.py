@@ -131,3 +131,16 @@ async def test_receipt_reports_delivered_to_everyone(chat: ServedChat) -> None:
 async def _cursor_of(chat: ServedChat, room: str, user: str, at_least: int) -> bool:
     members = {m.user: m.cursor for m in await chat.store.members(room)}
     return members.get(user, -1) >= at_least
+
+
+async def test_position_beyond_the_log_is_clamped_and_new_messages_shown(
+    chat: ServedChat,
+) -> None:
+    """A client claiming more than the server has (a reset store) still sees new messages."""
+    ann = await chat.user("ann", "lobby")
+    async with ChatClient(chat.ws, ann, positions={"lobby": 50}) as a:
+        async with asyncio.timeout(5):
+            seq = await a.send("lobby", "fresh")
+            message = await a.next_message()
+    assert (message.seq, message.body) == (seq, "fresh") == (1, "fresh")
+    assert a.stats.repositioned == 1

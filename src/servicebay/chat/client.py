@@ -72,6 +72,7 @@ class ClientStats:
     disconnects: int = 0
     duplicates_dropped: int = 0
     holes: int = 0
+    repositioned: int = 0
     resent: int = 0
     errors: dict[str, int] = field(default_factory=dict)
 
@@ -291,10 +292,13 @@ class ChatClient:
             await self._resend(ws)
             self.ready.set()
         elif kind == "joined":
+            # Delivery starts after `from`. Above our position: history we never saw was
+            # deleted (floor). Below it: the server's log is shorter than what we saw (a reset
+            # store); trusting it beats dropping its new messages as "already shown".
             room, start = frame["room"], frame["from"]
-            last = self.positions.get(room)
-            if last is None or start > last:
-                self.positions[room] = start
+            if self.positions.get(room) not in (None, start):
+                self.stats.repositioned += 1
+            self.positions[room] = start
         elif kind == "sent":
             pending = self._pending.pop(frame["key"], None)
             if pending is not None and not pending.fut.done():

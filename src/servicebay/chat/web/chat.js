@@ -116,7 +116,8 @@ function handle(ws, frame) {
       }
       break;
     case "joined":
-      if (chat.last === null || frame.from > chat.last) chat.last = frame.from;
+      // Delivery starts after `from` (the server clamps our position to what it still has).
+      chat.last = frame.from;
       break;
     case "msg":
       onMessage(ws, frame);
