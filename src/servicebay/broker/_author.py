@@ -237,7 +237,7 @@ class OperationContext:
     operation runs; for a synchronous one it is only logged.
     """
 
-    __slots__ = ("_report", "is_async", "logger", "operation_id")
+    __slots__ = ("_bind", "_logger", "_report", "is_async", "operation_id")
 
     def __init__(
         self,
@@ -246,11 +246,21 @@ class OperationContext:
         is_async: bool,
         logger: FilteringBoundLogger,
         report: ProgressSink | None = None,
+        bind: Mapping[str, Any] | None = None,
     ) -> None:
         self.operation_id = operation_id
         self.is_async = is_async
-        self.logger = logger
+        self._logger = logger
+        self._bind = bind
         self._report = report
+
+    @property
+    def logger(self) -> FilteringBoundLogger:
+        """A structlog logger bound to this operation's ids (never to secrets)."""
+        if self._bind is not None:
+            # Bound on first use: most operations never log, and binding costs on every request.
+            self._logger, self._bind = self._logger.bind(**self._bind), None
+        return self._logger
 
     async def progress(self, description: str) -> None:
         """Record a user-facing progress message, e.g. ``"creating vhost (50%)"``."""

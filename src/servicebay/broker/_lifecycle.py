@@ -809,12 +809,12 @@ class Lifecycle:
     def _sync_context(
         self, kind: OperationKind | None, instance_id: str, binding_id: str | None = None
     ) -> OperationContext:
-        logger = log.bind(instance_id=instance_id)
+        ids: dict[str, str] = {"instance_id": instance_id}
         if binding_id is not None:
-            logger = logger.bind(binding_id=binding_id)
+            ids["binding_id"] = binding_id
         if kind is not None:
-            logger = logger.bind(kind=kind.value)
-        return OperationContext(operation_id=None, is_async=False, logger=logger)
+            ids["kind"] = kind.value
+        return OperationContext(operation_id=None, is_async=False, logger=log, bind=ids)
 
     async def _instance_or_fail(self, instance_id: str) -> InstanceRecord:
         record = await self.store.get_instance(instance_id)

@@ -8,6 +8,7 @@ at `/metrics` in the Prometheus text format. Labels use the route template
 from __future__ import annotations
 
 import time
+from typing import Any
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -31,6 +32,7 @@ class BrokerMetrics:
 
     def __init__(self) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
+        self._request_children: dict[tuple[str, str, int], tuple[Any, Any]] = {}
         self.requests = Counter(
             "servicebay_broker_requests",
             "OSB requests answered, by endpoint, method and status code.",
@@ -60,6 +62,19 @@ class BrokerMetrics:
             buckets=_OPERATION_BUCKETS,
             registry=self.registry,
         )
+
+    def count_request(self, endpoint: str, method: str, status: int, started: float) -> None:
+        """Record one answered request (label children cached: this runs on every request)."""
+        key = (endpoint, method, status)
+        children = self._request_children.get(key)
+        if children is None:
+            children = (
+                self.requests.labels(endpoint, method, str(status)),
+                self.request_duration.labels(endpoint),
+            )
+            self._request_children[key] = children
+        children[0].inc()
+        children[1].observe(time.perf_counter() - started)
 
     def observe_operation(self, kind: str, mode: str, state: str, seconds: float) -> None:
         """Record one finished operation."""
@@ -98,8 +113,7 @@ class RequestMetrics:
             self.metrics.requests_in_flight.dec()
             route = scope.get("route")
             endpoint = str(getattr(route, "path", "unmatched"))
-            self.metrics.requests.labels(endpoint, scope["method"], str(status)).inc()
-            self.metrics.request_duration.labels(endpoint).observe(time.perf_counter() - started)
+            self.metrics.count_request(endpoint, scope["method"], status, started)
 
 
 async def metrics_endpoint(request: Request) -> Response:
