@@ -271,3 +271,55 @@ async def test_real_closed_port_is_unreachable() -> None:
         with pytest.raises(BrokerUnreachable) as info:
             await client.catalog()
     assert info.value.mitigation is OrphanMitigation.NONE
+
+
+@pytest.mark.parametrize(
+    ("body", "requires", "ok"),
+    [
+        ({"syslog_drain_url": "syslog://x"}, [], False),
+        ({"syslog_drain_url": "syslog://x"}, ["syslog_drain"], True),
+        ({"route_service_url": "https://r"}, ["syslog_drain"], False),
+        ({"route_service_url": "https://r"}, ["route_forwarding"], True),
+        (
+            {
+                "volume_mounts": [
+                    {
+                        "driver": "d",
+                        "container_dir": "/x",
+                        "mode": "r",
+                        "device_type": "shared",
+                        "device": {"volume_id": "v"},
+                    }
+                ]
+            },
+            [],
+            False,
+        ),
+        ({"credentials": {"u": "p"}}, [], True),
+    ],
+)
+async def test_binding_kinds_need_their_requires(
+    body: dict[str, object], requires: list[str], ok: bool
+) -> None:
+    """Given the service, a drain/route/volume binding it did not declare is malformed."""
+    service = osb.Service.model_validate(
+        {
+            "id": "s",
+            "name": "n",
+            "description": "d",
+            "bindable": True,
+            "requires": requires,
+            "plans": [{"id": "p", "name": "p", "description": "d"}],
+        }
+    )
+    broker = FakeBroker().on("PUT", BINDING, reply(201, body))
+    async with make_client(broker) as client:
+        if ok:
+            assert (await client.bind("i", "b", BIND, service=service)).status == 201
+        else:
+            with pytest.raises(MalformedResponse) as info:
+                await client.bind("i", "b", BIND, service=service)
+            assert info.value.mitigation is OrphanMitigation.BINDING
+            assert "requires" in str(info.value)
+        # Without the service the client cannot judge, and accepts the answer.
+        assert (await client.bind("i", "b", BIND)).status == 201

@@ -59,6 +59,7 @@ from servicebay.osb import (
     OSBError,
     ProvisionRequest,
     ProvisionResponse,
+    Service,
     UnbindResponse,
     UpdateRequest,
     UpdateResponse,
@@ -277,8 +278,14 @@ class BrokerClient:
         accepts_incomplete: bool = True,
         *,
         identity: OriginatingIdentity | None = None,
+        service: Service | None = None,
     ) -> BindOutcome:
-        """``PUT .../service_bindings/:binding_id``: 201 created, 200 existing, 202 in progress."""
+        """``PUT .../service_bindings/:binding_id``: 201 created, 200 existing, 202 in progress.
+
+        Given the ``service`` offering, binding kinds it did not declare in ``requires`` make the
+        answer malformed (spec "Binding" response body: "the Platform can consider the response
+        invalid").
+        """
         response, request_id = await self._send(
             RequestKind.BIND,
             "PUT",
@@ -288,14 +295,12 @@ class BrokerClient:
             identity=identity,
         )
         outcome = self._judge(RequestKind.BIND, response, request_id, BindResponse, {200, 201, 202})
-        body = outcome.body
-        if outcome.is_async and (body.credentials is not None or body.volume_mounts is not None):
-            # spec: Binding, 202: "Information regarding the Service Binding (i.e. credentials)
-            # MUST NOT be returned in this response."
+        problem = _binding_problem(outcome, service)
+        if problem is not None:
             raise MalformedResponse(
-                "bind answered 202 with binding details, which the spec forbids",
-                status=202,
-                mitigation=orphan_mitigation(RequestKind.BIND, 202, body_ok=False),
+                f"bind answered {outcome.status} with {problem}",
+                status=outcome.status,
+                mitigation=orphan_mitigation(RequestKind.BIND, outcome.status, body_ok=False),
                 request_id=request_id,
             )
         return outcome
@@ -669,3 +674,25 @@ def _judge_failed_poll(kind: RequestKind, exc: ClientError) -> LastOperationResp
 
 def _retry_after(exc: ClientError) -> float | None:
     return exc.retry_after if isinstance(exc, BrokerError) else None
+
+
+# spec: Binding response body — each kind needs its permission in the offering's "requires".
+_REQUIRES = {
+    "syslog_drain_url": "syslog_drain",
+    "route_service_url": "route_forwarding",
+    "volume_mounts": "volume_mount",
+}
+
+
+def _binding_problem(outcome: BindOutcome, service: Service | None) -> str | None:
+    body = outcome.body
+    if outcome.is_async and (body.credentials is not None or body.volume_mounts is not None):
+        # spec: Binding, 202: "Information regarding the Service Binding (i.e. credentials)
+        # MUST NOT be returned in this response."
+        return "binding details in a 202, which the spec forbids"
+    if service is not None:
+        declared = set(service.requires or [])
+        for field, permission in _REQUIRES.items():
+            if getattr(body, field) is not None and permission not in declared:
+                return f"{field} although the service does not declare requires {permission!r}"
+    return None
