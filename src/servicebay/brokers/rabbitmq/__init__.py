@@ -16,12 +16,14 @@ from servicebay.brokers.rabbitmq._catalog import PLANS, SERVICE_ID, PlanLimits
 from servicebay.brokers.rabbitmq._management import ManagementAPI, ManagementAPIError
 from servicebay.brokers.rabbitmq._names import user_name, vhost_name
 from servicebay.brokers.rabbitmq._settings import (
+    ENV_PREFIX,
     ConfigurationError,
     RabbitMQBrokerSettings,
     check_management_access,
 )
 
 __all__ = [
+    "ENV_PREFIX",
     "PLANS",
     "SERVICE_ID",
     "ConfigurationError",

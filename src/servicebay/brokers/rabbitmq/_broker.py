@@ -18,6 +18,8 @@ import secrets
 from collections.abc import Awaitable, Mapping
 from typing import Any, cast
 
+import structlog
+
 from servicebay import osb
 from servicebay.broker import (
     BindDetails,
@@ -50,6 +52,8 @@ from servicebay.brokers.rabbitmq._settings import (
 )
 
 __all__ = ["RabbitMQBroker"]
+
+_logger = structlog.get_logger("servicebay.brokers.rabbitmq")
 
 _PROVIDER = "servicebay"
 _VHOST_TAG = "servicebay"
@@ -97,9 +101,10 @@ class RabbitMQBroker(Broker):
     async def startup(self) -> None:
         """Refuse to serve unless RabbitMQ's management API answers to our credentials."""
         settings = self.settings
-        await check_management_access(settings, self.api)
+        version = await check_management_access(settings, self.api)
         if settings.amqp_ca_file is not None:
             self._certificates = await asyncio.to_thread(settings.amqp_ca_file.read_text)
+        _logger.info("rabbitmq broker ready", rabbitmq_version=version, **settings.describe())
 
     async def shutdown(self) -> None:
         """Close the management API's connections."""
