@@ -7,7 +7,7 @@ plan's ``maximum_polling_duration``, and orphan mitigation decided exactly by th
 (``orphan_mitigation``). Failures are ``ClientError``s (see ``_errors`` for the hierarchy).
 """
 
-from servicebay.client._client import BrokerClient, ProgressCallback
+from servicebay.client._client import BrokerClient
 from servicebay.client._errors import (
     BrokerError,
     BrokerTimeout,
@@ -33,7 +33,7 @@ from servicebay.client._outcomes import (
     UnbindOutcome,
     UpdateOutcome,
 )
-from servicebay.client._polling import PollingPolicy, parse_retry_after
+from servicebay.client._polling import PollingPolicy, ProgressCallback, parse_retry_after
 
 __all__ = [
     "PLATFORM",

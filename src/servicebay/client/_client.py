@@ -11,24 +11,21 @@ in-process ASGI app or a deliberately misbehaving test broker.
 from __future__ import annotations
 
 import asyncio
-import inspect
-import json
 import time
 import uuid
 from collections.abc import Awaitable, Callable
-from typing import Any, TypeVar
+from typing import TypeVar
 from urllib.parse import quote
 
 import httpx
 
+from servicebay.client._answers import binding_problem, judge
 from servicebay.client._errors import (
-    BrokerError,
     BrokerTimeout,
     BrokerUnreachable,
     ClientError,
     MalformedResponse,
     PollingTimedOut,
-    UnexpectedStatus,
 )
 from servicebay.client._orphans import OrphanMitigation, RequestKind, orphan_mitigation
 from servicebay.client._outcomes import (
@@ -40,13 +37,19 @@ from servicebay.client._outcomes import (
     UnbindOutcome,
     UpdateOutcome,
 )
-from servicebay.client._polling import PollingPolicy, parse_retry_after
+from servicebay.client._polling import (
+    PollingPolicy,
+    ProgressCallback,
+    ProgressReporter,
+    judge_failed_poll,
+    parse_retry_after,
+    retry_after_of,
+)
 from servicebay.osb import (
     API_VERSION,
     API_VERSION_HEADER,
     ORIGINATING_IDENTITY_HEADER,
     REQUEST_IDENTITY_HEADER,
-    BadRequest,
     BindRequest,
     BindResponse,
     Catalog,
@@ -56,7 +59,6 @@ from servicebay.osb import (
     LastOperationResponse,
     OperationState,
     OriginatingIdentity,
-    OSBError,
     ProvisionRequest,
     ProvisionResponse,
     Service,
@@ -64,19 +66,12 @@ from servicebay.osb import (
     UpdateRequest,
     UpdateResponse,
     WireModel,
-    parse,
 )
 
-__all__ = ["BrokerClient", "ProgressCallback"]
+__all__ = ["BrokerClient"]
 
 M = TypeVar("M", bound=WireModel)
-#: Called with each new last_operation answer whose description changed.
-ProgressCallback = Callable[[LastOperationResponse], Awaitable[None] | None]
 
-_DELETES = {RequestKind.DEPROVISION, RequestKind.UNBIND}
-# 4xx answers to a poll that are worth polling again: timeouts, rate limits, a 410 while creating
-# (spec: "SHOULD be interpreted as an invalid response and the Platform SHOULD continue polling").
-_POLL_AGAIN = {408, 410, 422, 425, 429}
 # Transport failures after which the request may have reached the broker.
 _MAYBE_RECEIVED = (httpx.ReadError, httpx.WriteError, httpx.RemoteProtocolError)
 
@@ -158,7 +153,7 @@ class BrokerClient:
         )
         if response.status_code == 304 and self._catalog is not None:
             return self._catalog
-        outcome = self._judge(RequestKind.CATALOG, response, request_id, Catalog, {200})
+        outcome = judge(RequestKind.CATALOG, response, request_id, Catalog, {200})
         self._catalog = outcome.body
         self._catalog_validators = {}
         if etag := response.headers.get("ETag"):
@@ -186,7 +181,7 @@ class BrokerClient:
             body=request,
             identity=identity,
         )
-        return self._judge(
+        return judge(
             RequestKind.PROVISION, response, request_id, ProvisionResponse, {200, 201, 202}
         )
 
@@ -207,7 +202,7 @@ class BrokerClient:
             body=request,
             identity=identity,
         )
-        return self._judge(RequestKind.UPDATE, response, request_id, UpdateResponse, {200, 202})
+        return judge(RequestKind.UPDATE, response, request_id, UpdateResponse, {200, 202})
 
     async def deprovision(
         self,
@@ -247,7 +242,7 @@ class BrokerClient:
             identity=identity,
         )
         kind = RequestKind.FETCH_INSTANCE
-        return self._judge(kind, response, request_id, FetchInstanceResponse, {200}).body
+        return judge(kind, response, request_id, FetchInstanceResponse, {200}).body
 
     async def last_operation(
         self,
@@ -294,8 +289,8 @@ class BrokerClient:
             body=request,
             identity=identity,
         )
-        outcome = self._judge(RequestKind.BIND, response, request_id, BindResponse, {200, 201, 202})
-        problem = _binding_problem(outcome, service)
+        outcome = judge(RequestKind.BIND, response, request_id, BindResponse, {200, 201, 202})
+        problem = binding_problem(outcome, service)
         if problem is not None:
             raise MalformedResponse(
                 f"bind answered {outcome.status} with {problem}",
@@ -345,7 +340,7 @@ class BrokerClient:
             identity=identity,
         )
         kind = RequestKind.FETCH_BINDING
-        return self._judge(kind, response, request_id, FetchBindingResponse, {200}).body
+        return judge(kind, response, request_id, FetchBindingResponse, {200}).body
 
     async def binding_last_operation(
         self,
@@ -397,7 +392,7 @@ class BrokerClient:
         Operation for Service Instances").
         """
         deadline = self._clock() + self.polling.limit(maximum_polling_duration)
-        progress = _Progress(on_progress)
+        progress = ProgressReporter(on_progress)
         attempt = 0
         while True:
             try:
@@ -405,7 +400,7 @@ class BrokerClient:
                     instance_id, binding_id, operation, service_id, plan_id, identity
                 )
             except ClientError as exc:
-                final, retry_after = _judge_failed_poll(kind, exc), _retry_after(exc)
+                final, retry_after = judge_failed_poll(kind, exc), retry_after_of(exc)
             else:
                 final, retry_after = await progress.report(answer.response), answer.retry_after
             if final is not None:
@@ -507,7 +502,7 @@ class BrokerClient:
         if operation is not None:
             params["operation"] = operation
         response, request_id = await self._send(kind, "GET", path, params=params, identity=identity)
-        outcome = self._judge(kind, response, request_id, LastOperationResponse, {200})
+        outcome = judge(kind, response, request_id, LastOperationResponse, {200})
         return LastOperation(
             response=outcome.body,
             retry_after=parse_retry_after(response.headers.get("Retry-After")),
@@ -533,7 +528,7 @@ class BrokerClient:
         if response.status_code == 410:
             # spec: Deprovisioning / Unbinding, 410 "MUST be returned if ... does not exist".
             return Outcome(status=410, body=model(), request_id=request_id)
-        return self._judge(kind, response, request_id, model, {200, 202})
+        return judge(kind, response, request_id, model, {200, 202})
 
     async def _send(
         self,
@@ -581,44 +576,6 @@ class BrokerClient:
             ) from exc
         return response, request_id
 
-    def _judge(
-        self,
-        kind: RequestKind,
-        response: httpx.Response,
-        request_id: str,
-        model: type[M],
-        success: set[int],
-    ) -> Outcome[M]:
-        status = response.status_code
-        if status in success:
-            try:
-                # An empty body is read as {} (every field of these bodies is optional).
-                body = parse(model, response.content or b"{}")
-            except BadRequest as exc:
-                raise MalformedResponse(
-                    f"{kind.value}: the broker answered {status} with a malformed body: "
-                    f"{exc.description}",
-                    status=status,
-                    mitigation=orphan_mitigation(kind, status, body_ok=False),
-                    request_id=request_id,
-                ) from None
-            return Outcome(status=status, body=body, request_id=request_id)
-        mitigation = orphan_mitigation(kind, status)
-        if 400 <= status < 600:
-            error = OSBError.from_response(status, _json_or_none(response))
-            raise BrokerError(
-                error,
-                mitigation=mitigation,
-                request_id=request_id,
-                retry_after=parse_retry_after(response.headers.get("Retry-After")),
-            )
-        raise UnexpectedStatus(
-            f"{kind.value}: the broker answered {status}, which the spec does not define here",
-            status=status,
-            mitigation=mitigation,
-            request_id=request_id,
-        )
-
 
 def _incomplete(accepts_incomplete: bool) -> dict[str, str]:
     return {"accepts_incomplete": "true"} if accepts_incomplete else {}
@@ -631,68 +588,3 @@ def _hints(service_id: str | None, plan_id: str | None) -> dict[str, str]:
     if plan_id is not None:
         hints["plan_id"] = plan_id
     return hints
-
-
-def _json_or_none(response: httpx.Response) -> Any:
-    try:
-        return json.loads(response.content)
-    except ValueError:
-        return None
-
-
-class _Progress:
-    """Hands each answer whose description changed to the caller's progress callback."""
-
-    def __init__(self, callback: ProgressCallback | None) -> None:
-        self._callback = callback
-        self._described: str | None = None
-
-    async def report(self, answer: LastOperationResponse) -> LastOperationResponse | None:
-        """Report ``answer`` if it says something new; return it when it is final."""
-        if self._callback is not None and answer.description != self._described:
-            self._described = answer.description
-            result = self._callback(answer)
-            if inspect.isawaitable(result):
-                await result
-        return answer if answer.state.is_terminal else None
-
-
-def _judge_failed_poll(kind: RequestKind, exc: ClientError) -> LastOperationResponse | None:
-    """The final answer a failed poll implies, None to poll again; raises if polling must end."""
-    if isinstance(exc, BrokerError):
-        if exc.status == 410 and kind in _DELETES:
-            # spec: 410 "The Platform MUST consider this response a success".
-            return LastOperationResponse(
-                state=OperationState.SUCCEEDED, description="the broker no longer has it"
-            )
-        if 400 <= exc.status < 500 and exc.status not in _POLL_AGAIN:
-            # A refused poll (bad request, unknown instance, wrong credentials) will not change
-            # by asking again.
-            raise exc
-    return None
-
-
-def _retry_after(exc: ClientError) -> float | None:
-    return exc.retry_after if isinstance(exc, BrokerError) else None
-
-
-# spec: Binding response body — each kind needs its permission in the offering's "requires".
-_REQUIRES = {
-    "syslog_drain_url": "syslog_drain",
-    "route_service_url": "route_forwarding",
-    "volume_mounts": "volume_mount",
-}
-
-
-def _binding_problem(outcome: BindOutcome, service: Service | None) -> str | None:
-    body = outcome.body
-    if outcome.is_async and (body.credentials is not None or body.volume_mounts is not None):
-        # spec: Binding, 202: "Information regarding the Service Binding (i.e. credentials)
-        # MUST NOT be returned in this response."
-        return "binding details in a 202, which the spec forbids"
-    if service is not None:
-        declared = set(service.requires or [])
-        for field, permission in _REQUIRES.items():
-            if getattr(body, field) is not None and permission not in declared:
-                return f"{field} although the service does not declare requires {permission!r}"
-    return None
