@@ -1,12 +1,20 @@
-"""The `bay` command: one Typer app, one sub-app per command group.
+"""The `bay` command: one Typer app, one module per command group.
 
-Each command group lives in its own module and is registered here; errors become exit codes
-in one place (``servicebay.cli.output``).
+Each command group lives in its own module and registers itself here; errors become exit codes in
+one place (``servicebay.cli.output``). The groups:
+
+- platform use (``login``, ``marketplace``, ``provision`` … ``run``, ``key``): ``commands``;
+- ``bay broker``: ``serve`` and ``check`` for SDK brokers, ``register|list|refresh|remove`` for the
+  platform's broker registry;
+- ``bay server`` / ``bay worker``: the platform itself;
+- ``bay chat``: the chat service; ``bay demo``: the whole story on embedded defaults.
 """
 
 from __future__ import annotations
 
 import typer
+
+from servicebay.cli import broker, broker_check, brokers, chat, commands, demo, server
 
 app = typer.Typer(
     name="bay",
@@ -30,6 +38,15 @@ def version() -> None:
     from servicebay import __version__
 
     typer.echo(__version__)
+
+
+commands.register_all(app)
+server.register(app)
+demo.register(app)
+broker_check.register(broker.app)
+brokers.register_commands(broker.app)
+app.add_typer(broker.app, name="broker")
+app.add_typer(chat.app, name="chat")
 
 
 def main() -> None:
