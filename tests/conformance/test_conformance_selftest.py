@@ -63,7 +63,9 @@ async def test_sandbox_passes_every_check(sandbox_url: str) -> None:
         "catalog.schemas",
         "version.missing",
         "version.provision",
+        "version.every_endpoint",
         "auth.provision",
+        "auth.every_endpoint",
         "input.schema",
         "input.unchanged",
         "input.maintenance_info",
@@ -136,6 +138,8 @@ def test_broker_ignoring_the_version_header_fails_version_checks(tmp_path: Path)
     assert "200" in data["version.missing"]["detail"]
     assert data["version.unsupported"]["outcome"] == "fail"
     assert data["version.provision"]["outcome"] == "fail"
+    assert data["version.every_endpoint"]["outcome"] == "fail"
+    assert data["auth.every_endpoint"]["outcome"] == "pass"
     assert data["plan[sandbox/sync].bind.idempotent"]["outcome"] == "pass"
 
 

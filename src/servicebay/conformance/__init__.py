@@ -33,6 +33,7 @@ from servicebay.conformance._probe import Probe
 from servicebay.conformance._protocol import (
     check_auth,
     check_catalog,
+    check_every_endpoint,
     check_request_identity,
     check_version_header,
     error_body_problem,
@@ -92,6 +93,7 @@ async def _run(probe: Probe, report: Report, plans: list[str] | None, poll_timeo
         )
     await check_version_header(probe, rec, sample)
     await check_auth(probe, rec, sample)
+    await check_every_endpoint(probe, rec, first.ids if first is not None else None)
     await check_request_identity(probe, rec)
     if first is None:
         rec.skip("plans", "lifecycle of every plan", "Provisioning", "no usable catalog")

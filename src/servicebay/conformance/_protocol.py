@@ -338,6 +338,56 @@ async def check_auth(probe: Probe, rec: Recorder, sample_provision: JSON | None)
         )
 
 
+def _every_endpoint(ids: dict[str, str]) -> list[tuple[str, str, dict[str, str], JSON | None]]:
+    """One request per OSB route, on ids nobody uses (the answer must not depend on them)."""
+    base = f"/v2/service_instances/conformance-{uuid.uuid4()}"
+    binding = f"{base}/service_bindings/conformance-{uuid.uuid4()}"
+    return [
+        ("PUT", base, {}, {**ids, "organization_guid": "o", "space_guid": "s"}),
+        ("PATCH", base, {}, {"service_id": ids["service_id"]}),
+        ("GET", base, {}, None),
+        ("GET", base + "/last_operation", ids, None),
+        ("DELETE", base, ids, None),
+        ("PUT", binding, {}, dict(ids)),
+        ("GET", binding, {}, None),
+        ("GET", binding + "/last_operation", ids, None),
+        ("DELETE", binding, ids, None),
+    ]
+
+
+async def check_every_endpoint(probe: Probe, rec: Recorder, ids: dict[str, str] | None) -> None:
+    """The version and auth checks guard every route, before any lookup of the ids."""
+    if ids is None:
+        return
+    for check, title, section, kwargs, expected in (
+        (
+            "version.every_endpoint",
+            "every OSB route refuses a request without the version header (412)",
+            VERSION,
+            {"version": None},
+            {400, 412},
+        ),
+        (
+            "auth.every_endpoint",
+            "every OSB route refuses a request without credentials (401)",
+            AUTH,
+            {"auth": {}},
+            {401},
+        ),
+    ):
+        if check.startswith("auth") and not probe.has_credentials:
+            continue
+        wrong = []
+        for method, path, params, body in _every_endpoint(ids):
+            sent: dict[str, Any] = dict(kwargs)
+            if body is not None:
+                sent["body"] = body
+            answer = await probe.send(method, path, params=params, **sent)
+            if answer.status not in expected:
+                wrong.append(f"{method} {path.split('/', 3)[-1][:40]}… -> {answer.status}")
+        rec.check(check, title, section, not wrong, "; ".join(wrong[:3]))
+
+
 async def check_request_identity(probe: Probe, rec: Recorder) -> None:
     """The request identity header is echoed on the response (a SHOULD)."""
     identity, answer = await probe.with_request_identity("/v2/catalog")
