@@ -82,3 +82,11 @@ def test_context_breaking_its_profile_is_bad_request(data: object, needle: str) 
     with pytest.raises(osb.BadRequest) as info:
         osb.parse_context(data)
     assert needle in info.value.description
+
+
+def test_platform_with_whitespace_cannot_be_built() -> None:
+    """A platform name with a space could not travel in the header, so it is refused."""
+    from pydantic import ValidationError
+
+    with pytest.raises(ValidationError):
+        osb.OriginatingIdentity(platform="my platform", value={})

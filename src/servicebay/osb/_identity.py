@@ -12,9 +12,9 @@ from __future__ import annotations
 import base64
 import binascii
 import json
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import ConfigDict, Field, ValidationError
+from pydantic import ConfigDict, Field, StringConstraints, ValidationError
 
 from servicebay.osb._errors import BadRequest
 from servicebay.osb._parse import describe_validation_error
@@ -33,7 +33,7 @@ __all__ = [
 class OriginatingIdentity(WireModel):
     """The platform user behind a request: a platform name and a JSON object about the user."""
 
-    platform: Id
+    platform: Annotated[Id, StringConstraints(pattern=r"^\S+$")]
     value: dict[str, Any] = Field(default_factory=dict)
 
     @classmethod
