@@ -144,3 +144,22 @@ async def test_position_beyond_the_log_is_clamped_and_new_messages_shown(
             message = await a.next_message()
     assert (message.seq, message.body) == (seq, "fresh") == (1, "fresh")
     assert a.stats.repositioned == 1
+
+
+async def test_join_of_a_subscribed_room_does_not_resend(chat: ServedChat) -> None:
+    """Joining a room already being delivered answers where delivery stands; no resend."""
+    ann = await chat.user("ann", "lobby")
+    async with connect(chat.ws) as ws:
+        await ws.send(json.dumps({"type": "hello", "token": ann, "rooms": {"lobby": 0}}))
+        for i in range(3):
+            frame = {"type": "send", "room": "lobby", "key": f"k{i}", "body": str(i)}
+            await ws.send(json.dumps(frame))
+        frames = await _frames_until(ws, "msg")
+        while sum(f["type"] == "msg" for f in frames) < 3:
+            frames += await _frames_until(ws, "msg")
+        await ws.send(json.dumps({"type": "join", "room": "lobby", "after": 0}))
+        await ws.send(json.dumps({"type": "ping", "id": "end"}))
+        after = await _frames_until(ws, "pong")
+    joined = next(f for f in after if f["type"] == "joined")
+    assert joined["from"] == 3
+    assert [f for f in after if f["type"] == "msg"] == []

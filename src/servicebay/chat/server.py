@@ -70,6 +70,7 @@ class Session:
         self.out: asyncio.Queue[str | list[str] | None] = asyncio.Queue()
         self.loops: dict[str, asyncio.Task[None]] = {}
         self.acked: dict[str, int] = {}
+        self.position: dict[str, int] = {}  # per room: last seq queued for the socket
         self.ack_moved: dict[str, asyncio.Event] = {}
         self.sends: set[asyncio.Task[None]] = set()
         self.inflight = asyncio.Semaphore(MAX_INFLIGHT_SENDS)
@@ -207,14 +208,19 @@ class Session:
     async def _subscribe(self, user: User, room: str, after: int | None, kind: str) -> None:
         cursor = await self.service.ensure_member(room, user)
         hub = await self.service.hub(room)
+        if room in self.loops:
+            # Already delivering: restarting at another position would resend what is queued
+            # behind this reply. Say where delivery stands instead (after the queued messages).
+            head, at = hub.head, self.position[room]
+            return self.reply(
+                {"type": kind, "room": room, "from": at, "head": head, "cursor": cursor}
+            )
         info = await self.service.store.get_room(room)
         floor = info.floor if info is not None else 0
         start = min(max(cursor if after is None else after, floor), hub.head)
         if start > cursor:
             self.service.request_ack(hub, user.id, start)  # the client says it has shown these
-        if (old := self.loops.pop(room, None)) is not None:
-            old.cancel()
-            self.service.went_offline(hub, user.id, self)
+        self.position[room] = start
         self.acked[room] = start
         self.ack_moved[room] = asyncio.Event()
         self.reply({"type": kind, "room": room, "from": start, "head": hub.head, "cursor": cursor})
@@ -224,19 +230,20 @@ class Session:
     async def _deliver(self, hub: RoomHub, user: str, position: int) -> None:
         """Send the room's published messages after ``position``, in order, within the window."""
         while True:
-            room_acked = self.acked[hub.room]
-            if position - room_acked >= WINDOW:
-                moved = self.ack_moved[hub.room]
+            room = hub.room
+            room_window = WINDOW - (position - self.acked[room])
+            if room_window <= 0:
+                moved = self.ack_moved[room]
                 moved.clear()
                 await moved.wait()
                 continue
-            entries = await self.service.fetch(hub, position, min(BATCH, WINDOW))
+            entries = await self.service.fetch(hub, position, min(BATCH, room_window))
             if not entries:
                 await hub.wait_beyond(position)
                 continue
             self.push([e.text for e in entries])
             self.service.count_delivery(hub, user, entries)
-            position = entries[-1].seq
+            position = self.position[room] = entries[-1].seq
 
     async def _send(self, user: User, frame: Send) -> None:
         appended = await self.service.send(frame.room, user, frame.key, frame.body)
@@ -266,6 +273,7 @@ class Session:
         hub = await self.service.hub(room)
         if (task := self.loops.pop(room, None)) is not None:
             task.cancel()
+            self.position.pop(room, None)
             self.service.went_offline(hub, user.id, self)
         await self.service.leave(room, user)
         self.reply({"type": "left", "room": room})
