@@ -194,3 +194,39 @@ async def test_broker_errors_arrive_typed(sandbox: BrokerClient) -> None:
     with pytest.raises(BrokerError) as missing:
         await sandbox.fetch_instance("no-such-instance")
     assert isinstance(missing.value.error, osb.NotFound)
+
+
+async def test_update_rotation_and_maintenance_info(sandbox: BrokerClient) -> None:
+    """Update changes plan and parameters; rotation binds a successor; stale
+    maintenance_info is MaintenanceInfoConflict."""
+    await sandbox.provision("inst-upd", _provision("sync", size=2))
+    updated = await sandbox.update(
+        "inst-upd",
+        osb.UpdateRequest(
+            service_id=SERVICE_ID,
+            plan_id=plan_id("rotatable"),
+            parameters={"size": 3},
+            previous_values=osb.PreviousValues(plan_id=plan_id("sync")),
+        ),
+    )
+    assert updated.status == 200
+    instance = await sandbox.fetch_instance("inst-upd")
+    assert instance.plan_id == plan_id("rotatable")
+
+    first = await sandbox.bind("inst-upd", "old", _bind("rotatable"))
+    successor = osb.BindRequest(
+        service_id=SERVICE_ID, plan_id=plan_id("rotatable"), predecessor_binding_id="old"
+    )
+    rotated = await sandbox.bind("inst-upd", "new", successor)
+    assert rotated.status == 201 and rotated.body.credentials
+    assert first.body.credentials != rotated.body.credentials
+
+    stale = osb.ProvisionRequest(
+        service_id=SERVICE_ID,
+        plan_id=plan_id("sync"),
+        maintenance_info=osb.MaintenanceInfo(version="0.0.1"),
+    )
+    with pytest.raises(BrokerError) as info:
+        await sandbox.provision("inst-stale", stale)
+    assert isinstance(info.value.error, osb.MaintenanceInfoConflict)
+    assert info.value.mitigation is OrphanMitigation.NONE
