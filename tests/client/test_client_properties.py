@@ -2,6 +2,8 @@
 
 import asyncio
 import json
+from collections.abc import Coroutine
+from typing import Any
 
 import httpx
 from client_fakes import FakeBroker, FakeClock, make_client, reply
@@ -13,6 +15,7 @@ from servicebay.client import (
     BrokerError,
     ClientError,
     OrphanMitigation,
+    Outcome,
     PollingPolicy,
     PollingTimedOut,
     RequestKind,
@@ -56,9 +59,9 @@ def test_polling_never_outlasts_the_maximum_polling_duration(
     hints: list[int | None], limit: int, initial: float, factor: float
 ) -> None:
     """Whatever Retry-After the broker sends, polling stops within maximum_polling_duration."""
+    busy = {"state": "in progress"}
     answers = [
-        reply(200, {"state": "in progress"}, **({} if h is None else {"Retry_After": str(h)}))
-        for h in hints
+        reply(200, busy) if h is None else reply(200, busy, Retry_After=str(h)) for h in hints
     ]
     broker = FakeBroker().on("GET", "/v2/service_instances/i/last_operation", *answers)
     clock = FakeClock()
@@ -101,7 +104,7 @@ def test_any_broker_answer_is_an_outcome_or_a_client_error(status: int, body: by
 
     async def scenario() -> None:
         async with make_client(broker) as client:
-            calls = [
+            calls: list[tuple[RequestKind, Coroutine[Any, Any, Outcome[Any]]]] = [
                 (
                     K.PROVISION,
                     client.provision("i", osb.ProvisionRequest(service_id="s", plan_id="p")),
