@@ -235,7 +235,8 @@ class Operations:
     async def adopt_orphans(self) -> None:
         """Claim every unfinished operation no live process holds; resume or fail each."""
         for op in await self.store.unfinished_operations():
-            if op.operation_id in self._tasks or self._closing:
+            # Our own operations are running here, or about to be (a request just created one).
+            if op.owner == self.owner or op.operation_id in self._tasks or self._closing:
                 continue
             stale_after = 0.0 if _died_here(op.owner) else self.lease
             if not await self.store.claim_operation(op.operation_id, self.owner, stale_after):
@@ -262,7 +263,7 @@ class Operations:
                 "the operation was interrupted by a broker restart and cannot be resumed"
             )
             await self._finish(op, job, interrupted, logger, time.perf_counter())
-        else:
+        elif op.operation_id not in self._tasks and not self._closing:
             logger.info("resuming operation")
             op.owner, op.heartbeat_at = self.owner, utcnow()
             self.spawn(op, job)

@@ -1,0 +1,156 @@
+"""What every lifecycle operation shares: replies, callers, and how author calls are run.
+
+`LifecycleBase` holds the broker, catalog, store and operations runner, and the few steps
+every operation takes: the AsyncRequired check, starting a background `Job`, timing a
+synchronous author call, the author's `OperationContext`. `Instances` (`_instances`) and
+`Bindings` (`_bindings`) build on it; `Lifecycle` (`_lifecycle`) joins them.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Awaitable, Mapping
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any, TypeVar
+
+import structlog
+
+from servicebay import osb
+from servicebay.broker._author import Broker, OperationContext, OperationKind
+from servicebay.broker._operations import Job, Operations
+from servicebay.broker._store import InstanceRecord, Store, utcnow
+from servicebay.broker._validation import CatalogIndex
+
+__all__ = ["Caller", "LifecycleBase", "Reply", "abandoned", "json_body", "plan_maintenance"]
+
+log = structlog.get_logger("servicebay.broker")
+
+
+#: A synchronous provision or bind still "in progress" after this long was abandoned (its
+#: process died mid-request; platforms give up on a request after about 60 s).
+SYNC_ABANDONED_AFTER = timedelta(seconds=120)
+
+_EMPTY = b"{}"
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True, slots=True)
+class Reply:
+    """What an endpoint answers: status, encoded JSON body and extra headers."""
+
+    status: int
+    body: bytes = _EMPTY
+    headers: Mapping[str, str] | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Caller:
+    """Who sent the request: the decoded originating identity and the request identity."""
+
+    identity: osb.OriginatingIdentity | None = None
+    request_id: str | None = None
+
+    def to_blob(self) -> dict[str, Any]:
+        """JSON-ready form, kept with an operation so a resumed run knows its caller."""
+        return {
+            "identity": self.identity.to_wire() if self.identity else None,
+            "request_id": self.request_id,
+        }
+
+    @classmethod
+    def from_blob(cls, blob: Mapping[str, Any]) -> Caller:
+        """Inverse of `to_blob`."""
+        identity = blob.get("identity")
+        return cls(
+            identity=osb.OriginatingIdentity.model_validate(identity) if identity else None,
+            request_id=blob.get("request_id"),
+        )
+
+
+def json_body(model: osb.WireModel) -> bytes:
+    """The encoded JSON body of a response model."""
+    return model.to_json()
+
+
+def plan_maintenance(plan: osb.Plan) -> dict[str, Any] | None:
+    """The plan's maintenance_info as recorded for its instances."""
+    return plan.maintenance_info.to_wire() if plan.maintenance_info else None
+
+
+def abandoned(updated_at: datetime) -> bool:
+    """True when a synchronous provision or bind "in progress" was left by a dead process."""
+    return utcnow() - updated_at > SYNC_ABANDONED_AFTER
+
+
+class LifecycleBase:
+    """The broker, its catalog and records, and the steps every operation shares."""
+
+    def __init__(
+        self,
+        broker: Broker,
+        catalog: CatalogIndex,
+        store: Store,
+        operations: Operations,
+        *,
+        retry_after: int,
+    ) -> None:
+        self.broker = broker
+        self.catalog = catalog
+        self.store = store
+        self.operations = operations
+        self.retry_after = retry_after
+
+    def _check_async(self, kind: OperationKind, plan: osb.Plan, accepts_incomplete: bool) -> bool:
+        is_async = self.broker.is_async(kind, plan)
+        if is_async and not accepts_incomplete:
+            raise osb.AsyncRequired(
+                f"plan {plan.name!r} runs {kind.value} asynchronously: "
+                "this request requires accepts_incomplete=true"
+            )
+        return is_async
+
+    async def _start(
+        self,
+        kind: OperationKind,
+        instance_id: str,
+        binding_id: str | None,
+        plan: osb.Plan,
+        blob: dict[str, Any],
+        job: Job,
+    ) -> Reply:
+        op = self.operations.new_record(
+            kind, instance_id, binding_id, blob, plan.maximum_polling_duration
+        )
+        await self.store.create_operation(op)
+        self.operations.spawn(op, job)
+        # The 202 body carries only the operation: for binds, credentials MUST NOT appear here.
+        return Reply(202, json_body(osb.UnbindResponse(operation=op.operation_id)))
+
+    async def _timed(self, kind: OperationKind, call: Awaitable[T]) -> T:
+        """Run a synchronous author call, recording its duration and outcome."""
+        started, state = time.perf_counter(), "failed"
+        try:
+            result = await call
+            state = "succeeded"
+            return result
+        finally:
+            elapsed = time.perf_counter() - started
+            self.operations.metrics.observe_operation(kind.value, "sync", state, elapsed)
+
+    def _sync_context(
+        self, kind: OperationKind | None, instance_id: str, binding_id: str | None = None
+    ) -> OperationContext:
+        ids: dict[str, str] = {"instance_id": instance_id}
+        if binding_id is not None:
+            ids["binding_id"] = binding_id
+        if kind is not None:
+            ids["kind"] = kind.value
+        return OperationContext(operation_id=None, is_async=False, logger=log, bind=ids)
+
+    async def _instance_or_fail(self, instance_id: str) -> InstanceRecord:
+        record = await self.store.get_instance(instance_id)
+        if record is None:
+            raise osb.InternalError(f"the record of instance {instance_id!r} disappeared")
+        return record
