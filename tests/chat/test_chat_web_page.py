@@ -106,3 +106,20 @@ async def test_page_shows_sending_before_the_server_answers(
     await eventually(lambda: _has(page, [(1, "queued")]), 15)
     assert [m.body for m in await chat.store.read("lobby", 0)] == ["queued"]
     await ctx.close()
+
+
+async def test_reloaded_page_shows_history_in_order(
+    chat: ServedChat, browser: playwright_api.Browser
+) -> None:
+    """After a reload (same browser, stored token), the retained history shows again, in order."""
+    ctx = await browser.new_context()
+    page = await ctx.new_page()
+    await _enter(page, chat.http, "dee")
+    for i in range(3):
+        await _say(page, f"line {i}")
+    expected = [(i + 1, f"line {i}") for i in range(3)]
+    await eventually(lambda: _has(page, expected), 10)
+    await page.reload()
+    await _enter(page, chat.http, "dee")  # the token is reused from localStorage
+    await eventually(lambda: _has(page, expected), 10)
+    await ctx.close()

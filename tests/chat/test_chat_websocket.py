@@ -6,10 +6,11 @@ import asyncio
 import json
 from typing import Any
 
+import pytest
 from chat_helpers import ServedChat, eventually
 from websockets.asyncio.client import ClientConnection, connect
 
-from servicebay.chat.client import ChatClient
+from servicebay.chat.client import ChatClient, ChatError
 
 
 async def _frames_until(
@@ -163,3 +164,15 @@ async def test_join_of_a_subscribed_room_does_not_resend(chat: ServedChat) -> No
     joined = next(f for f in after if f["type"] == "joined")
     assert joined["from"] == 3
     assert [f for f in after if f["type"] == "msg"] == []
+
+
+async def test_refused_send_raises_chat_error_and_is_not_retried(chat: ServedChat) -> None:
+    """A send the server refuses for good (unknown room) fails with ChatError, once."""
+    ann = await chat.user("ann", "lobby")
+    async with ChatClient(chat.ws, ann) as a:
+        async with asyncio.timeout(5):
+            with pytest.raises(ChatError) as refused:
+                await a.send("nowhere", "hello?")
+            assert await a.send("lobby", "still fine") == 1
+    assert refused.value.code == "unknown_room"
+    assert a.stats.errors == {"unknown_room": 1}
