@@ -283,3 +283,16 @@ def test_request_kinds_cover_every_endpoint() -> None:
         "last_operation",
         "binding_last_operation",
     }
+
+
+async def test_identity_and_context_must_name_the_same_platform() -> None:
+    """An identity whose platform differs from context.platform is refused before sending."""
+    broker = FakeBroker().on("PUT", INSTANCE, reply(201, {}))
+    identity = osb.OriginatingIdentity(platform="servicebay", value={"username": "ann"})
+    request = osb.ProvisionRequest(service_id="s", plan_id="p", context={"platform": "kubernetes"})
+    async with make_client(broker, originating_identity=identity) as client:
+        with pytest.raises(ValueError, match=r"context\.platform"):
+            await client.provision("inst-1", request)
+        same = request.model_copy(update={"context": {"platform": "servicebay"}})
+        assert (await client.provision("inst-1", same)).status == 201
+    assert len(broker.requests) == 1

@@ -546,6 +546,7 @@ class BrokerClient:
         sent = {REQUEST_IDENTITY_HEADER: request_id, **(headers or {})}
         who = identity or self.originating_identity
         if for_user and who is not None:
+            _check_same_platform(who, body)
             sent[ORIGINATING_IDENTITY_HEADER] = who.to_header()
         content = None
         if body is not None:
@@ -575,6 +576,18 @@ class BrokerClient:
                 request_id=request_id,
             ) from exc
         return response, request_id
+
+
+def _check_same_platform(identity: OriginatingIdentity, body: WireModel | None) -> None:
+    # spec: Originating Identity — "When context is sent as part of a message, this value MUST
+    # be the same as the context.platform value."
+    context = getattr(body, "context", None)
+    platform = context.get("platform") if isinstance(context, dict) else None
+    if platform is not None and platform != identity.platform:
+        raise ValueError(
+            f"originating identity platform {identity.platform!r} differs from "
+            f"context.platform {platform!r}"
+        )
 
 
 def _incomplete(accepts_incomplete: bool) -> dict[str, str]:
