@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+
 import pytest
 
 from servicebay.conformance import Outcome, run_checks
@@ -19,3 +23,30 @@ async def test_served_sandbox_passes_the_conformance_self_test() -> None:
     failed = [f"{r.check}: {r.detail}" for r in report.results if r.outcome is Outcome.FAIL]
     assert not failed, "\n".join(failed)
     assert report.get("plan[sandbox/async].provision.poll").outcome is Outcome.PASS
+
+
+def test_bay_broker_check_exit_codes_against_a_served_broker() -> None:
+    """`bay broker check` as a real command: exit 0 on the sandbox, 1 with a wrong password."""
+    with serve_broker("servicebay.examples.sandbox:broker") as served:
+        command = [
+            sys.executable,
+            "-m",
+            "servicebay",
+            "broker",
+            "check",
+            served.url,
+            "--username",
+            served.username,
+            "--plan",
+            "sync",
+        ]
+        # The password travels in the environment, as the command's help recommends.
+        good_env = {**os.environ, "SERVICEBAY_BROKER_PASSWORD": served.password}
+        good = subprocess.run(command, env=good_env, capture_output=True, text=True, timeout=120)
+        bad_env = {**os.environ, "SERVICEBAY_BROKER_PASSWORD": "not-the-password"}
+        bad = subprocess.run(command, env=bad_env, capture_output=True, text=True, timeout=120)
+    assert good.returncode == 0, good.stdout + good.stderr
+    assert " 0 failed" in good.stdout
+    assert served.password not in good.stdout + good.stderr
+    assert bad.returncode == 1, bad.stdout + bad.stderr
+    assert "catalog.fetch" in bad.stdout
