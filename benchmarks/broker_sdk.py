@@ -94,7 +94,7 @@ def process(cmd: list[str], log: Path, env: dict[str, str] | None = None) -> Ite
 
 def servicebay_cmd(port: int, db: str, workers: int) -> list[str]:
     return [
-        sys.executable, "-m", "servicebay.cli.broker", "serve",
+        sys.executable, "-m", "servicebay", "broker", "serve",
         "servicebay.examples.sandbox:broker",
         "--host", "127.0.0.1", "--port", str(port),
         "--username", USER, "--password", PASSWORD,
