@@ -323,3 +323,17 @@ async def test_binding_kinds_need_their_requires(
             assert "requires" in str(info.value)
         # Without the service the client cannot judge, and accepts the answer.
         assert (await client.bind("i", "b", BIND)).status == 201
+
+
+async def test_credentials_in_the_url_never_reach_messages() -> None:
+    """A base URL with user:password@ is shown without them in errors and repr."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    client = BrokerClient(f"http://admin:hunter2-secret@127.0.0.1:{port}", timeout=2)
+    async with client:
+        with pytest.raises(BrokerUnreachable) as info:
+            await client.catalog()
+    assert "hunter2-secret" not in str(info.value)
+    assert "hunter2-secret" not in repr(client)
+    assert f"127.0.0.1:{port}" in str(info.value)

@@ -18,6 +18,7 @@ from typing import TypeVar
 from urllib.parse import quote
 
 import httpx
+import structlog
 
 from servicebay.client._answers import binding_problem, judge
 from servicebay.client._errors import (
@@ -72,6 +73,7 @@ __all__ = ["BrokerClient"]
 
 M = TypeVar("M", bound=WireModel)
 
+_log = structlog.get_logger("servicebay.client")
 # Transport failures after which the request may have reached the broker.
 _MAYBE_RECEIVED = (httpx.ReadError, httpx.WriteError, httpx.RemoteProtocolError)
 
@@ -120,7 +122,8 @@ class BrokerClient:
             transport=transport,
             timeout=httpx.Timeout(timeout),
         )
-        self.base_url = base_url
+        # Shown in messages and repr: without any user:password@ the URL may carry.
+        self.base_url = str(httpx.URL(base_url).copy_with(username=None, password=None))
         self.originating_identity = originating_identity
         self.polling = polling or PollingPolicy()
         self._sleep = sleep
@@ -552,6 +555,7 @@ class BrokerClient:
         if body is not None:
             content = body.to_json()
             sent["Content-Type"] = "application/json"
+        started = time.perf_counter()
         try:
             response = await self._http.request(
                 method, path, params=params, content=content, headers=sent
@@ -575,6 +579,16 @@ class BrokerClient:
                 mitigation=orphan_mitigation(kind, None),
                 request_id=request_id,
             ) from exc
+        # Ids, status and timing only: never headers or bodies, which carry secrets.
+        _log.debug(
+            "osb call",
+            kind=kind.value,
+            method=method,
+            path=path,
+            status=response.status_code,
+            request_id=request_id,
+            ms=round((time.perf_counter() - started) * 1000, 1),
+        )
         return response, request_id
 
 
