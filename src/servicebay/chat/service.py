@@ -200,16 +200,19 @@ class ChatService:
         if (hub := self._hubs.get(room_id)) is not None:
             return hub
         lock = self._loading.setdefault(room_id, asyncio.Lock())
-        async with lock:
-            if (hub := self._hubs.get(room_id)) is not None:
-                return hub
-            members = await self.store.members(room_id)
-            room = await self.store.get_room(room_id)
-            assert room is not None  # members() raised UnknownRoom otherwise
-            cursors = {m.user: m.cursor for m in members}
-            hub = RoomHub(room_id, room.head, cursors)
-            self._hubs[room_id] = hub
-            return hub
+        try:
+            async with lock:
+                if (hub := self._hubs.get(room_id)) is not None:
+                    return hub
+                members = await self.store.members(room_id)
+                room = await self.store.get_room(room_id)
+                assert room is not None  # members() raised UnknownRoom otherwise
+                cursors = {m.user: m.cursor for m in members}
+                # setdefault: a loader racing on a fresh lock must not replace a live hub.
+                return self._hubs.setdefault(room_id, RoomHub(room_id, room.head, cursors))
+        finally:
+            # Locks exist only while loading: unknown room names must not accumulate.
+            self._loading.pop(room_id, None)
 
     def hubs(self) -> list[RoomHub]:
         """Rooms loaded so far."""
