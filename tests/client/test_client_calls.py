@@ -296,3 +296,17 @@ async def test_identity_and_context_must_name_the_same_platform() -> None:
         same = request.model_copy(update={"context": {"platform": "servicebay"}})
         assert (await client.provision("inst-1", same)).status == 201
     assert len(broker.requests) == 1
+
+
+async def test_debug_log_names_the_call_but_no_secret(caplog: pytest.LogCaptureFixture) -> None:
+    """Each call is logged at debug with its request identity; no credential appears."""
+    creds = {"password": "hunter2-secret"}
+    broker = FakeBroker().on("PUT", BINDING, reply(201, {"credentials": creds}))
+    caplog.set_level("DEBUG", logger="servicebay.client")
+    async with make_client(broker) as client:
+        outcome = await client.bind(
+            "inst-1", "bind-1", osb.BindRequest(service_id="s", plan_id="p")
+        )
+    text = caplog.text
+    assert outcome.request_id in text and "-> 201" in text
+    assert "hunter2-secret" not in text and "s3cret" not in text

@@ -11,6 +11,7 @@ in-process ASGI app or a deliberately misbehaving test broker.
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 import uuid
 from collections.abc import Awaitable, Callable
@@ -18,7 +19,6 @@ from typing import TypeVar
 from urllib.parse import quote
 
 import httpx
-import structlog
 
 from servicebay.client._answers import binding_problem, judge
 from servicebay.client._errors import (
@@ -73,7 +73,8 @@ __all__ = ["BrokerClient"]
 
 M = TypeVar("M", bound=WireModel)
 
-_log = structlog.get_logger("servicebay.client")
+# Standard logging: silent unless the process asks for debug output.
+_log = logging.getLogger("servicebay.client")
 # Transport failures after which the request may have reached the broker.
 _MAYBE_RECEIVED = (httpx.ReadError, httpx.WriteError, httpx.RemoteProtocolError)
 
@@ -581,13 +582,13 @@ class BrokerClient:
             ) from exc
         # Ids, status and timing only: never headers or bodies, which carry secrets.
         _log.debug(
-            "osb call",
-            kind=kind.value,
-            method=method,
-            path=path,
-            status=response.status_code,
-            request_id=request_id,
-            ms=round((time.perf_counter() - started) * 1000, 1),
+            "osb %s %s %s -> %d in %.1f ms (request %s)",
+            kind.value,
+            method,
+            path,
+            response.status_code,
+            (time.perf_counter() - started) * 1000,
+            request_id,
         )
         return response, request_id
 
