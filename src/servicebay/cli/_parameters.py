@@ -18,9 +18,10 @@ import yaml
 
 from servicebay.cli._api import JSON, Plan, Service
 from servicebay.cli.output import CLIError
-from servicebay.osb import REDACTED, InvalidParameters, apply_defaults, validate_parameters
-from servicebay.osb import redact as osb_redact
-from servicebay.osb import sensitive_paths as osb_sensitive_paths
+
+# servicebay.osb (pydantic models, jsonschema) is imported inside the functions that validate:
+# most `bay` commands never need it, and every command pays for what the module imports.
+REDACTED = "***"  # the same marker servicebay.osb.REDACTED uses
 
 _TRUE = {"true", "yes", "on", "1"}
 _FALSE = {"false", "no", "off", "0"}
@@ -195,6 +196,8 @@ def check(schema: JSON | None, constraints: JSON | None, parameters: JSON) -> JS
     Returns the parameters with defaults filled in. Raises ``InvalidParameters`` listing every
     problem of both schemas.
     """
+    from servicebay.osb import InvalidParameters, apply_defaults, validate_parameters
+
     filled = apply_defaults(schema, parameters)
     problems = []
     for current, suffix in ((schema, ""), (constraints, " [namespace constraint]")):
@@ -212,6 +215,8 @@ def check(schema: JSON | None, constraints: JSON | None, parameters: JSON) -> JS
 
 def redact(schema: JSON | None, parameters: JSON) -> JSON:
     """Return parameters with every value the schema marks sensitive replaced by ``***``."""
+    from servicebay.osb import redact as osb_redact
+
     return osb_redact(schema, parameters)
 
 
@@ -220,7 +225,9 @@ def describe(schema: JSON | None) -> list[dict[str, Any]]:
     rows: list[dict[str, Any]] = []
     if schema:
         _describe(schema, schema, "", set(schema.get("required") or []), rows)
-        hidden = osb_sensitive_paths(schema)
+        from servicebay.osb import sensitive_paths
+
+        hidden = sensitive_paths(schema)
         for row in rows:
             row["sensitive"] = row["name"] in hidden
             if row["sensitive"] and row["default"] is not None:

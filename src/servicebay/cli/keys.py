@@ -13,6 +13,7 @@ from rich.console import Group
 
 from servicebay.cli import _config
 from servicebay.cli._api import Binding, PlatformAPI
+from servicebay.cli._parameters import REDACTED
 from servicebay.cli.bindings import binding_table, create, delete, without_credentials
 from servicebay.cli.instances import ParamOption, ParamsFileOption
 from servicebay.cli.output import (
@@ -27,7 +28,6 @@ from servicebay.cli.output import (
     run,
     table,
 )
-from servicebay.osb import REDACTED
 
 key_app = typer.Typer(
     name="key", help="Service keys: credentials for use outside an app.", no_args_is_help=True

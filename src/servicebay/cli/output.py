@@ -33,7 +33,7 @@ import os
 import sys
 from collections.abc import Coroutine, Iterable, Mapping, Sequence
 from enum import StrEnum
-from typing import Annotated, Any, NoReturn, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, NoReturn, TypeGuard, TypeVar
 
 import typer
 import yaml
@@ -43,7 +43,9 @@ from rich.table import Table
 from servicebay.bindings import BindingError
 from servicebay.cli._api import Operation, PlatformAPI, PlatformError
 from servicebay.cli._config import NotLoggedIn
-from servicebay.osb import InvalidParameters, OSBError
+
+if TYPE_CHECKING:
+    from servicebay.osb import OSBError
 
 T = TypeVar("T")
 
@@ -106,7 +108,8 @@ def exit_code_for(error: BaseException) -> int:
         return _STATUS_EXITS.get(error.status, 10 if error.status >= 500 else 1)
     if isinstance(error, CLIError):
         return error.exit_code
-    if isinstance(error, OSBError):
+    if _is_osb_error(error):
+        # Protocol errors (e.g. InvalidParameters from the client-side check) carry their own.
         return error.exit_code
     if isinstance(error, NotLoggedIn):
         return 3
@@ -123,13 +126,25 @@ def one_line(error: BaseException) -> str:
         text = "invalid parameters: " + "; ".join(
             str(problem.get("message", problem)) for problem in error.problems
         )
-    elif isinstance(error, InvalidParameters) and error.problems:
-        text = "invalid parameters: " + "; ".join(p.message for p in error.problems)
-    elif isinstance(error, OSBError):
-        text = error.description
+    elif _is_osb_error(error):
+        problems = getattr(error, "problems", None)  # InvalidParameters lists each one
+        if problems:
+            text = "invalid parameters: " + "; ".join(p.message for p in problems)
+        else:
+            text = error.description
     else:
         text = str(error) or type(error).__name__
     return " ".join(text.split())
+
+
+def _is_osb_error(error: BaseException) -> TypeGuard[OSBError]:
+    """Whether ``error`` is a servicebay.osb error, without importing the protocol package.
+
+    It is loaded only by commands that validate parameters; if it is not loaded, no error of
+    its kind can have been raised.
+    """
+    osb = sys.modules.get("servicebay.osb")
+    return osb is not None and isinstance(error, osb.OSBError)
 
 
 def run(work: Coroutine[Any, Any, T]) -> T:
