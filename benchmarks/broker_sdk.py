@@ -273,7 +273,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=float, default=10.0)
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 16, 64])
-    parser.add_argument("--workers", type=int, default=2, help="servicebay worker processes")
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=0,
+        help="servicebay worker processes (default: 1 on SQLite, whose writers share one lock; "
+        "2 on PostgreSQL)",
+    )
     parser.add_argument("--db", default="", help="our store URL (default: a fresh SQLite file)")
     parser.add_argument("--peer-server", default="waitress", choices=["waitress", "gevent"])
     parser.add_argument(
@@ -295,6 +301,7 @@ def main() -> None:
 
     tmp = Path(tempfile.mkdtemp(prefix="sb-bench-"))
     db = args.db or f"sqlite:///{tmp / 'broker.db'}"
+    args.workers = args.workers or (1 if db.startswith("sqlite") else 2)
     # Our store's encryption key file is created next to the SQLite file (mode 0600).
     env = dict(os.environ)
     ours_port, peer_port = free_port(), free_port()
