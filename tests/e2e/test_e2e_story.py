@@ -28,7 +28,8 @@ from sqlalchemy.engine import make_url
 
 from servicebay.testing import ServedBroker, serve_broker
 
-pytestmark = pytest.mark.e2e
+# About twenty `bay` processes in a row; on a loaded 2-core CI machine each start costs seconds.
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(600)]
 
 # The app under `bay run`: it knows nothing of the platform, only servicebay.bindings.
 APP = """
