@@ -189,7 +189,7 @@ def headers_for(version: str | None, auth: str, identity: str | None) -> dict[st
 
 
 @settings(
-    max_examples=200, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+    max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
 )
 @given(
     endpoint=st.sampled_from(ENDPOINTS),
