@@ -6,6 +6,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from servicebay.cli import _parameters as params
 from servicebay.cli.output import CLIError
@@ -142,3 +144,12 @@ def test_describe_renders_schema_rows() -> None:
     assert rows["tags"]["type"] == "array of integer"
     assert rows["limits.queues"]["type"] == "integer"
     assert rows["maybe"]["type"] == "integer|null"
+
+
+@given(st.integers(), st.floats(allow_nan=False, allow_infinity=False), st.booleans())
+def test_typed_values_round_trip_through_text(number: int, real: float, flag: bool) -> None:
+    """Whatever a user types for a typed field comes back as the same JSON value."""
+    assert params.coerce(str(number), {"type": "integer"}) == number
+    assert params.coerce(repr(real), {"type": "number"}) == real
+    assert params.coerce(str(flag).lower(), {"type": "boolean"}) is flag
+    assert params.coerce(str(number), {"type": "string"}) == str(number)

@@ -25,6 +25,7 @@ from servicebay.cli.output import (
     details,
     emit,
     follow,
+    note,
     run,
     table,
 )
@@ -82,6 +83,8 @@ async def create(
             binding = await api.binding(binding["name"], namespace)
     binding = without_credentials(binding)
     emit(binding, output, binding_table(binding))
+    if kind == "app" and not no_wait:
+        note(f"app {app} finds it with: bay run --app {app} -- COMMAND")
     return binding
 
 
