@@ -209,3 +209,33 @@ def test_concurrent_key_file_creation_agrees_on_one_key(tmp_path: Path) -> None:
         keys = set(pool.map(lambda _: load_or_create_key(key_file), range(16)))
     assert len(keys) == 1
     assert sorted(p.name for p in tmp_path.iterdir()) == ["servicebay-broker.key"]
+
+
+async def test_equal_values_in_different_records_never_share_a_token(tmp_path: Path) -> None:
+    """Remembered encryptions are per field: the database cannot tell two equal secrets apart."""
+    db = tmp_path / "broker.db"
+    store = open_store(f"sqlite:///{db}")
+    await store.open()
+    try:
+        for instance_id in ("i-1", "i-2"):
+            record = InstanceRecord(
+                instance_id=instance_id,
+                service_id="s",
+                plan_id="p",
+                state="provisioning",
+                request_fingerprint="f",
+                parameters={"admin_password": SECRET},
+            )
+            await store.create_instance(record)
+            record.state = "ready"
+            await store.put_instance(record)  # same value again, same field
+        tokens = _raw_parameters(db)
+    finally:
+        await store.close()
+    assert len(tokens) == 2 and len(set(tokens)) == 2
+    assert all(SECRET not in token for token in tokens)
+
+
+def _raw_parameters(db: Path) -> list[str]:
+    with sqlite3.connect(db) as raw:
+        return [row[0] for row in raw.execute("SELECT parameters FROM broker_instances")]

@@ -15,6 +15,7 @@ import contextlib
 import json
 import os
 import tempfile
+from collections import OrderedDict
 from pathlib import Path
 from typing import Any
 
@@ -33,9 +34,17 @@ class EncryptionKeyError(StoreError):
 
 
 class FieldCipher:
-    """Encrypts JSON values to Fernet tokens (str) and back."""
+    """Encrypts JSON values to Fernet tokens (str) and back, remembering recent work.
 
-    def __init__(self, key: str) -> None:
+    The store writes a record and reads it back within a request or two, and rewrites fields
+    unchanged (a provision creates the row, then records its result), so two small bounded
+    memories save most Fernet calls: token → JSON for tokens this process made or opened, and
+    (field, JSON) → token for a field re-written with the same value. The second is keyed by
+    the field's identity (``context``, e.g. ``"instance/<id>/parameters"``), so equal values in
+    different fields never share a token and the database shows no more than it did.
+    """
+
+    def __init__(self, key: str, *, memory: int = 4096) -> None:
         try:
             fernets = [Fernet(part.strip().encode()) for part in key.split(",") if part.strip()]
         except (ValueError, TypeError) as exc:
@@ -49,23 +58,43 @@ class FieldCipher:
         if not fernets:
             raise EncryptionKeyError("the broker's encryption key is empty")
         self._fernet = MultiFernet(fernets)
+        self._memory = memory
+        self._opened: OrderedDict[str, str] = OrderedDict()
+        self._sealed: OrderedDict[tuple[str, str], str] = OrderedDict()
 
-    def encrypt(self, value: Any) -> str:
-        """The Fernet token of ``value`` serialised as compact JSON."""
-        data = json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode()
-        return self._fernet.encrypt(data).decode("ascii")
+    def encrypt(self, value: Any, context: str | None = None) -> str:
+        """The Fernet token of ``value`` as compact JSON (the same token if ``context``'s value
+        is unchanged since this process last encrypted it)."""
+        data = json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+        if context is not None:
+            token = self._sealed.get((context, data))
+            if token is not None:
+                return token
+        token = self._fernet.encrypt(data.encode()).decode("ascii")
+        if context is not None:
+            self._remember(self._sealed, (context, data), token)
+        self._remember(self._opened, token, data)
+        return token
 
     def decrypt(self, token: str) -> Any:
         """The JSON value inside ``token``; EncryptionKeyError if it was sealed with another key."""
-        try:
-            data = self._fernet.decrypt(token.encode("ascii"))
-        except InvalidToken as exc:
-            raise EncryptionKeyError(
-                "cannot decrypt the broker's stored records: the store was written with a "
-                f"different key (set {KEY_ENV} or BrokerSettings.key to the key it was "
-                "created with)"
-            ) from exc
+        data = self._opened.get(token)
+        if data is None:
+            try:
+                data = self._fernet.decrypt(token.encode("ascii")).decode()
+            except InvalidToken as exc:
+                raise EncryptionKeyError(
+                    "cannot decrypt the broker's stored records: the store was written with a "
+                    f"different key (set {KEY_ENV} or BrokerSettings.key to the key it was "
+                    "created with)"
+                ) from exc
+            self._remember(self._opened, token, data)
         return json.loads(data)
+
+    def _remember(self, memory: OrderedDict[Any, str], key: Any, value: str) -> None:
+        memory[key] = value
+        if len(memory) > self._memory:
+            memory.popitem(last=False)
 
 
 def load_or_create_key(key_file: Path) -> str:

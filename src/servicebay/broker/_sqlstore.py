@@ -1,30 +1,39 @@
-"""The `Store` on SQLAlchemy 2 Core: a SQLite file by default, PostgreSQL at scale.
+"""The `Store` in SQL: a SQLite file by default, PostgreSQL at scale (SQLAlchemy schema).
 
-Where it sits: the SDK's lifecycle calls the store on every request; `open_store` builds this class
-from ``BrokerSettings.db``. Tables are created on ``open()`` along with a one-row
+Where it sits: the SDK's lifecycle calls the store on every request (about two calls per OSB
+request), so this is the broker's hot path. `open_store` picks the backend from the URL. Tables
+are defined once below with SQLAlchemy and created on ``open()``, with a one-row
 ``broker_schema`` table holding the schema version and a key check (a token encrypted with the
 store's key, so a wrong key fails at start rather than on the first binding fetch).
 
 Several broker processes may share one database (uvicorn workers, replicas): every write is a
 single atomic statement (insert-if-absent for ``create_*``, upsert for ``put_*``), and the
-operation lease is taken with a conditional UPDATE on SQLite (whose writers are serialised by the
-database lock) and with ``SELECT ... FOR UPDATE SKIP LOCKED`` on PostgreSQL, so a running
-operation is never picked up by a second process while its owner is alive.
+operation lease is a conditional UPDATE on SQLite (whose writers are serialised) and
+``SELECT ... FOR UPDATE SKIP LOCKED`` on PostgreSQL, so a running operation is never picked up
+by a second process while its owner is alive.
 
-Every store call is one coroutine for the event loop and never blocks it. PostgreSQL is reached
-through asyncpg (pooled, autocommit for single statements). SQLite is driven by one thread per
-store that owns its single connection: each store call is one hop to that thread, where aiosqlite
-would hop for every cursor step. SQLite runs in WAL mode (readers never wait for the writer) with
-``synchronous=NORMAL`` (a commit survives a process crash, which is what a killed broker needs)
-and a busy timeout so concurrent writers from other processes wait for the lock instead of failing.
+`PostgresStore` runs SQLAlchemy Core on asyncpg: every call is a network round trip, awaited.
+
+`SQLiteStore` runs prepared SQL on two stdlib connections (WAL mode, ``synchronous=NORMAL``: a
+commit survives a process crash, which is what a killed broker needs). A WAL read never waits
+for a writer and a primary-key lookup costs tens of microseconds, less than handing it to a
+thread (which, on a busy machine, costs milliseconds: the thread waits for the GIL and a CPU),
+so reads run on the event loop. Writes run on the loop too while this process can take the
+writer lock (an ``flock`` on ``<db>.writer-lock`` shared by every process on the database) at
+once; when another process holds it, the write waits for it in a thread, so the event loop never
+waits for another process. The fsync-heavy WAL checkpoint also runs in a thread.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import fcntl
 import json
 import os
-from collections.abc import Awaitable, Callable, Mapping
+import sqlite3
+import time
+from collections.abc import Awaitable, Callable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -34,6 +43,7 @@ from cryptography.fernet import Fernet
 from sqlalchemy import (
     Boolean,
     Column,
+    Connection,
     DateTime,
     Dialect,
     Index,
@@ -46,17 +56,15 @@ from sqlalchemy import (
     bindparam,
     create_engine,
     delete,
-    event,
     or_,
     select,
     update,
 )
-from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.engine import URL, Connection, Engine, Row, make_url
+from sqlalchemy.dialects import postgresql
+from sqlalchemy.engine import URL, Row, make_url
 from sqlalchemy.exc import ArgumentError, DBAPIError
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from sqlalchemy.pool import StaticPool
-from sqlalchemy.sql.dml import Insert
 from sqlalchemy.types import TypeDecorator
 
 from servicebay.broker._crypto import (
@@ -70,18 +78,29 @@ from servicebay.broker._store import (
     BindingRecord,
     InstanceRecord,
     OperationRecord,
+    Store,
     StoreError,
     utcnow,
 )
 
-__all__ = ["SCHEMA_VERSION", "SqlStore", "async_database_url"]
+__all__ = [
+    "SCHEMA_VERSION",
+    "PostgresStore",
+    "SQLiteStore",
+    "database_url",
+    "open_sql_store",
+]
 
 SCHEMA_VERSION = 1
 _KEY_CHECK = "servicebay-broker-key-check"
-_SQLITE_BUSY_TIMEOUT_MS = 30_000
+_SQLITE_BUSY_TIMEOUT_S = 30.0
+# WAL pages written before this process asks its thread for a checkpoint (SQLite's own default
+# would run it inside a commit, on the event loop, with an fsync).
+_CHECKPOINT_EVERY_WRITES = 500
+_IN_PROGRESS = "in progress"
+_NOT_OPEN = "the broker store is not open (call open() first)"
 T = TypeVar("T")
 R = TypeVar("R")
-_IN_PROGRESS = "in progress"
 
 
 class _UTCDateTime(TypeDecorator[datetime]):
@@ -174,8 +193,8 @@ _POSTGRES_DRIVERS = {
 }
 
 
-def async_database_url(url: str) -> URL:
-    """``url`` with the driver this store uses (SQLite: the standard library, PG: asyncpg)."""
+def database_url(url: str) -> URL:
+    """``url`` parsed, with the driver this store uses (SQLite: stdlib sqlite3, PG: asyncpg)."""
     try:
         parsed = make_url(url)
     except ArgumentError as exc:
@@ -193,6 +212,14 @@ def async_database_url(url: str) -> URL:
     )
 
 
+def open_sql_store(url: str, key: str | None = None) -> Store:
+    """The SQL store for ``url``, unopened (see `servicebay.broker._store.open_store`)."""
+    parsed = database_url(url)
+    if parsed.get_backend_name() == "sqlite":
+        return SQLiteStore(parsed, key)
+    return PostgresStore(parsed, key)
+
+
 def _dumps(value: Any) -> str:
     return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
 
@@ -205,12 +232,518 @@ def _loads_opt(value: str | None) -> Any:
     return None if value is None else json.loads(value)
 
 
-class _Statements:
-    """Every hot statement, built once per dialect; values arrive as bound parameters."""
+class _Codec:
+    """Records to column values and back; the sensitive fields pass through the cipher."""
 
-    def __init__(self, is_sqlite: bool) -> None:
-        self.create = {t.name: self._insert(t, is_sqlite).on_conflict_do_nothing() for t in _DATA}
-        self.upsert = {t.name: self._upsert(t, is_sqlite) for t in _DATA}
+    def __init__(self, cipher: FieldCipher) -> None:
+        self._cipher = cipher
+
+    def instance_values(self, rec: InstanceRecord) -> dict[str, Any]:
+        return {
+            "instance_id": rec.instance_id,
+            "service_id": rec.service_id,
+            "plan_id": rec.plan_id,
+            "state": rec.state,
+            "request_fingerprint": rec.request_fingerprint,
+            "parameters": self._cipher.encrypt(rec.parameters, f"i/{rec.instance_id}/p"),
+            "context": _dumps(rec.context),
+            "maintenance_info": _dumps_opt(rec.maintenance_info),
+            "dashboard_url": rec.dashboard_url,
+            "metadata": _dumps_opt(rec.metadata),
+            "created_at": rec.created_at,
+            "updated_at": rec.updated_at,
+        }
+
+    def instance(self, row: Mapping[Any, Any]) -> InstanceRecord:
+        return InstanceRecord(
+            instance_id=row["instance_id"],
+            service_id=row["service_id"],
+            plan_id=row["plan_id"],
+            state=row["state"],
+            request_fingerprint=row["request_fingerprint"],
+            parameters=self._cipher.decrypt(row["parameters"]),
+            context=json.loads(row["context"]),
+            maintenance_info=_loads_opt(row["maintenance_info"]),
+            dashboard_url=row["dashboard_url"],
+            metadata=_loads_opt(row["metadata"]),
+            created_at=row["created_at"],
+            updated_at=row["updated_at"],
+        )
+
+    def binding_values(self, rec: BindingRecord) -> dict[str, Any]:
+        # Encryption contexts name the field: a value re-written unchanged keeps its token.
+        binding = f"b/{rec.instance_id}/{rec.binding_id}"
+        return {
+            "instance_id": rec.instance_id,
+            "binding_id": rec.binding_id,
+            "state": rec.state,
+            "request_fingerprint": rec.request_fingerprint,
+            "parameters": self._cipher.encrypt(rec.parameters, f"{binding}/p"),
+            "response": self._cipher.encrypt(rec.response, f"{binding}/r"),
+            "created_at": rec.created_at,
+            "updated_at": rec.updated_at,
+        }
+
+    def binding(self, row: Mapping[Any, Any]) -> BindingRecord:
+        return BindingRecord(
+            instance_id=row["instance_id"],
+            binding_id=row["binding_id"],
+            state=row["state"],
+            request_fingerprint=row["request_fingerprint"],
+            parameters=self._cipher.decrypt(row["parameters"]),
+            response=self._cipher.decrypt(row["response"]),
+            created_at=row["created_at"],
+            updated_at=row["updated_at"],
+        )
+
+    def operation_values(self, rec: OperationRecord) -> dict[str, Any]:
+        return {
+            "operation_id": rec.operation_id,
+            # OperationKind is a str Enum; store its plain value.
+            "kind": str(getattr(rec.kind, "value", rec.kind)),
+            "instance_id": rec.instance_id,
+            "binding_id": rec.binding_id,
+            "state": str(getattr(rec.state, "value", rec.state)),
+            "description": rec.description,
+            "instance_usable": rec.instance_usable,
+            "update_repeatable": rec.update_repeatable,
+            "request": self._cipher.encrypt(rec.request, f"o/{rec.operation_id}/r"),
+            "deadline": rec.deadline,
+            "owner": rec.owner,
+            "heartbeat_at": rec.heartbeat_at,
+            "created_at": rec.created_at,
+            "updated_at": rec.updated_at,
+        }
+
+    def operation(self, row: Mapping[Any, Any]) -> OperationRecord:
+        return OperationRecord(
+            operation_id=row["operation_id"],
+            kind=row["kind"],
+            instance_id=row["instance_id"],
+            binding_id=row["binding_id"],
+            state=row["state"],
+            description=row["description"],
+            instance_usable=row["instance_usable"],
+            update_repeatable=row["update_repeatable"],
+            request=self._cipher.decrypt(row["request"]),
+            deadline=row["deadline"],
+            owner=row["owner"],
+            heartbeat_at=row["heartbeat_at"],
+            created_at=row["created_at"],
+            updated_at=row["updated_at"],
+        )
+
+
+class _SqlStoreBase:
+    """What both backends share: the URL, the key and where it comes from, the codec."""
+
+    def __init__(self, url: URL, key: str | None) -> None:
+        self._url = url
+        self._key = key or os.environ.get(KEY_ENV) or None
+        self._codec_: _Codec | None = None
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self._url.render_as_string(hide_password=True)!r})"
+
+    @property
+    def key_file(self) -> Path | None:
+        """Where the key file lives when the key comes from one (SQLite without a key)."""
+        return None
+
+    @property
+    def _codec(self) -> _Codec:
+        if self._codec_ is None:
+            raise StoreError(_NOT_OPEN)
+        return self._codec_
+
+    async def _cipher(self) -> FieldCipher:
+        if self._key is not None:
+            return FieldCipher(self._key)
+        key_file = self.key_file
+        if key_file is None:
+            # An in-memory SQLite database dies with the process, and its key with it.
+            return FieldCipher(Fernet.generate_key().decode())
+        return FieldCipher(await asyncio.to_thread(load_or_create_key, key_file))
+
+
+# -- SQLite ------------------------------------------------------------------------------------
+
+
+def _sqlite_value(value: Any) -> Any:
+    # The same text SQLAlchemy writes for a DateTime, so that its lexical order is time order
+    # (the lease compares heartbeat_at in SQL).
+    if isinstance(value, datetime):
+        utc = value.astimezone(UTC).replace(tzinfo=None)
+        return utc.isoformat(sep=" ", timespec="microseconds")
+    return value
+
+
+class _SQLiteTable:
+    """A table's prepared SQL and its row conversion for the stdlib driver."""
+
+    def __init__(self, table: Table) -> None:
+        self.columns = [c.name for c in table.columns]
+        keys = [c.name for c in table.primary_key.columns]
+        self._times = {c.name for c in table.columns if isinstance(c.type, _UTCDateTime)}
+        self._flags = {c.name for c in table.columns if isinstance(c.type, Boolean)}
+        names = ", ".join(f'"{c}"' for c in self.columns)
+        marks = ", ".join("?" for _ in self.columns)
+        # Identifiers come from our own Table metadata; every value is a bound parameter.
+        insert = f"INSERT INTO {table.name} ({names}) VALUES ({marks})"  # noqa: S608
+        # created_at is kept from the first write: an upsert updates, it does not re-create.
+        changed = ", ".join(
+            f'"{c}" = excluded."{c}"' for c in self.columns if c not in keys and c != "created_at"
+        )
+        self.create = f"{insert} ON CONFLICT DO NOTHING"
+        self.upsert = f"{insert} ON CONFLICT ({', '.join(keys)}) DO UPDATE SET {changed}"
+        self.select = f"SELECT {names} FROM {table.name}"  # noqa: S608
+
+    def params(self, values: Mapping[str, Any]) -> tuple[Any, ...]:
+        return tuple(_sqlite_value(values[c]) for c in self.columns)
+
+    def row(self, row: sqlite3.Row) -> dict[str, Any]:
+        values = dict(zip(self.columns, row, strict=True))
+        for name in self._times:
+            if values[name] is not None:
+                values[name] = datetime.fromisoformat(values[name]).replace(tzinfo=UTC)
+        for name in self._flags:
+            if values[name] is not None:
+                values[name] = bool(values[name])
+        return values
+
+
+_SQL_INSTANCES = _SQLiteTable(_instances)
+_SQL_BINDINGS = _SQLiteTable(_bindings)
+_SQL_OPERATIONS = _SQLiteTable(_operations)
+
+
+class _WriterLock:
+    """One writer at a time across every process on a SQLite file, without SQLite's busy sleeps.
+
+    SQLite's busy handler polls with growing sleeps (1, 2, 5 ... 100 ms) while another process
+    writes; ``flock`` hands the lock over the moment it is released.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self._path = path
+        self._fd: int | None = None
+
+    def open(self) -> None:
+        self._fd = os.open(self._path, os.O_RDWR | os.O_CREAT, 0o600)
+
+    def close(self) -> None:
+        fd, self._fd = self._fd, None
+        if fd is not None:
+            os.close(fd)
+
+    def try_acquire(self) -> bool:
+        assert self._fd is not None
+        try:
+            fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return False
+        return True
+
+    def acquire(self) -> None:
+        assert self._fd is not None
+        fcntl.flock(self._fd, fcntl.LOCK_EX)
+
+    def release(self) -> None:
+        assert self._fd is not None
+        fcntl.flock(self._fd, fcntl.LOCK_UN)
+
+
+class SQLiteStore(_SqlStoreBase):
+    """`Store` on a SQLite file (or ``sqlite://`` in memory) through the stdlib driver."""
+
+    def __init__(self, url: URL, key: str | None = None) -> None:
+        super().__init__(url, key)
+        database = url.database
+        self._path = Path(database) if database and database != ":memory:" else None
+        self._reader: sqlite3.Connection | None = None
+        self._writer: sqlite3.Connection | None = None
+        self._lock = _WriterLock(Path(f"{self._path}.writer-lock")) if self._path else None
+        self._writing = asyncio.Lock()
+        self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="servicebay-store")
+        self._writes = 0
+        self._checkpoint: asyncio.Future[None] | None = None
+
+    @property
+    def key_file(self) -> Path | None:
+        """The key file next to the database, used when no key is configured."""
+        if self._key is None and self._path is not None:
+            return self._path.resolve().parent / KEY_FILE_NAME
+        return None
+
+    async def open(self) -> None:
+        """Create the file, its tables and schema row if missing; check version and key."""
+        if self._writer is not None:
+            return
+        cipher = await self._cipher()
+        self._reader, self._writer = await asyncio.to_thread(self._connect, cipher)
+        self._codec_ = _Codec(cipher)
+
+    def _connect(self, cipher: FieldCipher) -> tuple[sqlite3.Connection, sqlite3.Connection]:
+        if self._path is not None:
+            self._path.parent.mkdir(parents=True, exist_ok=True)
+        writer = self._sqlite_connection()
+        try:
+            # The schema goes through SQLAlchemy (the same metadata as PostgreSQL), on our
+            # connection; the hot path below uses prepared SQL only.
+            engine = create_engine(self._url, creator=lambda: writer, poolclass=StaticPool)
+            _create_schema_retrying(lambda: _with_begin(engine, _create_tables))
+            _with_begin(engine, lambda conn: _check_schema(conn, cipher, "sqlite"))
+            writer.isolation_level = None  # SQLAlchemy's connect hooks may have changed it
+            # Checkpoints run in our thread (see _after_write), not inside a commit.
+            writer.execute("PRAGMA wal_autocheckpoint=0")
+            reader = writer if self._path is None else self._sqlite_connection()
+            if self._lock is not None:
+                self._lock.open()
+        except BaseException:
+            writer.close()
+            raise
+        return reader, writer
+
+    def _sqlite_connection(self) -> sqlite3.Connection:
+        conn = sqlite3.connect(
+            self._path or ":memory:",
+            isolation_level=None,  # autocommit: each statement is its own transaction
+            timeout=_SQLITE_BUSY_TIMEOUT_S,
+            check_same_thread=False,  # the writer is used from our thread when it must wait
+        )
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute("PRAGMA synchronous=NORMAL")
+        return conn
+
+    async def close(self) -> None:
+        """Finish a running checkpoint, checkpoint once more, and close the connections."""
+        reader, writer = self._reader, self._writer
+        if writer is None:
+            return
+        async with self._writing:
+            self._reader = self._writer = None
+            if self._checkpoint is not None:
+                await asyncio.shield(self._checkpoint)
+
+            def release() -> None:
+                with _busy_tolerated():
+                    writer.execute("PRAGMA wal_checkpoint(PASSIVE)")
+                if reader is not None and reader is not writer:
+                    reader.close()
+                writer.close()
+                if self._lock is not None:
+                    self._lock.close()
+
+            await asyncio.get_running_loop().run_in_executor(self._thread, release)
+
+    # -- plumbing ----------------------------------------------------------------------------
+
+    def _read(self, sql: str, params: tuple[Any, ...] = ()) -> list[sqlite3.Row]:
+        if self._reader is None:
+            raise StoreError(_NOT_OPEN)
+        return self._reader.execute(sql, params).fetchall()
+
+    async def _write(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        writer = self._writer
+        if writer is None:
+            raise StoreError(_NOT_OPEN)
+        await self._writing.acquire()
+        if self._lock is None or self._lock.try_acquire():
+            try:
+                return fn(writer)
+            finally:
+                if self._lock is not None:
+                    self._lock.release()
+                self._writing.release()
+                self._after_write()
+        # Another process is writing: wait for it in our thread, never on the event loop.
+        # The asyncio lock is released when the thread is done, even if the caller is
+        # cancelled, so the writer connection is never used by two threads at once.
+        waiting = asyncio.get_running_loop().run_in_executor(
+            self._thread, self._write_when_free, fn, writer
+        )
+        waiting.add_done_callback(lambda _: self._writing.release())
+        result = await asyncio.shield(waiting)
+        self._after_write()
+        return result
+
+    def _write_when_free(
+        self, fn: Callable[[sqlite3.Connection], T], writer: sqlite3.Connection
+    ) -> T:
+        assert self._lock is not None
+        self._lock.acquire()
+        try:
+            return fn(writer)
+        finally:
+            self._lock.release()
+
+    def _after_write(self) -> None:
+        self._writes += 1
+        if self._writes % _CHECKPOINT_EVERY_WRITES or self._path is None:
+            return
+        if self._checkpoint is None or self._checkpoint.done():
+            self._checkpoint = asyncio.get_running_loop().run_in_executor(
+                self._thread, _checkpoint, self._path
+            )
+
+    async def _execute(self, sql: str, params: tuple[Any, ...]) -> int:
+        return await self._write(lambda conn: conn.execute(sql, params).rowcount)
+
+    # -- instances ---------------------------------------------------------------------------
+
+    async def get_instance(self, instance_id: str) -> InstanceRecord | None:
+        """The instance record, or None."""
+        t = _SQL_INSTANCES
+        rows = self._read(f"{t.select} WHERE instance_id = ?", (instance_id,))
+        return self._codec.instance(t.row(rows[0])) if rows else None
+
+    async def put_instance(self, record: InstanceRecord) -> None:
+        """Insert or replace the instance record (stamps ``updated_at``)."""
+        record.updated_at = utcnow()
+        t = _SQL_INSTANCES
+        await self._execute(t.upsert, t.params(self._codec.instance_values(record)))
+
+    async def create_instance(self, record: InstanceRecord) -> bool:
+        """Insert the record; False (nothing written) if the id exists."""
+        t = _SQL_INSTANCES
+        return await self._execute(t.create, t.params(self._codec.instance_values(record))) == 1
+
+    async def delete_instance(self, instance_id: str) -> None:
+        """Forget the instance and its bindings; its operations stay for last_operation."""
+
+        def run(conn: sqlite3.Connection) -> None:
+            # Autocommit connection: the pair is one explicit transaction.
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                conn.execute("DELETE FROM broker_bindings WHERE instance_id = ?", (instance_id,))
+                conn.execute("DELETE FROM broker_instances WHERE instance_id = ?", (instance_id,))
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+            conn.execute("COMMIT")
+
+        await self._write(run)
+
+    # -- bindings ----------------------------------------------------------------------------
+
+    async def get_binding(self, instance_id: str, binding_id: str) -> BindingRecord | None:
+        """The binding record, or None."""
+        t = _SQL_BINDINGS
+        where = "WHERE instance_id = ? AND binding_id = ?"
+        rows = self._read(f"{t.select} {where}", (instance_id, binding_id))
+        return self._codec.binding(t.row(rows[0])) if rows else None
+
+    async def create_binding(self, record: BindingRecord) -> bool:
+        """Insert the record; False (nothing written) if the binding exists."""
+        t = _SQL_BINDINGS
+        return await self._execute(t.create, t.params(self._codec.binding_values(record))) == 1
+
+    async def put_binding(self, record: BindingRecord) -> None:
+        """Insert or replace the binding record (stamps ``updated_at``)."""
+        record.updated_at = utcnow()
+        t = _SQL_BINDINGS
+        await self._execute(t.upsert, t.params(self._codec.binding_values(record)))
+
+    async def delete_binding(self, instance_id: str, binding_id: str) -> None:
+        """Forget the binding."""
+        sql = "DELETE FROM broker_bindings WHERE instance_id = ? AND binding_id = ?"
+        await self._execute(sql, (instance_id, binding_id))
+
+    async def list_bindings(self, instance_id: str) -> list[BindingRecord]:
+        """The instance's bindings, oldest first."""
+        t = _SQL_BINDINGS
+        sql = f"{t.select} WHERE instance_id = ? ORDER BY created_at, binding_id"
+        return [self._codec.binding(t.row(r)) for r in self._read(sql, (instance_id,))]
+
+    # -- operations --------------------------------------------------------------------------
+
+    async def create_operation(self, record: OperationRecord) -> None:
+        """Insert a new operation; StoreError if its id is taken."""
+        t = _SQL_OPERATIONS
+        if await self._execute(t.create, t.params(self._codec.operation_values(record))) != 1:
+            raise StoreError(f"operation {record.operation_id!r} already exists")
+
+    async def put_operation(self, record: OperationRecord) -> None:
+        """Insert or replace the operation record (stamps ``updated_at``)."""
+        record.updated_at = utcnow()
+        t = _SQL_OPERATIONS
+        await self._execute(t.upsert, t.params(self._codec.operation_values(record)))
+
+    async def get_operation(self, operation_id: str) -> OperationRecord | None:
+        """The operation record, or None."""
+        t = _SQL_OPERATIONS
+        rows = self._read(f"{t.select} WHERE operation_id = ?", (operation_id,))
+        return self._codec.operation(t.row(rows[0])) if rows else None
+
+    async def latest_operation(
+        self, instance_id: str, binding_id: str | None = None
+    ) -> OperationRecord | None:
+        """The newest operation on the instance (binding_id None) or on that binding."""
+        t = _SQL_OPERATIONS
+        order = "ORDER BY created_at DESC LIMIT 1"
+        if binding_id is None:
+            sql = f"{t.select} WHERE instance_id = ? AND binding_id IS NULL {order}"
+            rows = self._read(sql, (instance_id,))
+        else:
+            sql = f"{t.select} WHERE instance_id = ? AND binding_id = ? {order}"
+            rows = self._read(sql, (instance_id, binding_id))
+        return self._codec.operation(t.row(rows[0])) if rows else None
+
+    async def unfinished_operations(self) -> list[OperationRecord]:
+        """Every operation still in progress, oldest first."""
+        t = _SQL_OPERATIONS
+        sql = f"{t.select} WHERE state = ? ORDER BY created_at"
+        return [self._codec.operation(t.row(r)) for r in self._read(sql, (_IN_PROGRESS,))]
+
+    async def claim_operation(self, operation_id: str, owner: str, stale_after: float) -> bool:
+        """Take the lease if the operation is unowned, ``owner``'s, or its holder went silent."""
+        now = utcnow()
+        cutoff = _sqlite_value(now - timedelta(seconds=stale_after))
+        # Writers are serialised, so this conditional UPDATE is the atomic test-and-set.
+        sql = (
+            "UPDATE broker_operations SET owner = ?, heartbeat_at = ?, updated_at = ? "
+            "WHERE operation_id = ? AND state = ? AND (owner IS NULL OR owner = ? "
+            "OR heartbeat_at IS NULL OR heartbeat_at < ?)"
+        )
+        stamp = _sqlite_value(now)
+        params = (owner, stamp, stamp, operation_id, _IN_PROGRESS, owner, cutoff)
+        return await self._execute(sql, params) == 1
+
+    async def heartbeat(self, operation_id: str, owner: str) -> bool:
+        """Renew ``owner``'s lease; False if another process took the operation over."""
+        sql = "UPDATE broker_operations SET heartbeat_at = ? WHERE operation_id = ? AND owner = ?"
+        return await self._execute(sql, (_sqlite_value(utcnow()), operation_id, owner)) == 1
+
+
+def _checkpoint(path: Path) -> None:
+    # Its own short-lived connection: the writer stays free for the event loop meanwhile.
+    conn = sqlite3.connect(path, timeout=_SQLITE_BUSY_TIMEOUT_S)
+    try:
+        with _busy_tolerated():
+            conn.execute("PRAGMA wal_checkpoint(PASSIVE)")
+    finally:
+        conn.close()
+
+
+@contextlib.contextmanager
+def _busy_tolerated() -> Iterator[None]:
+    """Ignore "database is locked": a checkpoint another process is running will do."""
+    try:
+        yield
+    except sqlite3.OperationalError as exc:
+        if "locked" not in str(exc):
+            raise
+
+
+# -- PostgreSQL --------------------------------------------------------------------------------
+
+
+class _Statements:
+    """PostgreSQL's hot statements, built once; values arrive as bound parameters."""
+
+    def __init__(self) -> None:
+        self.create = {t.name: postgresql.insert(t).on_conflict_do_nothing() for t in _DATA}
+        self.upsert = {t.name: self._upsert(t) for t in _DATA}
         i, b, o = _instances.c, _bindings.c, _operations.c
         self.get_instance = select(_instances).where(i.instance_id == bindparam("k_instance"))
         self.get_binding = select(_bindings).where(
@@ -237,12 +770,8 @@ class _Statements:
         self.unfinished = select(_operations).where(o.state == _IN_PROGRESS).order_by(o.created_at)
 
     @staticmethod
-    def _insert(table: Table, is_sqlite: bool) -> postgresql.Insert | sqlite.Insert:
-        return sqlite.insert(table) if is_sqlite else postgresql.insert(table)
-
-    @classmethod
-    def _upsert(cls, table: Table, is_sqlite: bool) -> Insert:
-        stmt = cls._insert(table, is_sqlite)
+    def _upsert(table: Table) -> postgresql.Insert:
+        stmt = postgresql.insert(table)
         keys = [c.name for c in table.primary_key.columns]
         # created_at is kept from the first write: an upsert updates, it does not re-create.
         changed = {
@@ -253,113 +782,29 @@ class _Statements:
         return stmt.on_conflict_do_update(index_elements=keys, set_=changed)
 
 
-class _SQLiteThread:
-    """The one thread that owns the SQLite connection; each store call is one hop to it.
-
-    aiosqlite would hop to its thread for every cursor step (3-4 per statement), and every hop
-    waits for the GIL while the event loop is busy; running a whole store call in the thread
-    makes it one hop, which under load is most of a request's database time.
-    """
-
-    def __init__(self, engine: Engine) -> None:
-        self._engine = engine
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="servicebay-store")
-        self._conn: Connection | None = None
-
-    async def start(self) -> None:
-        self._conn = await self._submit(self._engine.connect)
-
-    async def run(self, fn: Callable[[Connection], T]) -> T:
-        conn = self._conn
-        if conn is None:
-            raise StoreError("the broker store is not open (call open() first)")
-        return await self._submit(lambda: fn(conn))
-
-    async def stop(self) -> None:
-        conn, self._conn = self._conn, None
-
-        def release() -> None:
-            if conn is not None:
-                conn.close()
-            self._engine.dispose()
-
-        try:
-            await self._submit(release)
-        finally:
-            self._executor.shutdown(wait=False)
-
-    def _submit(self, fn: Callable[[], T]) -> asyncio.Future[T]:
-        return asyncio.get_running_loop().run_in_executor(self._executor, fn)
+_PG = _Statements()
 
 
-class SqlStore:
-    """`Store` backed by SQLAlchemy Core: SQLite through one owned thread, PostgreSQL on asyncpg."""
+class PostgresStore(_SqlStoreBase):
+    """`Store` on PostgreSQL: SQLAlchemy Core on asyncpg, pooled, autocommit single statements."""
 
-    def __init__(self, url: str, key: str | None = None) -> None:
-        self._url = async_database_url(url)
-        self._is_sqlite = self._url.drivername.startswith("sqlite")
-        database = self._url.database
-        self._sqlite_path = (
-            Path(database) if self._is_sqlite and database and database != ":memory:" else None
-        )
-        self._key = key or os.environ.get(KEY_ENV) or None
-        if self._key is None and not self._is_sqlite:
+    def __init__(self, url: URL, key: str | None = None) -> None:
+        super().__init__(url, key)
+        if self._key is None:
             raise EncryptionKeyError(
                 "a PostgreSQL broker store needs an encryption key for credentials at rest: "
                 f"set {KEY_ENV} (or BrokerSettings.key); create one with "
                 '`python -c "from cryptography.fernet import Fernet; '
                 'print(Fernet.generate_key().decode())"` and keep it with your secrets'
             )
-        self._sql = _Statements(self._is_sqlite)
-        self._sqlite: _SQLiteThread | None = None
-        self._pg: AsyncEngine | None = None
-        self._pg_auto: AsyncEngine | None = None
-        self._cipher: FieldCipher | None = None
-
-    def __repr__(self) -> str:
-        return f"SqlStore({self._url.render_as_string(hide_password=True)!r})"
-
-    @property
-    def key_file(self) -> Path | None:
-        """Where the key file lives when the key comes from one (SQLite without a key)."""
-        if self._key is None and self._sqlite_path is not None:
-            return self._sqlite_path.resolve().parent / KEY_FILE_NAME
-        return None
-
-    # -- lifecycle ---------------------------------------------------------------------------
+        self._engine: AsyncEngine | None = None
+        self._auto: AsyncEngine | None = None
 
     async def open(self) -> None:
         """Connect, create missing tables, record or check the schema version and the key."""
-        if self._sqlite is not None or self._pg is not None:
+        if self._engine is not None:
             return
-        cipher = FieldCipher(await self._resolve_key())
-        if self._is_sqlite:
-            await self._open_sqlite(cipher)
-        else:
-            await self._open_postgres(cipher)
-        self._cipher = cipher
-
-    async def _open_sqlite(self, cipher: FieldCipher) -> None:
-        if self._sqlite_path is not None:
-            await asyncio.to_thread(self._sqlite_path.parent.mkdir, parents=True, exist_ok=True)
-        engine = create_engine(
-            self._url,
-            poolclass=StaticPool,
-            isolation_level="AUTOCOMMIT",
-            connect_args={"timeout": _SQLITE_BUSY_TIMEOUT_MS / 1000, "check_same_thread": False},
-        )
-        event.listen(engine, "connect", _sqlite_pragmas)
-        thread = _SQLiteThread(engine)
-        try:
-            await thread.start()
-            await _retrying_schema_creation(lambda: thread.run(_create_tables))
-            await thread.run(lambda conn: _check_schema(conn, cipher, self._is_sqlite))
-        except BaseException:
-            await thread.stop()
-            raise
-        self._sqlite = thread
-
-    async def _open_postgres(self, cipher: FieldCipher) -> None:
+        cipher = await self._cipher()
         engine = create_async_engine(self._url, pool_size=10, max_overflow=20)
         try:
 
@@ -367,248 +812,115 @@ class SqlStore:
                 async with engine.begin() as conn:
                     await conn.run_sync(_create_tables)
 
-            await _retrying_schema_creation(create)
+            await _create_schema_retrying_async(create)
             async with engine.begin() as conn:
-                await conn.run_sync(lambda c: _check_schema(c, cipher, self._is_sqlite))
+                await conn.run_sync(lambda c: _check_schema(c, cipher, "postgresql"))
         except BaseException:
             await engine.dispose()
             raise
-        self._pg = engine
+        self._engine = engine
         # Single statements need no explicit transaction: autocommit saves a BEGIN/COMMIT pair.
-        self._pg_auto = engine.execution_options(isolation_level="AUTOCOMMIT")
+        self._auto = engine.execution_options(isolation_level="AUTOCOMMIT")
+        self._codec_ = _Codec(cipher)
 
     async def close(self) -> None:
-        """Release the connections."""
-        thread, self._sqlite = self._sqlite, None
-        engine, self._pg, self._pg_auto = self._pg, None, None
-        if thread is not None:
-            await thread.stop()
+        """Dispose of the connection pool."""
+        engine, self._engine, self._auto = self._engine, None, None
         if engine is not None:
             await engine.dispose()
 
-    async def _resolve_key(self) -> str:
-        if self._key is not None:
-            return self._key
-        key_file = self.key_file
-        if key_file is None:
-            # An in-memory SQLite database dies with the process, and its key with it.
-            return Fernet.generate_key().decode()
-        return await asyncio.to_thread(load_or_create_key, key_file)
-
-    # -- plumbing ----------------------------------------------------------------------------
-
     async def _call(self, fn: Callable[[Connection], T], *, atomic: bool = False) -> T:
-        """Run ``fn`` on a connection: SQLite's thread, or a pooled PostgreSQL connection.
-
-        ``atomic`` wraps it in a transaction on PostgreSQL; on SQLite ``fn`` (one statement,
-        or its own BEGIN IMMEDIATE) is atomic by itself.
-        """
-        if self._sqlite is not None:
-            return await self._sqlite.run(fn)
-        engine = self._pg if atomic else self._pg_auto
+        """Run ``fn`` on a pooled connection, in a transaction if ``atomic``."""
+        engine = self._engine if atomic else self._auto
         if engine is None:
-            raise StoreError("the broker store is not open (call open() first)")
+            raise StoreError(_NOT_OPEN)
         async with engine.begin() if atomic else engine.connect() as conn:
             return await conn.run_sync(fn)
-
-    @property
-    def _fernet(self) -> FieldCipher:
-        if self._cipher is None:
-            raise StoreError("the broker store is not open (call open() first)")
-        return self._cipher
 
     async def _write(self, stmt: Any, params: Mapping[str, Any] | None = None) -> int:
         return await self._call(lambda conn: int(conn.execute(stmt, params).rowcount))
 
     async def _first(
-        self, stmt: Any, params: Mapping[str, Any], convert: Callable[[Row[Any]], R]
+        self, stmt: Any, params: Mapping[str, Any], convert: Callable[[Mapping[Any, Any]], R]
     ) -> R | None:
         def run(conn: Connection) -> R | None:
             row = conn.execute(stmt, params).first()
-            return None if row is None else convert(row)
+            return None if row is None else convert(row._mapping)
 
         return await self._call(run)
 
     async def _all(
-        self, stmt: Any, params: Mapping[str, Any] | None, convert: Callable[[Row[Any]], R]
+        self, stmt: Any, params: Mapping[str, Any] | None, convert: Callable[[Mapping[Any, Any]], R]
     ) -> list[R]:
-        return await self._call(lambda conn: [convert(r) for r in conn.execute(stmt, params)])
+        def run(conn: Connection) -> list[R]:
+            return [convert(r._mapping) for r in conn.execute(stmt, params)]
 
-    # -- instances ---------------------------------------------------------------------------
-
-    def _instance_values(self, rec: InstanceRecord) -> dict[str, Any]:
-        return {
-            "instance_id": rec.instance_id,
-            "service_id": rec.service_id,
-            "plan_id": rec.plan_id,
-            "state": rec.state,
-            "request_fingerprint": rec.request_fingerprint,
-            "parameters": self._fernet.encrypt(rec.parameters),
-            "context": _dumps(rec.context),
-            "maintenance_info": _dumps_opt(rec.maintenance_info),
-            "dashboard_url": rec.dashboard_url,
-            "metadata": _dumps_opt(rec.metadata),
-            "created_at": rec.created_at,
-            "updated_at": rec.updated_at,
-        }
-
-    def _instance(self, row: Row[Any]) -> InstanceRecord:
-        return InstanceRecord(
-            instance_id=row.instance_id,
-            service_id=row.service_id,
-            plan_id=row.plan_id,
-            state=row.state,
-            request_fingerprint=row.request_fingerprint,
-            parameters=self._fernet.decrypt(row.parameters),
-            context=json.loads(row.context),
-            maintenance_info=_loads_opt(row.maintenance_info),
-            dashboard_url=row.dashboard_url,
-            metadata=_loads_opt(row.metadata),
-            created_at=row.created_at,
-            updated_at=row.updated_at,
-        )
+        return await self._call(run)
 
     async def get_instance(self, instance_id: str) -> InstanceRecord | None:
         """The instance record, or None."""
         key = {"k_instance": instance_id}
-        return await self._first(self._sql.get_instance, key, self._instance)
+        return await self._first(_PG.get_instance, key, self._codec.instance)
 
     async def put_instance(self, record: InstanceRecord) -> None:
         """Insert or replace the instance record (stamps ``updated_at``)."""
         record.updated_at = utcnow()
-        await self._write(self._sql.upsert["broker_instances"], self._instance_values(record))
+        await self._write(_PG.upsert["broker_instances"], self._codec.instance_values(record))
 
     async def create_instance(self, record: InstanceRecord) -> bool:
         """Insert the record; False (nothing written) if the id exists."""
-        values = self._instance_values(record)
-        return await self._write(self._sql.create["broker_instances"], values) == 1
+        values = self._codec.instance_values(record)
+        return await self._write(_PG.create["broker_instances"], values) == 1
 
     async def delete_instance(self, instance_id: str) -> None:
         """Forget the instance and its bindings; its operations stay for last_operation."""
         key = {"k_instance": instance_id}
-        sqlite_tx = self._is_sqlite
 
         def run(conn: Connection) -> None:
-            # SQLite's connection autocommits: the pair must land together or not at all.
-            if sqlite_tx:
-                conn.exec_driver_sql("BEGIN IMMEDIATE")
-            try:
-                conn.execute(self._sql.delete_bindings, key)
-                conn.execute(self._sql.delete_instance, key)
-            except BaseException:
-                if sqlite_tx:
-                    conn.exec_driver_sql("ROLLBACK")
-                raise
-            if sqlite_tx:
-                conn.exec_driver_sql("COMMIT")
+            conn.execute(_PG.delete_bindings, key)
+            conn.execute(_PG.delete_instance, key)
 
         await self._call(run, atomic=True)
-
-    # -- bindings ----------------------------------------------------------------------------
-
-    def _binding_values(self, rec: BindingRecord) -> dict[str, Any]:
-        return {
-            "instance_id": rec.instance_id,
-            "binding_id": rec.binding_id,
-            "state": rec.state,
-            "request_fingerprint": rec.request_fingerprint,
-            "parameters": self._fernet.encrypt(rec.parameters),
-            "response": self._fernet.encrypt(rec.response),
-            "created_at": rec.created_at,
-            "updated_at": rec.updated_at,
-        }
-
-    def _binding(self, row: Row[Any]) -> BindingRecord:
-        return BindingRecord(
-            instance_id=row.instance_id,
-            binding_id=row.binding_id,
-            state=row.state,
-            request_fingerprint=row.request_fingerprint,
-            parameters=self._fernet.decrypt(row.parameters),
-            response=self._fernet.decrypt(row.response),
-            created_at=row.created_at,
-            updated_at=row.updated_at,
-        )
 
     async def get_binding(self, instance_id: str, binding_id: str) -> BindingRecord | None:
         """The binding record, or None."""
         key = {"k_instance": instance_id, "k_binding": binding_id}
-        return await self._first(self._sql.get_binding, key, self._binding)
+        return await self._first(_PG.get_binding, key, self._codec.binding)
 
     async def create_binding(self, record: BindingRecord) -> bool:
         """Insert the record; False (nothing written) if the binding exists."""
-        values = self._binding_values(record)
-        return await self._write(self._sql.create["broker_bindings"], values) == 1
+        values = self._codec.binding_values(record)
+        return await self._write(_PG.create["broker_bindings"], values) == 1
 
     async def put_binding(self, record: BindingRecord) -> None:
         """Insert or replace the binding record (stamps ``updated_at``)."""
         record.updated_at = utcnow()
-        await self._write(self._sql.upsert["broker_bindings"], self._binding_values(record))
+        await self._write(_PG.upsert["broker_bindings"], self._codec.binding_values(record))
 
     async def delete_binding(self, instance_id: str, binding_id: str) -> None:
         """Forget the binding."""
-        key = {"k_instance": instance_id, "k_binding": binding_id}
-        await self._write(self._sql.delete_binding, key)
+        await self._write(_PG.delete_binding, {"k_instance": instance_id, "k_binding": binding_id})
 
     async def list_bindings(self, instance_id: str) -> list[BindingRecord]:
         """The instance's bindings, oldest first."""
         key = {"k_instance": instance_id}
-        return await self._all(self._sql.list_bindings, key, self._binding)
-
-    # -- operations --------------------------------------------------------------------------
-
-    def _operation_values(self, rec: OperationRecord) -> dict[str, Any]:
-        return {
-            "operation_id": rec.operation_id,
-            # OperationKind is a str Enum; store its plain value.
-            "kind": str(getattr(rec.kind, "value", rec.kind)),
-            "instance_id": rec.instance_id,
-            "binding_id": rec.binding_id,
-            "state": str(getattr(rec.state, "value", rec.state)),
-            "description": rec.description,
-            "instance_usable": rec.instance_usable,
-            "update_repeatable": rec.update_repeatable,
-            "request": self._fernet.encrypt(rec.request),
-            "deadline": rec.deadline,
-            "owner": rec.owner,
-            "heartbeat_at": rec.heartbeat_at,
-            "created_at": rec.created_at,
-            "updated_at": rec.updated_at,
-        }
-
-    def _operation(self, row: Row[Any]) -> OperationRecord:
-        return OperationRecord(
-            operation_id=row.operation_id,
-            kind=row.kind,
-            instance_id=row.instance_id,
-            binding_id=row.binding_id,
-            state=row.state,
-            description=row.description,
-            instance_usable=row.instance_usable,
-            update_repeatable=row.update_repeatable,
-            request=self._fernet.decrypt(row.request),
-            deadline=row.deadline,
-            owner=row.owner,
-            heartbeat_at=row.heartbeat_at,
-            created_at=row.created_at,
-            updated_at=row.updated_at,
-        )
+        return await self._all(_PG.list_bindings, key, self._codec.binding)
 
     async def create_operation(self, record: OperationRecord) -> None:
         """Insert a new operation; StoreError if its id is taken."""
-        values = self._operation_values(record)
-        if await self._write(self._sql.create["broker_operations"], values) != 1:
+        values = self._codec.operation_values(record)
+        if await self._write(_PG.create["broker_operations"], values) != 1:
             raise StoreError(f"operation {record.operation_id!r} already exists")
 
     async def put_operation(self, record: OperationRecord) -> None:
         """Insert or replace the operation record (stamps ``updated_at``)."""
         record.updated_at = utcnow()
-        await self._write(self._sql.upsert["broker_operations"], self._operation_values(record))
+        await self._write(_PG.upsert["broker_operations"], self._codec.operation_values(record))
 
     async def get_operation(self, operation_id: str) -> OperationRecord | None:
         """The operation record, or None."""
         key = {"k_operation": operation_id}
-        return await self._first(self._sql.get_operation, key, self._operation)
+        return await self._first(_PG.get_operation, key, self._codec.operation)
 
     async def latest_operation(
         self, instance_id: str, binding_id: str | None = None
@@ -616,23 +928,22 @@ class SqlStore:
         """The newest operation on the instance (binding_id None) or on that binding."""
         if binding_id is None:
             key = {"k_instance": instance_id}
-            return await self._first(self._sql.latest_instance_op, key, self._operation)
+            return await self._first(_PG.latest_instance_op, key, self._codec.operation)
         key = {"k_instance": instance_id, "k_binding": binding_id}
-        return await self._first(self._sql.latest_binding_op, key, self._operation)
+        return await self._first(_PG.latest_binding_op, key, self._codec.operation)
 
     async def unfinished_operations(self) -> list[OperationRecord]:
         """Every operation still in progress, oldest first."""
-        return await self._all(self._sql.unfinished, None, self._operation)
+        return await self._all(_PG.unfinished, None, self._codec.operation)
 
     async def claim_operation(self, operation_id: str, owner: str, stale_after: float) -> bool:
         """Take the lease if the operation is unowned, ``owner``'s, or its holder went silent."""
         now = utcnow()
-        cutoff = now - timedelta(seconds=stale_after)
         claimable = or_(
             _operations.c.owner.is_(None),
             _operations.c.owner == owner,
             _operations.c.heartbeat_at.is_(None),
-            _operations.c.heartbeat_at < cutoff,
+            _operations.c.heartbeat_at < now - timedelta(seconds=stale_after),
         )
         where = and_(
             _operations.c.operation_id == operation_id,
@@ -642,9 +953,6 @@ class SqlStore:
         take = (
             update(_operations).where(where).values(owner=owner, heartbeat_at=now, updated_at=now)
         )
-        if self._is_sqlite:
-            # SQLite serialises writers, so the conditional UPDATE alone is the atomic test-and-set.
-            return await self._write(take) == 1
         # A row another process is claiming right now is skipped rather than waited for:
         # it is being taken, so this process has nothing to do with it.
         locked = select(_operations.c.operation_id).where(where).with_for_update(skip_locked=True)
@@ -667,14 +975,33 @@ class SqlStore:
         return await self._write(stmt) == 1
 
 
+# -- schema (both backends) --------------------------------------------------------------------
+
+
 def _create_tables(conn: Connection) -> None:
     _metadata.create_all(conn)
 
 
-async def _retrying_schema_creation(create: Callable[[], Awaitable[None]]) -> None:
+def _with_begin(engine: Any, fn: Callable[[Connection], T]) -> T:
+    with engine.begin() as conn:
+        return fn(conn)
+
+
+def _create_schema_retrying(create: Callable[[], None]) -> None:
     # Two processes opening a fresh database at once may both try CREATE TABLE; the loser
     # fails, and finds the tables there on its next attempt.
     for attempt in range(5):
+        try:
+            create()
+            return
+        except DBAPIError:
+            if attempt == 4:
+                raise
+            time.sleep(0.05 * (attempt + 1))
+
+
+async def _create_schema_retrying_async(create: Callable[[], Awaitable[None]]) -> None:
+    for attempt in range(5):  # as _create_schema_retrying, awaiting
         try:
             await create()
             return
@@ -684,13 +1011,18 @@ async def _retrying_schema_creation(create: Callable[[], Awaitable[None]]) -> No
             await asyncio.sleep(0.05 * (attempt + 1))
 
 
-def _check_schema(conn: Connection, cipher: FieldCipher, is_sqlite: bool) -> None:
+def _check_schema(conn: Connection, cipher: FieldCipher, backend: str) -> None:
     """Record the schema version and key check on a new database; verify them on an old one."""
     current = select(_schema).where(_schema.c.id == 1)
-    row = conn.execute(current).first()
+    row: Row[Any] | None = conn.execute(current).first()
     if row is None:
         values = {"id": 1, "version": SCHEMA_VERSION, "key_check": cipher.encrypt(_KEY_CHECK)}
-        conn.execute(_Statements._insert(_schema, is_sqlite).on_conflict_do_nothing(), values)
+        if backend == "sqlite":
+            from sqlalchemy.dialects import sqlite
+
+            conn.execute(sqlite.insert(_schema).on_conflict_do_nothing(), values)
+        else:
+            conn.execute(postgresql.insert(_schema).on_conflict_do_nothing(), values)
         row = conn.execute(current).one()
     if row.version > SCHEMA_VERSION:
         raise StoreError(
@@ -699,16 +1031,3 @@ def _check_schema(conn: Connection, cipher: FieldCipher, is_sqlite: bool) -> Non
         )
     if cipher.decrypt(row.key_check) != _KEY_CHECK:
         raise EncryptionKeyError("the broker store's key check does not match")
-
-
-def _sqlite_pragmas(dbapi_connection: Any, connection_record: Any) -> None:
-    cursor = dbapi_connection.cursor()
-    try:
-        for pragma in (
-            "PRAGMA journal_mode=WAL",
-            "PRAGMA synchronous=NORMAL",
-            f"PRAGMA busy_timeout={_SQLITE_BUSY_TIMEOUT_MS}",
-        ):
-            cursor.execute(pragma)
-    finally:
-        cursor.close()

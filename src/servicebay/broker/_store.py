@@ -212,6 +212,6 @@ def open_store(url: str, key: str | None = None) -> Store:
     SQLite file a key file ``servicebay-broker.key`` (mode 0600) next to the database is created
     or reused; PostgreSQL requires a key. The store is returned unopened: call ``open()``.
     """
-    from servicebay.broker._sqlstore import SqlStore
+    from servicebay.broker._sqlstore import open_sql_store
 
-    return SqlStore(url, key)
+    return open_sql_store(url, key)
