@@ -8,7 +8,7 @@ work in `_operations`, durable state behind the `Store`.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 
 import structlog
 from starlette.applications import Starlette
@@ -58,19 +58,30 @@ register_url_convertor("osb_id", _OSBId())
 _INSTANCE = "/v2/service_instances/{instance_id:osb_id}"
 _BINDING = _INSTANCE + "/service_bindings/{binding_id:osb_id}"
 
+
+def _route(path: str, **handlers: Callable[[Request], Awaitable[Response]]) -> Route:
+    """One route per path, dispatching on the method: a request is matched against the path
+    once, not once per method (405 for a method the path does not offer)."""
+    if "GET" in handlers:
+        handlers["HEAD"] = handlers["GET"]
+
+    async def dispatch(request: Request) -> Response:
+        return await handlers[request.method](request)
+
+    dispatch.__doc__ = ", ".join(f"{method} {path}" for method in handlers)
+    return Route(path, dispatch, methods=list(handlers))
+
+
 ROUTES = [
-    Route("/v2/catalog", ep.catalog, methods=["GET"]),
-    Route(_INSTANCE, ep.provision, methods=["PUT"]),
-    Route(_INSTANCE, ep.update, methods=["PATCH"]),
-    Route(_INSTANCE, ep.deprovision, methods=["DELETE"]),
-    Route(_INSTANCE, ep.fetch_instance, methods=["GET"]),
-    Route(_INSTANCE + "/last_operation", ep.instance_last_operation, methods=["GET"]),
-    Route(_BINDING, ep.bind, methods=["PUT"]),
-    Route(_BINDING, ep.unbind, methods=["DELETE"]),
-    Route(_BINDING, ep.fetch_binding, methods=["GET"]),
-    Route(_BINDING + "/last_operation", ep.binding_last_operation, methods=["GET"]),
-    Route("/metrics", metrics_endpoint, methods=["GET"]),
-    Route("/healthz", ep.healthz, methods=["GET"]),
+    _route(
+        _INSTANCE, PUT=ep.provision, PATCH=ep.update, DELETE=ep.deprovision, GET=ep.fetch_instance
+    ),
+    _route(_BINDING, PUT=ep.bind, DELETE=ep.unbind, GET=ep.fetch_binding),
+    _route(_INSTANCE + "/last_operation", GET=ep.instance_last_operation),
+    _route(_BINDING + "/last_operation", GET=ep.binding_last_operation),
+    _route("/v2/catalog", GET=ep.catalog),
+    _route("/metrics", GET=metrics_endpoint),
+    _route("/healthz", GET=ep.healthz),
 ]
 
 

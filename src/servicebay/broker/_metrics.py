@@ -32,7 +32,9 @@ class BrokerMetrics:
 
     def __init__(self) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
+        # Label children looked up once: `labels()` costs more than the observation itself.
         self._request_children: dict[tuple[str, str, int], tuple[Any, Any]] = {}
+        self._operation_children: dict[tuple[str, str, str], Any] = {}
         self.requests = Counter(
             "servicebay_broker_requests",
             "OSB requests answered, by endpoint, method and status code.",
@@ -78,7 +80,11 @@ class BrokerMetrics:
 
     def observe_operation(self, kind: str, mode: str, state: str, seconds: float) -> None:
         """Record one finished operation."""
-        self.operation_duration.labels(kind, mode, state).observe(seconds)
+        key = (kind, mode, state)
+        child = self._operation_children.get(key)
+        if child is None:
+            child = self._operation_children[key] = self.operation_duration.labels(*key)
+        child.observe(seconds)
 
     def render(self) -> bytes:
         """The registry in Prometheus text exposition format."""

@@ -3,7 +3,8 @@
 In stack order (outermost first, see `create_app`):
 
 - `RequestIdentity` — echoes `X-Broker-API-Request-Identity` on the response and binds it into
-  every structlog log line of the request (spec "Request Identity");
+  every structlog log line of the request, background operations included (spec "Request
+  Identity");
 - `Authentication` — basic / bearer, 401 otherwise (on `/v2/*` and `/metrics`);
 - `APIVersion` — `X-Broker-API-Version` missing, empty or unsupported → 412 naming 2.17
   (on `/v2/*`);
@@ -14,8 +15,6 @@ They raise `osb` errors; `ErrorBoundary` (in `_errors`) renders them.
 """
 
 from __future__ import annotations
-
-import uuid
 
 import structlog
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -67,16 +66,18 @@ class RequestIdentity:
             await self.app(scope, receive, send)
             return
         given = header(scope, _REQUEST_ID)
-        request_id = given or uuid.uuid4().hex
         scope[REQUEST_ID_KEY] = given
+        if not given:
+            await self.app(scope, receive, send)
+            return
+        echo = (_REQUEST_ID, given.encode("latin-1"))
 
         async def echoing_send(message: Message) -> None:
-            if given and message["type"] == "http.response.start":
-                message.setdefault("headers", [])
-                message["headers"] = [*message["headers"], (_REQUEST_ID, given.encode("latin-1"))]
+            if message["type"] == "http.response.start":
+                message["headers"] = [*message.get("headers", ()), echo]
             await send(message)
 
-        tokens = structlog.contextvars.bind_contextvars(request_id=request_id)
+        tokens = structlog.contextvars.bind_contextvars(request_id=given)
         try:
             await self.app(scope, receive, echoing_send)
         finally:
