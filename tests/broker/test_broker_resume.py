@@ -231,3 +231,26 @@ async def test_lost_lease_stops_the_run_and_the_operation_is_taken_over(db: str)
         await eventually(lambda: _true(broker.count("provision") == 2))
         broker.release()
         await wait_state(client, INSTANCE, "succeeded", operation)
+
+
+async def test_deprovision_that_deleted_its_record_before_a_crash_resumes_as_succeeded(
+    db: str,
+) -> None:
+    """A deprovision interrupted after its record was deleted is reported succeeded on
+    restart, without calling the author again."""
+    broker = SampleBroker()
+    broker.hold.add("deprovision")
+    settings = settings_for(db, shutdown_grace=0.05)
+    async with running(broker, db, settings=settings) as client:
+        await client.put(INSTANCE, params=ASYNC_OK, json=provision_body(ASYNC))
+        await wait_state(client, INSTANCE, "succeeded")
+        query = {"service_id": "svc-0001", "plan_id": ASYNC, **ASYNC_OK}
+        deleting = await client.delete(INSTANCE, params=query)
+        operation = deleting.json()["operation"]
+        await eventually(lambda: _true(broker.count("deprovision") == 1))
+    async for store in _store(db):
+        await store.delete_instance("i-1")  # the crash came right after this write
+    restarted = SampleBroker()
+    async with running(restarted, db) as client:
+        await wait_state(client, INSTANCE, "succeeded", operation)
+    assert restarted.count("deprovision") == 0

@@ -91,7 +91,16 @@ class Lifecycle(Instances, Bindings):
         if kind is OperationKind.PROVISION:
             request = osb.ProvisionRequest.model_validate(op.request["request"])
             return self._provision_job(self._provision_details(op.instance_id, request, caller))
-        instance = await self._instance_or_fail(op.instance_id)
+        instance = await self.store.get_instance(op.instance_id)
+        if kind is OperationKind.UNBIND and op.binding_id is not None and instance is not None:
+            gone = await self.store.get_binding(op.instance_id, op.binding_id) is None
+        else:
+            gone = instance is None
+        if gone and kind in (OperationKind.DEPROVISION, OperationKind.UNBIND):
+            # The process died after deleting the record, before saying so: the work is done.
+            return Job(kind, _already_done, _already_done)
+        if instance is None:
+            raise osb.InternalError(f"the record of instance {op.instance_id!r} disappeared")
         service, plan = self.catalog.recorded(instance.service_id, instance.plan_id)
         if kind is OperationKind.UPDATE:
             update = osb.UpdateRequest.model_validate(op.request["request"])
@@ -110,3 +119,7 @@ class Lifecycle(Instances, Bindings):
             op.instance_id, op.binding_id, service, plan, caller.identity, caller.request_id
         )
         return self._unbind_job(unbind)
+
+
+async def _already_done(*_: object) -> None:
+    """The run (or failure) of an operation whose effect is already recorded."""
