@@ -135,6 +135,8 @@ class ChatClient:
         for pending in self._pending.values():
             if not pending.fut.done():
                 pending.fut.set_exception(ChatError("closed", "the client was closed"))
+                # Whoever awaited it hears it through send(); nobody else needs a warning.
+                pending.fut.exception()
 
     async def reconnect(self) -> None:
         """Drop the connection now; the client reconnects and resumes by itself."""
