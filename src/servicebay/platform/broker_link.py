@@ -222,9 +222,17 @@ class BrokerLink:
             params["accepts_incomplete"] = "true"
         url = broker.url.rstrip("/") + path
         try:
-            response = await self._http.request(
-                method, url, json=body, params=params, headers=headers
-            )
+            try:
+                response = await self._http.request(
+                    method, url, json=body, params=params, headers=headers
+                )
+            except (httpx.ReadError, httpx.WriteError, httpx.RemoteProtocolError):
+                # Most often a kept-alive connection the broker closed as we reused it. Every
+                # OSB request may be repeated (an identical provision/bind answers 200 with the
+                # same result), so one immediate retry on a fresh connection is safe.
+                response = await self._http.request(
+                    method, url, json=body, params=params, headers=headers
+                )
         except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
             return Reply(Verdict.RETRY, f"broker unreachable ({type(exc).__name__})")
         except httpx.TimeoutException:

@@ -76,66 +76,76 @@ class Worker:
     async def run(self, stop: asyncio.Event) -> None:
         """Work until ``stop`` is set, driving up to ``concurrency`` operations at once.
 
-        One loop claims (so a wake-up does not send every idle slot to the database at once)
-        and hands each claimed operation to its own task.
+        One loop claims for every free slot in a single transaction (a write transaction is
+        the scarce resource, on SQLite especially) and hands each operation to its own task.
         """
-        slots = asyncio.Semaphore(self.concurrency)
         running: set[asyncio.Task[None]] = set()
         try:
             while not stop.is_set():
-                await slots.acquire()
-                try:
-                    job = await self.claim()
-                except Exception:
-                    log.exception("claiming an operation failed")
-                    job = None
-                if job is None:
-                    slots.release()
-                    with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(
-                            self.platform.wake.wait(), self.settings.poll_interval
-                        )
-                    self.platform.wake.clear()
-                    continue
-                task = asyncio.create_task(self._drive_in_slot(job, slots))
-                running.add(task)
-                task.add_done_callback(running.discard)
+                free = self.concurrency - len(running)
+                jobs: list[Job] = []
+                if free > 0:
+                    try:
+                        jobs = await self.claim(free)
+                    except Exception:
+                        log.exception("claiming operations failed")
+                for job in jobs:
+                    task = asyncio.create_task(self.drive(job))
+                    running.add(task)
+                    task.add_done_callback(running.discard)
+                if jobs and len(jobs) < free:
+                    continue  # there may be more due right now
+                await self._idle(running)
         finally:
             if running:
                 await asyncio.wait(running, timeout=self.settings.broker_timeout)
             for task in running:
                 task.cancel()
 
-    async def _drive_in_slot(self, job: Job, slots: asyncio.Semaphore) -> None:
+    async def _idle(self, running: set[asyncio.Task[None]]) -> None:
+        """Wait for new work (wake-up), a free slot (a step ended), or the poll interval."""
+        wake = asyncio.create_task(self.platform.wake.wait())
         try:
-            await self.drive(job)
+            await asyncio.wait(
+                {wake, *running},
+                timeout=self.settings.poll_interval,
+                return_when=asyncio.FIRST_COMPLETED,
+            )
         finally:
-            slots.release()
+            wake.cancel()
+        self.platform.wake.clear()
 
     async def run_until_idle(self) -> None:
-        """Drive operations until none is due (tests and one-shot use)."""
-        while (job := await self.claim()) is not None:
-            await self.drive(job)
+        """Drive operations one by one until none is due (tests and one-shot use)."""
+        while jobs := await self.claim(1):
+            for job in jobs:
+                await self.drive(job)
 
     # -- claiming ---------------------------------------------------------------------------
 
-    async def claim(self) -> Job | None:
-        """Lease one due operation, or return None if there is none."""
+    async def claim(self, limit: int) -> list[Job]:
+        """Lease up to ``limit`` due operations (one transaction) and load what they need."""
         o = tables.operations
         now = utcnow()
         free = sa.or_(o.c.lease_until.is_(None), o.c.lease_until < now)
         due = sa.and_(o.c.state.in_(ACTIVE), o.c.next_attempt_at <= now, free)
-        pick = sa.select(o.c.id).where(due).order_by(o.c.next_attempt_at).limit(1)
+        pick = sa.select(o.c.id).where(due).order_by(o.c.next_attempt_at).limit(limit)
         if self.platform.db.is_postgres:
             pick = pick.with_for_update(skip_locked=True)
+        # Microseconds of the lease tell this claim's rows apart from any other's.
         lease = now + dt.timedelta(seconds=self.settings.lease_seconds)
+        if not self.platform.db.is_postgres:
+            # Look before taking SQLite's one write lock: most wake-ups find nothing due.
+            async with self.platform.db.read() as conn:
+                if await conn.scalar(pick) is None:
+                    return []
         async with self.platform.db.begin() as conn:
-            op_id = await conn.scalar(pick)
-            if op_id is None:
-                return None
-            claimed = await conn.execute(
+            ids = list((await conn.scalars(pick)).all())
+            if not ids:
+                return []
+            await conn.execute(
                 o.update()
-                .where(o.c.id == op_id, due)
+                .where(o.c.id.in_(ids), due)
                 .values(
                     owner=self.id,
                     lease_until=lease,
@@ -144,58 +154,65 @@ class Worker:
                     updated_at=now,
                 )
             )
-            if claimed.rowcount != 1:
-                return None
-            row = dict((await conn.execute(sa.select(o).where(o.c.id == op_id))).mappings().one())
-            return await self._job(conn, row)
+            jobs = []
+            for op_id in ids:
+                job = await self._job(conn, op_id, lease)
+                if job is not None:
+                    jobs.append(job)
+            return jobs
 
-    async def _job(self, conn: AsyncConnection, op: dict[str, Any]) -> Job | None:
-        i, p, s, b, bi = (
+    async def _job(self, conn: AsyncConnection, op_id: str, lease: dt.datetime) -> Job | None:
+        """Load a claimed operation with its instance, plan, broker and binding in one query."""
+        o, i, p, s, b, bi = (
+            tables.operations,
             tables.instances,
             tables.plans,
             tables.services,
             tables.brokers,
             tables.bindings,
         )
-        row = (
-            (
-                await conn.execute(
-                    sa.select(
-                        i.c.id,
-                        p.c.plan_id,
-                        p.c.definition,
-                        s.c.service_id,
-                        b.c.url,
-                        b.c.credentials,
-                    )
-                    .join(p, p.c.id == i.c.plan_pk)
-                    .join(s, s.c.id == p.c.service_pk)
-                    .join(b, b.c.id == s.c.broker_id)
-                    .where(i.c.id == op["instance_id"])
-                )
+        query = (
+            sa.select(
+                o,
+                i.c.id.label("target_instance"),
+                p.c.plan_id.label("broker_plan_id"),
+                p.c.definition.label("plan_definition"),
+                s.c.service_id.label("broker_service_id"),
+                b.c.url.label("broker_url"),
+                b.c.credentials.label("broker_credentials"),
+                bi.c.kind.label("binding_kind"),
             )
-            .mappings()
-            .first()
+            .select_from(o)
+            .outerjoin(i, i.c.id == o.c.instance_id)
+            .outerjoin(p, p.c.id == i.c.plan_pk)
+            .outerjoin(s, s.c.id == p.c.service_pk)
+            .outerjoin(b, b.c.id == s.c.broker_id)
+            .outerjoin(bi, bi.c.id == o.c.binding_id)
+            .where(o.c.id == op_id)
         )
-        kind = None
-        if op["binding_id"] is not None:
-            kind = await conn.scalar(sa.select(bi.c.kind).where(bi.c.id == op["binding_id"]))
-        if row is None or (op["binding_id"] is not None and kind is None):
+        row = (await conn.execute(query)).mappings().one()
+        op = {column.name: row[column.name] for column in o.columns}
+        if op["owner"] != self.id or op["lease_until"] != lease:
+            return None  # not ours after all: another worker claimed it first
+        missing_binding = op["binding_id"] is not None and row["binding_kind"] is None
+        if row["target_instance"] is None or missing_binding:
             await self._finish(conn, op, "failed", "the record no longer exists")
             return None
         request = self.platform.cipher.open(op["request"]) or {}
         # An update to another plan polls and deprovisions with the plan it is moving to.
-        plan_id = request.get("body", {}).get("plan_id") or row["plan_id"]
+        plan_id = request.get("body", {}).get("plan_id") or row["broker_plan_id"]
         return Job(
             op=op,
             request=request,
-            endpoint=endpoint_of(self.platform, row),
-            instance_id=row["id"],
-            service_id=row["service_id"],
+            endpoint=endpoint_of(
+                self.platform, {"url": row["broker_url"], "credentials": row["broker_credentials"]}
+            ),
+            instance_id=row["target_instance"],
+            service_id=row["broker_service_id"],
             plan_id=plan_id,
-            max_polling=row["definition"].get("maximum_polling_duration"),
+            max_polling=row["plan_definition"].get("maximum_polling_duration"),
             binding_id=op["binding_id"],
-            binding_kind=kind,
+            binding_kind=row["binding_kind"],
         )
 
     # -- driving ----------------------------------------------------------------------------
@@ -240,15 +257,13 @@ class Worker:
 
     @contextlib.asynccontextmanager
     async def _owned(self, job: Job) -> AsyncIterator[AsyncConnection]:
-        """A transaction that proceeds only while this worker still owns the operation."""
-        o = tables.operations
-        query = sa.select(o.c.owner, o.c.state).where(o.c.id == job.op["id"])
-        if self.platform.db.is_postgres:
-            query = query.with_for_update()
+        """A transaction that commits only while this worker still owns the operation.
+
+        The guard is in :meth:`_reschedule` and :meth:`_finish` (every step ends with one of
+        them): their update names this worker as owner, and if no row matched they raise
+        ``LeaseLost``, which rolls back everything the step wrote.
+        """
         async with self.platform.db.begin() as conn:
-            row = (await conn.execute(query)).first()
-            if row is None or row[0] != self.id or row[1] not in ACTIVE:
-                raise LeaseLost(job.op["id"])
             yield conn
 
     def _backoff(self, job: Job) -> float:
@@ -266,9 +281,9 @@ class Worker:
     ) -> None:
         o = tables.operations
         now = utcnow()
-        await conn.execute(
+        result = await conn.execute(
             o.update()
-            .where(o.c.id == job.op["id"])
+            .where(o.c.id == job.op["id"], o.c.owner == self.id, o.c.state.in_(ACTIVE))
             .values(
                 owner=None,
                 lease_until=None,
@@ -277,15 +292,17 @@ class Worker:
                 **values,
             )
         )
+        if result.rowcount != 1:
+            raise LeaseLost(job.op["id"])
 
     async def _finish(
         self, conn: AsyncConnection, op: dict[str, Any], state: str, description: str
     ) -> None:
         o = tables.operations
         now = utcnow()
-        await conn.execute(
+        result = await conn.execute(
             o.update()
-            .where(o.c.id == op["id"])
+            .where(o.c.id == op["id"], o.c.owner == self.id, o.c.state.in_(ACTIVE))
             .values(
                 state=state,
                 description=description,
@@ -295,6 +312,8 @@ class Worker:
                 updated_at=now,
             )
         )
+        if result.rowcount != 1:
+            raise LeaseLost(op["id"])
         target = f"{op['namespace']}/{op['binding_name'] or op['instance_name']}"
         await audit(
             conn,

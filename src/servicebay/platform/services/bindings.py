@@ -16,6 +16,7 @@ import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from servicebay.osb import Plan, Service, redact
+from servicebay.platform.services.catalog import plan_of, service_of
 from servicebay.platform.services.errors import BadRequest, Conflict, Unprocessable, not_found
 from servicebay.platform.services.instances import check_parameters, invalid
 from servicebay.platform.services.namespaces import require_namespace
@@ -26,6 +27,7 @@ from servicebay.platform.services.records import (
     binding_view,
     instance_select,
     operation_view,
+    with_operation,
 )
 from servicebay.platform.services.runtime import Actor, Platform
 from servicebay.platform.store import tables, utcnow
@@ -50,7 +52,7 @@ async def _offering_of(conn: AsyncConnection, plan_pk: str) -> tuple[Service, Pl
         )
     ).first()
     assert row is not None
-    return Service.model_validate(row[1]), Plan.model_validate(row[0])
+    return service_of(row[1]), plan_of(row[0])
 
 
 async def bind(
@@ -124,24 +126,23 @@ async def bind(
             request={"body": body},
         )
         now = utcnow()
-        await conn.execute(
-            b.insert().values(
-                id=binding_id,
-                namespace=namespace,
-                name=name,
-                instance_id=inst["id"],
-                kind=kind,
-                app=app,
-                state="binding",
-                parameters=platform.cipher.seal(full),
-                parameters_shown=shown,
-                credentials=None,
-                last_operation_id=op["id"],
-                created_by=actor.user,
-                created_at=now,
-                updated_at=now,
-            )
-        )
+        record: dict[str, Any] = {
+            "id": binding_id,
+            "namespace": namespace,
+            "name": name,
+            "instance_id": inst["id"],
+            "kind": kind,
+            "app": app,
+            "state": "binding",
+            "parameters": platform.cipher.seal(full),
+            "parameters_shown": shown,
+            "credentials": None,
+            "last_operation_id": op["id"],
+            "created_by": actor.user,
+            "created_at": now,
+            "updated_at": now,
+        }
+        await conn.execute(b.insert().values(**record))
         await audit(
             conn,
             user=actor.user,
@@ -151,9 +152,18 @@ async def bind(
             operation_id=op["id"],
             details={"instance": instance, "app": app, "parameters": shown},
         )
-        row = await _require_binding(conn, namespace, name)
     platform.notify()
-    return {"binding": binding_view(row), "operation": operation_view(op)}
+    view = binding_view(
+        with_operation(
+            record,
+            op,
+            instance_name=instance,
+            plan_name=inst["plan_name"],
+            service_name=inst["service_name"],
+            broker_name=inst["broker_name"],
+        )
+    )
+    return {"binding": view, "operation": operation_view(op)}
 
 
 def _suffix() -> str:
@@ -199,9 +209,9 @@ async def unbind(platform: Platform, actor: Actor, *, name: str, namespace: str)
             outcome="accepted",
             operation_id=op["id"],
         )
-        row = await _require_binding(conn, namespace, name)
     platform.notify()
-    return {"binding": binding_view(row), "operation": operation_view(op)}
+    view = binding_view(with_operation(row, op, state="unbinding"))
+    return {"binding": view, "operation": operation_view(op)}
 
 
 def _with_credentials(platform: Platform, actor: Actor, row: Any) -> dict[str, Any]:

@@ -8,6 +8,8 @@ still have instances (marked inactive), so those instances stay manageable.
 
 from __future__ import annotations
 
+import functools
+import json
 import uuid
 from dataclasses import dataclass
 from typing import Any
@@ -40,6 +42,27 @@ class Offering:
     plan_pk: str
     service: Service
     plan: Plan
+
+
+@functools.lru_cache(maxsize=512)
+def _parse_service(text: str) -> Service:
+    return Service.model_validate_json(text)
+
+
+@functools.lru_cache(maxsize=2048)
+def _parse_plan(text: str) -> Plan:
+    return Plan.model_validate_json(text)
+
+
+def service_of(definition: dict[str, Any]) -> Service:
+    """The stored service definition as a model (validated once, then cached: the catalog
+    was validated on registration, and schema meta-validation is costly)."""
+    return _parse_service(json.dumps(definition, sort_keys=True))
+
+
+def plan_of(definition: dict[str, Any]) -> Plan:
+    """The stored plan definition as a model (cached like :func:`service_of`)."""
+    return _parse_plan(json.dumps(definition, sort_keys=True))
 
 
 def endpoint_of(platform: Platform, broker: Any) -> BrokerEndpoint:
@@ -345,31 +368,33 @@ async def resolve_offering(
 ) -> Offering:
     """The active, visible plan ``service_name/plan_name``, or a 404/403 naming what is wrong."""
     s, p, b = tables.services, tables.plans, tables.brokers
-    service = (
+    # One query: the service, and the plan if it exists (outer join), so a missing plan and a
+    # missing service are told apart without a second round trip.
+    row = (
         (
             await conn.execute(
-                sa.select(s, b.c.name.label("broker_name"))
+                sa.select(
+                    s.c.id,
+                    s.c.broker_id,
+                    s.c.definition,
+                    b.c.name.label("broker_name"),
+                    p.c.id.label("plan_pk"),
+                    p.c.definition.label("plan_definition"),
+                )
                 .join(b, b.c.id == s.c.broker_id)
+                .outerjoin(
+                    p,
+                    sa.and_(p.c.service_pk == s.c.id, p.c.name == plan_name, p.c.active.is_(True)),
+                )
                 .where(s.c.name == service_name, s.c.active.is_(True))
             )
         )
         .mappings()
         .first()
     )
-    if service is None:
+    if row is None:
         raise not_found("service", service_name)
-    plan = (
-        (
-            await conn.execute(
-                sa.select(p).where(
-                    p.c.service_pk == service["id"], p.c.name == plan_name, p.c.active.is_(True)
-                )
-            )
-        )
-        .mappings()
-        .first()
-    )
-    if plan is None:
+    if row["plan_pk"] is None:
         raise not_found("plan", f"{service_name}/{plan_name}")
     if not plan_visible(namespace, service_name, plan_name):
         raise Forbidden(
@@ -377,12 +402,12 @@ async def resolve_offering(
             code="plan_not_visible",
         )
     return Offering(
-        broker_id=service["broker_id"],
-        broker_name=service["broker_name"],
-        service_pk=service["id"],
-        plan_pk=plan["id"],
-        service=Service.model_validate(service["definition"]),
-        plan=Plan.model_validate(plan["definition"]),
+        broker_id=row["broker_id"],
+        broker_name=row["broker_name"],
+        service_pk=row["id"],
+        plan_pk=row["plan_pk"],
+        service=service_of(row["definition"]),
+        plan=plan_of(row["plan_definition"]),
     )
 
 
@@ -434,7 +459,7 @@ async def marketplace(
     active_ids = {(r[1], r[0]) for r in active if r[2]}
     items = []
     for row in services:
-        service = Service.model_validate(row["definition"])
+        service = service_of(row["definition"])
         plans = [
             _plan_view(plan, service, constraints_for(namespace, service.name, plan.name))
             for plan in service.plans

@@ -26,6 +26,7 @@ from servicebay.platform.services.records import (
     instance_select,
     instance_view,
     operation_view,
+    with_operation,
 )
 from servicebay.platform.services.runtime import Actor, Platform
 from servicebay.platform.store import tables, utcnow
@@ -170,23 +171,22 @@ async def provision(
             instance_name=name,
             request={"body": body},
         )
-        await conn.execute(
-            i.insert().values(
-                id=instance_id,
-                namespace=namespace,
-                name=name,
-                plan_pk=offering.plan_pk,
-                state="provisioning",
-                parameters=platform.cipher.seal(full),
-                parameters_shown=shown_params,
-                dashboard_url=None,
-                maintenance_info=maintenance_info,
-                last_operation_id=op["id"],
-                created_by=actor.user,
-                created_at=now,
-                updated_at=now,
-            )
-        )
+        record: dict[str, Any] = {
+            "id": instance_id,
+            "namespace": namespace,
+            "name": name,
+            "plan_pk": offering.plan_pk,
+            "state": "provisioning",
+            "parameters": platform.cipher.seal(full),
+            "parameters_shown": shown_params,
+            "dashboard_url": None,
+            "maintenance_info": maintenance_info,
+            "last_operation_id": op["id"],
+            "created_by": actor.user,
+            "created_at": now,
+            "updated_at": now,
+        }
+        await conn.execute(i.insert().values(**record))
         await audit(
             conn,
             user=actor.user,
@@ -196,9 +196,13 @@ async def provision(
             operation_id=op["id"],
             details={"service": service, "plan": plan, "parameters": shown_params},
         )
-        row = await _require_instance(conn, namespace, name)
     platform.notify()
-    return 202, {"instance": instance_view(row), "operation": operation_view(op)}
+    view = instance_view(
+        with_operation(
+            record, op, plan_name=plan, service_name=service, broker_name=offering.broker_name
+        )
+    )
+    return 202, {"instance": view, "operation": operation_view(op)}
 
 
 async def _check_quota(conn: AsyncConnection, ns: Any) -> None:
@@ -316,9 +320,9 @@ async def update(
             operation_id=op["id"],
             details={"plan": target_plan, "parameters": redact(schema, checked)},
         )
-        row = await _require_instance(conn, namespace, name)
     platform.notify()
-    return 202, {"instance": instance_view(row), "operation": operation_view(op)}
+    view = instance_view(with_operation(row, op, state="updating"))
+    return 202, {"instance": view, "operation": operation_view(op)}
 
 
 async def deprovision(
@@ -361,9 +365,9 @@ async def deprovision(
             outcome="accepted",
             operation_id=op["id"],
         )
-        row = await _require_instance(conn, namespace, name)
     platform.notify()
-    return {"instance": instance_view(row), "operation": operation_view(op)}
+    view = instance_view(with_operation(row, op, state="deprovisioning"))
+    return {"instance": view, "operation": operation_view(op)}
 
 
 async def purge(platform: Platform, actor: Actor, *, name: str, namespace: str) -> dict[str, Any]:

@@ -8,6 +8,7 @@ a list of 10,000 instances is one query.
 from __future__ import annotations
 
 import datetime as dt
+import functools
 from collections.abc import Mapping
 from typing import Any
 
@@ -65,8 +66,9 @@ def operation_view(row: Mapping[Any, Any], prefix: str = "") -> dict[str, Any] |
     }
 
 
+@functools.cache
 def instance_select() -> sa.Select[Any]:
-    """Instances with their plan/service/broker names and last operation."""
+    """Instances with their plan/service/broker names and last operation (built once)."""
     i, p, s, b = tables.instances, tables.plans, tables.services, tables.brokers
     last = tables.operations.alias("lo")
     columns = [last.c[name].label("lo_" + name) for name in _OP_COLUMNS]
@@ -83,6 +85,19 @@ def instance_select() -> sa.Select[Any]:
         .join(b, b.c.id == s.c.broker_id)
         .outerjoin(last, last.c.id == i.c.last_operation_id)
     )
+
+
+def with_operation(row: Mapping[Any, Any], op: Mapping[str, Any], **changes: Any) -> dict[str, Any]:
+    """A joined row as it is after ``changes`` and with ``op`` as its last operation.
+
+    Lets a use case answer with the view of what it just wrote, without reading it back.
+    """
+    return {
+        **row,
+        **changes,
+        "last_operation_id": op["id"],
+        **{"lo_" + key: op[key] for key in _OP_COLUMNS},
+    }
 
 
 def instance_view(row: Mapping[Any, Any]) -> dict[str, Any]:
@@ -105,8 +120,9 @@ def instance_view(row: Mapping[Any, Any]) -> dict[str, Any]:
     }
 
 
+@functools.cache
 def binding_select() -> sa.Select[Any]:
-    """Bindings with their instance, plan/service/broker names and last operation."""
+    """Bindings with their instance, plan/service/broker names and last operation (built once)."""
     bi, i, p, s, b = (
         tables.bindings,
         tables.instances,

@@ -56,12 +56,19 @@ class Database:
         self.is_postgres = self._async_url.get_backend_name() == "postgresql"
         if not self.is_postgres and self._async_url.database:
             Path(self._async_url.database).parent.mkdir(parents=True, exist_ok=True)
-        kwargs: dict[str, Any] = {"pool_pre_ping": True}
+        # Every use goes through begin()/read(), which always ends its transaction, so the
+        # pool's reset-on-return would be a second, redundant round trip per transaction.
+        kwargs: dict[str, Any] = {"pool_reset_on_return": None}
         if self.is_postgres:
-            kwargs.update(pool_size=10, max_overflow=10)
+            kwargs.update(pool_size=10, max_overflow=10, pool_pre_ping=True, pool_recycle=1800)
         self.engine: AsyncEngine = create_async_engine(self._async_url, **kwargs)
         self._reader = self.engine
+        self._write_lock: asyncio.Lock | None = None
         if not self.is_postgres:
+            # SQLite has one writer at a time; its busy handler makes waiters sleep up to
+            # 100 ms between tries. Queueing this process's writers on an asyncio lock hands
+            # the write lock over at once (other processes still meet the busy timeout).
+            self._write_lock = asyncio.Lock()
             _sqlite_pragmas(self.engine)
             _sqlite_immediate(self.engine)
             # Readers need no write lock: in WAL mode they never block, nor wait for, writers.
@@ -99,7 +106,11 @@ class Database:
     @asynccontextmanager
     async def begin(self) -> AsyncIterator[AsyncConnection]:
         """One transaction: committed when the block ends, rolled back if it raises."""
-        async with self.engine.begin() as conn:
+        if self._write_lock is None:
+            async with self.engine.begin() as conn:
+                yield conn
+            return
+        async with self._write_lock, self.engine.begin() as conn:
             yield conn
 
     @asynccontextmanager
