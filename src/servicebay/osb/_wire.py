@@ -7,7 +7,6 @@ string, because a broker must answer a wrongly typed field with 400 rather than 
 
 from __future__ import annotations
 
-import json
 from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Strict, StringConstraints
@@ -34,5 +33,5 @@ class WireModel(BaseModel):
         return self.model_dump(mode="json", by_alias=True, exclude_none=True)
 
     def to_json(self) -> bytes:
-        """Return the compact UTF-8 JSON body."""
-        return json.dumps(self.to_wire(), separators=(",", ":"), ensure_ascii=False).encode()
+        """Return the compact UTF-8 JSON body (the same content as ``to_wire()``)."""
+        return self.model_dump_json(by_alias=True, exclude_none=True).encode()
