@@ -89,8 +89,8 @@ def broker_scenario() -> Sequence[Request]:
 def broker_process(port: int, env: dict[str, str], log: Path, db: str) -> Iterator[int]:
     """``bay broker serve`` for the duration of the block (output to a file, not a pipe)."""
     cmd = [
-        # `bay broker serve`, invoked through its Typer app so it runs from a source checkout.
-        sys.executable, "-c", "from servicebay.cli.broker import app; app()", "serve",
+        # `bay broker serve`, run as a module so it works from a source checkout too.
+        sys.executable, "-m", "servicebay.cli.broker", "serve",
         "servicebay.brokers.rabbitmq:broker",
         "--host", "127.0.0.1", "--port", str(port),
         "--username", USER, "--password", PASSWORD, "--db", db, "--log-level", "warning",
