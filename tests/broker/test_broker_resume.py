@@ -254,3 +254,18 @@ async def test_deprovision_that_deleted_its_record_before_a_crash_resumes_as_suc
     async with running(restarted, db) as client:
         await wait_state(client, INSTANCE, "succeeded", operation)
     assert restarted.count("deprovision") == 0
+
+
+async def test_provision_recorded_ready_before_a_crash_is_not_run_again(db: str) -> None:
+    """A provision whose success was recorded just before a crash is reported succeeded on
+    restart; the author is not called a second time."""
+    operation = await _interrupted_provision(db)
+    async for store in _store(db):
+        record = await store.get_instance("i-1")
+        assert record is not None
+        record.state = "ready"
+        await store.put_instance(record)
+    restarted = SampleBroker()
+    async with running(restarted, db) as client:
+        await wait_state(client, INSTANCE, "succeeded", operation)
+    assert restarted.count("provision") == 0

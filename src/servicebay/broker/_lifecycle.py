@@ -31,7 +31,7 @@ from servicebay.broker._bindings import Bindings
 from servicebay.broker._instances import Instances
 from servicebay.broker._lifecycle_base import Caller, Reply, json_body
 from servicebay.broker._operations import Job, is_overdue
-from servicebay.broker._store import OperationRecord, utcnow
+from servicebay.broker._store import InstanceRecord, OperationRecord, utcnow
 
 __all__ = ["Caller", "Lifecycle", "Reply"]
 
@@ -86,19 +86,14 @@ class Lifecycle(Instances, Bindings):
 
     async def job_for(self, op: OperationRecord) -> Job:
         """Rebuild the job of a recorded operation so it can be resumed after a restart."""
-        caller = Caller.from_blob(op.request)
         kind = OperationKind(op.kind)
+        instance = await self.store.get_instance(op.instance_id)
+        if await self._done_before_crash(kind, op, instance):
+            return Job(kind, _already_done, _already_done)
+        caller = Caller.from_blob(op.request)
         if kind is OperationKind.PROVISION:
             request = osb.ProvisionRequest.model_validate(op.request["request"])
             return self._provision_job(self._provision_details(op.instance_id, request, caller))
-        instance = await self.store.get_instance(op.instance_id)
-        if kind is OperationKind.UNBIND and op.binding_id is not None and instance is not None:
-            gone = await self.store.get_binding(op.instance_id, op.binding_id) is None
-        else:
-            gone = instance is None
-        if gone and kind in (OperationKind.DEPROVISION, OperationKind.UNBIND):
-            # The process died after deleting the record, before saying so: the work is done.
-            return Job(kind, _already_done, _already_done)
         if instance is None:
             raise osb.InternalError(f"the record of instance {op.instance_id!r} disappeared")
         service, plan = self.catalog.recorded(instance.service_id, instance.plan_id)
@@ -119,6 +114,25 @@ class Lifecycle(Instances, Bindings):
             op.instance_id, op.binding_id, service, plan, caller.identity, caller.request_id
         )
         return self._unbind_job(unbind)
+
+    async def _done_before_crash(
+        self, kind: OperationKind, op: OperationRecord, instance: InstanceRecord | None
+    ) -> bool:
+        """True when the records show the operation's effect: its process died after writing
+        them, before marking the operation succeeded. Failures write other states ("failed",
+        back to "ready"), so only unambiguous outcomes count; anything else is re-run."""
+        binding = None
+        if op.binding_id is not None and instance is not None:
+            binding = await self.store.get_binding(op.instance_id, op.binding_id)
+        if kind is OperationKind.PROVISION:
+            return instance is not None and instance.state == "ready"
+        if kind is OperationKind.BIND:
+            return binding is not None and binding.state == "ready"
+        if kind is OperationKind.DEPROVISION:
+            return instance is None
+        if kind is OperationKind.UNBIND:
+            return binding is None
+        return False
 
 
 async def _already_done(*_: object) -> None:
