@@ -178,3 +178,51 @@ def test_apply_defaults_never_changes_given_values(parameters: dict[str, Any]) -
     for key, value in parameters.items():
         assert filled[key] == value
     assert set(filled) >= {"a", "b", ""}
+
+
+@given(st.integers(-1000, 1000), st.integers(0, 1000), st.integers(-3000, 3000))
+def test_range_violations_are_reported_with_their_bound(low: int, span: int, value: int) -> None:
+    """An integer outside minimum..maximum is refused naming field, rule, bound and value;
+    inside, it passes."""
+    high = low + span
+    schema = {
+        "type": "object",
+        "properties": {"n": {"type": "integer", "minimum": low, "maximum": high}},
+    }
+    try:
+        osb.validate_parameters(schema, {"n": value})
+    except osb.InvalidParameters as exc:
+        assert not low <= value <= high
+        (problem,) = exc.problems
+        assert problem.path == "n"
+        if value < low:
+            assert (problem.rule, problem.message) == (
+                "minimum",
+                f"n: must be >= {low} (got {value})",
+            )
+        else:
+            assert (problem.rule, problem.message) == (
+                "maximum",
+                f"n: must be <= {high} (got {value})",
+            )
+    else:
+        assert low <= value <= high
+
+
+@given(st.integers(1, 10), st.integers(0, 5))
+def test_defaults_that_fit_the_schema_validate(default: int, extra: int) -> None:
+    """Parameters completed by apply_defaults from valid defaults always validate."""
+    schema = {
+        "type": "object",
+        "properties": {
+            "size": {"type": "integer", "minimum": 1, "maximum": 10, "default": default},
+            "limits": {
+                "type": "object",
+                "properties": {"queues": {"type": "integer", "maximum": 5, "default": extra}},
+            },
+        },
+        "required": ["size"],
+    }
+    filled = osb.apply_defaults(schema, {"limits": {}})
+    osb.validate_parameters(schema, filled)
+    assert filled == {"size": default, "limits": {"queues": extra}}
