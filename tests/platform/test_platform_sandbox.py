@@ -28,11 +28,14 @@ async def test_sandbox_lifecycle(
     """register → marketplace → provision → bind (credentials) → unbind → deprovision."""
     settings = platform_settings(tmp_path, db_url, broker_timeout=10.0, default_retry_after=0.2)
     app = create_app(settings)
-    async with app.router.lifespan_context(app), httpx.AsyncClient(
-        transport=httpx.ASGITransport(app=app),
-        base_url="http://platform.test",
-        headers={"Authorization": f"Bearer {ADMIN_TOKEN}"},
-    ) as c:
+    async with (
+        app.router.lifespan_context(app),
+        httpx.AsyncClient(
+            transport=httpx.ASGITransport(app=app),
+            base_url="http://platform.test",
+            headers={"Authorization": f"Bearer {ADMIN_TOKEN}"},
+        ) as c,
+    ):
         platform = PlatformUnderTest(app, c, settings)
         r = await c.post(
             "/api/v1/brokers",
@@ -77,11 +80,14 @@ async def test_sandbox_failure_is_mitigated(
     """fail=true on the async plan: last_operation failed → orphan mitigation → deleted."""
     settings = platform_settings(tmp_path, db_url, broker_timeout=10.0, default_retry_after=0.2)
     app = create_app(settings)
-    async with app.router.lifespan_context(app), httpx.AsyncClient(
-        transport=httpx.ASGITransport(app=app),
-        base_url="http://platform.test",
-        headers={"Authorization": f"Bearer {ADMIN_TOKEN}"},
-    ) as c:
+    async with (
+        app.router.lifespan_context(app),
+        httpx.AsyncClient(
+            transport=httpx.ASGITransport(app=app),
+            base_url="http://platform.test",
+            headers={"Authorization": f"Bearer {ADMIN_TOKEN}"},
+        ) as c,
+    ):
         platform = PlatformUnderTest(app, c, settings)
         await c.post(
             "/api/v1/brokers",
