@@ -22,6 +22,9 @@ from test_broker_support import (
     wait_state,
 )
 
+from servicebay import osb
+from servicebay.broker import OperationContext, ProvisionDetails, ProvisionResult
+
 INSTANCE = "/v2/service_instances/i-1"
 BINDING = INSTANCE + "/service_bindings/b-1"
 ASYNC_OK = {"accepts_incomplete": "true"}
@@ -367,3 +370,29 @@ async def test_binding_last_operation_reports_sync_bindings_succeeded(
     await _bound(client, SYNC)
     response = await client.get(BINDING + "/last_operation")
     assert response.json() == {"state": "succeeded"}
+
+
+async def test_async_202_carries_the_dashboard_url(tmp_path: Path) -> None:
+    """spec: a dashboard_url MUST come with the initial response, even when asynchronous:
+    the author's `dashboard_url` hook fills the 202 of provision and update."""
+
+    class WithDashboard(SampleBroker):
+        def dashboard_url(self, instance_id: str, service: osb.Service, plan: osb.Plan) -> str:
+            return f"https://dash.example/{plan.name}/{instance_id}"
+
+        async def provision(
+            self, details: ProvisionDetails, ctx: OperationContext
+        ) -> ProvisionResult:
+            return ProvisionResult()
+
+    async with running(WithDashboard(), f"sqlite:///{tmp_path}/b.db") as client:
+        response = await client.put(INSTANCE, params=ASYNC_OK, json=provision_body(ASYNC))
+        assert response.status_code == 202
+        assert set(response.json()) == {"operation", "dashboard_url"}
+        assert response.json()["dashboard_url"] == "https://dash.example/async/i-1"
+        await wait_state(client, INSTANCE, "succeeded")
+        fetched = await client.get(INSTANCE)
+        assert fetched.json()["dashboard_url"] == "https://dash.example/async/i-1"
+        update = await client.patch(INSTANCE, params=ASYNC_OK, json={"service_id": SERVICE})
+        assert update.status_code == 202
+        assert update.json()["dashboard_url"] == "https://dash.example/async/i-1"

@@ -301,6 +301,15 @@ class Broker:
         """Whether binds on `plan` must name an app (422 RequiresApp otherwise)."""
         return False
 
+    def dashboard_url(self, instance_id: str, service: osb.Service, plan: osb.Plan) -> str | None:
+        """The instance's dashboard, known before asynchronous work ends (default: none).
+
+        spec "Provisioning" / "Updating": a dashboard_url MUST come with the initial response
+        even when the operation runs asynchronously, so the SDK asks here for the 202 answer.
+        Synchronous operations use the result's dashboard_url instead.
+        """
+        return None
+
     async def provision(self, details: ProvisionDetails, ctx: OperationContext) -> ProvisionResult:
         """Create the service instance."""
         raise NotImplementedError(f"{type(self).__name__} does not implement provision")

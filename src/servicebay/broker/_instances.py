@@ -75,9 +75,13 @@ class Instances(LifecycleBase):
         resolved = request.model_copy(update={"parameters": parameters})
         details = self._provision_details(instance_id, resolved, caller)
         if is_async:
+            record.dashboard_url = self.broker.dashboard_url(instance_id, service, plan)
+            if record.dashboard_url is not None:
+                await self.store.put_instance(record)
             blob = {"request": resolved.to_wire(), **caller.to_blob()}
+            job = self._provision_job(details)
             return await self._start(
-                OperationKind.PROVISION, instance_id, None, plan, blob, self._provision_job(details)
+                OperationKind.PROVISION, instance_id, None, plan, blob, job, record.dashboard_url
             )
         ctx = self._sync_context(OperationKind.PROVISION, instance_id)
         try:
@@ -140,7 +144,7 @@ class Instances(LifecycleBase):
             result = await self.broker.provision(details, ctx)
             record = await self._instance_or_fail(details.instance_id)
             record.state = "ready"
-            record.dashboard_url = result.dashboard_url
+            record.dashboard_url = result.dashboard_url or record.dashboard_url
             record.metadata = result.metadata.to_wire() if result.metadata else None
             await self.store.put_instance(record)
 
@@ -190,7 +194,10 @@ class Instances(LifecycleBase):
             record.state = "updating"
             await self.store.put_instance(record)
             blob = {"request": request.to_wire(), "fingerprint": fp, **caller.to_blob()}
-            return await self._start(OperationKind.UPDATE, instance_id, None, current, blob, job)
+            dashboard = self.broker.dashboard_url(instance_id, service, target)
+            return await self._start(
+                OperationKind.UPDATE, instance_id, None, current, blob, job, dashboard
+            )
         ctx = self._sync_context(OperationKind.UPDATE, instance_id)
         result = await self._timed(OperationKind.UPDATE, self.broker.update(details, ctx))
         await self._apply_update(record, request, target, result.dashboard_url, result.metadata)

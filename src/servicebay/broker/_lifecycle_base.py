@@ -119,14 +119,17 @@ class LifecycleBase:
         plan: osb.Plan,
         blob: dict[str, Any],
         job: Job,
+        dashboard_url: str | None = None,
     ) -> Reply:
         op = self.operations.new_record(
             kind, instance_id, binding_id, blob, plan.maximum_polling_duration
         )
         await self.store.create_operation(op)
         self.operations.spawn(op, job)
-        # The 202 body carries only the operation: for binds, credentials MUST NOT appear here.
-        return Reply(202, json_body(osb.UnbindResponse(operation=op.operation_id)))
+        # The 202 body: the operation, and for instances the dashboard if known already (spec:
+        # MUST come with the initial response). Never binding credentials (spec: MUST NOT).
+        body = osb.ProvisionResponse(operation=op.operation_id, dashboard_url=dashboard_url)
+        return Reply(202, json_body(body))
 
     async def _timed(self, kind: OperationKind, call: Awaitable[T]) -> T:
         """Run a synchronous author call, recording its duration and outcome."""
