@@ -5,13 +5,46 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import uuid
+from collections.abc import Iterator
 
 import pytest
+from cryptography.fernet import Fernet
 
 from servicebay.conformance import Outcome, run_checks
 from servicebay.testing import serve_broker
 
 pytestmark = pytest.mark.e2e
+SANDBOX = "servicebay.examples.sandbox:broker"
+
+
+@pytest.fixture
+def postgres_database(postgres_url: str) -> Iterator[str]:
+    """A fresh database on the real PostgreSQL, dropped afterwards."""
+    import psycopg
+
+    name = f"sb_{uuid.uuid4().hex[:8]}"
+    with psycopg.connect(postgres_url, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    try:
+        yield postgres_url.rsplit("/", 1)[0] + f"/{name}"
+    finally:
+        with psycopg.connect(postgres_url, autocommit=True) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.mark.postgres
+async def test_served_sandbox_on_postgres_passes_the_conformance_self_test(
+    postgres_database: str,
+) -> None:
+    """The same self-test with the broker's store on the real PostgreSQL (two workers)."""
+    key = {"SERVICEBAY_BROKER_KEY": Fernet.generate_key().decode()}
+    with serve_broker(SANDBOX, db=postgres_database, workers=2, env=key) as served:
+        report = await run_checks(
+            served.url, username=served.username, password=served.password, poll_timeout=60
+        )
+    failed = [f"{r.check}: {r.detail}" for r in report.results if r.outcome is Outcome.FAIL]
+    assert not failed, "\n".join(failed)
 
 
 async def test_served_sandbox_passes_the_conformance_self_test() -> None:
