@@ -107,6 +107,9 @@ async def test_param_plan_never_shows_the_write_only_secret(client: httpx.AsyncC
     assert (await client.put("/v2/service_instances/p2", json=body)).status_code == 201
     fetched = await client.get("/v2/service_instances/p2")
     assert "hunter2-very-secret" not in fetched.text
+    assert fetched.json()["parameters"]["secret"] == "***"
+    wrong = await client.put("/v2/service_instances/p3", json=provision_body("param", secret=5))
+    assert wrong.status_code == 400 and "secret" in wrong.json()["description"]
 
 
 async def test_async_plan_requires_accepts_incomplete(client: httpx.AsyncClient) -> None:
