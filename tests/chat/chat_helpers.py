@@ -10,6 +10,7 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Any
 
+import pytest
 import uvicorn
 from starlette.applications import Starlette
 
@@ -18,6 +19,11 @@ from servicebay.chat.server import create_app
 from servicebay.chat.service import ChatService
 from servicebay.chat.settings import ChatSettings
 from servicebay.chat.stores import ChatStore
+
+# Every backend, as a store URL built from the test's tmp_path. A RabbitMQ backend adds
+# pytest.param(lambda tmp: "rabbitmq:<binding>", id="rabbitmq", marks=pytest.mark.rabbitmq);
+# every store test, server test and the chaos test then run on it too.
+BACKENDS = [pytest.param(lambda tmp: f"sqlite:{tmp / 'chat.db'}", id="sqlite")]
 
 
 @dataclass

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from chat_helpers import eventually
+from chat_helpers import BACKENDS, eventually
 
 from servicebay.chat.client import ChatClient, ChatMessage
 
@@ -102,9 +102,9 @@ class Server:
                 self.start()
 
 
-# A RabbitMQ backend adds its store URL here (marked rabbitmq), plus a variant that restarts
-# RabbitMQ itself.
-STORES = [pytest.param(lambda tmp: f"sqlite:{tmp / 'chat.db'}", id="sqlite")]
+# A RabbitMQ backend's entry in chat_helpers.BACKENDS runs here too; it adds a variant that also
+# restarts RabbitMQ itself.
+STORES = BACKENDS
 
 
 @pytest.mark.parametrize("store", STORES)
