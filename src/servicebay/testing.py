@@ -199,14 +199,14 @@ class ServedBroker:
                 self.kill()
         return self.process.returncode
 
-    def restart(self, timeout: float = 30.0) -> None:
+    def restart(self, timeout: float = 60.0) -> None:
         """Start the broker again on the same database, key and port (after kill or stop)."""
         if self.process.poll() is None:
             raise RuntimeError("the broker is still running: kill() or stop() it first")
         self.process = self._spawn()
         self.wait_ready(timeout)
 
-    def wait_ready(self, timeout: float = 30.0) -> None:
+    def wait_ready(self, timeout: float = 60.0) -> None:
         """Block until ``GET /v2/catalog`` answers 200; RuntimeError if the process dies first."""
         deadline = time.monotonic() + timeout
         headers = {API_VERSION_HEADER: API_VERSION}
@@ -243,7 +243,7 @@ def serve_broker(
     db: str | None = None,
     workers: int = 1,
     env: dict[str, str] | None = None,
-    timeout: float = 30.0,
+    timeout: float = 60.0,
 ) -> Iterator[ServedBroker]:
     """Serve ``broker`` from a real ``bay broker serve`` process on a free local port.
 
