@@ -83,3 +83,37 @@ def test_bay_broker_check_exit_codes_against_a_served_broker() -> None:
     assert served.password not in good.stdout + good.stderr
     assert bad.returncode == 1, bad.stdout + bad.stderr
     assert "catalog.fetch" in bad.stdout
+
+
+async def test_served_broker_logs_never_contain_credentials_or_secrets() -> None:
+    """After binds and a write-only parameter, the process log holds neither in clear."""
+    import httpx
+
+    from servicebay.examples.sandbox import SERVICE_ID, plan_id
+
+    ids = {"service_id": SERVICE_ID, "plan_id": plan_id("param")}
+    secret = "write-only-" + uuid.uuid4().hex
+    with serve_broker(SANDBOX) as served:
+        async with httpx.AsyncClient(
+            base_url=served.url,
+            auth=(served.username, served.password),
+            headers={"X-Broker-API-Version": "2.17"},
+        ) as client:
+            body = {
+                **ids,
+                "organization_guid": "o",
+                "space_guid": "s",
+                "parameters": {"secret": secret},
+            }
+            assert (await client.put("/v2/service_instances/i1", json=body)).status_code == 201
+            bound = await client.put("/v2/service_instances/i1/service_bindings/b1", json=ids)
+            password = bound.json()["credentials"]["password"]
+            refused = await client.put(
+                "/v2/service_instances/i2", json={**body, "parameters": {"secret": 7}}
+            )
+            assert refused.status_code == 400
+        log = served.log
+    assert "broker started" in log  # the log was written, so its absence of secrets means something
+    assert password not in log
+    assert secret not in log
+    assert served.password not in log
