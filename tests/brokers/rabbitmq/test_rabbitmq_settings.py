@@ -46,6 +46,7 @@ def test_plain_amqp_defaults_to_5672_and_explicit_port_wins() -> None:
         ("MANAGEMENT_URL", "http://admin:pw@mq:15672", "must not contain credentials"),
         ("AMQP_PORT", "70000", "less than or equal to 65535"),
         ("AMQP_CA_FILE", "/nonexistent/ca.pem", "no such file"),
+        ("PREFIX", "x" * 33, "at most 32 characters"),
         ("SURPRISE", "x", None),  # unknown variables are simply not read
     ],
 )
@@ -60,6 +61,13 @@ def test_bad_values_name_the_variable(variable: str, value: str, message: str | 
     assert f"SERVICEBAY_RABBITMQ_{variable}" in str(caught.value)
     assert message in str(caught.value)
     assert "admin:pw" not in str(caught.value)
+
+
+def test_empty_prefix_is_refused() -> None:
+    """The prefix is the broker's namespace in RabbitMQ; an empty one would claim everything."""
+    with pytest.raises(ConfigurationError) as caught:
+        RabbitMQBrokerSettings.from_env({}, prefix="")
+    assert "SERVICEBAY_RABBITMQ_PREFIX" in str(caught.value)
 
 
 def test_describe_hides_the_password(tmp_path: Path) -> None:

@@ -49,7 +49,11 @@ class RabbitMQBrokerSettings(BaseModel):
     public_management_url: str | None = Field(
         None, description="Management URL handed out to bound apps (`management-uri`)."
     )
-    prefix: str = Field("sb-", max_length=32, description="Prefix of created vhosts and users.")
+    # The prefix is the broker's namespace in RabbitMQ: whatever carries it, the broker may
+    # adopt or delete, so it cannot be empty.
+    prefix: str = Field(
+        "sb-", min_length=1, max_length=32, description="Prefix of created vhosts and users."
+    )
     timeout: float = Field(10.0, gt=0, description="Seconds per management API request.")
     attempts: int = Field(4, ge=1, le=20, description="Tries per request on transient errors.")
 
