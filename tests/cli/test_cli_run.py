@@ -116,3 +116,51 @@ def test_run_with_root_keeps_foreign_bindings(bay: Bay, registered: str, tmp_pat
     assert result.exit_code == 0, result.output
     assert json.loads(out.read_text())["name"] == binding
     assert bindings.all(root).names == ["other"]
+
+
+WATCHER = """
+import json, sys, time
+from pathlib import Path
+from servicebay import bindings
+out = Path(sys.argv[1])
+seen = [bindings.find(type="sandbox")["password"]]
+out.write_text(json.dumps(seen))
+
+def changed(snapshot):
+    found = snapshot.filter(type="sandbox")
+    if found and found[0]["password"] not in seen:
+        seen.append(found[0]["password"])
+        out.write_text(json.dumps(seen))
+
+with bindings.watch(changed, interval=0.1):
+    deadline = time.monotonic() + 60
+    while len(seen) < 2 and time.monotonic() < deadline:
+        time.sleep(0.05)
+"""
+
+
+def test_running_app_picks_up_new_credentials(bay: Bay, registered: str, tmp_path: Path) -> None:
+    """Re-binding while the app runs: bindings.watch() hands it the new password, no restart."""
+    app = unique("app")
+    instance, binding = _bound(bay, app)
+    script = tmp_path / "watcher.py"
+    script.write_text(WATCHER)
+    out = tmp_path / "seen.json"
+    env = {
+        **os.environ,
+        "SERVICEBAY_URL": bay.platform.url,
+        "SERVICEBAY_TOKEN": bay.token,
+        "SERVICEBAY_HOME": str(bay.home),
+    }
+    command = [sys.executable, "-m", "servicebay.cli.commands", "run", "--app", app]
+    command += ["--refresh", "0.2", "--", sys.executable, str(script), str(out)]
+    with subprocess.Popen(command, env=env, stderr=subprocess.PIPE, text=True) as runner:
+        deadline = time.monotonic() + 60
+        while not out.exists() and time.monotonic() < deadline and runner.poll() is None:
+            time.sleep(0.05)
+        assert out.exists(), runner.stderr.read() if runner.stderr else ""
+        assert bay("unbind", binding).exit_code == 0
+        assert bay("bind", instance, "--app", app).exit_code == 0  # same name, new credentials
+        assert runner.wait(90) == 0
+    first, second = json.loads(out.read_text())
+    assert first != second
