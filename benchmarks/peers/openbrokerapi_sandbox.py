@@ -52,9 +52,8 @@ class SandboxPeer(ServiceBroker):
             description="sandbox peer",
             bindable=True,
             plans=plans,
-            plan_updateable=True,
-            instances_retrievable=True,
-            bindings_retrievable=True,
+            # No plan_updateable, instances_/bindings_retrievable: this peer implements neither
+            # update nor fetch, and declaring them would be a lie `bay broker check` catches.
         )
 
     def provision(

@@ -77,3 +77,18 @@ def test_self_test_never_imports_the_sdk() -> None:
     )
     root = Path(__file__).resolve().parents[2]
     subprocess.run([sys.executable, "-c", code], check=True, cwd=root)
+
+
+def test_rendered_table_shows_ids_and_details_verbatim() -> None:
+    """Brackets in check ids and JSON in details are printed as they are, not read as markup."""
+    from io import StringIO
+
+    from rich.console import Console
+
+    rec = Recorder(prefix="plan[sandbox/sync].")
+    rec.check("bind", "binds", "Binding", False, 'PUT /x -> 400 {"a": [1]} [bold]x[/bold]')
+    out = StringIO()
+    Report("http://b", rec.results).render(Console(file=out, width=300))
+    text = out.getvalue()
+    assert "plan[sandbox/sync].bind" in text
+    assert '{"a": [1]} [bold]x[/bold]' in text

@@ -312,12 +312,20 @@ class PlanRun:
         answer = await self.probe.send(
             "PATCH", self.base, params={"accepts_incomplete": "true"}, body=body
         )
+        # Updating is a MUST only where the catalog offers it (plan changes, an update schema,
+        # context updates); elsewhere a broker may not implement the endpoint at all.
+        offered = (
+            bool(self.t.plan.get("plan_updateable", self.t.flag("plan_updateable")))
+            or schema is not None
+            or self.t.flag("allow_context_updates")
+        )
         if not self.rec.check(
             "update",
             "an update of the instance answers 200 or 202",
             UPDATE,
             answer.status in (200, 202) and answer.json_object is not None,
             answer.describe(),
+            must=offered,
         ):
             return
         if answer.status == 202:

@@ -101,19 +101,20 @@ class Report:
 
     def render(self, console: Console) -> None:
         """Print the table of checks and the summary line."""
-        table = Table(title=f"OSB v2.17 conformance: {self.url}", show_lines=False)
+        table = Table(title=Text(f"OSB v2.17 conformance: {self.url}"), show_lines=False)
         table.add_column("result", no_wrap=True)
         table.add_column("check", overflow="fold")
         table.add_column("asserts")
         table.add_column("spec section")
         table.add_column("detail", overflow="fold")
         for r in self.results:
+            # Text, not str: ids like plan[sandbox/sync] and JSON in details are not markup.
             table.add_row(
                 Text(r.outcome.value, style=_STYLE[r.outcome]),
-                r.check,
-                r.title,
-                r.section,
-                r.detail,
+                Text(r.check),
+                Text(r.title),
+                Text(r.section),
+                Text(r.detail),
             )
         console.print(table)
         style = "bold green" if self.ok else "bold red"
