@@ -136,7 +136,7 @@ def _database(kind: str, tmp_path: Path, postgres_url: str) -> Iterator[str]:
         return
     base = make_url(postgres_url)
     name = f"sb_{uuid.uuid4().hex[:8]}"
-    connect = {"host": base.host, "port": base.port or 5432, "user": base.username}
+    connect: dict[str, Any] = {"host": base.host, "port": base.port or 5432, "user": base.username}
     with psycopg.connect(**connect, dbname=base.database, autocommit=True) as conn:
         conn.execute(f'CREATE DATABASE "{name}"')
     try:
