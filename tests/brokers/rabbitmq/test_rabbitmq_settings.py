@@ -3,6 +3,7 @@ an unreachable management API or refused credentials with a message saying which
 
 from __future__ import annotations
 
+import ssl
 from pathlib import Path
 
 import httpx
@@ -136,3 +137,41 @@ async def test_start_up_gate_refuses_user_without_administrator_tag(
         with pytest.raises(ConfigurationError) as caught:
             await check_management_access(settings, api)
     assert "'administrator' tag" in str(caught.value)
+
+
+async def test_management_ca_file_is_trusted_for_https(tmp_path: Path) -> None:
+    """A CA bundle for the management API becomes the client's TLS trust; a bad one fails."""
+    import datetime
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "test CA")])
+    now = datetime.datetime.now(datetime.UTC)
+    certificate = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now)
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(key, hashes.SHA256())
+    )
+    ca = tmp_path / "ca.pem"
+    ca.write_bytes(certificate.public_bytes(serialization.Encoding.PEM))
+    settings = RabbitMQBrokerSettings.from_env(
+        {}, management_url="https://mq.example:15671", management_ca_file=str(ca)
+    )
+    async with settings.management_api() as api:
+        assert api.base_url == "https://mq.example:15671"
+
+    broken = tmp_path / "broken.pem"
+    broken.write_text("not a certificate")
+    settings = RabbitMQBrokerSettings.from_env({}, management_ca_file=str(broken))
+    with pytest.raises(ssl.SSLError):
+        settings.management_api()

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+import ssl
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import TracebackType
@@ -165,7 +166,7 @@ class ManagementAPI:
             vhost = await api.get_vhost("orders")
 
     ``transport`` is passed to httpx (tests may hand in any transport); ``verify`` is httpx's
-    TLS verification (True, False, or a CA bundle path / SSL context).
+    TLS verification (True, False, or an SSL context trusting the server's CA).
     """
 
     def __init__(
@@ -177,7 +178,7 @@ class ManagementAPI:
         timeout: float = 10.0,
         attempts: int = 4,
         backoff: float = 0.1,
-        verify: Any = True,
+        verify: ssl.SSLContext | bool = True,
         transport: httpx.AsyncBaseTransport | None = None,
     ) -> None:
         self.base_url = base_url.rstrip("/")

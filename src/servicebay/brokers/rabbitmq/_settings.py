@@ -10,6 +10,7 @@ credentials, with a message saying which.
 from __future__ import annotations
 
 import os
+import ssl
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -115,9 +116,9 @@ class RabbitMQBrokerSettings(BaseModel):
 
     def management_api(self) -> ManagementAPI:
         """A management API client configured from these settings."""
-        verify: Any = self.management_verify_tls
-        if verify and self.management_ca_file is not None:
-            verify = str(self.management_ca_file)
+        verify: ssl.SSLContext | bool = self.management_verify_tls
+        if self.management_verify_tls and self.management_ca_file is not None:
+            verify = ssl.create_default_context(cafile=str(self.management_ca_file))
         return ManagementAPI(
             self.management_url,
             self.management_username,
