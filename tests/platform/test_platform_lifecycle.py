@@ -123,6 +123,8 @@ async def test_purge_removes_records_but_keeps_evidence(
     assert r.status_code == 200, r.text
     assert r.json()["bindings"] == ["pg-web"]
     assert r.json()["operation"]["kind"] == "purge"
+    evidence = (await c.get(f"/api/v1/operations/{r.json()['operation']['id']}")).json()["evidence"]
+    assert evidence["instance"]["name"] == "pg" and evidence["bindings"][0]["name"] == "pg-web"
     assert len(fake.calls) == calls_before
     assert (await c.get("/api/v1/instances/pg")).status_code == 404
     assert (await c.get("/api/v1/bindings/pg-web")).status_code == 404
@@ -167,3 +169,12 @@ async def test_originating_identity_is_the_acting_user(
     assert json.loads(base64.b64decode(value)) == {"user": "alice"}
     audit = (await platform.client.get("/api/v1/audit", params={"target": "default/al"})).json()
     assert {a["user"] for a in audit["items"]} == {"alice"}
+
+
+async def test_web_page_is_served_without_a_build_step(platform: PlatformUnderTest) -> None:
+    """GET / is the page; its script and style are served; the page itself needs no token."""
+    page = await platform.client.get("/", headers={"Authorization": ""})
+    assert page.status_code == 200 and "servicebay" in page.text
+    script = await platform.client.get("/web/app.js", headers={"Authorization": ""})
+    assert script.status_code == 200 and "/api/v1" in script.text
+    assert (await platform.client.get("/web/style.css")).status_code == 200

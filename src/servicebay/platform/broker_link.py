@@ -2,7 +2,11 @@
 
 The worker calls brokers only through :class:`BrokerLink`; every call returns a :class:`Reply`
 whose ``verdict`` says what the platform should do next and whose ``orphan_mitigation`` flag is
-the table's answer ("Orphan Mitigation SHOULD be performed"). Nothing here touches the database.
+the table's answer ("Orphan Mitigation SHOULD be performed"), taken from
+``servicebay.client.orphan_mitigation`` so the table lives in one place. Each call here is one
+request (the worker stores where it stands between calls, to resume after a crash), which is
+why the polling loop of ``servicebay.client.BrokerClient`` is not used. Nothing here touches
+the database.
 
 Verdicts:
 
@@ -28,6 +32,7 @@ from typing import Any
 import httpx
 from pydantic import BaseModel, ValidationError
 
+from servicebay.client import OrphanMitigation, RequestKind, orphan_mitigation
 from servicebay.osb import (
     API_VERSION,
     API_VERSION_HEADER,
@@ -43,11 +48,22 @@ from servicebay.osb import (
     UpdateResponse,
 )
 
-# spec: Orphan Mitigation table. Which requests call for it on a 5xx / other-2xx answer, on a
-# timeout, and on a malformed 201/202.
-_OM_ON_ERROR = {"provision", "deprovision", "bind", "unbind"}
-_OM_ON_TIMEOUT = {"provision", "bind"}
-_OM_ON_MALFORMED = {"provision", "bind"}
+_KINDS = {
+    "catalog": RequestKind.CATALOG,
+    "provision": RequestKind.PROVISION,
+    "update": RequestKind.UPDATE,
+    "deprovision": RequestKind.DEPROVISION,
+    "bind": RequestKind.BIND,
+    "unbind": RequestKind.UNBIND,
+    "fetch_binding": RequestKind.FETCH_BINDING,
+    "poll": RequestKind.LAST_OPERATION,
+}
+
+
+def needs_mitigation(request: str, status: int | None, body_ok: bool = True) -> bool:
+    """The spec's Orphan Mitigation table, as ``servicebay.client`` encodes it."""
+    return orphan_mitigation(_KINDS[request], status, body_ok) is not OrphanMitigation.NONE
+
 
 _BODY_MODELS: dict[str, type[BaseModel]] = {
     "provision": ProvisionResponse,
@@ -240,13 +256,14 @@ class BrokerLink:
             return Reply(
                 Verdict.FAILED,
                 "broker did not answer in time",
-                orphan_mitigation=request in _OM_ON_TIMEOUT,
+                orphan_mitigation=needs_mitigation(request, None),
             )
         except httpx.HTTPError as exc:
+            # The answer is lost, as with a timeout: the broker may have acted on the request.
             return Reply(
                 Verdict.FAILED,
                 f"broker connection failed ({type(exc).__name__})",
-                orphan_mitigation=request in _OM_ON_TIMEOUT,
+                orphan_mitigation=needs_mitigation(request, None),
             )
         return classify(request, response)
 
@@ -302,7 +319,7 @@ def classify(request: str, response: httpx.Response) -> Reply:
         _error_text(status, body),
         status,
         body or {},
-        orphan_mitigation=request in _OM_ON_ERROR,
+        orphan_mitigation=needs_mitigation(request, status),
     )
 
 
@@ -324,12 +341,12 @@ def _classify_success(
             Verdict.FAILED,
             f"unexpected status {status}",
             status,
-            orphan_mitigation=request in _OM_ON_ERROR,
+            orphan_mitigation=needs_mitigation(request, status),
         )
     if not well_formed:
         # spec: "200 with malformed response" → no mitigation; malformed 201/202 of provision
         # and bind → mitigation.
-        om = status in (201, 202) and request in _OM_ON_MALFORMED
+        om = needs_mitigation(request, status, body_ok=False)
         return Reply(Verdict.FAILED, f"malformed {status} response", status, orphan_mitigation=om)
     verdict = Verdict.ACCEPTED if status == 202 else Verdict.DONE
     return Reply(verdict, f"broker answered {status}", status, body or {}, retry_after=retry_after)

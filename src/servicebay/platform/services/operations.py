@@ -113,6 +113,8 @@ async def get_operation(platform: Platform, operation_id: str) -> dict[str, Any]
     view = operation_view(row) if row is not None else None
     if view is None:
         raise not_found("operation", operation_id)
+    if row is not None and row["evidence"] is not None:
+        view["evidence"] = row["evidence"]  # what a purge removed (redacted)
     return view
 
 
