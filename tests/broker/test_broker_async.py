@@ -396,3 +396,15 @@ async def test_async_202_carries_the_dashboard_url(tmp_path: Path) -> None:
         update = await client.patch(INSTANCE, params=ASYNC_OK, json={"service_id": SERVICE})
         assert update.status_code == 202
         assert update.json()["dashboard_url"] == "https://dash.example/async/i-1"
+
+
+async def test_unknown_operation_of_an_existing_instance_is_400(
+    env: tuple[SampleBroker, httpx.AsyncClient],
+) -> None:
+    """Polling an existing instance with an operation id it never had is a bad request,
+    not a made-up "succeeded"."""
+    _, client = env
+    await _ready(client)
+    response = await client.get(INSTANCE + "/last_operation", params={"operation": "bogus"})
+    assert response.status_code == 400
+    assert "operation" in response.json()["description"]

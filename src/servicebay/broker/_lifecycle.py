@@ -52,7 +52,7 @@ class Lifecycle(Instances, Bindings):
         else:
             op = await self.store.latest_operation(instance_id, binding_id)
         if op is None:
-            return await self._no_operation(instance_id, binding_id)
+            return await self._no_operation(instance_id, binding_id, operation_id)
         state, description = op.state, op.description
         if state == "in progress" and is_overdue(op, utcnow() - timedelta(seconds=5)):
             # spec "Polling Interval and Duration": past the deadline the operation is failed;
@@ -69,16 +69,21 @@ class Lifecycle(Instances, Bindings):
         headers = {"Retry-After": str(self.retry_after)} if state == "in progress" else None
         return Reply(200, json_body(body), headers)
 
-    async def _no_operation(self, instance_id: str, binding_id: str | None) -> Reply:
+    async def _no_operation(
+        self, instance_id: str, binding_id: str | None, operation_id: str | None
+    ) -> Reply:
         if binding_id is None:
             instance = await self.store.get_instance(instance_id)
             exists = instance is not None and instance.state != "provisioning"
         else:
             binding = await self.store.get_binding(instance_id, binding_id)
             exists = binding is not None and binding.state != "binding"
+        what = "instance" if binding_id is None else "binding"
         if not exists:
-            what = "instance" if binding_id is None else "binding"
             raise osb.NotFound(f"no operation known for this {what}")
+        if operation_id is not None:
+            # Operations are never forgotten, so an id we do not know was never ours.
+            raise osb.BadRequest(f"operation: {operation_id!r} is not an operation of this {what}")
         # A synchronously created resource: its last operation succeeded.
         return Reply(200, json_body(osb.LastOperationResponse(state=osb.OperationState.SUCCEEDED)))
 
