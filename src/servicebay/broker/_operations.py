@@ -235,9 +235,11 @@ class Operations:
     async def adopt_orphans(self) -> None:
         """Claim every unfinished operation no live process holds; resume or fail each."""
         for op in await self.store.unfinished_operations():
-            # Our own operations are running here, or about to be (a request just created one).
-            if op.owner == self.owner or op.operation_id in self._tasks or self._closing:
+            if op.operation_id in self._tasks or self._closing:
                 continue
+            if op.owner == self.owner and not _stale(op.heartbeat_at, self.lease):
+                continue  # a request just created it and is about to run it here
+
             stale_after = 0.0 if _died_here(op.owner) else self.lease
             if not await self.store.claim_operation(op.operation_id, self.owner, stale_after):
                 continue
@@ -311,6 +313,10 @@ def _died_here(owner: str | None) -> bool:
     except PermissionError:  # alive, owned by someone else
         return False
     return False
+
+
+def _stale(heartbeat_at: datetime | None, lease: float) -> bool:
+    return heartbeat_at is None or (utcnow() - heartbeat_at).total_seconds() > lease
 
 
 def _remaining(deadline: datetime | None) -> float | None:
