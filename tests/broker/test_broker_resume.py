@@ -16,6 +16,7 @@ from test_broker_support import (
     SHORT,
     SampleBroker,
     eventually,
+    identity_header,
     provision_body,
     running,
     settings_for,
@@ -269,3 +270,28 @@ async def test_provision_recorded_ready_before_a_crash_is_not_run_again(db: str)
     async with running(restarted, db) as client:
         await wait_state(client, INSTANCE, "succeeded", operation)
     assert restarted.count("provision") == 0
+
+
+async def test_resumed_operation_keeps_its_caller(db: str) -> None:
+    """The originating and request identity of the request that started an operation reach
+    the author again when the operation is resumed after a restart."""
+    broker = SampleBroker()
+    broker.hold.add("provision")
+    settings = settings_for(db, shutdown_grace=0.05)
+    headers = {
+        "X-Broker-API-Originating-Identity": identity_header("servicebay", user_id="bob"),
+        "X-Broker-API-Request-Identity": "req-resume",
+    }
+    async with running(broker, db, settings=settings) as client:
+        response = await client.put(
+            INSTANCE, params=ASYNC_OK, json=provision_body(ASYNC), headers=headers
+        )
+        operation = response.json()["operation"]
+        await eventually(lambda: _true(broker.count("provision") == 1))
+    restarted = SampleBroker()
+    async with running(restarted, db) as client:
+        await wait_state(client, INSTANCE, "succeeded", operation)
+    details = restarted.calls[0][1]
+    assert details.identity is not None
+    assert details.identity.value == {"user_id": "bob"}
+    assert details.request_id == "req-resume"
