@@ -26,16 +26,14 @@ import sys
 from enum import StrEnum
 from typing import TYPE_CHECKING, Annotated, Any, NoReturn
 
-import structlog
 import typer
 
-from servicebay.broker._settings import BrokerSettings, SettingsError
-from servicebay.broker._store import StoreError
-
+# servicebay.broker (starlette, SQLAlchemy, ...) is imported inside the commands: every `bay`
+# invocation imports this module, and most never serve a broker.
 if TYPE_CHECKING:
     from starlette.types import ASGIApp
 
-    from servicebay.broker import Broker
+    from servicebay.broker import Broker, BrokerSettings
 
 __all__ = ["app", "app_from_environment", "configure_logging", "load_broker", "serve"]
 
@@ -48,7 +46,11 @@ app = typer.Typer(
     no_args_is_help=True,
 )
 
-log = structlog.get_logger("servicebay.broker.serve")
+
+def _log() -> Any:
+    import structlog  # lazily, like servicebay.broker (see the imports above)
+
+    return structlog.get_logger("servicebay.broker.serve")
 
 
 class LogFormat(StrEnum):
@@ -125,6 +127,8 @@ def serve(
 
     Example: bay broker serve servicebay.examples.sandbox:broker --username admin --password s3cret
     """
+    from servicebay.broker import BrokerSettings, SettingsError
+
     try:
         settings = BrokerSettings.from_env(
             username=username,
@@ -183,7 +187,7 @@ def load_broker(target: str) -> Broker:
 
 def app_from_environment() -> ASGIApp:
     """Build the app in a uvicorn worker from the environment `serve` prepared (app factory)."""
-    from servicebay.broker import create_app
+    from servicebay.broker import BrokerSettings, create_app
 
     settings = BrokerSettings.from_env()
     configure_logging(settings.log_level, LogFormat(os.environ.get(LOG_FORMAT_ENV, "json")))
@@ -192,6 +196,8 @@ def app_from_environment() -> ASGIApp:
 
 def configure_logging(level: str, fmt: LogFormat) -> None:
     """Route structlog and stdlib logging (uvicorn's too) to stderr as JSON or console lines."""
+    import structlog
+
     shared: list[Any] = [
         structlog.contextvars.merge_contextvars,
         structlog.stdlib.add_logger_name,
@@ -235,6 +241,8 @@ def _resolve_format(fmt: LogFormat) -> LogFormat:
 
 
 def _require_auth(settings: BrokerSettings) -> None:
+    from servicebay.broker import SettingsError
+
     if settings.username and not settings.password:
         raise SettingsError("--username needs --password (or SERVICEBAY_BROKER_PASSWORD)")
     if settings.password and not settings.username:
@@ -275,7 +283,7 @@ def _url_of(sock: socket.socket, host: str) -> str:
 def _announce(target: str, settings: BrokerSettings, url: str, workers: int) -> None:
     described = settings.describe()
     # The app logs every setting itself when it starts; this line says where it is served.
-    log.info("serving broker", target=target, url=url, workers=workers)
+    _log().info("serving broker", target=target, url=url, workers=workers)
     auth = f"-u {settings.username}:$SERVICEBAY_BROKER_PASSWORD" if settings.username else ""
     if not auth:
         auth = "-H 'Authorization: Bearer $SERVICEBAY_BROKER_BEARER_TOKEN'"
@@ -311,7 +319,7 @@ def _serve_one(
 ) -> None:
     import uvicorn
 
-    from servicebay.broker import create_app
+    from servicebay.broker import SettingsError, StoreError, create_app
 
     try:
         asgi = create_app(broker, settings=settings)
@@ -326,7 +334,7 @@ def _serve_one(
     server.run(sockets=[sock])
     if not server.started:
         _fail("the broker did not start (see the log above)", code=1)
-    log.info("broker stopped", signal=signal.Signals(stops[0]).name if stops else None)
+    _log().info("broker stopped", signal=signal.Signals(stops[0]).name if stops else None)
 
 
 def _serve_many(
@@ -353,7 +361,7 @@ def _serve_many(
         workers=workers,
     )
     Multiprocess(config, sockets=[sock]).run()
-    log.info("broker stopped", workers=workers)
+    _log().info("broker stopped", workers=workers)
 
 
 def _fail(message: str, code: int = 2) -> NoReturn:
