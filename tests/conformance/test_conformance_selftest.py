@@ -73,6 +73,7 @@ async def test_sandbox_passes_every_check(sandbox_url: str) -> None:
         "plan[sandbox/sync].provision.conflict",
         "plan[sandbox/sync].bind.conflict",
         "plan[sandbox/async].provision.poll",
+        "plan[sandbox/async].provision.dashboard_url",
         "plan[sandbox/async].provision.async_required",
         "plan[sandbox/async].bind.poll",
         "plan[sandbox/async].deprovision.poll",

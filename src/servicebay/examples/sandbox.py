@@ -166,6 +166,10 @@ class SandboxBroker(Broker):
         """Plan ``async`` runs every operation in the background."""
         return plan.name == "async"
 
+    def dashboard_url(self, instance_id: str, service: Service, plan: Plan) -> str:
+        """Known up front, so asynchronous provisions carry it in their 202 (spec MUST)."""
+        return f"https://sandbox.invalid/i/{instance_id}"
+
     async def _work(self, what: str, parameters: Mapping[str, Any], ctx: OperationContext) -> None:
         """Simulated work: fails on ``fail``, and on async plans takes time in reported steps."""
         if ctx.is_async:
@@ -179,13 +183,11 @@ class SandboxBroker(Broker):
             raise OperationFailed(f"{what} failed because the request asked for it (fail=true)")
 
     async def provision(self, details: ProvisionDetails, ctx: OperationContext) -> ProvisionResult:
-        """Pretend to create the instance; sync plans get a made-up dashboard URL."""
+        """Pretend to create the instance; its dashboard is a made-up URL."""
         await self._work("provisioning", details.parameters, ctx)
-        if ctx.is_async:
-            # spec: Provisioning — a dashboard_url MUST already be in the initial 202 answer,
-            # which is sent before this method runs; so asynchronous plans offer none.
-            return ProvisionResult()
-        return ProvisionResult(dashboard_url=f"https://sandbox.invalid/i/{details.instance_id}")
+        return ProvisionResult(
+            dashboard_url=self.dashboard_url(details.instance_id, details.service, details.plan)
+        )
 
     async def update(self, details: UpdateDetails, ctx: OperationContext) -> UpdateResult:
         """Pretend to apply the new plan or parameters."""
