@@ -464,7 +464,7 @@ class SQLiteStore(_SqlStoreBase):
         self._writer: sqlite3.Connection | None = None
         self._lock = _WriterLock(Path(f"{self._path}.writer-lock")) if self._path else None
         self._writing = asyncio.Lock()
-        self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="servicebay-store")
+        self._thread: ThreadPoolExecutor | None = None
         self._writes = 0
         self._checkpoint: asyncio.Future[None] | None = None
 
@@ -482,6 +482,7 @@ class SQLiteStore(_SqlStoreBase):
         cipher = await self._cipher()
         self._reader, self._writer = await asyncio.to_thread(self._connect, cipher)
         self._codec_ = _Codec(cipher)
+        self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="servicebay-store")
 
     def _connect(self, cipher: FieldCipher) -> tuple[sqlite3.Connection, sqlite3.Connection]:
         if self._path is not None:
@@ -496,11 +497,13 @@ class SQLiteStore(_SqlStoreBase):
             writer.isolation_level = None  # SQLAlchemy's connect hooks may have changed it
             # Checkpoints run in our thread (see _after_write), not inside a commit.
             writer.execute("PRAGMA wal_autocheckpoint=0")
-            reader = writer if self._path is None else self._sqlite_connection()
             if self._lock is not None:
                 self._lock.open()
+            reader = writer if self._path is None else self._sqlite_connection()
         except BaseException:
             writer.close()
+            if self._lock is not None:
+                self._lock.close()
             raise
         return reader, writer
 
@@ -534,7 +537,12 @@ class SQLiteStore(_SqlStoreBase):
                 if self._lock is not None:
                     self._lock.close()
 
-            await asyncio.get_running_loop().run_in_executor(self._thread, release)
+            thread, self._thread = self._thread, None
+            try:
+                await asyncio.get_running_loop().run_in_executor(thread, release)
+            finally:
+                if thread is not None:
+                    thread.shutdown(wait=False)
 
     # -- plumbing ----------------------------------------------------------------------------
 
