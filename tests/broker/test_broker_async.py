@@ -112,8 +112,7 @@ async def test_sync_plan_ignores_accepts_incomplete(
 async def test_last_operation_in_progress_has_retry_after_and_progress(
     env: tuple[SampleBroker, httpx.AsyncClient],
 ) -> None:
-    """While work runs, last_operation says "in progress", the author's progress text, and
-    Retry-After."""
+    """While work runs: "in progress", the author's progress text, and Retry-After."""
     broker, client = env
     response = await client.put(INSTANCE, params=ASYNC_OK, json=provision_body(ASYNC, gate=True))
     operation = response.json()["operation"]
@@ -169,8 +168,7 @@ async def test_last_operation_with_foreign_operation_id_is_404(
 async def test_failed_async_provision_reports_failed_without_flags(
     env: tuple[SampleBroker, httpx.AsyncClient],
 ) -> None:
-    """A failing async provision ends "failed" with the author's description; the
-    instance_usable / update_repeatable flags are absent for provisions (spec)."""
+    """A failed async provision reports its description and no instance_usable flags."""
     _, client = env
     response = await client.put(INSTANCE, params=ASYNC_OK, json=provision_body(ASYNC, fail=True))
     body = await wait_state(client, INSTANCE, "failed", response.json()["operation"])
@@ -195,8 +193,7 @@ async def test_failed_provision_can_be_deprovisioned(
 async def test_failed_async_update_reports_instance_usable_and_update_repeatable(
     env: tuple[SampleBroker, httpx.AsyncClient],
 ) -> None:
-    """A failed update carries instance_usable and update_repeatable; the instance keeps its
-    previous parameters."""
+    """A failed async update reports instance_usable and keeps the old parameters."""
     _, client = env
     await _ready(client)
     update = {"service_id": SERVICE, "parameters": {"fail": True, "size": 7}}
@@ -351,8 +348,7 @@ async def test_async_unbind_and_deprovision_complete(
 async def test_operation_past_maximum_polling_duration_fails(
     env: tuple[SampleBroker, httpx.AsyncClient],
 ) -> None:
-    """An operation still running after the plan's maximum_polling_duration is failed and
-    its work cancelled (spec "Polling Interval and Duration")."""
+    """Work past the plan's maximum_polling_duration is cancelled and reported failed."""
     _, client = env
     response = await client.put(INSTANCE, params=ASYNC_OK, json=provision_body(SHORT, gate=True))
     assert response.status_code == 202
@@ -373,8 +369,7 @@ async def test_binding_last_operation_reports_sync_bindings_succeeded(
 
 
 async def test_async_202_carries_the_dashboard_url(tmp_path: Path) -> None:
-    """spec: a dashboard_url MUST come with the initial response, even when asynchronous:
-    the author's `dashboard_url` hook fills the 202 of provision and update."""
+    """The 202 of async provision/update carries the author's dashboard_url (spec MUST)."""
 
     class WithDashboard(SampleBroker):
         def dashboard_url(self, instance_id: str, service: osb.Service, plan: osb.Plan) -> str:
@@ -401,8 +396,7 @@ async def test_async_202_carries_the_dashboard_url(tmp_path: Path) -> None:
 async def test_unknown_operation_of_an_existing_instance_is_400(
     env: tuple[SampleBroker, httpx.AsyncClient],
 ) -> None:
-    """Polling an existing instance with an operation id it never had is a bad request,
-    not a made-up "succeeded"."""
+    """An operation id the instance never had is 400, not a made-up "succeeded"."""
     _, client = env
     await _ready(client)
     response = await client.get(INSTANCE + "/last_operation", params={"operation": "bogus"})

@@ -70,8 +70,7 @@ async def test_rotation_creates_a_successor_and_keeps_the_predecessor(
 async def test_rotation_request_may_carry_only_the_predecessor(
     env: tuple[SampleBroker, httpx.AsyncClient],
 ) -> None:
-    """spec "Rotating a Service Binding": the body needs only predecessor_binding_id; the
-    predecessor's parameters are reused."""
+    """A rotation body may hold only predecessor_binding_id; its parameters are reused."""
     broker, client = env
     await _bound(client, size=4)
     response = await client.put(SUCCESSOR, json={"predecessor_binding_id": "b-1"})
@@ -124,8 +123,7 @@ async def test_rotation_of_expired_predecessor_is_400(tmp_path: Path) -> None:
 
 
 async def test_all_binding_kinds_are_returned_and_replayed(tmp_path: Path) -> None:
-    """Credentials, syslog drain, route service, volume mounts, endpoints and metadata are
-    answered on bind and replayed unchanged on a retry and a fetch."""
+    """Every binding kind is answered on bind and replayed unchanged on retry and fetch."""
 
     class Everything(SampleBroker):
         async def bind(self, details: BindDetails, ctx: OperationContext) -> BindResult:

@@ -62,8 +62,7 @@ class Failing(SampleBroker):
 async def test_author_osb_errors_keep_their_status_and_code(
     tmp_path: Path, error: osb.OSBError, status: int, code: str | None
 ) -> None:
-    """An osb error raised by the author is answered with its status, code and description,
-    and the provision leaves no record."""
+    """Author osb errors keep status, code and description; the provision leaves no record."""
     broker = Failing()
     broker.error = error
     async with running(broker, f"sqlite:///{tmp_path}/b.db") as client:
@@ -75,8 +74,7 @@ async def test_author_osb_errors_keep_their_status_and_code(
 
 
 async def test_unexpected_author_exception_is_500_internal_error(tmp_path: Path) -> None:
-    """Any other exception answers 500 "internal error": its message (which may hold secrets)
-    is logged as a plain traceback, never sent to the platform."""
+    """Any other exception is 500 "internal error"; its message stays in the (plain) log."""
     broker = Failing()
     broker.error = RuntimeError("connection to db://admin:topsecret@host failed")
     async with running(broker, f"sqlite:///{tmp_path}/b.db") as client:
@@ -104,8 +102,7 @@ async def test_unexpected_async_exception_fails_the_operation_as_internal_error(
 async def test_failed_deprovision_reports_instance_usable_and_keeps_the_instance(
     tmp_path: Path,
 ) -> None:
-    """A failed deprovision carries instance_usable (sync error body and async last_operation)
-    but not update_repeatable; the instance is still there."""
+    """A failed deprovision reports instance_usable (never update_repeatable); instance kept."""
     broker = Failing()
     async with running(broker, f"sqlite:///{tmp_path}/b.db") as client:
         await client.put(INSTANCE, json=provision_body(SYNC))

@@ -309,8 +309,7 @@ async def test_deleted_instance_id_can_be_provisioned_again(
 async def test_fetch_instance_answers_from_records(
     env: tuple[SampleBroker, httpx.AsyncClient],
 ) -> None:
-    """Fetching a ready instance gives its ids, parameters (sensitive ones redacted) and
-    maintenance_info from the SDK's records."""
+    """Fetch answers ids, redacted parameters and maintenance_info from the records."""
     _, client = env
     await client.put(INSTANCE, json=provision_body(size=4, secret="hunter2"))
     response = await client.get(INSTANCE)
@@ -326,8 +325,7 @@ async def test_fetch_instance_answers_from_records(
 async def test_provision_is_compared_with_the_instance_as_updated(
     env: tuple[SampleBroker, httpx.AsyncClient],
 ) -> None:
-    """After an update, "same attributes" means the instance's current plan and parameters:
-    the original request now conflicts, the updated state replays as 200."""
+    """After an update, a provision is compared with the instance's current attributes."""
     broker, client = env
     assert (await client.put(INSTANCE, json=provision_body(size=3))).status_code == 201
     update = {"service_id": SERVICE, "parameters": {"size": 2}}

@@ -90,8 +90,7 @@ async def _true(value: bool) -> bool:
 
 
 async def test_shutdown_past_grace_records_the_operation_as_interrupted(db: str) -> None:
-    """Work still running after the grace period stays "in progress", unowned, with a
-    description saying it resumes on restart — never forgotten, never falsely finished."""
+    """Work still running after the grace stays "in progress", unowned, marked interrupted."""
     operation = await _interrupted_provision(db)
     op = await _operation(db, operation)
     assert op.state == "in progress"
@@ -128,8 +127,7 @@ async def test_unresumable_broker_marks_interrupted_operations_failed(db: str) -
 
 
 async def test_operation_past_its_deadline_at_restart_is_failed(db: str) -> None:
-    """An interrupted operation whose maximum_polling_duration passed while the broker was
-    down is failed on restart, not re-run."""
+    """An operation whose deadline passed while the broker was down fails on restart."""
     operation = await _interrupted_provision(db, SHORT)
     op = await _operation(db, operation)
     assert op.deadline is not None
@@ -165,8 +163,7 @@ async def test_operation_of_a_dead_local_process_is_resumed_at_once(db: str) -> 
 
 
 async def test_operation_of_a_live_foreign_owner_waits_for_its_lease(db: str) -> None:
-    """A lease renewed recently by another host is respected until it goes stale; then the
-    operation is taken over and finished."""
+    """Another host's fresh lease is respected until stale; then the operation is adopted."""
     operation = await _interrupted_provision(db)
     await _set_owner(db, operation, "other-host:1:cafe")
     restarted = SampleBroker()
@@ -219,8 +216,7 @@ async def test_requests_are_counted_by_endpoint_and_status(db: str) -> None:
 
 
 async def test_lost_lease_stops_the_run_and_the_operation_is_taken_over(db: str) -> None:
-    """When another process takes an operation over, this process stops running it; once that
-    owner goes silent the operation is adopted again and finished."""
+    """A lost lease stops this process's run; the stale operation is later adopted again."""
     broker = SampleBroker()
     broker.hold.add("provision")
     async with running(broker, db, operation_lease=0.6) as client:
@@ -237,8 +233,7 @@ async def test_lost_lease_stops_the_run_and_the_operation_is_taken_over(db: str)
 async def test_deprovision_that_deleted_its_record_before_a_crash_resumes_as_succeeded(
     db: str,
 ) -> None:
-    """A deprovision interrupted after its record was deleted is reported succeeded on
-    restart, without calling the author again."""
+    """A deprovision that deleted its record before a crash resumes as succeeded."""
     broker = SampleBroker()
     broker.hold.add("deprovision")
     settings = settings_for(db, shutdown_grace=0.05)
@@ -258,8 +253,7 @@ async def test_deprovision_that_deleted_its_record_before_a_crash_resumes_as_suc
 
 
 async def test_provision_recorded_ready_before_a_crash_is_not_run_again(db: str) -> None:
-    """A provision whose success was recorded just before a crash is reported succeeded on
-    restart; the author is not called a second time."""
+    """A provision recorded ready before a crash resumes as succeeded, author not re-run."""
     operation = await _interrupted_provision(db)
     async for store in _store(db):
         record = await store.get_instance("i-1")
@@ -273,8 +267,7 @@ async def test_provision_recorded_ready_before_a_crash_is_not_run_again(db: str)
 
 
 async def test_resumed_operation_keeps_its_caller(db: str) -> None:
-    """The originating and request identity of the request that started an operation reach
-    the author again when the operation is resumed after a restart."""
+    """A resumed operation hands the author the original originating and request identity."""
     broker = SampleBroker()
     broker.hold.add("provision")
     settings = settings_for(db, shutdown_grace=0.05)

@@ -47,9 +47,11 @@ class _OSBId(Convertor[str]):
     regex = "[^/]*"
 
     def convert(self, value: str) -> str:
+        """The id as matched (percent-decoding already happened)."""
         return value
 
     def to_string(self, value: str) -> str:
+        """The id as put back into a path."""
         return value
 
 
