@@ -97,6 +97,7 @@ def test_platform_killed_while_polling_resumes_and_provisions_once(
             assert stats["provisions"] == {instance_id: 1}
         finally:
             server.stop()
+        assert PASSWORD not in server.log and TOKEN not in server.log
 
 
 @pytest.mark.e2e

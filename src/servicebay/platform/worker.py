@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime as dt
+import functools
 import logging
 import os
 import socket
@@ -40,6 +41,38 @@ log = logging.getLogger("servicebay.platform.worker")
 
 ACTIVE = ("queued", "in progress")
 UNREACHABLE_GIVE_UP = dt.timedelta(minutes=10)
+
+
+@functools.cache
+def _job_query() -> sa.Select[Any]:
+    """An operation with its instance, plan, service, broker and binding (built once)."""
+    o, i, p, s, b, bi = (
+        tables.operations,
+        tables.instances,
+        tables.plans,
+        tables.services,
+        tables.brokers,
+        tables.bindings,
+    )
+    return (
+        sa.select(
+            o,
+            i.c.id.label("target_instance"),
+            p.c.plan_id.label("broker_plan_id"),
+            p.c.definition.label("plan_definition"),
+            s.c.service_id.label("broker_service_id"),
+            b.c.url.label("broker_url"),
+            b.c.credentials.label("broker_credentials"),
+            bi.c.kind.label("binding_kind"),
+        )
+        .select_from(o)
+        .outerjoin(i, i.c.id == o.c.instance_id)
+        .outerjoin(p, p.c.id == i.c.plan_pk)
+        .outerjoin(s, s.c.id == p.c.service_pk)
+        .outerjoin(b, b.c.id == s.c.broker_id)
+        .outerjoin(bi, bi.c.id == o.c.binding_id)
+        .where(o.c.id == sa.bindparam("op_id"))
+    )
 
 
 class LeaseLost(Exception):
@@ -163,35 +196,8 @@ class Worker:
 
     async def _job(self, conn: AsyncConnection, op_id: str, lease: dt.datetime) -> Job | None:
         """Load a claimed operation with its instance, plan, broker and binding in one query."""
-        o, i, p, s, b, bi = (
-            tables.operations,
-            tables.instances,
-            tables.plans,
-            tables.services,
-            tables.brokers,
-            tables.bindings,
-        )
-        query = (
-            sa.select(
-                o,
-                i.c.id.label("target_instance"),
-                p.c.plan_id.label("broker_plan_id"),
-                p.c.definition.label("plan_definition"),
-                s.c.service_id.label("broker_service_id"),
-                b.c.url.label("broker_url"),
-                b.c.credentials.label("broker_credentials"),
-                bi.c.kind.label("binding_kind"),
-            )
-            .select_from(o)
-            .outerjoin(i, i.c.id == o.c.instance_id)
-            .outerjoin(p, p.c.id == i.c.plan_pk)
-            .outerjoin(s, s.c.id == p.c.service_pk)
-            .outerjoin(b, b.c.id == s.c.broker_id)
-            .outerjoin(bi, bi.c.id == o.c.binding_id)
-            .where(o.c.id == op_id)
-        )
-        row = (await conn.execute(query)).mappings().one()
-        op = {column.name: row[column.name] for column in o.columns}
+        row = (await conn.execute(_job_query(), {"op_id": op_id})).mappings().one()
+        op = {column.name: row[column.name] for column in tables.operations.columns}
         if op["owner"] != self.id or op["lease_until"] != lease:
             return None  # not ours after all: another worker claimed it first
         missing_binding = op["binding_id"] is not None and row["binding_kind"] is None

@@ -24,6 +24,9 @@ from servicebay.platform.services.runtime import Platform
 from servicebay.platform.store import tables, utcnow
 
 MAX_WAIT = 60.0
+# Built once: executing the same statement object skips rebuilding and re-keying it.
+_INSERT_OPERATION = tables.operations.insert()
+_INSERT_AUDIT = tables.audit.insert()
 
 
 async def enqueue(
@@ -70,7 +73,7 @@ async def enqueue(
         "updated_at": now,
         "finished_at": now if state in TERMINAL else None,
     }
-    await conn.execute(tables.operations.insert().values(**row))
+    await conn.execute(_INSERT_OPERATION, row)
     return row
 
 
@@ -86,15 +89,16 @@ async def audit(
 ) -> None:
     """Append one audit entry (``details`` must already be redacted)."""
     await conn.execute(
-        tables.audit.insert().values(
-            at=utcnow(),
-            user=user,
-            action=action,
-            target=target,
-            operation_id=operation_id,
-            outcome=outcome,
-            details=details or {},
-        )
+        _INSERT_AUDIT,
+        {
+            "at": utcnow(),
+            "user": user,
+            "action": action,
+            "target": target,
+            "operation_id": operation_id,
+            "outcome": outcome,
+            "details": details or {},
+        },
     )
 
 
