@@ -19,11 +19,15 @@ from servicebay.chat.server import create_app
 from servicebay.chat.service import ChatService
 from servicebay.chat.settings import ChatSettings
 from servicebay.chat.stores import ChatStore
+from support import chat_rabbitmq
 
 # Every backend, as a store URL built from the test's tmp_path. A RabbitMQ backend adds
 # pytest.param(lambda tmp: "rabbitmq:<binding>", id="rabbitmq", marks=pytest.mark.rabbitmq);
 # every store test, server test and the chaos test then run on it too.
-BACKENDS = [pytest.param(lambda tmp: f"sqlite:{tmp / 'chat.db'}", id="sqlite")]
+BACKENDS = [
+    pytest.param(lambda tmp: f"sqlite:{tmp / 'chat.db'}", id="sqlite"),
+    pytest.param(chat_rabbitmq.store_url, id="rabbitmq", marks=pytest.mark.rabbitmq),
+]
 
 
 @dataclass

@@ -1,0 +1,213 @@
+"""The RabbitMQ side of the RabbitMQ chat store: one connection, confirmed publishes, stream reads.
+
+Where it sits: ``stores.rabbitmq`` decides what to write and read; this module talks AMQP 0-9-1
+through aio-pika. Every chat message is one persistent message in a stream (``x-queue-type:
+stream``), published on a channel in confirm mode; reads are short-lived stream consumers with
+manual acks that start at an offset. Any AMQP failure becomes ``StoreUnavailable`` here, in one
+place; the connection is re-established on the next call (at most one attempt at a time).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from typing import Any
+
+import aio_pika
+from aio_pika.abc import AbstractChannel, AbstractConnection, AbstractIncomingMessage
+
+from servicebay.chat.stores.base import StoreUnavailable
+
+# A refused connection is retried at most this often, so an outage does not turn every request
+# into a connection attempt.
+RECONNECT_PAUSE = 0.25
+READ_CHANNELS = 8
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One stream entry as read back: a chat message or a resync marker."""
+
+    offset: int
+    seq: int
+    sender: str
+    key: str
+    body: str
+    sent_at: float
+    marker: str
+
+
+def chat_message(seq: int, sender: str, key: str, body: str, sent_at: float) -> aio_pika.Message:
+    """The AMQP message that stores one chat message (the seq travels with it)."""
+    headers: dict[str, Any] = {"seq": seq, "sender": sender, "key": key, "sent_at": repr(sent_at)}
+    return aio_pika.Message(
+        body.encode(), headers=headers, delivery_mode=aio_pika.DeliveryMode.PERSISTENT
+    )
+
+
+def marker_message(nonce: str) -> aio_pika.Message:
+    """A marker: reading up to it proves everything before it has been seen."""
+    return aio_pika.Message(b"", headers={"marker": nonce})
+
+
+def _entry(message: AbstractIncomingMessage) -> Entry:
+    headers = message.headers
+    offset = int(headers["x-stream-offset"])  # type: ignore[arg-type]
+    if "marker" in headers:
+        return Entry(offset, 0, "", "", "", 0.0, str(headers["marker"]))
+    return Entry(
+        offset,
+        int(headers["seq"]),  # type: ignore[arg-type]
+        _text(headers["sender"]),
+        _text(headers["key"]),
+        message.body.decode(),
+        float(_text(headers["sent_at"])),
+        "",
+    )
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+class StreamLog:
+    """An AMQP connection to one RabbitMQ, with confirmed publishes and offset reads."""
+
+    def __init__(self, uri: str, *, timeout: float = 10.0) -> None:
+        """Talk to the broker at ``uri`` (connected lazily)."""
+        self.uri = uri
+        self.timeout = timeout
+        self._conn: AbstractConnection | None = None
+        self._publisher: AbstractChannel | None = None
+        self._readers: list[AbstractChannel] = []
+        self._read_gate = asyncio.Semaphore(READ_CHANNELS)
+        self._connecting = asyncio.Lock()
+        self._failed_at = 0.0
+        self._declared: set[str] = set()
+        self.connects = 0
+
+    # connection ------------------------------------------------------------------------------
+
+    async def connection(self) -> AbstractConnection:
+        """The open connection, (re)connecting when needed."""
+        conn = self._conn
+        if conn is not None and not conn.is_closed:
+            return conn
+        async with self._connecting:
+            if self._conn is not None and not self._conn.is_closed:
+                return self._conn
+            self._forget()
+            if time.monotonic() - self._failed_at < RECONNECT_PAUSE:
+                raise StoreUnavailable("RabbitMQ is unreachable")
+            try:
+                conn = await aio_pika.connect(self.uri, timeout=self.timeout)
+                self._publisher = await conn.channel(publisher_confirms=True)
+            except Exception as exc:
+                self._failed_at = time.monotonic()
+                # The URI holds a password: name the failure, never the URI.
+                raise StoreUnavailable(f"RabbitMQ is unreachable: {type(exc).__name__}") from exc
+            self._conn = conn
+            self.connects += 1
+            return conn
+
+    def _forget(self) -> None:
+        self._conn, self._publisher = None, None
+        self._readers.clear()
+        self._declared.clear()
+
+    async def close(self) -> None:
+        """Close the connection."""
+        conn, self._conn = self._conn, None
+        self._forget()
+        if conn is not None and not conn.is_closed:
+            with contextlib.suppress(Exception):  # closing a dead connection may fail; it is gone
+                await conn.close()
+
+    @contextlib.asynccontextmanager
+    async def _amqp(self, what: str) -> AsyncIterator[None]:
+        """Turn any AMQP or socket failure into StoreUnavailable (the connection is dropped)."""
+        try:
+            async with asyncio.timeout(self.timeout):
+                yield
+        except StoreUnavailable:
+            raise
+        except Exception as exc:
+            await self.close()
+            raise StoreUnavailable(f"RabbitMQ {what} failed: {type(exc).__name__}") from exc
+
+    # streams ---------------------------------------------------------------------------------
+
+    async def declare(self, stream: str) -> None:
+        """Create the stream unless it exists."""
+        if stream in self._declared:
+            return
+        async with self._amqp("declare"):
+            await self.connection()
+            assert self._publisher is not None
+            await self._publisher.declare_queue(
+                stream, durable=True, arguments={"x-queue-type": "stream"}
+            )
+        self._declared.add(stream)
+
+    async def delete(self, stream: str) -> None:
+        """Delete a stream and everything in it."""
+        async with self._amqp("delete"):
+            await self.connection()
+            assert self._publisher is not None
+            await self._publisher.queue_delete(stream)
+        self._declared.discard(stream)
+
+    async def publish(self, stream: str, messages: list[aio_pika.Message]) -> None:
+        """Publish ``messages`` in order and return once the broker confirmed every one."""
+        async with self._amqp("publish"):
+            await self.connection()
+            channel = self._publisher
+            assert channel is not None
+            exchange = channel.default_exchange
+            # One channel keeps the order; all confirms are awaited together (one wait per batch).
+            await asyncio.gather(
+                *(exchange.publish(m, routing_key=stream, mandatory=True) for m in messages)
+            )
+
+    async def read(
+        self, stream: str, offset: int, done: Callable[[Entry], bool], prefetch: int = 500
+    ) -> list[Entry]:
+        """Entries from ``offset`` on, until ``done(entry)`` says the last one was enough."""
+        async with self._read_gate, self._amqp("read"):
+            conn = await self.connection()
+            channel = self._readers.pop() if self._readers else await conn.channel()
+            got = await self._consume(channel, stream, offset, done, prefetch)
+            self._readers.append(channel)
+            return got
+
+    async def _consume(
+        self,
+        channel: AbstractChannel,
+        stream: str,
+        offset: int,
+        done: Callable[[Entry], bool],
+        prefetch: int,
+    ) -> list[Entry]:
+        # A stream consumer needs a prefetch (RabbitMQ refuses one without); acks return credit.
+        await channel.set_qos(prefetch_count=prefetch)
+        queue = await channel.get_queue(stream, ensure=False)
+        inbox: asyncio.Queue[AbstractIncomingMessage] = asyncio.Queue()
+        tag = await queue.consume(inbox.put, arguments={"x-stream-offset": offset})
+        got: list[Entry] = []
+        unacked = 0
+        try:
+            while True:
+                message = await inbox.get()
+                got.append(_entry(message))
+                unacked += 1
+                finished = done(got[-1])
+                if finished or unacked >= prefetch // 2:
+                    await message.ack(multiple=True)
+                    unacked = 0
+                if finished:
+                    return got
+        finally:
+            await queue.cancel(tag)

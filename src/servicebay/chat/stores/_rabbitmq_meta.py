@@ -1,0 +1,183 @@
+"""The RabbitMQ chat store's local metadata: the SQLite store plus the log's index.
+
+Where it sits: ``stores.rabbitmq`` keeps every chat message in RabbitMQ streams and everything
+else here, in one SQLite file (WAL, synchronous=FULL, group-committed by the SQLite store's writer
+thread): users, token digests, rooms (with ``head`` and ``floor``), members with their cursors,
+the idempotency keys (room, sender, key) → (seq, sent_at), and the *segments* that map a seq to
+a stream offset. Its messages table stays empty.
+
+Stored fields added to the SQLite store's schema:
+
+- ``rmq_segments(room, first_seq, stream, first_offset, gen)``: from ``first_seq`` on, seq ``s``
+  of ``room`` sits at offset ``first_offset + s - first_seq`` of ``stream`` (generation ``gen``
+  of the room's streams) until the next segment begins. A new segment starts after every resync
+  marker and at every new generation.
+- ``rmq_settings(name, value)``: ``store_id``, the random prefix of this store's stream names.
+"""
+
+from __future__ import annotations
+
+import secrets
+import sqlite3
+from dataclasses import dataclass
+
+from servicebay.chat.stores.base import UnknownRoom
+from servicebay.chat.stores.sqlite import KEY_GRACE_SECONDS, SQLiteChatStore
+
+_TABLES = (
+    "CREATE TABLE IF NOT EXISTS rmq_segments (room TEXT NOT NULL, first_seq INTEGER NOT NULL, "
+    "stream TEXT NOT NULL, first_offset INTEGER NOT NULL, gen INTEGER NOT NULL, "
+    "PRIMARY KEY (room, first_seq)) WITHOUT ROWID",
+    "CREATE TABLE IF NOT EXISTS rmq_settings (name TEXT PRIMARY KEY, value TEXT NOT NULL)",
+)
+
+
+@dataclass(frozen=True)
+class Segment:
+    """A run of consecutive seqs at consecutive offsets of one stream."""
+
+    room: str
+    first_seq: int
+    stream: str
+    first_offset: int
+    gen: int
+
+    def offset_of(self, seq: int) -> int:
+        """The stream offset of ``seq`` (which must lie in this segment)."""
+        return self.first_offset + seq - self.first_seq
+
+
+@dataclass(frozen=True)
+class Recorded:
+    """One message as its key is recorded: who sent it under which key, and when."""
+
+    sender: str
+    key: str
+    seq: int
+    sent_at: float
+
+
+@dataclass(frozen=True)
+class BatchCheck:
+    """What a batch of appends needs to know before it publishes."""
+
+    head: int
+    members: frozenset[str]
+    known: dict[tuple[str, str], tuple[int, float]]
+
+
+class MetaStore(SQLiteChatStore):
+    """The SQLite store with the tables and queries the RabbitMQ store needs."""
+
+    async def open(self) -> None:
+        """Open the SQLite store and add the log's index tables."""
+        await super().open()
+
+        def op(c: sqlite3.Connection) -> None:
+            for sql in _TABLES:
+                c.execute(sql)
+
+        await self._write(op)
+
+    async def store_id(self) -> str:
+        """This store's random stream-name prefix, created on first use."""
+        candidate = secrets.token_hex(4)
+
+        def op(c: sqlite3.Connection) -> str:
+            c.execute("INSERT OR IGNORE INTO rmq_settings VALUES ('store_id', ?)", (candidate,))
+            row = c.execute("SELECT value FROM rmq_settings WHERE name = 'store_id'").fetchone()
+            return str(row[0])
+
+        return await self._write(op)
+
+    async def segments(self) -> list[Segment]:
+        """Every segment, by room and first seq."""
+        sql = "SELECT * FROM rmq_segments ORDER BY room, first_seq"
+        rows = await self._read(lambda c: c.execute(sql).fetchall())
+        return [Segment(r[0], int(r[1]), r[2], int(r[3]), int(r[4])) for r in rows]
+
+    async def span(self, room_id: str) -> tuple[int, int]:
+        """The room's (head, floor) as recorded; raises UnknownRoom."""
+        sql = "SELECT head, floor FROM rooms WHERE id = ?"
+        row = await self._read(lambda c: c.execute(sql, (room_id,)).fetchone())
+        if row is None:
+            raise UnknownRoom(room_id)
+        return int(row[0]), int(row[1])
+
+    async def check(self, room_id: str, pairs: list[tuple[str, str]]) -> BatchCheck:
+        """Head, the senders that are members, and which (sender, key) pairs are known."""
+        senders = sorted({sender for sender, _ in pairs})
+
+        def op(c: sqlite3.Connection) -> BatchCheck:
+            row = c.execute("SELECT head FROM rooms WHERE id = ?", (room_id,)).fetchone()
+            if row is None:
+                raise UnknownRoom(room_id)
+            sql = "SELECT 1 FROM members WHERE room = ? AND user = ?"
+            members = [s for s in senders if c.execute(sql, (room_id, s)).fetchone()]
+            known: dict[tuple[str, str], tuple[int, float]] = {}
+            for sender, key in pairs:
+                hit = c.execute(
+                    "SELECT seq, sent_at FROM keys WHERE room = ? AND sender = ? AND key = ?",
+                    (room_id, sender, key),
+                ).fetchone()
+                if hit is not None:
+                    known[(sender, key)] = (int(hit[0]), float(hit[1]))
+            return BatchCheck(int(row[0]), frozenset(members), known)
+
+        return await self._read(op)
+
+    async def record(
+        self, room_id: str, rows: list[Recorded], head: int, segment: Segment | None = None
+    ) -> None:
+        """Durably record published messages' keys, the new head and (after a resync) a segment."""
+
+        def op(c: sqlite3.Connection) -> None:
+            c.executemany(
+                "INSERT OR IGNORE INTO keys VALUES (?, ?, ?, ?, ?)",
+                [(room_id, r.sender, r.key, r.seq, r.sent_at) for r in rows],
+            )
+            c.execute("UPDATE rooms SET head = max(head, ?) WHERE id = ?", (head, room_id))
+            # The SQLite store's writer caches heads for ack/join; only the writer thread (where
+            # this runs) touches that cache.
+            self._heads[room_id] = max(head, self._heads.get(room_id, 0))
+            if segment is not None:
+                c.execute(
+                    "INSERT OR REPLACE INTO rmq_segments VALUES (?, ?, ?, ?, ?)",
+                    (room_id, segment.first_seq, segment.stream, segment.first_offset, segment.gen),
+                )
+
+        await self._write(op)
+
+    async def drop_stream(self, room_id: str, stream: str) -> None:
+        """Forget the segments of a deleted stream."""
+        sql = "DELETE FROM rmq_segments WHERE room = ? AND stream = ?"
+        await self._write(lambda c: c.execute(sql, (room_id, stream)))
+
+    async def advance_floors(self, now: float) -> dict[str, tuple[int, int]]:
+        """Raise each room's floor as far as retention allows: room → (deleted, new floor)."""
+        return await self._write(lambda c: _advance(c, now))
+
+
+def _advance(c: sqlite3.Connection, now: float) -> dict[str, tuple[int, int]]:
+    """The SQLite store's retention rule, over the keys table (one row per stored seq)."""
+    moved: dict[str, tuple[int, int]] = {}
+    rooms = c.execute(
+        "SELECT id, keep_seconds, keep_last, head, floor FROM rooms WHERE keep_all = 0"
+    ).fetchall()
+    for room_id, keep_seconds, keep_last, head, floor in rooms:
+        acked = c.execute("SELECT min(cursor) FROM members WHERE room = ?", (room_id,)).fetchone()
+        limit = min(head if acked[0] is None else int(acked[0]), head - int(keep_last))
+        old = c.execute(
+            "SELECT max(seq) FROM keys WHERE room = ? AND seq <= ? AND sent_at <= ?",
+            (room_id, limit, now - float(keep_seconds)),
+        ).fetchone()[0]
+        if old is None or int(old) <= floor:
+            continue
+        # Seqs are consecutive, so everything in (floor, old] existed and is now gone.
+        c.execute("UPDATE rooms SET floor = ? WHERE id = ?", (int(old), room_id))
+        moved[room_id] = (int(old) - int(floor), int(old))
+    c.execute(
+        "DELETE FROM keys WHERE sent_at < ? AND seq <= (SELECT floor FROM rooms WHERE id = room)",
+        (now - KEY_GRACE_SECONDS,),
+    )
+    return moved

@@ -1,0 +1,403 @@
+"""The RabbitMQ chat store: each room's log in RabbitMQ streams, the rest in a local SQLite file.
+
+Where it sits: a ``ChatStore`` chosen with ``--store rabbitmq[:BINDING]``; it finds RabbitMQ
+through a servicebinding.io binding of type ``rabbitmq`` (entry ``uri``). The mapping, and why
+(figures in docs/chat-rabbitmq.md):
+
+- **A message is stored once**, as one persistent message in its room's stream, published with a
+  publisher confirm; the server fans it out (one queue message per recipient would multiply the
+  durable writes by the room size).
+- **Seqs are assigned here**, by one writer task per room: it takes every append waiting for the
+  room (a batch), checks membership and keys, numbers the new ones head+1, head+2, ..., publishes
+  them in order on one channel, awaits all confirms together (group commit), records their keys
+  and the new head in SQLite, and only then answers. Seqs are consecutive and become visible in
+  order. The seq travels in the message's headers, so the stream alone tells what was stored.
+- **Seq → offset** is a formula per *segment* (``_rabbitmq_meta``): the writer is the stream's
+  only publisher, so consecutive seqs land at consecutive offsets. When a room is first written
+  after a start, or after a failed publish, it is *resynced*: a marker is published and the
+  stream is read from the first unrecorded seq up to that marker; messages the broker stored but
+  whose confirm never arrived are adopted (their keys recorded, so a resend is a duplicate), and
+  a new segment starts after the marker.
+- **Metadata** (users, token digests, rooms, members and cursors, keys, segments) lives in SQLite:
+  cursors are the busiest writes (every receiver acks), and a SQLite group commit is an order of
+  magnitude cheaper than a confirmed publish; keys must be looked up before each append, which a
+  log cannot do. The file belongs to the one server process that owns the store (v1 model).
+- **Deletion**: compaction raises the room's floor (reads never return seqs <= floor; that is
+  what "deleted" means to clients at once). Streams cannot drop single messages, so a room's log
+  rotates to a new stream (generation) every ``rotate_every`` messages and a generation's stream
+  is deleted from RabbitMQ once all its seqs are below the floor.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import re
+import secrets
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from urllib.parse import parse_qsl
+
+import structlog
+
+from servicebay import bindings
+from servicebay.chat.stores._rabbitmq_log import Entry, StreamLog, chat_message, marker_message
+from servicebay.chat.stores._rabbitmq_meta import MetaStore, Recorded, Segment
+from servicebay.chat.stores.base import (
+    Appended,
+    ChatStore,
+    ChatStoreError,
+    IssuedToken,
+    Member,
+    Message,
+    NotMember,
+    Retention,
+    Room,
+    StoreUnavailable,
+    UnknownRoom,
+    User,
+)
+
+log = structlog.get_logger("servicebay.chat.rabbitmq")
+
+MAX_BATCH = 1000
+ROTATE_EVERY = 100_000
+DEFAULT_STATE = "servicebay-chat-rabbitmq.db"
+
+
+def open_rabbitmq_store(binding_name: str | None) -> ChatStore:
+    """Build (not open) the store for ``open_store("rabbitmq[:SPEC]")``.
+
+    ``SPEC`` is ``[BINDING_NAME][?state=PATH&root=DIR&rotate=N]``: the binding of type
+    ``rabbitmq`` to use (the only one when no name is given), where the SQLite metadata file
+    lives (default ``./servicebay-chat-rabbitmq.db``), the binding root (default
+    ``$SERVICE_BINDING_ROOT``) and the messages per stream generation.
+    """
+    name, _, query = (binding_name or "").partition("?")
+    options = dict(parse_qsl(query))
+    binding = bindings.find(type="rabbitmq", name=name or None, root=options.get("root"))
+    return RabbitMQChatStore(
+        binding["uri"],
+        options.get("state", DEFAULT_STATE),
+        rotate_every=int(options.get("rotate", ROTATE_EVERY)),
+    )
+
+
+@dataclass
+class _Append:
+    sender: str
+    key: str
+    body: str
+    fut: asyncio.Future[Appended]
+
+
+@dataclass
+class _RoomLog:
+    """What the store knows of one room's log in memory."""
+
+    segments: list[Segment] = field(default_factory=list)
+    waiting: deque[_Append] = field(default_factory=deque)
+    writer: asyncio.Task[None] | None = None
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    synced: bool = False
+    head: int = 0
+    floor: int = 0
+
+    def segment_of(self, seq: int) -> Segment:
+        """The segment holding ``seq``."""
+        return next(s for s in reversed(self.segments) if s.first_seq <= seq)
+
+    def stream_end(self, segment: Segment) -> int | None:
+        """The last seq stored in ``segment``'s stream, or None for the current stream."""
+        later = [s.first_seq for s in self.segments if s.gen > segment.gen]
+        return min(later) - 1 if later else None
+
+
+def _stream_name(store_id: str, room_id: str, gen: int) -> str:
+    slug = re.sub(r"[^A-Za-z0-9_-]", "_", room_id)[:40]
+    digest = hashlib.sha256(room_id.encode()).hexdigest()[:8]
+    return f"sbchat.{store_id}.{slug}.{digest}.g{gen}"
+
+
+class RabbitMQChatStore:
+    """``ChatStore`` with the log in RabbitMQ streams (see the module docstring)."""
+
+    def __init__(self, uri: str, state: str, *, rotate_every: int = ROTATE_EVERY) -> None:
+        """Log to the RabbitMQ at ``uri``; keep metadata in the SQLite file ``state``."""
+        self.meta = MetaStore(state)
+        self.log = StreamLog(uri)
+        self.rotate_every = max(1, rotate_every)
+        self._rooms: dict[str, _RoomLog] = {}
+        self._store_id = ""
+        self.batches = 0
+        self.resyncs = 0
+
+    # lifecycle -------------------------------------------------------------------------------
+
+    async def open(self) -> None:
+        """Open the metadata; RabbitMQ is connected on first need (it may be down now)."""
+        await self.meta.open()
+        self._store_id = await self.meta.store_id()
+        for segment in await self.meta.segments():
+            self._room(segment.room).segments.append(segment)
+
+    async def close(self) -> None:
+        """Let queued appends finish, then close RabbitMQ and the metadata."""
+        writers = [r.writer for r in self._rooms.values() if r.writer is not None]
+        await asyncio.gather(*writers, return_exceptions=True)
+        await self.log.close()
+        await self.meta.close()
+
+    async def ping(self) -> None:
+        """Raise StoreUnavailable unless both RabbitMQ and the metadata answer."""
+        await self.log.connection()
+        await self.meta.ping()
+
+    def _room(self, room_id: str) -> _RoomLog:
+        return self._rooms.setdefault(room_id, _RoomLog())
+
+    # users, tokens, rooms, members: metadata only ---------------------------------------------
+
+    async def put_user(self, user_id: str, display_name: str = "", kind: str = "person") -> User:
+        """Create or update a user."""
+        return await self.meta.put_user(user_id, display_name, kind)
+
+    async def get_user(self, user_id: str) -> User | None:
+        """The user, or None."""
+        return await self.meta.get_user(user_id)
+
+    async def issue_token(self, user_id: str, label: str = "") -> IssuedToken:
+        """Issue a token (only its digest is stored)."""
+        return await self.meta.issue_token(user_id, label)
+
+    async def revoke_token(self, token_id: str) -> bool:
+        """Revoke one token."""
+        return await self.meta.revoke_token(token_id)
+
+    async def authenticate(self, token: str) -> User | None:
+        """The token's user, or None."""
+        return await self.meta.authenticate(token)
+
+    async def put_room(
+        self, room_id: str, retention: Retention | None = None, open: bool = True
+    ) -> Room:
+        """Create a room or change its settings (its streams are created on first write)."""
+        return await self.meta.put_room(room_id, retention, open)
+
+    async def get_room(self, room_id: str) -> Room | None:
+        """The room with its head as RabbitMQ holds it, or None."""
+        try:
+            await self._synced(room_id)
+        except UnknownRoom:
+            return None
+        return await self.meta.get_room(room_id)
+
+    async def list_rooms(self) -> list[Room]:
+        """Every room (each resynced with its stream first)."""
+        for room in await self.meta.list_rooms():
+            await self._synced(room.id)
+        return await self.meta.list_rooms()
+
+    async def join(self, room_id: str, user_id: str, cursor: int | None = None) -> Member:
+        """Add a member (idempotent)."""
+        return await self.meta.join(room_id, user_id, cursor)
+
+    async def leave(self, room_id: str, user_id: str) -> bool:
+        """End a membership."""
+        return await self.meta.leave(room_id, user_id)
+
+    async def members(self, room_id: str) -> list[Member]:
+        """The room's members (the room is resynced first, so its head is complete)."""
+        await self._synced(room_id)
+        return await self.meta.members(room_id)
+
+    async def membership(self, user_id: str) -> list[Member]:
+        """The user's memberships."""
+        return await self.meta.membership(user_id)
+
+    async def ack(self, room_id: str, user_id: str, seq: int) -> int:
+        """Advance a member's cursor durably (SQLite group commit)."""
+        return await self.meta.ack(room_id, user_id, seq)
+
+    # resync ----------------------------------------------------------------------------------
+
+    async def _synced(self, room_id: str) -> _RoomLog:
+        """The room, resynced with its stream once per start and after every failed publish."""
+        room = self._room(room_id)
+        if room.synced:
+            return room
+        async with room.lock:
+            if not room.synced:
+                await self._resync(room_id, room, rotate=False)
+        return room
+
+    async def _resync(self, room_id: str, room: _RoomLog, *, rotate: bool) -> None:
+        """Read the stream up to a fresh marker; adopt stored but unrecorded messages."""
+        head, floor = await self.meta.span(room_id)
+        last = room.segments[-1] if room.segments else None
+        if last is None or rotate:
+            gen = last.gen + 1 if last is not None else 1
+            stream, offset = _stream_name(self._store_id, room_id, gen), 0
+        else:
+            gen, stream, offset = last.gen, last.stream, last.offset_of(head + 1)
+        await self.log.declare(stream)
+        nonce = secrets.token_hex(8)
+        await self.log.publish(stream, [marker_message(nonce)])
+        entries = await self.log.read(stream, offset, lambda e: e.marker == nonce)
+        adopted: list[Recorded] = []
+        for entry in entries:
+            if entry.marker:
+                continue
+            if entry.seq != head + len(adopted) + 1:
+                raise StoreUnavailable(f"stream {stream} does not match its index at {entry.seq}")
+            adopted.append(Recorded(entry.sender, entry.key, entry.seq, entry.sent_at))
+        head += len(adopted)
+        segment = Segment(room_id, head + 1, stream, entries[-1].offset + 1, gen)
+        await self.meta.record(room_id, adopted, head, segment)
+        room.segments = [s for s in room.segments if s.first_seq != segment.first_seq]
+        room.segments.append(segment)
+        room.head, room.floor, room.synced = head, floor, True
+        self.resyncs += 1
+        if adopted:
+            log.info("chat.rabbitmq.adopted", room=room_id, count=len(adopted), head=head)
+
+    # the log ---------------------------------------------------------------------------------
+
+    async def append(self, room_id: str, sender: str, key: str, body: str) -> Appended:
+        """Queue the message for its room's writer; return once confirmed and recorded."""
+        fut: asyncio.Future[Appended] = asyncio.get_running_loop().create_future()
+        room = self._room(room_id)
+        room.waiting.append(_Append(sender, key, body, fut))
+        if room.writer is None or room.writer.done():
+            room.writer = asyncio.create_task(self._write_loop(room_id, room))
+        return await fut
+
+    async def _write_loop(self, room_id: str, room: _RoomLog) -> None:
+        while room.waiting:
+            batch = [room.waiting.popleft() for _ in range(min(MAX_BATCH, len(room.waiting)))]
+            try:
+                await self._write_batch(room_id, room, batch)
+            except ChatStoreError as exc:
+                for item in batch:
+                    if not item.fut.done():
+                        item.fut.set_exception(exc)
+            except BaseException as exc:  # cancelled or a bug: every caller hears it
+                for item in batch:
+                    if not item.fut.done():
+                        item.fut.set_exception(StoreUnavailable(f"append failed: {exc!r}"))
+                raise
+
+    async def _write_batch(self, room_id: str, room: _RoomLog, batch: list[_Append]) -> None:
+        await self._synced(room_id)
+        check = await self.meta.check(room_id, [(a.sender, a.key) for a in batch])
+        head = check.head
+        fresh: list[tuple[_Append, Recorded]] = []
+        answers: list[tuple[_Append, Appended | ChatStoreError]] = []
+        assigned: dict[tuple[str, str], Appended] = {}
+        now = time.time()
+        for item in batch:
+            pair = (item.sender, item.key)
+            if item.sender not in check.members:
+                answers.append((item, NotMember(room_id, item.sender)))
+            elif pair in check.known:
+                answers.append((item, Appended(*check.known[pair], duplicate=True)))
+            elif pair in assigned:
+                answers.append((item, assigned[pair]))
+            else:
+                head += 1
+                fresh.append((item, Recorded(item.sender, item.key, head, now)))
+                assigned[pair] = Appended(head, now, duplicate=True)
+                answers.append((item, Appended(head, now, duplicate=False)))
+        if fresh:
+            await self._store(room_id, room, [r for _, r in fresh], [a.body for a, _ in fresh])
+        for item, answer in answers:
+            if item.fut.done():
+                continue
+            if isinstance(answer, ChatStoreError):
+                item.fut.set_exception(answer)
+            else:
+                item.fut.set_result(answer)
+
+    async def _store(
+        self, room_id: str, room: _RoomLog, rows: list[Recorded], bodies: list[str]
+    ) -> None:
+        """Publish (confirmed) and record a numbered batch; on failure the room resyncs."""
+        current = room.segments[-1]
+        first_of_gen = min(s.first_seq for s in room.segments if s.gen == current.gen)
+        if rows[0].seq - first_of_gen >= self.rotate_every:
+            async with room.lock:
+                await self._resync(room_id, room, rotate=True)
+            current = room.segments[-1]
+        messages = [
+            chat_message(r.seq, r.sender, r.key, body, r.sent_at)
+            for r, body in zip(rows, bodies, strict=True)
+        ]
+        try:
+            await self.log.publish(current.stream, messages)
+            await self.meta.record(room_id, rows, rows[-1].seq)
+        except BaseException:
+            # Part of the batch may be stored: the next write reads the stream to find out.
+            room.synced = False
+            raise
+        room.head = rows[-1].seq
+        self.batches += 1
+
+    async def read(self, room_id: str, after: int, limit: int = 500) -> list[Message]:
+        """Retained messages after ``after``, read from the room's streams."""
+        room = await self._synced(room_id)
+        first = max(after, room.floor) + 1
+        last = min(room.head, first + limit - 1)
+        found: list[Message] = []
+        while first <= last:
+            segment = room.segment_of(first)
+            end = room.stream_end(segment)
+            upto = last if end is None else min(last, end)
+            found += await self._read_stream(room_id, segment, first, upto)
+            first = upto + 1
+        return found
+
+    async def _read_stream(
+        self, room_id: str, segment: Segment, first: int, last: int
+    ) -> list[Message]:
+        def done(entry: Entry) -> bool:
+            return not entry.marker and entry.seq >= last
+
+        prefetch = min(1000, last - first + 16)
+        entries = await self.log.read(segment.stream, segment.offset_of(first), done, prefetch)
+        found = [
+            Message(room_id, e.seq, e.sender, e.key, e.body, e.sent_at)
+            for e in entries
+            if not e.marker and first <= e.seq <= last
+        ]
+        if [m.seq for m in found] != list(range(first, last + 1)):
+            raise StoreUnavailable(f"stream {segment.stream} does not match its index")
+        return found
+
+    async def compact(self, now: float | None = None) -> dict[str, int]:
+        """Raise floors as retention allows; delete streams wholly below their room's floor."""
+        moved = await self.meta.advance_floors(time.time() if now is None else now)
+        for room_id, (_, floor) in moved.items():
+            self._room(room_id).floor = floor
+        for room_id, room in list(self._rooms.items()):
+            await self._drop_old_streams(room_id, room)
+        return {room_id: count for room_id, (count, _) in moved.items()}
+
+    async def _drop_old_streams(self, room_id: str, room: _RoomLog) -> None:
+        if not room.segments:
+            return
+        floor = room.floor
+        for gen in sorted({s.gen for s in room.segments})[:-1]:
+            segment = next(s for s in room.segments if s.gen == gen)
+            end = room.stream_end(segment)
+            if end is None or end > floor:
+                break
+            try:
+                await self.log.delete(segment.stream)
+            except StoreUnavailable as exc:
+                # The floor already hides these messages; an unreachable RabbitMQ only delays
+                # freeing the space until the next compaction, which tries again.
+                log.warning("chat.rabbitmq.drop_deferred", stream=segment.stream, error=str(exc))
+                return
+            await self.meta.drop_stream(room_id, segment.stream)
+            room.segments = [s for s in room.segments if s.gen != gen]
