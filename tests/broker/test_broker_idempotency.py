@@ -22,6 +22,7 @@ from test_broker_support import (
     SYNC,
     SampleBroker,
     bind_body,
+    eventually,
     ids,
     provision_body,
     running,
@@ -333,3 +334,29 @@ async def test_provision_is_compared_with_the_instance_as_updated(
     assert (await client.put(INSTANCE, json=provision_body(size=3))).status_code == 409
     assert (await client.put(INSTANCE, json=provision_body(size=2))).status_code == 200
     assert broker.count("provision") == 1
+
+
+async def test_abandoned_sync_provision_is_taken_over_after_the_grace(
+    db_url: tuple[str, str | None],
+) -> None:
+    """A sync provision left "provisioning" by a dead process blocks retries (422), then not."""
+    url, key = db_url
+    broker = SampleBroker()
+    settings = settings_for(url, key=key)
+    async with running(broker, url, settings=settings, sync_abandoned_after=0.5) as client:
+        store = client.app.state.store  # type: ignore[attr-defined]
+        first = await client.put(INSTANCE, json=provision_body(size=3))
+        assert first.status_code == 201
+        record = await store.get_instance("i-1")
+        record.state = "provisioning"  # as if its process died inside the author's provision
+        await store.put_instance(record)
+        blocked = await client.put(INSTANCE, json=provision_body(size=3))
+        assert blocked.status_code == 422
+        assert blocked.json()["error"] == "ConcurrencyError"
+
+        async def taken_over() -> bool:
+            response = await client.put(INSTANCE, json=provision_body(size=3))
+            return response.status_code == 201
+
+        await eventually(taken_over)
+        assert broker.count("provision") == 2

@@ -129,7 +129,7 @@ class Bindings(LifecycleBase):
             op = await self.store.latest_operation(existing.instance_id, existing.binding_id)
             if op is not None and op.kind == "bind" and op.state == "in progress":
                 return Reply(202, json_body(osb.BindResponse(operation=op.operation_id)))
-            if abandoned(existing.updated_at):
+            if abandoned(existing.updated_at, self.sync_abandoned_after):
                 return None
         raise osb.ConcurrencyError(f"another operation on binding {wanted.binding_id!r} is running")
 
@@ -218,7 +218,11 @@ class Bindings(LifecycleBase):
         running = op is not None and op.state == "in progress"
         if record.state == "unbinding" and running and op is not None and op.kind == "unbind":
             return Reply(202, json_body(osb.UnbindResponse(operation=op.operation_id)))
-        if record.state == "binding" and not running and abandoned(record.updated_at):
+        if (
+            record.state == "binding"
+            and not running
+            and abandoned(record.updated_at, self.sync_abandoned_after)
+        ):
             return None
         raise osb.ConcurrencyError(
             f"another operation on binding {record.binding_id!r} is in progress"

@@ -117,7 +117,7 @@ class Instances(LifecycleBase):
                     dashboard_url=existing.dashboard_url, operation=op.operation_id
                 )
                 return Reply(202, json_body(body))
-            if abandoned(existing.updated_at):
+            if abandoned(existing.updated_at, self.sync_abandoned_after):
                 return None
             raise osb.ConcurrencyError(f"instance {wanted.instance_id!r} is being provisioned")
         raise osb.ConcurrencyError(f"instance {wanted.instance_id!r} is being deprovisioned")
@@ -340,7 +340,11 @@ class Instances(LifecycleBase):
             and op.kind == "deprovision"
         ):
             return Reply(202, json_body(osb.DeprovisionResponse(operation=op.operation_id)))
-        if record.state == "provisioning" and not running and abandoned(record.updated_at):
+        if (
+            record.state == "provisioning"
+            and not running
+            and abandoned(record.updated_at, self.sync_abandoned_after)
+        ):
             return None  # an abandoned synchronous provision: clean it up
         raise osb.ConcurrencyError(
             f"another operation on instance {record.instance_id!r} is in progress"

@@ -22,14 +22,22 @@ from servicebay.broker._operations import Job, Operations
 from servicebay.broker._store import InstanceRecord, Store, utcnow
 from servicebay.broker._validation import CatalogIndex
 
-__all__ = ["Caller", "LifecycleBase", "Reply", "abandoned", "json_body", "plan_maintenance"]
+__all__ = [
+    "SYNC_ABANDONED_AFTER",
+    "Caller",
+    "LifecycleBase",
+    "Reply",
+    "abandoned",
+    "json_body",
+    "plan_maintenance",
+]
 
 log = structlog.get_logger("servicebay.broker")
 
 
-#: A synchronous provision or bind still "in progress" after this long was abandoned (its
-#: process died mid-request; platforms give up on a request after about 60 s).
-SYNC_ABANDONED_AFTER = timedelta(seconds=120)
+#: By default, a synchronous provision or bind still "in progress" after this many seconds was
+#: abandoned (its process died mid-request; platforms give up on a request after about 60 s).
+SYNC_ABANDONED_AFTER = 120.0
 
 _EMPTY = b"{}"
 
@@ -79,9 +87,9 @@ def plan_maintenance(plan: osb.Plan) -> dict[str, Any] | None:
     return plan.maintenance_info.to_wire() if plan.maintenance_info else None
 
 
-def abandoned(updated_at: datetime) -> bool:
+def abandoned(updated_at: datetime, after: float = SYNC_ABANDONED_AFTER) -> bool:
     """True when a synchronous provision or bind "in progress" was left by a dead process."""
-    return utcnow() - updated_at > SYNC_ABANDONED_AFTER
+    return utcnow() - updated_at > timedelta(seconds=after)
 
 
 class LifecycleBase:
@@ -95,8 +103,10 @@ class LifecycleBase:
         operations: Operations,
         *,
         retry_after: int,
+        sync_abandoned_after: float = SYNC_ABANDONED_AFTER,
     ) -> None:
         self.broker = broker
+        self.sync_abandoned_after = sync_abandoned_after
         self.catalog = catalog
         self.store = store
         self.operations = operations
