@@ -29,6 +29,7 @@ from urllib.parse import quote
 
 import httpx
 
+from servicebay.brokers.rabbitmq._transport import ManagementTransport
 from servicebay.osb import BadRequest, Conflict, InternalError, NotFound, OSBError
 
 __all__ = [
@@ -165,8 +166,9 @@ class ManagementAPI:
         async with ManagementAPI("http://127.0.0.1:15672", "admin", "secret") as api:
             vhost = await api.get_vhost("orders")
 
-    ``transport`` is passed to httpx (tests may hand in any transport); ``verify`` is httpx's
-    TLS verification (True, False, or an SSL context trusting the server's CA).
+    ``transport`` defaults to the lean ``ManagementTransport`` (tests may hand in any httpx
+    transport); ``verify`` is its TLS verification (True, False, or an SSL context trusting
+    the server's CA).
     """
 
     def __init__(
@@ -187,11 +189,8 @@ class ManagementAPI:
             base_url=self.base_url + "/api",
             auth=httpx.BasicAuth(username, password),
             timeout=timeout,
-            verify=verify,
-            transport=transport,
+            transport=transport or ManagementTransport(verify=verify, timeout=timeout),
             headers={"content-type": "application/json"},
-            # A pool big enough for concurrent operations of one broker process.
-            limits=httpx.Limits(max_connections=32, max_keepalive_connections=16),
         )
 
     async def __aenter__(self) -> ManagementAPI:
