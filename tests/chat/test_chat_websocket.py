@@ -176,3 +176,18 @@ async def test_refused_send_raises_chat_error_and_is_not_retried(chat: ServedCha
             assert await a.send("lobby", "still fine") == 1
     assert refused.value.code == "unknown_room"
     assert a.stats.errors == {"unknown_room": 1}
+
+
+async def test_typing_is_relayed_to_the_others_only(chat: ServedChat) -> None:
+    """A typing frame reaches the other members' sessions, not the typist's own."""
+    ann, bob = await chat.user("ann", "lobby"), await chat.user("bob", "lobby")
+    async with connect(chat.ws) as a, connect(chat.ws) as b:
+        for ws, token in ((a, ann), (b, bob)):
+            await ws.send(json.dumps({"type": "hello", "token": token}))
+            await _frames_until(ws, "joined")
+        await a.send(json.dumps({"type": "typing", "room": "lobby"}))
+        await a.send(json.dumps({"type": "ping", "id": "x"}))
+        seen_by_ann = await _frames_until(a, "pong")
+        typing = next(f for f in await _frames_until(b, "typing") if f["type"] == "typing")
+    assert typing == {"type": "typing", "room": "lobby", "user": "ann"}
+    assert not any(f["type"] == "typing" for f in seen_by_ann)

@@ -1,0 +1,41 @@
+"""Settings of the chat server: environment and flags, the admin token kept secret."""
+
+from __future__ import annotations
+
+import stat
+from pathlib import Path
+
+import pytest
+
+from servicebay.chat.settings import ChatSettings
+
+
+def test_environment_then_flags(monkeypatch: pytest.MonkeyPatch) -> None:
+    """SERVICEBAY_CHAT_* variables apply; explicit values (flags) win over them."""
+    monkeypatch.setenv("SERVICEBAY_CHAT_PORT", "9001")
+    monkeypatch.setenv("SERVICEBAY_CHAT_ROOMS", "a,b")
+    monkeypatch.setenv("SERVICEBAY_CHAT_KEEP_ALL", "true")
+    settings = ChatSettings.from_env(port=9002, host=None)
+    assert (settings.port, settings.rooms, settings.keep_all) == (9002, ["a", "b"], True)
+    assert settings.host == "127.0.0.1"
+    assert settings.retention.keep_all is True
+
+
+def test_generated_admin_token_is_private_and_never_described(tmp_path: Path) -> None:
+    """Without a configured token, one is generated into a 0600 file and reused; describe()
+    (printed at start) never shows it."""
+    settings = ChatSettings(store=f"sqlite:{tmp_path / 'chat.db'}")
+    token = settings.admin_secret()
+    path = settings.admin_token_path()
+    assert path == tmp_path / "chat.db.admin-token"
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert settings.admin_secret() == token
+    assert token not in str(settings.describe())
+
+
+def test_configured_admin_token_is_not_described() -> None:
+    """A token given in the environment is used, and described only as "(set)"."""
+    settings = ChatSettings(admin_token="s3cret-admin")  # type: ignore[arg-type]
+    assert settings.admin_secret() == "s3cret-admin"
+    assert "s3cret-admin" not in str(settings.describe())
+    assert settings.describe()["admin_token"] == "(set)"
