@@ -127,7 +127,9 @@ async def wait_operation(platform: Platform, operation_id: str, seconds: float) 
     if not 0 <= seconds <= MAX_WAIT:
         raise BadRequest(f"wait must be between 0 and {MAX_WAIT:.0f} seconds")
     deadline = time.monotonic() + seconds
-    delay = 0.05
+    # This process's worker wakes us at once; the timeout only covers operations driven by
+    # another process, so it can start slow and stay cheap.
+    delay = 0.25
     event = platform.watch(operation_id)
     try:
         while True:
@@ -135,12 +137,11 @@ async def wait_operation(platform: Platform, operation_id: str, seconds: float) 
             view = await get_operation(platform, operation_id)
             if view["state"] in TERMINAL or time.monotonic() >= deadline:
                 return view
-            # Woken at once by this process's worker; the timeout covers other processes'.
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(
                     event.wait(), min(delay, max(0.0, deadline - time.monotonic()))
                 )
-            delay = min(delay * 2, 0.5)
+            delay = min(delay * 2, 1.0)
     finally:
         platform.unwatch(operation_id, event)
 

@@ -61,6 +61,9 @@ class Database:
         kwargs: dict[str, Any] = {"pool_reset_on_return": None}
         if self.is_postgres:
             kwargs.update(pool_size=10, max_overflow=10, pool_pre_ping=True, pool_recycle=1800)
+        if not self.is_postgres:
+            # Connections are kept, never churned: opening one costs a thread and the pragmas.
+            kwargs.update(pool_size=4, max_overflow=0, pool_timeout=60)
         self.engine: AsyncEngine = create_async_engine(self._async_url, **kwargs)
         self._reader = self.engine
         self._write_lock: asyncio.Lock | None = None
@@ -72,7 +75,9 @@ class Database:
             _sqlite_pragmas(self.engine)
             _sqlite_immediate(self.engine)
             # Readers need no write lock: in WAL mode they never block, nor wait for, writers.
-            self._reader = create_async_engine(self._async_url, **kwargs)
+            self._reader = create_async_engine(
+                self._async_url, **{**kwargs, "pool_size": 16, "max_overflow": 16}
+            )
             _sqlite_pragmas(self._reader)
 
     async def migrate(self) -> None:
