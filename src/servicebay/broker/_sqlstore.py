@@ -39,6 +39,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, TypeVar
 
+import asyncpg  # type: ignore[import-untyped]  # asyncpg ships no type information
 from cryptography.fernet import Fernet
 from sqlalchemy import (
     Boolean,
@@ -52,19 +53,14 @@ from sqlalchemy import (
     String,
     Table,
     Text,
-    and_,
-    bindparam,
     create_engine,
-    delete,
-    or_,
     select,
-    update,
 )
 from sqlalchemy.dialects import postgresql
 from sqlalchemy.engine import URL, Row, make_url
 from sqlalchemy.exc import ArgumentError, DBAPIError
-from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
-from sqlalchemy.pool import StaticPool
+from sqlalchemy.ext.asyncio import create_async_engine
+from sqlalchemy.pool import NullPool, StaticPool
 from sqlalchemy.types import TypeDecorator
 
 from servicebay.broker._crypto import (
@@ -746,55 +742,59 @@ def _busy_tolerated() -> Iterator[None]:
 # -- PostgreSQL --------------------------------------------------------------------------------
 
 
-class _Statements:
-    """PostgreSQL's hot statements, built once; values arrive as bound parameters."""
+def _pg_value(value: Any) -> Any:
+    # Columns are TIMESTAMP WITHOUT TIME ZONE holding UTC (see _UTCDateTime).
+    if isinstance(value, datetime):
+        return value.astimezone(UTC).replace(tzinfo=None)
+    return value
 
-    def __init__(self) -> None:
-        self.create = {t.name: postgresql.insert(t).on_conflict_do_nothing() for t in _DATA}
-        self.upsert = {t.name: self._upsert(t) for t in _DATA}
-        i, b, o = _instances.c, _bindings.c, _operations.c
-        self.get_instance = select(_instances).where(i.instance_id == bindparam("k_instance"))
-        self.get_binding = select(_bindings).where(
-            b.instance_id == bindparam("k_instance"), b.binding_id == bindparam("k_binding")
-        )
-        self.list_bindings = (
-            select(_bindings)
-            .where(b.instance_id == bindparam("k_instance"))
-            .order_by(b.created_at, b.binding_id)
-        )
-        self.delete_binding = delete(_bindings).where(
-            b.instance_id == bindparam("k_instance"), b.binding_id == bindparam("k_binding")
-        )
-        self.delete_bindings = delete(_bindings).where(b.instance_id == bindparam("k_instance"))
-        self.delete_instance = delete(_instances).where(i.instance_id == bindparam("k_instance"))
-        self.get_operation = select(_operations).where(o.operation_id == bindparam("k_operation"))
-        latest = select(_operations).order_by(o.created_at.desc()).limit(1)
-        self.latest_instance_op = latest.where(
-            o.instance_id == bindparam("k_instance"), o.binding_id.is_(None)
-        )
-        self.latest_binding_op = latest.where(
-            o.instance_id == bindparam("k_instance"), o.binding_id == bindparam("k_binding")
-        )
-        self.unfinished = select(_operations).where(o.state == _IN_PROGRESS).order_by(o.created_at)
 
-    @staticmethod
-    def _upsert(table: Table) -> postgresql.Insert:
-        stmt = postgresql.insert(table)
+class _PostgresTable:
+    """A table's SQL for asyncpg ($n placeholders) and its row conversion."""
+
+    def __init__(self, table: Table) -> None:
+        self.columns = [c.name for c in table.columns]
         keys = [c.name for c in table.primary_key.columns]
+        self._times = [c.name for c in table.columns if isinstance(c.type, _UTCDateTime)]
+        names = ", ".join(f'"{c}"' for c in self.columns)
+        marks = ", ".join(f"${n}" for n in range(1, len(self.columns) + 1))
+        # Identifiers come from our own Table metadata; every value is a bound parameter.
+        insert = f"INSERT INTO {table.name} ({names}) VALUES ({marks})"  # noqa: S608
         # created_at is kept from the first write: an upsert updates, it does not re-create.
-        changed = {
-            c.name: stmt.excluded[c.name]
-            for c in table.columns
-            if c.name not in keys and c.name != "created_at"
-        }
-        return stmt.on_conflict_do_update(index_elements=keys, set_=changed)
+        changed = ", ".join(
+            f'"{c}" = EXCLUDED."{c}"' for c in self.columns if c not in keys and c != "created_at"
+        )
+        self.create = f"{insert} ON CONFLICT DO NOTHING"
+        self.upsert = f"{insert} ON CONFLICT ({', '.join(keys)}) DO UPDATE SET {changed}"
+        self.select = f"SELECT {names} FROM {table.name}"  # noqa: S608
+
+    def params(self, values: Mapping[str, Any]) -> list[Any]:
+        return [_pg_value(values[c]) for c in self.columns]
+
+    def row(self, row: Mapping[str, Any]) -> dict[str, Any]:
+        values = dict(row)
+        for name in self._times:
+            if values[name] is not None:
+                values[name] = values[name].replace(tzinfo=UTC)
+        return values
 
 
-_PG = _Statements()
+_PG_INSTANCES = _PostgresTable(_instances)
+_PG_BINDINGS = _PostgresTable(_bindings)
+_PG_OPERATIONS = _PostgresTable(_operations)
+
+
+def _rowcount(status: str) -> int:
+    # asyncpg returns the command tag, e.g. "INSERT 0 1", "UPDATE 1", "DELETE 0".
+    return int(status.rsplit(" ", 1)[-1])
 
 
 class PostgresStore(_SqlStoreBase):
-    """`Store` on PostgreSQL: SQLAlchemy Core on asyncpg, pooled, autocommit single statements."""
+    """`Store` on PostgreSQL: prepared statements on an asyncpg pool (autocommit).
+
+    The tables are created through SQLAlchemy at open; the hot path talks to asyncpg directly,
+    which caches each statement's plan per connection.
+    """
 
     def __init__(self, url: URL, key: str | None = None) -> None:
         super().__init__(url, key)
@@ -805,15 +805,14 @@ class PostgresStore(_SqlStoreBase):
                 '`python -c "from cryptography.fernet import Fernet; '
                 'print(Fernet.generate_key().decode())"` and keep it with your secrets'
             )
-        self._engine: AsyncEngine | None = None
-        self._auto: AsyncEngine | None = None
+        self._pool: Any = None  # asyncpg.Pool (untyped)
 
     async def open(self) -> None:
         """Connect, create missing tables, record or check the schema version and the key."""
-        if self._engine is not None:
+        if self._pool is not None:
             return
         cipher = await self._cipher()
-        engine = create_async_engine(self._url, pool_size=10, max_overflow=20)
+        engine = create_async_engine(self._url, poolclass=NullPool)
         try:
 
             async def create() -> None:
@@ -823,164 +822,149 @@ class PostgresStore(_SqlStoreBase):
             await _create_schema_retrying_async(create)
             async with engine.begin() as conn:
                 await conn.run_sync(lambda c: _check_schema(c, cipher, "postgresql"))
-        except BaseException:
+        finally:
             await engine.dispose()
-            raise
-        self._engine = engine
-        # Single statements need no explicit transaction: autocommit saves a BEGIN/COMMIT pair.
-        self._auto = engine.execution_options(isolation_level="AUTOCOMMIT")
+        dsn = self._url.set(drivername="postgresql").render_as_string(hide_password=False)
+        self._pool = await asyncpg.create_pool(dsn, min_size=1, max_size=20)
         self._codec_ = _Codec(cipher)
 
     async def close(self) -> None:
-        """Dispose of the connection pool."""
-        engine, self._engine, self._auto = self._engine, None, None
-        if engine is not None:
-            await engine.dispose()
+        """Close the connection pool."""
+        pool, self._pool = self._pool, None
+        if pool is not None:
+            await pool.close()
 
-    async def _call(self, fn: Callable[[Connection], T], *, atomic: bool = False) -> T:
-        """Run ``fn`` on a pooled connection, in a transaction if ``atomic``."""
-        engine = self._engine if atomic else self._auto
-        if engine is None:
+    def _connection(self) -> Any:
+        if self._pool is None:
             raise StoreError(_NOT_OPEN)
-        async with engine.begin() if atomic else engine.connect() as conn:
-            return await conn.run_sync(fn)
+        return self._pool.acquire()
 
-    async def _write(self, stmt: Any, params: Mapping[str, Any] | None = None) -> int:
-        return await self._call(lambda conn: int(conn.execute(stmt, params).rowcount))
+    async def _execute(self, sql: str, *params: Any) -> int:
+        async with self._connection() as conn:
+            return _rowcount(await conn.execute(sql, *params))
 
-    async def _first(
-        self, stmt: Any, params: Mapping[str, Any], convert: Callable[[Mapping[Any, Any]], R]
-    ) -> R | None:
-        def run(conn: Connection) -> R | None:
-            row = conn.execute(stmt, params).first()
-            return None if row is None else convert(row._mapping)
-
-        return await self._call(run)
-
-    async def _all(
-        self, stmt: Any, params: Mapping[str, Any] | None, convert: Callable[[Mapping[Any, Any]], R]
-    ) -> list[R]:
-        def run(conn: Connection) -> list[R]:
-            return [convert(r._mapping) for r in conn.execute(stmt, params)]
-
-        return await self._call(run)
+    async def _fetch(self, sql: str, *params: Any) -> list[Any]:
+        async with self._connection() as conn:
+            return list(await conn.fetch(sql, *params))
 
     async def get_instance(self, instance_id: str) -> InstanceRecord | None:
         """The instance record, or None."""
-        key = {"k_instance": instance_id}
-        return await self._first(_PG.get_instance, key, self._codec.instance)
+        t = _PG_INSTANCES
+        rows = await self._fetch(f"{t.select} WHERE instance_id = $1", instance_id)
+        return self._codec.instance(t.row(rows[0])) if rows else None
 
     async def put_instance(self, record: InstanceRecord) -> None:
         """Insert or replace the instance record (stamps ``updated_at``)."""
         record.updated_at = utcnow()
-        await self._write(_PG.upsert["broker_instances"], self._codec.instance_values(record))
+        t = _PG_INSTANCES
+        await self._execute(t.upsert, *t.params(self._codec.instance_values(record)))
 
     async def create_instance(self, record: InstanceRecord) -> bool:
         """Insert the record; False (nothing written) if the id exists."""
-        values = self._codec.instance_values(record)
-        return await self._write(_PG.create["broker_instances"], values) == 1
+        t = _PG_INSTANCES
+        return await self._execute(t.create, *t.params(self._codec.instance_values(record))) == 1
 
     async def delete_instance(self, instance_id: str) -> None:
         """Forget the instance and its bindings; its operations stay for last_operation."""
-        key = {"k_instance": instance_id}
-
-        def run(conn: Connection) -> None:
-            conn.execute(_PG.delete_bindings, key)
-            conn.execute(_PG.delete_instance, key)
-
-        await self._call(run, atomic=True)
+        async with self._connection() as conn, conn.transaction():
+            await conn.execute("DELETE FROM broker_bindings WHERE instance_id = $1", instance_id)
+            await conn.execute("DELETE FROM broker_instances WHERE instance_id = $1", instance_id)
 
     async def get_binding(self, instance_id: str, binding_id: str) -> BindingRecord | None:
         """The binding record, or None."""
-        key = {"k_instance": instance_id, "k_binding": binding_id}
-        return await self._first(_PG.get_binding, key, self._codec.binding)
+        t = _PG_BINDINGS
+        sql = f"{t.select} WHERE instance_id = $1 AND binding_id = $2"
+        rows = await self._fetch(sql, instance_id, binding_id)
+        return self._codec.binding(t.row(rows[0])) if rows else None
 
     async def create_binding(self, record: BindingRecord) -> bool:
         """Insert the record; False (nothing written) if the binding exists."""
-        values = self._codec.binding_values(record)
-        return await self._write(_PG.create["broker_bindings"], values) == 1
+        t = _PG_BINDINGS
+        return await self._execute(t.create, *t.params(self._codec.binding_values(record))) == 1
 
     async def put_binding(self, record: BindingRecord) -> None:
         """Insert or replace the binding record (stamps ``updated_at``)."""
         record.updated_at = utcnow()
-        await self._write(_PG.upsert["broker_bindings"], self._codec.binding_values(record))
+        t = _PG_BINDINGS
+        await self._execute(t.upsert, *t.params(self._codec.binding_values(record)))
 
     async def delete_binding(self, instance_id: str, binding_id: str) -> None:
         """Forget the binding."""
-        await self._write(_PG.delete_binding, {"k_instance": instance_id, "k_binding": binding_id})
+        sql = "DELETE FROM broker_bindings WHERE instance_id = $1 AND binding_id = $2"
+        await self._execute(sql, instance_id, binding_id)
 
     async def list_bindings(self, instance_id: str) -> list[BindingRecord]:
         """The instance's bindings, oldest first."""
-        key = {"k_instance": instance_id}
-        return await self._all(_PG.list_bindings, key, self._codec.binding)
+        t = _PG_BINDINGS
+        sql = f"{t.select} WHERE instance_id = $1 ORDER BY created_at, binding_id"
+        return [self._codec.binding(t.row(r)) for r in await self._fetch(sql, instance_id)]
 
     async def create_operation(self, record: OperationRecord) -> None:
         """Insert a new operation; StoreError if its id is taken."""
-        values = self._codec.operation_values(record)
-        if await self._write(_PG.create["broker_operations"], values) != 1:
+        t = _PG_OPERATIONS
+        values = t.params(self._codec.operation_values(record))
+        if await self._execute(t.create, *values) != 1:
             raise StoreError(f"operation {record.operation_id!r} already exists")
 
     async def put_operation(self, record: OperationRecord) -> None:
         """Insert or replace the operation record (stamps ``updated_at``)."""
         record.updated_at = utcnow()
-        await self._write(_PG.upsert["broker_operations"], self._codec.operation_values(record))
+        t = _PG_OPERATIONS
+        await self._execute(t.upsert, *t.params(self._codec.operation_values(record)))
 
     async def get_operation(self, operation_id: str) -> OperationRecord | None:
         """The operation record, or None."""
-        key = {"k_operation": operation_id}
-        return await self._first(_PG.get_operation, key, self._codec.operation)
+        t = _PG_OPERATIONS
+        rows = await self._fetch(f"{t.select} WHERE operation_id = $1", operation_id)
+        return self._codec.operation(t.row(rows[0])) if rows else None
 
     async def latest_operation(
         self, instance_id: str, binding_id: str | None = None
     ) -> OperationRecord | None:
         """The newest operation on the instance (binding_id None) or on that binding."""
+        t = _PG_OPERATIONS
+        order = "ORDER BY created_at DESC LIMIT 1"
         if binding_id is None:
-            key = {"k_instance": instance_id}
-            return await self._first(_PG.latest_instance_op, key, self._codec.operation)
-        key = {"k_instance": instance_id, "k_binding": binding_id}
-        return await self._first(_PG.latest_binding_op, key, self._codec.operation)
+            sql = f"{t.select} WHERE instance_id = $1 AND binding_id IS NULL {order}"
+            rows = await self._fetch(sql, instance_id)
+        else:
+            sql = f"{t.select} WHERE instance_id = $1 AND binding_id = $2 {order}"
+            rows = await self._fetch(sql, instance_id, binding_id)
+        return self._codec.operation(t.row(rows[0])) if rows else None
 
     async def unfinished_operations(self) -> list[OperationRecord]:
         """Every operation still in progress, oldest first."""
-        return await self._all(_PG.unfinished, None, self._codec.operation)
+        t = _PG_OPERATIONS
+        sql = f"{t.select} WHERE state = $1 ORDER BY created_at"
+        return [self._codec.operation(t.row(r)) for r in await self._fetch(sql, _IN_PROGRESS)]
 
     async def claim_operation(self, operation_id: str, owner: str, stale_after: float) -> bool:
         """Take the lease if the operation is unowned, ``owner``'s, or its holder went silent."""
-        now = utcnow()
-        claimable = or_(
-            _operations.c.owner.is_(None),
-            _operations.c.owner == owner,
-            _operations.c.heartbeat_at.is_(None),
-            _operations.c.heartbeat_at < now - timedelta(seconds=stale_after),
-        )
-        where = and_(
-            _operations.c.operation_id == operation_id,
-            _operations.c.state == _IN_PROGRESS,
-            claimable,
-        )
-        take = (
-            update(_operations).where(where).values(owner=owner, heartbeat_at=now, updated_at=now)
-        )
+        now = _pg_value(utcnow())
+        cutoff = now - timedelta(seconds=stale_after)
         # A row another process is claiming right now is skipped rather than waited for:
         # it is being taken, so this process has nothing to do with it.
-        locked = select(_operations.c.operation_id).where(where).with_for_update(skip_locked=True)
-
-        def run(conn: Connection) -> bool:
-            if conn.execute(locked).first() is None:
+        lock = (
+            "SELECT operation_id FROM broker_operations WHERE operation_id = $1 AND state = $2 "
+            "AND (owner IS NULL OR owner = $3 OR heartbeat_at IS NULL OR heartbeat_at < $4) "
+            "FOR UPDATE SKIP LOCKED"
+        )
+        take = (
+            "UPDATE broker_operations SET owner = $2, heartbeat_at = $3, updated_at = $3 "
+            "WHERE operation_id = $1"
+        )
+        async with self._connection() as conn, conn.transaction():
+            if await conn.fetchrow(lock, operation_id, _IN_PROGRESS, owner, cutoff) is None:
                 return False
-            conn.execute(take)
+            await conn.execute(take, operation_id, owner, now)
             return True
-
-        return await self._call(run, atomic=True)
 
     async def heartbeat(self, operation_id: str, owner: str) -> bool:
         """Renew ``owner``'s lease; False if another process took the operation over."""
-        stmt = (
-            update(_operations)
-            .where(_operations.c.operation_id == operation_id, _operations.c.owner == owner)
-            .values(heartbeat_at=utcnow())
+        sql = (
+            "UPDATE broker_operations SET heartbeat_at = $1 WHERE operation_id = $2 AND owner = $3"
         )
-        return await self._write(stmt) == 1
+        return await self._execute(sql, _pg_value(utcnow()), operation_id, owner) == 1
 
 
 # -- schema (both backends) --------------------------------------------------------------------
