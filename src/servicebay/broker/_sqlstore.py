@@ -12,7 +12,10 @@ operation lease is a conditional UPDATE on SQLite (whose writers are serialised)
 ``SELECT ... FOR UPDATE SKIP LOCKED`` on PostgreSQL, so a running operation is never picked up
 by a second process while its owner is alive.
 
-`PostgresStore` runs SQLAlchemy Core on asyncpg: every call is a network round trip, awaited.
+Both backends run SQL prepared once from that metadata straight on their driver: SQLAlchemy's
+execution layer (pool checkout, statement handling, the greenlet bridge) cost more per call than
+the database work itself. `PostgresStore` awaits each statement on an asyncpg pool (autocommit;
+the lease in a transaction).
 
 `SQLiteStore` runs prepared SQL on two stdlib connections (WAL mode, ``synchronous=NORMAL``: a
 commit survives a process crash, which is what a killed broker needs). A WAL read never waits
