@@ -196,6 +196,7 @@ def test_purge_asks_first(bay: Bay, registered: str) -> None:
     confirmed = bay("purge", name, input="y\n")
     assert confirmed.exit_code == 0, confirmed.output
     assert bay("instance", name).exit_code == 4
+    assert "evidence in operation" in confirmed.stdout
 
 
 def test_plan_of_unknown_name_exits_4(bay: Bay, registered: str) -> None:

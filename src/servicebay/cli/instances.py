@@ -202,7 +202,9 @@ async def _purge(name: str, namespace: str, yes: bool, output: OutputFormat) -> 
                 raise CLIError("purge aborted", 1)
         result = await api.purge(name, namespace)
     removed = ", ".join(result.get("bindings") or []) or "none"
-    emit(result, output, details([("purged", name), ("bindings removed", removed)]))
+    evidence = (result.get("operation") or {}).get("id")
+    pairs = [("purged", name), ("bindings removed", removed), ("evidence in operation", evidence)]
+    emit(result, output, details(pairs))
 
 
 def list_instances(
