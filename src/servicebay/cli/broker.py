@@ -82,23 +82,24 @@ def serve(
     host: Annotated[str, typer.Option(help="Interface to listen on.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="TCP port (0 picks a free one).")] = 8080,
     username: Annotated[
-        str | None, typer.Option(help="Basic auth user [env SERVICEBAY_BROKER_USERNAME].")
+        str | None, typer.Option(help="Basic auth user. Env: SERVICEBAY_BROKER_USERNAME.")
     ] = None,
     password: Annotated[
         str | None,
         typer.Option(
-            help="Basic auth password [env SERVICEBAY_BROKER_PASSWORD, which keeps it out of ps]."
+            help="Basic auth password. Env: SERVICEBAY_BROKER_PASSWORD (keeps it out of ps)."
         ),
     ] = None,
     bearer_token: Annotated[
         str | None,
-        typer.Option(help="Accept this bearer token [env SERVICEBAY_BROKER_BEARER_TOKEN]."),
+        typer.Option(help="Accept this bearer token. Env: SERVICEBAY_BROKER_BEARER_TOKEN."),
     ] = None,
     db: Annotated[
         str | None,
         typer.Option(
-            help="Store URL: sqlite:///file.db or postgresql://... [env SERVICEBAY_BROKER_DB; "
-            "default sqlite:///./servicebay-broker.db]. Encryption key: SERVICEBAY_BROKER_KEY."
+            help="Store URL: sqlite:///file.db or postgresql://..., by default "
+            "sqlite:///./servicebay-broker.db. Env: SERVICEBAY_BROKER_DB. Encryption key: "
+            "SERVICEBAY_BROKER_KEY (required for PostgreSQL)."
         ),
     ] = None,
     workers: Annotated[
@@ -107,7 +108,7 @@ def serve(
     log_level: Annotated[
         str | None,
         typer.Option(
-            help="critical, error, warning, info or debug [env SERVICEBAY_BROKER_LOG_LEVEL]."
+            help="critical, error, warning, info or debug. Env: SERVICEBAY_BROKER_LOG_LEVEL."
         ),
     ] = None,
     log_format: Annotated[
