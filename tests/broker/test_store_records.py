@@ -431,3 +431,21 @@ async def test_sqlite_checkpoints_keep_the_wal_bounded(tmp_path: Path) -> None:
         assert db.with_name(db.name + "-wal").stat().st_size < 4_000_000
     finally:
         await store.close()
+
+
+@pytest.mark.parametrize("scheme", ["sqlite", "sqlite+aiosqlite", "sqlite+pysqlite"])
+async def test_sqlite_url_spellings_are_accepted(scheme: str, tmp_path: Path) -> None:
+    """Any SQLite driver name in the URL reaches the same file."""
+    store = open_store(f"{scheme}:///{tmp_path / 'broker.db'}")
+    await store.open()
+    try:
+        record = _instance(_id())
+        assert await store.create_instance(record)
+    finally:
+        await store.close()
+    plain = open_store(f"sqlite:///{tmp_path / 'broker.db'}")
+    await plain.open()
+    try:
+        assert await plain.get_instance(record.instance_id) == record
+    finally:
+        await plain.close()
