@@ -88,3 +88,14 @@ def test_describe_says_where_the_key_comes_from() -> None:
     postgres = BrokerSettings.from_env(db="postgresql://h/db").describe()
     assert "missing" in postgres["key"]
     assert BrokerSettings.from_env().describe()["bearer_token"] is None
+
+
+def test_timings_come_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Lease and abandonment timings are settable for crash tests and operators."""
+    monkeypatch.setenv("SERVICEBAY_BROKER_OPERATION_LEASE", "1.5")
+    monkeypatch.setenv("SERVICEBAY_BROKER_SYNC_ABANDONED_AFTER", "3")
+    settings = BrokerSettings.from_env()
+    assert (settings.operation_lease, settings.sync_abandoned_after) == (1.5, 3.0)
+    assert BrokerSettings().sync_abandoned_after == 120.0
+    with pytest.raises(SettingsError, match="SERVICEBAY_BROKER_SYNC_ABANDONED_AFTER"):
+        BrokerSettings.from_env(sync_abandoned_after=0)

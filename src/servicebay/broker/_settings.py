@@ -15,6 +15,8 @@ Setting (environment variable ``SERVICEBAY_BROKER_<NAME>``), default:
 - ``shutdown_grace``: 10 — seconds in-flight work may finish at shutdown before it is recorded.
 - ``operation_lease``: 30 — seconds after a process's last heartbeat before another process may
   take over its unfinished operation (a restarted broker resumes its own after that long).
+- ``sync_abandoned_after``: 120 — seconds a synchronous provision/bind left in progress by a
+  process that died blocks retries (422 ConcurrencyError) before a retry takes it over.
 - ``log_level``: ``info`` (critical, error, warning, info, debug).
 """
 
@@ -54,6 +56,7 @@ class BrokerSettings(BaseModel):
     retry_after: int = Field(default=2, ge=0)
     shutdown_grace: float = Field(default=10.0, ge=0)
     operation_lease: float = Field(default=30.0, gt=0)
+    sync_abandoned_after: float = Field(default=120.0, gt=0)
     log_level: str = "info"
 
     @field_validator("log_level")
