@@ -86,7 +86,9 @@ def broker_scenario() -> Sequence[Request]:
 
 
 @contextlib.contextmanager
-def broker_process(port: int, env: dict[str, str], log: Path, db: str) -> Iterator[int]:
+def broker_process(
+    port: int, env: dict[str, str], log: Path, db: str, workers: int
+) -> Iterator[int]:
     """``bay broker serve`` for the duration of the block (output to a file, not a pipe)."""
     cmd = [
         # `bay broker serve`, run as a module so it works from a source checkout too.
@@ -94,6 +96,7 @@ def broker_process(port: int, env: dict[str, str], log: Path, db: str) -> Iterat
         "servicebay.brokers.rabbitmq:broker",
         "--host", "127.0.0.1", "--port", str(port),
         "--username", USER, "--password", PASSWORD, "--db", db, "--log-level", "warning",
+        "--workers", str(workers),
     ]  # fmt: skip
     with log.open("w") as sink:
         proc = subprocess.Popen(cmd, env=env, stdout=sink, stderr=subprocess.STDOUT)
@@ -226,6 +229,7 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 4])
     parser.add_argument("--management-url", default="http://127.0.0.1:15672")
     parser.add_argument("--admin", default="guest:guest", help="management API user:password")
+    parser.add_argument("--workers", type=int, default=1, help="broker worker processes")
     args = parser.parse_args()
 
     run = f"sbbench-{uuid.uuid4().hex[:6]}-"
@@ -243,7 +247,7 @@ def main() -> None:
     }
     port = free_port()
     print(
-        f"RabbitMQ at {args.management_url}; broker: 1 process, SQLite store; "
+        f"RabbitMQ at {args.management_url}; broker: {args.workers} worker(s), SQLite store; "
         f"{args.rounds} alternating {args.seconds:.0f}s cells per side; "
         "one cycle = provision+bind+unbind+deprovision"
     )
@@ -254,7 +258,8 @@ def main() -> None:
     print("|---|---:|---:|---:|---:|---:|---:|---:|")
     raw_headers = {"Authorization": auth}  # loadgen adds Content-Type to bodies
     try:
-        with broker_process(port, env, tmp / "broker.log", f"sqlite:///{tmp / 'broker.db'}") as pid:
+        db = f"sqlite:///{tmp / 'broker.db'}"
+        with broker_process(port, env, tmp / "broker.log", db, args.workers) as pid:
             rabbitmq = _pids(lambda _pid, comm, _ppid: comm == "beam.smp")
             broker = [pid, *_pids(lambda _pid, _comm, ppid: ppid == pid)]
             for c in args.concurrency:

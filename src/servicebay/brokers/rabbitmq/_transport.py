@@ -2,7 +2,8 @@
 
 Why: each broker operation is a handful of small requests to one server, and with httpx's
 default transport (httpcore on anyio) the client spent more CPU per request than RabbitMQ took
-to answer it — measured ~1.5 ms against ~0.6 ms with this transport (benchmarks/rabbitmq). It
+to answer it — measured ~1.5 ms against ~0.6 ms with this transport on the development
+machine (see docs/rabbitmq-broker.md, "Speed"). It
 keeps what the management API needs and no more: kept-alive connections per host on asyncio
 streams (TLS when the URL is https), ``Content-Length`` and chunked bodies, one timeout per
 exchange. Failures surface as httpx's transport errors, so ``ManagementAPI``'s retries apply;
