@@ -52,6 +52,7 @@ class ManagementTransport(httpx.AsyncBaseTransport):
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
         body = await request.aread()
+        connection: _Connection | None = None
         try:
             async with asyncio.timeout(self._timeout):
                 connection, reused = await self._connection(request)
@@ -61,7 +62,13 @@ class ManagementTransport(httpx.AsyncBaseTransport):
                     connection, _ = await self._open(request)
                     return await self._exchange(connection, request, body, reused=False)
         except TimeoutError as exc:
+            if connection is not None:
+                connection.close()  # a late answer must not be read as the next one's
             raise httpx.ReadTimeout(f"no answer within {self._timeout} s", request=request) from exc
+        except asyncio.CancelledError:
+            if connection is not None:
+                connection.close()
+            raise
 
     async def aclose(self) -> None:
         """Close every kept-alive connection."""
