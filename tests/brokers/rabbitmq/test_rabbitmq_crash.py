@@ -132,7 +132,8 @@ def test_provision_and_bind_killed_half_way_end_right_after_restart(
     env = {
         "SERVICEBAY_RABBITMQ_MANAGEMENT_URL": proxy.url,
         "SERVICEBAY_RABBITMQ_PREFIX": rabbitmq_prefix,
-        "SERVICEBAY_BROKER_SYNC_ABANDONED_AFTER": "3",  # honoured once the SDK reads it
+        # The SDK treats an interrupted synchronous operation as abandoned after this long.
+        "SERVICEBAY_BROKER_SYNC_ABANDONED_AFTER": "3",
     }
     a, b, binding = new_id(), new_id(), new_id()
     with serve_broker("servicebay.brokers.rabbitmq:broker", env=env) as served:
