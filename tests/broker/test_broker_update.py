@@ -12,11 +12,13 @@ from test_broker_support import (
     SERVICE,
     SYNC,
     SampleBroker,
+    bind_body,
     ids,
     provision_body,
     running,
 )
 
+from servicebay import osb
 from servicebay.broker import UpdateDetails
 
 INSTANCE = "/v2/service_instances/i-1"
@@ -155,3 +157,37 @@ async def test_deprovision_of_another_service_is_400(
     assert response.status_code == 400
     assert broker.count("deprovision") == 0
     assert (await client.get(INSTANCE)).status_code == 200
+
+
+async def test_instances_of_a_plan_dropped_from_the_catalog_can_still_be_deleted(
+    tmp_path: Path,
+) -> None:
+    """A plan removed from the catalog leaves its instances fetchable and deletable."""
+    db = f"sqlite:///{tmp_path}/b.db"
+    async with running(SampleBroker(), db) as client:
+        await client.put(INSTANCE, json=provision_body(ROTATABLE, secret="hunter2"))
+        await client.put(INSTANCE + "/service_bindings/b-1", json=bind_body(ROTATABLE))
+
+    class Shrunk(SampleBroker):
+        catalog = osb.Catalog.model_validate(
+            {
+                "services": [
+                    {
+                        **SampleBroker.catalog.services[0].to_wire(),
+                        "plans": [SampleBroker.catalog.services[0].plans[0].to_wire()],
+                    }
+                ]
+            }
+        )
+
+    shrunk = Shrunk()
+    async with running(shrunk, db) as client:
+        fetched = await client.get(INSTANCE)
+        assert fetched.status_code == 200
+        assert "parameters" not in fetched.json()  # nothing says which values are secret
+        assert "hunter2" not in fetched.text
+        binding = INSTANCE + "/service_bindings/b-1"
+        assert (await client.delete(binding, params=ids(ROTATABLE))).status_code == 200
+        assert (await client.delete(INSTANCE, params=ids(ROTATABLE))).status_code == 200
+        assert (await client.delete(INSTANCE, params=ids(ROTATABLE))).status_code == 410
+    assert shrunk.count("unbind") == shrunk.count("deprovision") == 1

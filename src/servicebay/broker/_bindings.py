@@ -184,7 +184,15 @@ class Bindings(LifecycleBase):
         """DELETE /v2/service_instances/:instance_id/service_bindings/:binding_id."""
         # The query names the instance's service and plan (spec: MUST); trusting it spares a read
         # of the instance on the hot path. A binding only exists while its instance does.
-        service, plan = self.catalog.lookup(service_id, plan_id)
+        try:
+            service, plan = self.catalog.lookup(service_id, plan_id)
+        except osb.BadRequest:
+            # Unless the catalog dropped the instance's plan: its bindings can still be deleted.
+            instance = await self.store.get_instance(instance_id)
+            ids = (instance.service_id, instance.plan_id) if instance else (service_id, plan_id)
+            if instance is not None and ids != (service_id, plan_id):
+                raise
+            service, plan = self.catalog.recorded(service_id, plan_id)
         record = await self.store.get_binding(instance_id, binding_id)
         if record is None:
             raise osb.Gone(f"binding {binding_id!r} of instance {instance_id!r} does not exist")
@@ -259,7 +267,9 @@ class Bindings(LifecycleBase):
         if found is not None:
             parameters = found.parameters if found.parameters is not None else parameters
             body.update({k: v for k, v in _bind_response_fields(found).items() if v is not None})
-        body["parameters"] = osb.redact(plan.binding_create_schema(), dict(parameters))
+        shown = self._shown(instance.service_id, plan, dict(parameters), create=False)
+        if shown is not None:
+            body["parameters"] = shown
         return Reply(200, osb.FetchBindingResponse.model_validate(body).to_json())
 
 

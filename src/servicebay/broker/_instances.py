@@ -296,15 +296,18 @@ class Instances(LifecycleBase):
         caller: Caller,
     ) -> Reply:
         """DELETE /v2/service_instances/:instance_id."""
-        service, _ = self.catalog.lookup(service_id, plan_id)
         record = await self.store.get_instance(instance_id)
         if record is None:
             raise osb.Gone(f"instance {instance_id!r} does not exist")
-        if record.service_id != service.id:
+        if (service_id, plan_id) != (record.service_id, record.plan_id):
+            # Ids other than the record's must at least be in the catalog (400 otherwise); the
+            # record's own ids are accepted even after the catalog dropped them.
+            self.catalog.lookup(service_id, plan_id)
+        if record.service_id != service_id:
             raise osb.BadRequest(
                 f"service_id: instance {instance_id!r} belongs to service {record.service_id!r}"
             )
-        _, plan = self.catalog.recorded(record.service_id, record.plan_id)
+        service, plan = self.catalog.recorded(record.service_id, record.plan_id)
         is_async = self._check_async(OperationKind.DEPROVISION, plan, accepts_incomplete)
         replay = await self._check_deletable(record)
         if replay is not None:
@@ -386,7 +389,7 @@ class Instances(LifecycleBase):
             service_id=record.service_id,
             plan_id=record.plan_id,
             dashboard_url=dashboard_url,
-            parameters=osb.redact(plan.instance_create_schema(), parameters),
+            parameters=self._shown(record.service_id, plan, parameters, create=True),
             maintenance_info=(
                 osb.MaintenanceInfo.model_validate(record.maintenance_info)
                 if record.maintenance_info

@@ -162,6 +162,23 @@ class LifecycleBase:
             ids["kind"] = kind.value
         return OperationContext(operation_id=None, is_async=False, logger=log, bind=ids)
 
+    def _shown(
+        self, service_id: str, plan: osb.Plan, parameters: dict[str, Any], *, create: bool
+    ) -> dict[str, Any] | None:
+        """Parameters as a fetch may show them: sensitive values redacted by the plan's schema.
+
+        Without the plan (dropped from the catalog) nothing says which values are sensitive,
+        so none are shown (spec: brokers MAY omit parameters from a fetch).
+        """
+        if not self.catalog.knows(service_id, plan.id):
+            return None
+        if not create:
+            return osb.redact(plan.binding_create_schema(), parameters)
+        # An instance's parameters come from its provision and its updates: hide what either
+        # schema marks sensitive.
+        shown = osb.redact(plan.instance_create_schema(), parameters)
+        return osb.redact(plan.instance_update_schema(), shown)
+
     async def _instance_or_fail(self, instance_id: str) -> InstanceRecord:
         record = await self.store.get_instance(instance_id)
         if record is None:

@@ -83,15 +83,33 @@ class CatalogIndex:
         service = self.service(service_id)
         return service, self.plan(service, plan_id)
 
+    def knows(self, service_id: str, plan_id: str) -> bool:
+        """True while the catalog still offers that plan of that service."""
+        return (service_id, plan_id) in self._plans
+
     def recorded(self, service_id: str, plan_id: str) -> tuple[osb.Service, osb.Plan]:
-        """Service and plan of a recorded resource; 500 if the catalog no longer has them."""
-        service = self._services.get(service_id)
+        """Service and plan of a recorded resource, even if the catalog has since dropped them.
+
+        spec "Catalog Management": brokers MAY remove plans while instances of them exist; those
+        instances must still be fetched, polled and deleted. A dropped plan (or service) is
+        stood in for by a minimal placeholder with the recorded id.
+        """
         plan = self._plans.get((service_id, plan_id))
-        if service is None or plan is None:
-            raise osb.InternalError(
-                f"the catalog no longer contains plan {plan_id!r} of service {service_id!r}"
+        service = self._services.get(service_id)
+        if service is not None and plan is not None:
+            return service, plan
+        placeholder = osb.Plan(
+            id=plan_id, name=plan_id, description="no longer in the catalog", bindable=True
+        )
+        if service is None:
+            service = osb.Service(
+                id=service_id,
+                name=service_id,
+                description="no longer in the catalog",
+                bindable=True,
+                plans=[placeholder],
             )
-        return service, plan
+        return service, plan or placeholder
 
 
 async def read_json(request: Request) -> dict[str, Any]:
