@@ -55,9 +55,13 @@ def write_binding(root: Path, uri: str, name: str = BINDING) -> Path:
 
 def store_url(tmp: Path, uri: str | None = None, **options: str) -> str:
     """A ``rabbitmq:`` store URL whose binding and metadata live under ``tmp``."""
-    if uri is None:
-        uri = f"amqp://guest:guest@{AMQP_HOST}/{quote(session_vhost(), safe='')}"
+    uri = uri or store_uri()
     root = tmp / "bindings"
     write_binding(root, uri)
     query = {"root": str(root), "state": str(tmp / "chat-meta.db"), **options}
     return f"rabbitmq:{BINDING}?" + "&".join(f"{k}={quote(v)}" for k, v in query.items())
+
+
+def store_uri() -> str:
+    """The AMQP URI of this process's vhost on the shared RabbitMQ."""
+    return f"amqp://guest:guest@{AMQP_HOST}/{quote(session_vhost(), safe='')}"
