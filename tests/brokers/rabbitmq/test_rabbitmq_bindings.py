@@ -200,3 +200,22 @@ async def test_fetch_binding_reports_a_user_removed_behind_the_brokers_back(
     assert fetched.json()["credentials"] == credentials
     await management_api.delete_user(credentials["username"])
     assert (await osb_session.fetch_binding(instance, binding)).status_code == 404
+
+
+async def test_concurrent_binds_and_unbinds_on_one_instance(
+    osb_session: Any, new_id: Any, rabbitmq_prefix: str, rabbitmq_names: Any
+) -> None:
+    """Eight binds at once: eight users, each able to log in; eight unbinds at once: none left."""
+    instance = new_id()
+    assert (await osb_session.provision(instance)).status_code == 201
+    bindings = [new_id() for _ in range(8)]
+    answers = await asyncio.gather(*(osb_session.bind(instance, b) for b in bindings))
+    assert [a.status_code for a in answers] == [201] * 8
+    credentials = [a.json()["credentials"] for a in answers]
+    assert len({c["username"] for c in credentials}) == 8
+    for creds in credentials:
+        await (await aio_pika.connect(creds["uri"])).close()
+
+    answers = await asyncio.gather(*(osb_session.unbind(instance, b) for b in bindings))
+    assert [a.status_code for a in answers] == [200] * 8
+    assert rabbitmq_names(rabbitmq_prefix) == {rabbitmq_prefix + instance}
