@@ -24,7 +24,6 @@ from servicebay.broker._auth import Authenticator
 from servicebay.broker._author import Broker
 from servicebay.broker._errors import ErrorBoundary, error_response
 from servicebay.broker._lifecycle import Lifecycle
-from servicebay.broker._lifecycle_base import SYNC_ABANDONED_AFTER
 from servicebay.broker._metrics import BrokerMetrics, RequestMetrics, metrics_endpoint
 from servicebay.broker._middleware import (
     APIVersion,
@@ -104,9 +103,9 @@ def create_app(
     it when it stops. Without credentials in the settings the app refuses to be built unless
     `allow_anonymous` (tests only). `operation_lease` (default: the settings') is how long, in
     seconds, an operation whose process stopped heart-beating stays reserved before another
-    process resumes it. `sync_abandoned_after` (default: the settings' `sync_abandoned_after`
-    if they have one, else 120) is how long a synchronous provision or bind left "in progress"
-    by a dead process blocks a retry (422 ConcurrencyError) before the retry takes it over.
+    process resumes it. `sync_abandoned_after` (default: the settings') is how long a
+    synchronous provision or bind left "in progress" by a dead process blocks a retry (422
+    ConcurrencyError) before the retry takes it over.
     """
     settings = settings or BrokerSettings.from_env()
     authenticator = Authenticator(
@@ -127,14 +126,13 @@ def create_app(
         resumable=broker.resumable,
         job_factory=lambda op: lifecycle.job_for(op),
     )
-    abandoned_after = sync_abandoned_after or getattr(settings, "sync_abandoned_after", None)
     lifecycle = Lifecycle(
         broker,
         catalog,
         store,
         operations,
         retry_after=settings.retry_after,
-        sync_abandoned_after=float(abandoned_after or SYNC_ABANDONED_AFTER),
+        sync_abandoned_after=sync_abandoned_after or settings.sync_abandoned_after,
     )
 
     @contextlib.asynccontextmanager
