@@ -77,13 +77,15 @@ def sync_plan_ids(catalog: dict[str, object]) -> tuple[str, str]:
 
 
 @contextlib.contextmanager
-def process(cmd: list[str], log: Path, env: dict[str, str] | None = None) -> Iterator[None]:
+def process(
+    cmd: list[str], log: Path, env: dict[str, str] | None = None
+) -> Iterator[subprocess.Popen[bytes]]:
     """Run ``cmd`` for the duration of the block; its output goes to ``log`` (never a pipe that
     could fill up and stall the server under load)."""
     with log.open("w") as sink:
         proc = subprocess.Popen(cmd, env=env, stdout=sink, stderr=subprocess.STDOUT)
     try:
-        yield
+        yield proc
     finally:
         proc.terminate()
         try:
@@ -108,16 +110,41 @@ def peer_cmd(port: int, server: str) -> list[str]:
     return [sys.executable, str(script), str(port), USER, PASSWORD, server]
 
 
-async def measure(port: int, scenario_name: str, concurrency: int, seconds: float) -> LoadResult:
+def server_cpu(pid: int) -> float:
+    """CPU seconds (user + system) of process ``pid`` and its live children (uvicorn workers).
+
+    Linux /proc only; 0.0 elsewhere, and the column then reads nan.
+    """
+    tick = os.sysconf("SC_CLK_TCK")
+    total = 0
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue  # exited meanwhile
+        if int(entry.name) == pid or int(fields[1]) == pid:
+            total += int(fields[11]) + int(fields[12])  # utime + stime
+    return total / tick
+
+
+async def measure(
+    port: int, pid: int, scenario_name: str, concurrency: int, seconds: float
+) -> LoadResult:
+    """Warm up for 1 s, then load ``port`` for ``seconds``, noting the server's CPU meanwhile."""
     headers = osb_headers(USER, PASSWORD)
     if scenario_name == "catalog":
         scenario = catalog_scenario
     else:
         scenario = lifecycle_scenario(*sync_plan_ids(wait_for_catalog(port)))
     await run_load("127.0.0.1", port, scenario, concurrency=concurrency, seconds=1, headers=headers)
-    return await run_load(
+    before = server_cpu(pid)
+    result = await run_load(
         "127.0.0.1", port, scenario, concurrency=concurrency, seconds=seconds, headers=headers
     )
+    result.server_cpu_s = server_cpu(pid) - before
+    return result
 
 
 def median_row(name: str, scenario: str, c: int, runs: list[LoadResult], ratio: str) -> str:
@@ -129,7 +156,9 @@ def median_row(name: str, scenario: str, c: int, runs: list[LoadResult], ratio: 
     p50 = statistics.median(r.percentile(50) for r in runs)
     p99 = statistics.median(r.percentile(99) for r in runs)
     spread = f"{min(r.rps for r in runs):,.0f} to {max(r.rps for r in runs):,.0f}"
-    cells = [name, scenario, str(c), f"{rps:,.0f}", spread, f"{p50:.2f}", f"{p99:.2f}", ratio]
+    cpu = statistics.median(r.cpu_ms_per_request for r in runs)
+    cells = [name, scenario, str(c), f"{rps:,.0f}", spread, f"{p50:.2f}", f"{p99:.2f}"]
+    cells += [f"{cpu:.3f}", ratio]
     return "| " + " | ".join(cells) + f" |{note}"
 
 
@@ -319,12 +348,12 @@ def main() -> None:
     )
     print(
         "\n| broker | scenario | concurrency | requests/s (median) | range over rounds "
-        "| p50 ms | p99 ms | ours/peer |"
+        "| p50 ms | p99 ms | server CPU ms/request | ours vs peer |"
     )
-    print("|---|---|---:|---:|---:|---:|---:|---:|")
+    print("|---|---|---:|---:|---:|---:|---:|---:|---:|")
     with (
-        process(servicebay_cmd(ours_port, db, args.workers), tmp / "servicebay.log", env=env),
-        process(peer_cmd(peer_port, args.peer_server), tmp / "peer.log"),
+        process(servicebay_cmd(ours_port, db, args.workers), tmp / "servicebay.log", env=env) as o,
+        process(peer_cmd(peer_port, args.peer_server), tmp / "peer.log") as p,
     ):
         wait_for_catalog(ours_port)
         wait_for_catalog(peer_port)
@@ -335,12 +364,17 @@ def main() -> None:
                 ours: list[LoadResult] = []
                 peer: list[LoadResult] = []
                 for _ in range(args.rounds):
-                    ours.append(asyncio.run(measure(ours_port, scenario, c, args.seconds)))
-                    peer.append(asyncio.run(measure(peer_port, scenario, c, args.seconds)))
-                ratio = statistics.median(r.rps for r in ours) / max(
+                    ours.append(asyncio.run(measure(ours_port, o.pid, scenario, c, args.seconds)))
+                    peer.append(asyncio.run(measure(peer_port, p.pid, scenario, c, args.seconds)))
+                rps = statistics.median(r.rps for r in ours) / max(
                     statistics.median(r.rps for r in peer), 1e-9
                 )
-                print(median_row("servicebay", scenario, c, ours, f"**{ratio:.2f}x**"))
+                # CPU efficiency: how many of our requests fit in the CPU one peer request takes.
+                cpu = statistics.median(r.cpu_ms_per_request for r in peer) / max(
+                    statistics.median(r.cpu_ms_per_request for r in ours), 1e-9
+                )
+                ratio = f"**{rps:.2f}x** req/s, {cpu:.2f}x CPU efficiency"
+                print(median_row("servicebay", scenario, c, ours, ratio))
                 print(median_row("openbrokerapi", scenario, c, peer, ""), flush=True)
 
 

@@ -30,6 +30,12 @@ class LoadResult:
     seconds: float = 0.0
     latencies_ms: list[float] = field(default_factory=list)
     first_error: str = ""
+    server_cpu_s: float = 0.0  # CPU the server process(es) spent meanwhile, if measured
+
+    @property
+    def cpu_ms_per_request(self) -> float:
+        """Server CPU per answered request: steady even when other jobs load the machine."""
+        return self.server_cpu_s / self.requests * 1000 if self.requests else float("nan")
 
     @property
     def rps(self) -> float:
