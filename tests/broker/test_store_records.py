@@ -424,7 +424,7 @@ async def test_sqlite_checkpoints_keep_the_wal_bounded(tmp_path: Path) -> None:
             for _ in range(500):
                 await store.put_instance(record)
             # White-box: wait (with a deadline) for the checkpoint the store started.
-            checkpoint = getattr(store, "_checkpoint", None)
+            checkpoint = getattr(getattr(store, "_db", None), "_checkpoint", None)
             assert checkpoint is not None
             await asyncio.wait_for(asyncio.shield(checkpoint), timeout=30)
         # Unchecked, the WAL would hold all 1500 writes (~6 MB); reused, about 500 (~2 MB).

@@ -32,11 +32,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import fcntl
+import functools
 import json
 import os
 import sqlite3
 import time
-from collections.abc import Awaitable, Callable, Iterator, Mapping
+from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -82,13 +83,7 @@ from servicebay.broker._store import (
     utcnow,
 )
 
-__all__ = [
-    "SCHEMA_VERSION",
-    "PostgresStore",
-    "SQLiteStore",
-    "database_url",
-    "open_sql_store",
-]
+__all__ = ["SCHEMA_VERSION", "SqlStore", "database_url", "open_sql_store"]
 
 SCHEMA_VERSION = 1
 _KEY_CHECK = "servicebay-broker-key-check"
@@ -213,10 +208,7 @@ def database_url(url: str) -> URL:
 
 def open_sql_store(url: str, key: str | None = None) -> Store:
     """The SQL store for ``url``, unopened (see `servicebay.broker._store.open_store`)."""
-    parsed = database_url(url)
-    if parsed.get_backend_name() == "sqlite":
-        return SQLiteStore(parsed, key)
-    return PostgresStore(parsed, key)
+    return SqlStore(database_url(url), key)
 
 
 def _dumps(value: Any) -> str:
@@ -333,58 +325,14 @@ class _Codec:
         )
 
 
-class _SqlStoreBase:
-    """What both backends share: the URL, the key and where it comes from, the codec."""
-
-    def __init__(self, url: URL, key: str | None) -> None:
-        self._url = url
-        self._key = key or os.environ.get(KEY_ENV) or None
-        self._codec_: _Codec | None = None
-
-    def __repr__(self) -> str:
-        return f"{type(self).__name__}({self._url.render_as_string(hide_password=True)!r})"
-
-    @property
-    def key_file(self) -> Path | None:
-        """Where the key file lives when the key comes from one (SQLite without a key)."""
-        return None
-
-    @property
-    def _codec(self) -> _Codec:
-        if self._codec_ is None:
-            raise StoreError(_NOT_OPEN)
-        return self._codec_
-
-    async def _cipher(self) -> FieldCipher:
-        if self._key is not None:
-            return FieldCipher(self._key)
-        key_file = self.key_file
-        if key_file is None:
-            # An in-memory SQLite database dies with the process, and its key with it.
-            return FieldCipher(Fernet.generate_key().decode())
-        return FieldCipher(await asyncio.to_thread(load_or_create_key, key_file))
-
-
-# -- SQLite ------------------------------------------------------------------------------------
-
-
-def _sqlite_value(value: Any) -> Any:
-    # The same text SQLAlchemy writes for a DateTime, so that its lexical order is time order
-    # (the lease compares heartbeat_at in SQL).
-    if isinstance(value, datetime):
-        utc = value.astimezone(UTC).replace(tzinfo=None)
-        return utc.isoformat(sep=" ", timespec="microseconds")
-    return value
-
-
-class _SQLiteTable:
-    """A table's prepared SQL and its row conversion for the stdlib driver."""
+class _TableSQL:
+    """A table's statements (``?`` placeholders) and the types its rows need restored."""
 
     def __init__(self, table: Table) -> None:
         self.columns = [c.name for c in table.columns]
         keys = [c.name for c in table.primary_key.columns]
-        self._times = {c.name for c in table.columns if isinstance(c.type, _UTCDateTime)}
-        self._flags = {c.name for c in table.columns if isinstance(c.type, Boolean)}
+        self.times = [c.name for c in table.columns if isinstance(c.type, _UTCDateTime)]
+        self.flags = [c.name for c in table.columns if isinstance(c.type, Boolean)]
         names = ", ".join(f'"{c}"' for c in self.columns)
         marks = ", ".join("?" for _ in self.columns)
         # Identifiers come from our own Table metadata; every value is a bound parameter.
@@ -398,22 +346,207 @@ class _SQLiteTable:
         self.select = f"SELECT {names} FROM {table.name}"  # noqa: S608
 
     def params(self, values: Mapping[str, Any]) -> tuple[Any, ...]:
-        return tuple(_sqlite_value(values[c]) for c in self.columns)
-
-    def row(self, row: sqlite3.Row) -> dict[str, Any]:
-        values = dict(zip(self.columns, row, strict=True))
-        for name in self._times:
-            if values[name] is not None:
-                values[name] = datetime.fromisoformat(values[name]).replace(tzinfo=UTC)
-        for name in self._flags:
-            if values[name] is not None:
-                values[name] = bool(values[name])
-        return values
+        return tuple(values[c] for c in self.columns)
 
 
-_SQL_INSTANCES = _SQLiteTable(_instances)
-_SQL_BINDINGS = _SQLiteTable(_bindings)
-_SQL_OPERATIONS = _SQLiteTable(_operations)
+_I = _TableSQL(_instances)
+_B = _TableSQL(_bindings)
+_O = _TableSQL(_operations)
+
+# The lease: an operation may be taken if it is unowned, already the taker's, or its holder's
+# heartbeat is older than the cutoff. Parameters: operation_id, "in progress", owner, cutoff.
+_CLAIM_SQLITE = (
+    "UPDATE broker_operations SET owner = ?, heartbeat_at = ?, updated_at = ? "
+    "WHERE operation_id = ? AND state = ? "
+    "AND (owner IS NULL OR owner = ? OR heartbeat_at IS NULL OR heartbeat_at < ?)"
+)
+_CLAIM_LOCK_POSTGRES = (
+    "SELECT operation_id FROM broker_operations WHERE operation_id = ? AND state = ? "
+    "AND (owner IS NULL OR owner = ? OR heartbeat_at IS NULL OR heartbeat_at < ?) "
+    "FOR UPDATE SKIP LOCKED"
+)
+_CLAIM_TAKE_POSTGRES = (
+    "UPDATE broker_operations SET owner = ?, heartbeat_at = ?, updated_at = ? "
+    "WHERE operation_id = ?"
+)
+
+
+class SqlStore:
+    """`Store` in SQL: records become rows here; a driver (`_SQLite`, `_Postgres`) runs them."""
+
+    def __init__(self, url: URL, key: str | None = None) -> None:
+        self._url = url
+        self._key = key or os.environ.get(KEY_ENV) or None
+        self._db: _SQLite | _Postgres
+        if url.get_backend_name() == "sqlite":
+            self._db = _SQLite(url)
+        elif self._key is None:
+            raise EncryptionKeyError(
+                "a PostgreSQL broker store needs an encryption key for credentials at rest: "
+                f"set {KEY_ENV} (or BrokerSettings.key); create one with "
+                '`python -c "from cryptography.fernet import Fernet; '
+                'print(Fernet.generate_key().decode())"` and keep it with your secrets'
+            )
+        else:
+            self._db = _Postgres(url)
+        self._codec_: _Codec | None = None
+
+    def __repr__(self) -> str:
+        return f"SqlStore({self._url.render_as_string(hide_password=True)!r})"
+
+    @property
+    def key_file(self) -> Path | None:
+        """The key file next to a SQLite database, used when no key is configured."""
+        path = getattr(self._db, "path", None)
+        if self._key is None and path is not None:
+            return Path(path).resolve().parent / KEY_FILE_NAME
+        return None
+
+    async def open(self) -> None:
+        """Connect, create missing tables, record or check the schema version and the key."""
+        if self._codec_ is not None:
+            return
+        cipher = await self._cipher()
+        await self._db.open(cipher)
+        self._codec_ = _Codec(cipher)
+
+    async def close(self) -> None:
+        """Release the connections (and the SQLite threads)."""
+        if self._codec_ is not None:
+            self._codec_ = None
+            await self._db.close()
+
+    async def _cipher(self) -> FieldCipher:
+        if self._key is not None:
+            return FieldCipher(self._key)
+        key_file = self.key_file
+        if key_file is None:
+            # An in-memory SQLite database dies with the process, and its key with it.
+            return FieldCipher(Fernet.generate_key().decode())
+        return FieldCipher(await asyncio.to_thread(load_or_create_key, key_file))
+
+    @property
+    def _codec(self) -> _Codec:
+        if self._codec_ is None:
+            raise StoreError(_NOT_OPEN)
+        return self._codec_
+
+    async def _one(self, table: _TableSQL, where: str, *params: Any) -> dict[str, Any] | None:
+        rows = await self._db.read(table, f"{table.select} WHERE {where}", params)
+        return rows[0] if rows else None
+
+    # -- instances ---------------------------------------------------------------------------
+
+    async def get_instance(self, instance_id: str) -> InstanceRecord | None:
+        """The instance record, or None."""
+        row = await self._one(_I, "instance_id = ?", instance_id)
+        return None if row is None else self._codec.instance(row)
+
+    async def put_instance(self, record: InstanceRecord) -> None:
+        """Insert or replace the instance record (stamps ``updated_at``)."""
+        record.updated_at = utcnow()
+        await self._db.write(_I.upsert, _I.params(self._codec.instance_values(record)))
+
+    async def create_instance(self, record: InstanceRecord) -> bool:
+        """Insert the record; False (nothing written) if the id exists."""
+        values = _I.params(self._codec.instance_values(record))
+        return await self._db.write(_I.create, values) == 1
+
+    async def delete_instance(self, instance_id: str) -> None:
+        """Forget the instance and its bindings; its operations stay for last_operation."""
+        await self._db.write_together(
+            [
+                ("DELETE FROM broker_bindings WHERE instance_id = ?", (instance_id,)),
+                ("DELETE FROM broker_instances WHERE instance_id = ?", (instance_id,)),
+            ]
+        )
+
+    # -- bindings ----------------------------------------------------------------------------
+
+    async def get_binding(self, instance_id: str, binding_id: str) -> BindingRecord | None:
+        """The binding record, or None."""
+        row = await self._one(_B, "instance_id = ? AND binding_id = ?", instance_id, binding_id)
+        return None if row is None else self._codec.binding(row)
+
+    async def create_binding(self, record: BindingRecord) -> bool:
+        """Insert the record; False (nothing written) if the binding exists."""
+        values = _B.params(self._codec.binding_values(record))
+        return await self._db.write(_B.create, values) == 1
+
+    async def put_binding(self, record: BindingRecord) -> None:
+        """Insert or replace the binding record (stamps ``updated_at``)."""
+        record.updated_at = utcnow()
+        await self._db.write(_B.upsert, _B.params(self._codec.binding_values(record)))
+
+    async def delete_binding(self, instance_id: str, binding_id: str) -> None:
+        """Forget the binding."""
+        sql = "DELETE FROM broker_bindings WHERE instance_id = ? AND binding_id = ?"
+        await self._db.write(sql, (instance_id, binding_id))
+
+    async def list_bindings(self, instance_id: str) -> list[BindingRecord]:
+        """The instance's bindings, oldest first."""
+        sql = f"{_B.select} WHERE instance_id = ? ORDER BY created_at, binding_id"
+        return [self._codec.binding(r) for r in await self._db.read(_B, sql, (instance_id,))]
+
+    # -- operations --------------------------------------------------------------------------
+
+    async def create_operation(self, record: OperationRecord) -> None:
+        """Insert a new operation; StoreError if its id is taken."""
+        values = _O.params(self._codec.operation_values(record))
+        if await self._db.write(_O.create, values) != 1:
+            raise StoreError(f"operation {record.operation_id!r} already exists")
+
+    async def put_operation(self, record: OperationRecord) -> None:
+        """Insert or replace the operation record (stamps ``updated_at``)."""
+        record.updated_at = utcnow()
+        await self._db.write(_O.upsert, _O.params(self._codec.operation_values(record)))
+
+    async def get_operation(self, operation_id: str) -> OperationRecord | None:
+        """The operation record, or None."""
+        row = await self._one(_O, "operation_id = ?", operation_id)
+        return None if row is None else self._codec.operation(row)
+
+    async def latest_operation(
+        self, instance_id: str, binding_id: str | None = None
+    ) -> OperationRecord | None:
+        """The newest operation on the instance (binding_id None) or on that binding."""
+        newest = "ORDER BY created_at DESC LIMIT 1"
+        if binding_id is None:
+            row = await self._one(
+                _O, f"instance_id = ? AND binding_id IS NULL {newest}", instance_id
+            )
+        else:
+            where = f"instance_id = ? AND binding_id = ? {newest}"
+            row = await self._one(_O, where, instance_id, binding_id)
+        return None if row is None else self._codec.operation(row)
+
+    async def unfinished_operations(self) -> list[OperationRecord]:
+        """Every operation still in progress, oldest first."""
+        sql = f"{_O.select} WHERE state = ? ORDER BY created_at"
+        return [self._codec.operation(r) for r in await self._db.read(_O, sql, (_IN_PROGRESS,))]
+
+    async def claim_operation(self, operation_id: str, owner: str, stale_after: float) -> bool:
+        """Take the lease if the operation is unowned, ``owner``'s, or its holder went silent."""
+        now = utcnow()
+        cutoff = now - timedelta(seconds=stale_after)
+        return await self._db.claim((operation_id, _IN_PROGRESS, owner, cutoff), owner, now)
+
+    async def heartbeat(self, operation_id: str, owner: str) -> bool:
+        """Renew ``owner``'s lease; False if another process took the operation over."""
+        sql = "UPDATE broker_operations SET heartbeat_at = ? WHERE operation_id = ? AND owner = ?"
+        return await self._db.write(sql, (utcnow(), operation_id, owner)) == 1
+
+
+# -- SQLite ------------------------------------------------------------------------------------
+
+
+def _sqlite_value(value: Any) -> Any:
+    # The same text SQLAlchemy writes for a DateTime, so that its lexical order is time order
+    # (the lease compares heartbeat_at in SQL).
+    if isinstance(value, datetime):
+        utc = value.astimezone(UTC).replace(tzinfo=None)
+        return utc.isoformat(sep=" ", timespec="microseconds")
+    return value
 
 
 class _WriterLock:
@@ -452,44 +585,33 @@ class _WriterLock:
         fcntl.flock(self._fd, fcntl.LOCK_UN)
 
 
-class SQLiteStore(_SqlStoreBase):
-    """`Store` on a SQLite file (or ``sqlite://`` in memory) through the stdlib driver."""
+class _SQLite:
+    """SQLite (a file, or ``sqlite://`` in memory) through the stdlib driver; see the module
+    docstring for why reads and uncontended writes run on the event loop."""
 
-    def __init__(self, url: URL, key: str | None = None) -> None:
-        super().__init__(url, key)
+    def __init__(self, url: URL) -> None:
+        self._url = url
         database = url.database
-        self._path = Path(database) if database and database != ":memory:" else None
+        self.path = Path(database) if database and database != ":memory:" else None
         self._reader: sqlite3.Connection | None = None
         self._writer: sqlite3.Connection | None = None
-        self._lock = _WriterLock(Path(f"{self._path}.writer-lock")) if self._path else None
+        self._lock = _WriterLock(Path(f"{self.path}.writer-lock")) if self.path else None
         self._writing = asyncio.Lock()
         self._thread: ThreadPoolExecutor | None = None
         self._writes = 0
         self._checkpoint: asyncio.Future[None] | None = None
 
-    @property
-    def key_file(self) -> Path | None:
-        """The key file next to the database, used when no key is configured."""
-        if self._key is None and self._path is not None:
-            return self._path.resolve().parent / KEY_FILE_NAME
-        return None
-
-    async def open(self) -> None:
-        """Create the file, its tables and schema row if missing; check version and key."""
-        if self._writer is not None:
-            return
-        cipher = await self._cipher()
+    async def open(self, cipher: FieldCipher) -> None:
         self._reader, self._writer = await asyncio.to_thread(self._connect, cipher)
-        self._codec_ = _Codec(cipher)
         self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="servicebay-store")
 
     def _connect(self, cipher: FieldCipher) -> tuple[sqlite3.Connection, sqlite3.Connection]:
-        if self._path is not None:
-            self._path.parent.mkdir(parents=True, exist_ok=True)
-        writer = self._sqlite_connection()
+        if self.path is not None:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        writer = self._connection()
         try:
             # The schema goes through SQLAlchemy (the same metadata as PostgreSQL), on our
-            # connection; the hot path below uses prepared SQL only.
+            # connection; the hot path uses prepared SQL only.
             engine = create_engine(self._url, creator=lambda: writer, poolclass=StaticPool)
             _create_schema_retrying(lambda: _with_begin(engine, _create_tables))
             _with_begin(engine, lambda conn: _check_schema(conn, cipher, "sqlite"))
@@ -498,7 +620,7 @@ class SQLiteStore(_SqlStoreBase):
             writer.execute("PRAGMA wal_autocheckpoint=0")
             if self._lock is not None:
                 self._lock.open()
-            reader = writer if self._path is None else self._sqlite_connection()
+            reader = writer if self.path is None else self._connection()
         except BaseException:
             writer.close()
             if self._lock is not None:
@@ -506,9 +628,9 @@ class SQLiteStore(_SqlStoreBase):
             raise
         return reader, writer
 
-    def _sqlite_connection(self) -> sqlite3.Connection:
+    def _connection(self) -> sqlite3.Connection:
         conn = sqlite3.connect(
-            self._path or ":memory:",
+            self.path or ":memory:",
             isolation_level=None,  # autocommit: each statement is its own transaction
             timeout=_SQLITE_BUSY_TIMEOUT_S,
             check_same_thread=False,  # the writer is used from our thread when it must wait
@@ -518,7 +640,6 @@ class SQLiteStore(_SqlStoreBase):
         return conn
 
     async def close(self) -> None:
-        """Finish a running checkpoint, checkpoint once more, and close the connections."""
         reader, writer = self._reader, self._writer
         if writer is None:
             return
@@ -543,12 +664,44 @@ class SQLiteStore(_SqlStoreBase):
                 if thread is not None:
                     thread.shutdown(wait=False)
 
-    # -- plumbing ----------------------------------------------------------------------------
-
-    def _read(self, sql: str, params: tuple[Any, ...] = ()) -> list[sqlite3.Row]:
+    async def read(self, table: _TableSQL, sql: str, params: Sequence[Any]) -> list[dict[str, Any]]:
         if self._reader is None:
             raise StoreError(_NOT_OPEN)
-        return self._reader.execute(sql, params).fetchall()
+        rows = self._reader.execute(sql, [_sqlite_value(p) for p in params]).fetchall()
+        return [self._restore(table, row) for row in rows]
+
+    @staticmethod
+    def _restore(table: _TableSQL, row: Sequence[Any]) -> dict[str, Any]:
+        values = dict(zip(table.columns, row, strict=True))
+        for name in table.times:
+            if values[name] is not None:
+                values[name] = datetime.fromisoformat(values[name]).replace(tzinfo=UTC)
+        for name in table.flags:
+            if values[name] is not None:
+                values[name] = bool(values[name])
+        return values
+
+    async def write(self, sql: str, params: Sequence[Any]) -> int:
+        bound = [_sqlite_value(p) for p in params]
+        return await self._write(lambda conn: conn.execute(sql, bound).rowcount)
+
+    async def write_together(self, statements: Sequence[tuple[str, Sequence[Any]]]) -> None:
+        def run(conn: sqlite3.Connection) -> None:
+            # The connection autocommits: several statements need an explicit transaction.
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                for sql, params in statements:
+                    conn.execute(sql, [_sqlite_value(p) for p in params])
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+            conn.execute("COMMIT")
+
+        await self._write(run)
+
+    async def claim(self, where: Sequence[Any], owner: str, now: datetime) -> bool:
+        # Writers are serialised, so the conditional UPDATE alone is the atomic test-and-set.
+        return await self.write(_CLAIM_SQLITE, (owner, now, now, *where)) == 1
 
     async def _write(self, fn: Callable[[sqlite3.Connection], T]) -> T:
         writer = self._writer
@@ -586,140 +739,12 @@ class SQLiteStore(_SqlStoreBase):
 
     def _after_write(self) -> None:
         self._writes += 1
-        if self._writes % _CHECKPOINT_EVERY_WRITES or self._path is None:
+        if self._writes % _CHECKPOINT_EVERY_WRITES or self.path is None:
             return
         if self._checkpoint is None or self._checkpoint.done():
             self._checkpoint = asyncio.get_running_loop().run_in_executor(
-                self._thread, _checkpoint, self._path
+                self._thread, _checkpoint, self.path
             )
-
-    async def _execute(self, sql: str, params: tuple[Any, ...]) -> int:
-        return await self._write(lambda conn: conn.execute(sql, params).rowcount)
-
-    # -- instances ---------------------------------------------------------------------------
-
-    async def get_instance(self, instance_id: str) -> InstanceRecord | None:
-        """The instance record, or None."""
-        t = _SQL_INSTANCES
-        rows = self._read(f"{t.select} WHERE instance_id = ?", (instance_id,))
-        return self._codec.instance(t.row(rows[0])) if rows else None
-
-    async def put_instance(self, record: InstanceRecord) -> None:
-        """Insert or replace the instance record (stamps ``updated_at``)."""
-        record.updated_at = utcnow()
-        t = _SQL_INSTANCES
-        await self._execute(t.upsert, t.params(self._codec.instance_values(record)))
-
-    async def create_instance(self, record: InstanceRecord) -> bool:
-        """Insert the record; False (nothing written) if the id exists."""
-        t = _SQL_INSTANCES
-        return await self._execute(t.create, t.params(self._codec.instance_values(record))) == 1
-
-    async def delete_instance(self, instance_id: str) -> None:
-        """Forget the instance and its bindings; its operations stay for last_operation."""
-
-        def run(conn: sqlite3.Connection) -> None:
-            # Autocommit connection: the pair is one explicit transaction.
-            conn.execute("BEGIN IMMEDIATE")
-            try:
-                conn.execute("DELETE FROM broker_bindings WHERE instance_id = ?", (instance_id,))
-                conn.execute("DELETE FROM broker_instances WHERE instance_id = ?", (instance_id,))
-            except BaseException:
-                conn.execute("ROLLBACK")
-                raise
-            conn.execute("COMMIT")
-
-        await self._write(run)
-
-    # -- bindings ----------------------------------------------------------------------------
-
-    async def get_binding(self, instance_id: str, binding_id: str) -> BindingRecord | None:
-        """The binding record, or None."""
-        t = _SQL_BINDINGS
-        where = "WHERE instance_id = ? AND binding_id = ?"
-        rows = self._read(f"{t.select} {where}", (instance_id, binding_id))
-        return self._codec.binding(t.row(rows[0])) if rows else None
-
-    async def create_binding(self, record: BindingRecord) -> bool:
-        """Insert the record; False (nothing written) if the binding exists."""
-        t = _SQL_BINDINGS
-        return await self._execute(t.create, t.params(self._codec.binding_values(record))) == 1
-
-    async def put_binding(self, record: BindingRecord) -> None:
-        """Insert or replace the binding record (stamps ``updated_at``)."""
-        record.updated_at = utcnow()
-        t = _SQL_BINDINGS
-        await self._execute(t.upsert, t.params(self._codec.binding_values(record)))
-
-    async def delete_binding(self, instance_id: str, binding_id: str) -> None:
-        """Forget the binding."""
-        sql = "DELETE FROM broker_bindings WHERE instance_id = ? AND binding_id = ?"
-        await self._execute(sql, (instance_id, binding_id))
-
-    async def list_bindings(self, instance_id: str) -> list[BindingRecord]:
-        """The instance's bindings, oldest first."""
-        t = _SQL_BINDINGS
-        sql = f"{t.select} WHERE instance_id = ? ORDER BY created_at, binding_id"
-        return [self._codec.binding(t.row(r)) for r in self._read(sql, (instance_id,))]
-
-    # -- operations --------------------------------------------------------------------------
-
-    async def create_operation(self, record: OperationRecord) -> None:
-        """Insert a new operation; StoreError if its id is taken."""
-        t = _SQL_OPERATIONS
-        if await self._execute(t.create, t.params(self._codec.operation_values(record))) != 1:
-            raise StoreError(f"operation {record.operation_id!r} already exists")
-
-    async def put_operation(self, record: OperationRecord) -> None:
-        """Insert or replace the operation record (stamps ``updated_at``)."""
-        record.updated_at = utcnow()
-        t = _SQL_OPERATIONS
-        await self._execute(t.upsert, t.params(self._codec.operation_values(record)))
-
-    async def get_operation(self, operation_id: str) -> OperationRecord | None:
-        """The operation record, or None."""
-        t = _SQL_OPERATIONS
-        rows = self._read(f"{t.select} WHERE operation_id = ?", (operation_id,))
-        return self._codec.operation(t.row(rows[0])) if rows else None
-
-    async def latest_operation(
-        self, instance_id: str, binding_id: str | None = None
-    ) -> OperationRecord | None:
-        """The newest operation on the instance (binding_id None) or on that binding."""
-        t = _SQL_OPERATIONS
-        order = "ORDER BY created_at DESC LIMIT 1"
-        if binding_id is None:
-            sql = f"{t.select} WHERE instance_id = ? AND binding_id IS NULL {order}"
-            rows = self._read(sql, (instance_id,))
-        else:
-            sql = f"{t.select} WHERE instance_id = ? AND binding_id = ? {order}"
-            rows = self._read(sql, (instance_id, binding_id))
-        return self._codec.operation(t.row(rows[0])) if rows else None
-
-    async def unfinished_operations(self) -> list[OperationRecord]:
-        """Every operation still in progress, oldest first."""
-        t = _SQL_OPERATIONS
-        sql = f"{t.select} WHERE state = ? ORDER BY created_at"
-        return [self._codec.operation(t.row(r)) for r in self._read(sql, (_IN_PROGRESS,))]
-
-    async def claim_operation(self, operation_id: str, owner: str, stale_after: float) -> bool:
-        """Take the lease if the operation is unowned, ``owner``'s, or its holder went silent."""
-        now = utcnow()
-        cutoff = _sqlite_value(now - timedelta(seconds=stale_after))
-        # Writers are serialised, so this conditional UPDATE is the atomic test-and-set.
-        sql = (
-            "UPDATE broker_operations SET owner = ?, heartbeat_at = ?, updated_at = ? "
-            "WHERE operation_id = ? AND state = ? AND (owner IS NULL OR owner = ? "
-            "OR heartbeat_at IS NULL OR heartbeat_at < ?)"
-        )
-        stamp = _sqlite_value(now)
-        params = (owner, stamp, stamp, operation_id, _IN_PROGRESS, owner, cutoff)
-        return await self._execute(sql, params) == 1
-
-    async def heartbeat(self, operation_id: str, owner: str) -> bool:
-        """Renew ``owner``'s lease; False if another process took the operation over."""
-        sql = "UPDATE broker_operations SET heartbeat_at = ? WHERE operation_id = ? AND owner = ?"
-        return await self._execute(sql, (_sqlite_value(utcnow()), operation_id, owner)) == 1
 
 
 def _checkpoint(path: Path) -> None:
@@ -752,39 +777,11 @@ def _pg_value(value: Any) -> Any:
     return value
 
 
-class _PostgresTable:
-    """A table's SQL for asyncpg ($n placeholders) and its row conversion."""
-
-    def __init__(self, table: Table) -> None:
-        self.columns = [c.name for c in table.columns]
-        keys = [c.name for c in table.primary_key.columns]
-        self._times = [c.name for c in table.columns if isinstance(c.type, _UTCDateTime)]
-        names = ", ".join(f'"{c}"' for c in self.columns)
-        marks = ", ".join(f"${n}" for n in range(1, len(self.columns) + 1))
-        # Identifiers come from our own Table metadata; every value is a bound parameter.
-        insert = f"INSERT INTO {table.name} ({names}) VALUES ({marks})"  # noqa: S608
-        # created_at is kept from the first write: an upsert updates, it does not re-create.
-        changed = ", ".join(
-            f'"{c}" = EXCLUDED."{c}"' for c in self.columns if c not in keys and c != "created_at"
-        )
-        self.create = f"{insert} ON CONFLICT DO NOTHING"
-        self.upsert = f"{insert} ON CONFLICT ({', '.join(keys)}) DO UPDATE SET {changed}"
-        self.select = f"SELECT {names} FROM {table.name}"  # noqa: S608
-
-    def params(self, values: Mapping[str, Any]) -> list[Any]:
-        return [_pg_value(values[c]) for c in self.columns]
-
-    def row(self, row: Mapping[str, Any]) -> dict[str, Any]:
-        values = dict(row)
-        for name in self._times:
-            if values[name] is not None:
-                values[name] = values[name].replace(tzinfo=UTC)
-        return values
-
-
-_PG_INSTANCES = _PostgresTable(_instances)
-_PG_BINDINGS = _PostgresTable(_bindings)
-_PG_OPERATIONS = _PostgresTable(_operations)
+@functools.lru_cache(maxsize=256)
+def _numbered(sql: str) -> str:
+    """``?`` placeholders as asyncpg's ``$1, $2, ...`` (our SQL has no other ``?``)."""
+    parts = sql.split("?")
+    return "".join(f"{part}${n}" for n, part in enumerate(parts[:-1], start=1)) + parts[-1]
 
 
 def _rowcount(status: str) -> int:
@@ -792,29 +789,18 @@ def _rowcount(status: str) -> int:
     return int(status.rsplit(" ", 1)[-1])
 
 
-class PostgresStore(_SqlStoreBase):
-    """`Store` on PostgreSQL: prepared statements on an asyncpg pool (autocommit).
+class _Postgres:
+    """PostgreSQL through an asyncpg pool: autocommit statements, the lease in a transaction.
 
-    The tables are created through SQLAlchemy at open; the hot path talks to asyncpg directly,
-    which caches each statement's plan per connection.
+    The tables are created through SQLAlchemy at open; asyncpg caches each statement's plan
+    per connection.
     """
 
-    def __init__(self, url: URL, key: str | None = None) -> None:
-        super().__init__(url, key)
-        if self._key is None:
-            raise EncryptionKeyError(
-                "a PostgreSQL broker store needs an encryption key for credentials at rest: "
-                f"set {KEY_ENV} (or BrokerSettings.key); create one with "
-                '`python -c "from cryptography.fernet import Fernet; '
-                'print(Fernet.generate_key().decode())"` and keep it with your secrets'
-            )
+    def __init__(self, url: URL) -> None:
+        self._url = url
         self._pool: Any = None  # asyncpg.Pool (untyped)
 
-    async def open(self) -> None:
-        """Connect, create missing tables, record or check the schema version and the key."""
-        if self._pool is not None:
-            return
-        cipher = await self._cipher()
+    async def open(self, cipher: FieldCipher) -> None:
         engine = create_async_engine(self._url, poolclass=NullPool)
         try:
 
@@ -829,10 +815,8 @@ class PostgresStore(_SqlStoreBase):
             await engine.dispose()
         dsn = self._url.set(drivername="postgresql").render_as_string(hide_password=False)
         self._pool = await asyncpg.create_pool(dsn, min_size=1, max_size=20)
-        self._codec_ = _Codec(cipher)
 
     async def close(self) -> None:
-        """Close the connection pool."""
         pool, self._pool = self._pool, None
         if pool is not None:
             await pool.close()
@@ -842,132 +826,38 @@ class PostgresStore(_SqlStoreBase):
             raise StoreError(_NOT_OPEN)
         return self._pool.acquire()
 
-    async def _execute(self, sql: str, *params: Any) -> int:
+    async def read(self, table: _TableSQL, sql: str, params: Sequence[Any]) -> list[dict[str, Any]]:
         async with self._connection() as conn:
-            return _rowcount(await conn.execute(sql, *params))
+            rows = await conn.fetch(_numbered(sql), *[_pg_value(p) for p in params])
+        restored = []
+        for row in rows:
+            values = dict(row)
+            for name in table.times:
+                if values[name] is not None:
+                    values[name] = values[name].replace(tzinfo=UTC)
+            restored.append(values)
+        return restored
 
-    async def _fetch(self, sql: str, *params: Any) -> list[Any]:
+    async def write(self, sql: str, params: Sequence[Any]) -> int:
         async with self._connection() as conn:
-            return list(await conn.fetch(sql, *params))
+            status = await conn.execute(_numbered(sql), *[_pg_value(p) for p in params])
+        return _rowcount(status)
 
-    async def get_instance(self, instance_id: str) -> InstanceRecord | None:
-        """The instance record, or None."""
-        t = _PG_INSTANCES
-        rows = await self._fetch(f"{t.select} WHERE instance_id = $1", instance_id)
-        return self._codec.instance(t.row(rows[0])) if rows else None
-
-    async def put_instance(self, record: InstanceRecord) -> None:
-        """Insert or replace the instance record (stamps ``updated_at``)."""
-        record.updated_at = utcnow()
-        t = _PG_INSTANCES
-        await self._execute(t.upsert, *t.params(self._codec.instance_values(record)))
-
-    async def create_instance(self, record: InstanceRecord) -> bool:
-        """Insert the record; False (nothing written) if the id exists."""
-        t = _PG_INSTANCES
-        return await self._execute(t.create, *t.params(self._codec.instance_values(record))) == 1
-
-    async def delete_instance(self, instance_id: str) -> None:
-        """Forget the instance and its bindings; its operations stay for last_operation."""
+    async def write_together(self, statements: Sequence[tuple[str, Sequence[Any]]]) -> None:
         async with self._connection() as conn, conn.transaction():
-            await conn.execute("DELETE FROM broker_bindings WHERE instance_id = $1", instance_id)
-            await conn.execute("DELETE FROM broker_instances WHERE instance_id = $1", instance_id)
+            for sql, params in statements:
+                await conn.execute(_numbered(sql), *[_pg_value(p) for p in params])
 
-    async def get_binding(self, instance_id: str, binding_id: str) -> BindingRecord | None:
-        """The binding record, or None."""
-        t = _PG_BINDINGS
-        sql = f"{t.select} WHERE instance_id = $1 AND binding_id = $2"
-        rows = await self._fetch(sql, instance_id, binding_id)
-        return self._codec.binding(t.row(rows[0])) if rows else None
-
-    async def create_binding(self, record: BindingRecord) -> bool:
-        """Insert the record; False (nothing written) if the binding exists."""
-        t = _PG_BINDINGS
-        return await self._execute(t.create, *t.params(self._codec.binding_values(record))) == 1
-
-    async def put_binding(self, record: BindingRecord) -> None:
-        """Insert or replace the binding record (stamps ``updated_at``)."""
-        record.updated_at = utcnow()
-        t = _PG_BINDINGS
-        await self._execute(t.upsert, *t.params(self._codec.binding_values(record)))
-
-    async def delete_binding(self, instance_id: str, binding_id: str) -> None:
-        """Forget the binding."""
-        sql = "DELETE FROM broker_bindings WHERE instance_id = $1 AND binding_id = $2"
-        await self._execute(sql, instance_id, binding_id)
-
-    async def list_bindings(self, instance_id: str) -> list[BindingRecord]:
-        """The instance's bindings, oldest first."""
-        t = _PG_BINDINGS
-        sql = f"{t.select} WHERE instance_id = $1 ORDER BY created_at, binding_id"
-        return [self._codec.binding(t.row(r)) for r in await self._fetch(sql, instance_id)]
-
-    async def create_operation(self, record: OperationRecord) -> None:
-        """Insert a new operation; StoreError if its id is taken."""
-        t = _PG_OPERATIONS
-        values = t.params(self._codec.operation_values(record))
-        if await self._execute(t.create, *values) != 1:
-            raise StoreError(f"operation {record.operation_id!r} already exists")
-
-    async def put_operation(self, record: OperationRecord) -> None:
-        """Insert or replace the operation record (stamps ``updated_at``)."""
-        record.updated_at = utcnow()
-        t = _PG_OPERATIONS
-        await self._execute(t.upsert, *t.params(self._codec.operation_values(record)))
-
-    async def get_operation(self, operation_id: str) -> OperationRecord | None:
-        """The operation record, or None."""
-        t = _PG_OPERATIONS
-        rows = await self._fetch(f"{t.select} WHERE operation_id = $1", operation_id)
-        return self._codec.operation(t.row(rows[0])) if rows else None
-
-    async def latest_operation(
-        self, instance_id: str, binding_id: str | None = None
-    ) -> OperationRecord | None:
-        """The newest operation on the instance (binding_id None) or on that binding."""
-        t = _PG_OPERATIONS
-        order = "ORDER BY created_at DESC LIMIT 1"
-        if binding_id is None:
-            sql = f"{t.select} WHERE instance_id = $1 AND binding_id IS NULL {order}"
-            rows = await self._fetch(sql, instance_id)
-        else:
-            sql = f"{t.select} WHERE instance_id = $1 AND binding_id = $2 {order}"
-            rows = await self._fetch(sql, instance_id, binding_id)
-        return self._codec.operation(t.row(rows[0])) if rows else None
-
-    async def unfinished_operations(self) -> list[OperationRecord]:
-        """Every operation still in progress, oldest first."""
-        t = _PG_OPERATIONS
-        sql = f"{t.select} WHERE state = $1 ORDER BY created_at"
-        return [self._codec.operation(t.row(r)) for r in await self._fetch(sql, _IN_PROGRESS)]
-
-    async def claim_operation(self, operation_id: str, owner: str, stale_after: float) -> bool:
-        """Take the lease if the operation is unowned, ``owner``'s, or its holder went silent."""
-        now = _pg_value(utcnow())
-        cutoff = now - timedelta(seconds=stale_after)
+    async def claim(self, where: Sequence[Any], owner: str, now: datetime) -> bool:
         # A row another process is claiming right now is skipped rather than waited for:
         # it is being taken, so this process has nothing to do with it.
-        lock = (
-            "SELECT operation_id FROM broker_operations WHERE operation_id = $1 AND state = $2 "
-            "AND (owner IS NULL OR owner = $3 OR heartbeat_at IS NULL OR heartbeat_at < $4) "
-            "FOR UPDATE SKIP LOCKED"
-        )
-        take = (
-            "UPDATE broker_operations SET owner = $2, heartbeat_at = $3, updated_at = $3 "
-            "WHERE operation_id = $1"
-        )
         async with self._connection() as conn, conn.transaction():
-            if await conn.fetchrow(lock, operation_id, _IN_PROGRESS, owner, cutoff) is None:
+            lock = _numbered(_CLAIM_LOCK_POSTGRES)
+            if await conn.fetchrow(lock, *[_pg_value(p) for p in where]) is None:
                 return False
-            await conn.execute(take, operation_id, owner, now)
+            stamp = _pg_value(now)
+            await conn.execute(_numbered(_CLAIM_TAKE_POSTGRES), owner, stamp, stamp, where[0])
             return True
-
-    async def heartbeat(self, operation_id: str, owner: str) -> bool:
-        """Renew ``owner``'s lease; False if another process took the operation over."""
-        sql = (
-            "UPDATE broker_operations SET heartbeat_at = $1 WHERE operation_id = $2 AND owner = $3"
-        )
-        return await self._execute(sql, _pg_value(utcnow()), operation_id, owner) == 1
 
 
 # -- schema (both backends) --------------------------------------------------------------------
