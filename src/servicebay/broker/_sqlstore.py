@@ -12,12 +12,12 @@ operation lease is a conditional UPDATE on SQLite (whose writers are serialised)
 ``SELECT ... FOR UPDATE SKIP LOCKED`` on PostgreSQL, so a running operation is never picked up
 by a second process while its owner is alive.
 
-Both backends run SQL prepared once from that metadata straight on their driver: SQLAlchemy's
-execution layer (pool checkout, statement handling, the greenlet bridge) cost more per call than
-the database work itself. `PostgresStore` awaits each statement on an asyncpg pool (autocommit;
-the lease in a transaction).
+`SqlStore` turns records into rows; a driver runs SQL prepared once from that metadata straight
+on the database library, because SQLAlchemy's execution layer (pool checkout, statement handling,
+the greenlet bridge) cost more per call than the database work itself. The PostgreSQL driver
+awaits each statement on an asyncpg pool (autocommit; the lease in a transaction).
 
-`SQLiteStore` runs prepared SQL on two stdlib connections (WAL mode, ``synchronous=NORMAL``: a
+Its SQLite driver runs prepared SQL on two stdlib connections (WAL mode, ``synchronous=NORMAL``: a
 commit survives a process crash, which is what a killed broker needs). A WAL read never waits
 for a writer and a primary-key lookup costs tens of microseconds, less than handing it to a
 thread (which, on a busy machine, costs milliseconds: the thread waits for the GIL and a CPU),
