@@ -282,3 +282,22 @@ async def test_run_broker_on_postgresql(helpers_pg_database: str) -> None:
     async with run_broker(TinyBroker(), settings=settings) as again:
         replay = await again.client.put("/v2/service_instances/pg-1", json=_provision_body())
         assert replay.status_code == 200  # the record outlived the first app
+
+
+@pytest.mark.e2e
+def test_served_workers_die_together_and_restart_on_the_same_url() -> None:
+    """With workers, kill() takes the whole process group down; restart() serves the same
+    URL and database again, records intact."""
+    with serve_broker(tiny_broker, workers=2) as served:
+        auth = (served.username, served.password)
+        headers = {"X-Broker-API-Version": "2.17"}
+        instance = f"{served.url}/v2/service_instances/w-1"
+        first = httpx.put(instance, json=_provision_body(), auth=auth, headers=headers)
+        assert first.status_code == 201
+        served.kill()
+        with pytest.raises(httpx.HTTPError):
+            # Nobody serves the held socket now: the request waits, then times out.
+            httpx.get(f"{served.url}/v2/catalog", auth=auth, headers=headers, timeout=1)
+        served.restart()
+        again = httpx.put(instance, json=_provision_body(), auth=auth, headers=headers)
+        assert again.status_code == 200  # the same provision, remembered across the crash
