@@ -117,3 +117,16 @@ async def test_served_broker_logs_never_contain_credentials_or_secrets() -> None
     assert password not in log
     assert secret not in log
     assert served.password not in log
+
+
+async def test_the_guides_40_line_broker_passes_the_self_test() -> None:
+    """The complete broker from docs/broker-sdk.md, served for real, passes every check."""
+    with serve_broker("servicebay.examples.minimal:broker") as served:
+        report = await run_checks(served.url, username=served.username, password=served.password)
+    bad = [
+        f"{r.check}: {r.detail}"
+        for r in report.results
+        if r.outcome in (Outcome.FAIL, Outcome.WARN)
+    ]
+    assert not bad, "\n".join(bad)
+    assert report.get("plan[keys/free].bind.idempotent").outcome is Outcome.PASS
