@@ -58,7 +58,8 @@ async def test_store_finds_rabbitmq_through_the_only_binding(
 
 async def test_message_stored_without_confirm_is_adopted_once(tmp_path: Path) -> None:
     """A message RabbitMQ stored but whose confirm never reached the server (it crashed) is
-    found on restart: it keeps its seq, a resend of its key is a duplicate, the next one follows."""
+    found on restart: it keeps its seq; the resend of its key gets that seq, stores nothing, and
+    is answered once as new (its sender never heard of it) then as a duplicate."""
     url = chat_rabbitmq.store_url(tmp_path)
     store = await _opened(url)
     await _room(store)
@@ -73,6 +74,8 @@ async def test_message_stored_without_confirm_is_adopted_once(tmp_path: Path) ->
     again = await _opened(url)
     try:
         assert (await again.get_room("r")).head == 2  # type: ignore[union-attr]
+        resent = await again.append("r", "ann", "k2", "two")
+        assert (resent.seq, resent.duplicate) == (2, False)
         resent = await again.append("r", "ann", "k2", "two")
         assert (resent.seq, resent.duplicate) == (2, True)
         assert (await again.append("r", "ann", "k3", "three")).seq == 3

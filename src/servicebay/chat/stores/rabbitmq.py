@@ -16,8 +16,10 @@ through a servicebinding.io binding of type ``rabbitmq`` (entry ``uri``). The ma
   only publisher, so consecutive seqs land at consecutive offsets. When a room is first written
   after a start, or after a failed publish, it is *resynced*: a marker is published and the
   stream is read from the first unrecorded seq up to that marker; messages the broker stored but
-  whose confirm never arrived are adopted (their keys recorded, so a resend is a duplicate), and
-  a new segment starts after the marker.
+  whose confirm never arrived are adopted (their keys recorded, so a resend gets their seq and
+  stores nothing), and a new segment starts after the marker. A resend of an adopted message is
+  answered once with ``duplicate=False``: its sender never heard of it, and the server publishes
+  only non-duplicates to its rooms.
 - **Metadata** (users, token digests, rooms, members and cursors, keys, segments) lives in SQLite:
   cursors are the busiest writes (every receiver acks), and a SQLite group commit is an order of
   magnitude cheaper than a confirmed publish; keys must be looked up before each append, which a
@@ -101,6 +103,7 @@ class _RoomLog:
     writer: asyncio.Task[None] | None = None
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     synced: bool = False
+    unanswered: set[tuple[str, str]] = field(default_factory=set)
     head: int = 0
     floor: int = 0
 
@@ -186,17 +189,25 @@ class RabbitMQChatStore:
         return await self.meta.put_room(room_id, retention, open)
 
     async def get_room(self, room_id: str) -> Room | None:
-        """The room with its head as RabbitMQ holds it, or None."""
+        """The room, or None; its head is RabbitMQ's when reachable, else the recorded one."""
         try:
             await self._synced(room_id)
         except UnknownRoom:
             return None
+        except StoreUnavailable:
+            # Settings and a possibly short head are still right to show (and the server must
+            # start while RabbitMQ is down); whatever depends on a complete head uses members()
+            # or read(), which do not fall back.
+            pass
         return await self.meta.get_room(room_id)
 
     async def list_rooms(self) -> list[Room]:
-        """Every room (each resynced with its stream first)."""
+        """Every room (each resynced with its stream first when RabbitMQ is reachable)."""
         for room in await self.meta.list_rooms():
-            await self._synced(room.id)
+            try:
+                await self._synced(room.id)
+            except StoreUnavailable:
+                break  # as in get_room: the recorded heads are shown
         return await self.meta.list_rooms()
 
     async def join(self, room_id: str, user_id: str, cursor: int | None = None) -> Member:
@@ -253,6 +264,7 @@ class RabbitMQChatStore:
                 raise StoreUnavailable(f"stream {stream} does not match its index at {entry.seq}")
             adopted.append(Recorded(entry.sender, entry.key, entry.seq, entry.sent_at))
         head += len(adopted)
+        room.unanswered.update((r.sender, r.key) for r in adopted)
         segment = Segment(room_id, head + 1, stream, entries[-1].offset + 1, gen)
         await self.meta.record(room_id, adopted, head, segment)
         room.segments = [s for s in room.segments if s.first_seq != segment.first_seq]
@@ -301,7 +313,11 @@ class RabbitMQChatStore:
             if item.sender not in check.members:
                 answers.append((item, NotMember(room_id, item.sender)))
             elif pair in check.known:
-                answers.append((item, Appended(*check.known[pair], duplicate=True)))
+                # An adopted message was never answered: its first answer is not a duplicate,
+                # so the server publishes it (the hub would otherwise wait for it).
+                first = pair in room.unanswered
+                room.unanswered.discard(pair)
+                answers.append((item, Appended(*check.known[pair], duplicate=not first)))
             elif pair in assigned:
                 answers.append((item, assigned[pair]))
             else:
