@@ -78,9 +78,11 @@ async def ceiling(uri: str, kind: str, messages: int, copies: int = 1) -> float:
         routing = ""
     received = [0] * len(queues)
     done = asyncio.Event()
+    channels: list[aio_pika.abc.AbstractChannel] = []
 
     async def consumer(index: int, queue_name: str) -> None:
         channel = await conn.channel()
+        channels.append(channel)
         await channel.set_qos(prefetch_count=500)
         queue = await channel.get_queue(queue_name, ensure=False)
         extra: dict[str, Any] | None = {"x-stream-offset": "first"} if kind == "stream" else None
@@ -109,6 +111,8 @@ async def ceiling(uri: str, kind: str, messages: int, copies: int = 1) -> float:
     await asyncio.gather(*(one(i) for i in range(messages)))
     await asyncio.wait_for(done.wait(), 300)
     elapsed = time.perf_counter() - start
+    for channel in channels:
+        await channel.close()
     for q in queues:
         await pub.queue_delete(q)
     if copies > 1:
@@ -282,7 +286,7 @@ async def main() -> None:
     parser.add_argument("--management", default="http://127.0.0.1:15672")
     parser.add_argument("--receivers", default="10,100")
     parser.add_argument("--rate", type=float, default=500.0)
-    parser.add_argument("--ceiling-messages", type=int, default=10_000)
+    parser.add_argument("--ceiling-messages", type=int, default=5000)
     parser.add_argument("--saturated-messages", type=int, default=3000)
     parser.add_argument("--paced-seconds", type=float, default=6.0)
     args = parser.parse_args()
