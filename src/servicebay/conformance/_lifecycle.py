@@ -309,15 +309,16 @@ class PlanRun:
                 self.rec.skip("update", "update answers 200/202", UPDATE, "no valid parameters")
                 return
             body["parameters"] = parameters
-        answer = await self.probe.send(
-            "PATCH", self.base, params={"accepts_incomplete": "true"}, body=body
-        )
         # Updating is a MUST only where the catalog offers it (plan changes, an update schema,
         # context updates); elsewhere a broker may not implement the endpoint at all.
         offered = (
             bool(self.t.plan.get("plan_updateable", self.t.flag("plan_updateable")))
             or schema is not None
             or self.t.flag("allow_context_updates")
+        )
+        await self._bad_updates(must=offered)
+        answer = await self.probe.send(
+            "PATCH", self.base, params={"accepts_incomplete": "true"}, body=body
         )
         if not self.rec.check(
             "update",
@@ -331,6 +332,40 @@ class PlanRun:
         if answer.status == 202:
             result = await self._poll(self.base, answer)
             self._check_poll("update", result, POLL_I, {"succeeded"})
+
+    async def _bad_updates(self, *, must: bool) -> None:
+        """Malformed updates and unknown plans answer 400 and leave the instance as it was."""
+        params = {"accepts_incomplete": "true"}
+        broken = await self.probe.send("PATCH", self.base, params=params, content=b"{")
+        self.rec.check(
+            "update.malformed_json",
+            "an update body that is not JSON answers 400",
+            UPDATE,
+            broken.status == 400,
+            broken.describe(),
+            must=must,
+        )
+        unknown = await self.probe.send(
+            "PATCH", self.base, params=params, body={**self.t.ids, "plan_id": "no-such-plan"}
+        )
+        self.rec.check(
+            "update.unknown_plan_id",
+            "an update to an unknown plan_id answers 400",
+            UPDATE,
+            unknown.status == 400,
+            unknown.describe(),
+            must=must,
+        )
+        if self.t.flag("instances_retrievable"):
+            fetched = await self.probe.send("GET", self.base, params=self.t.ids)
+            plan = (fetched.json_object or {}).get("plan_id", self.t.plan["id"])
+            self.rec.check(
+                "update.rejected_unchanged",
+                "rejected updates leave the instance on its plan",
+                UPDATE,
+                fetched.status == 200 and plan == self.t.plan["id"],
+                fetched.describe(),
+            )
 
     # -- bindings ----------------------------------------------------------------------------
 
