@@ -179,3 +179,22 @@ async def test_array_message_judges_each_frame_alone(chat: ServedChat) -> None:
         await _still_healthy(ws)
     stored = await chat.store.read("lobby", 0)
     assert sorted(m.body for m in stored) == ["first", "third"]
+
+
+async def test_silent_connection_is_closed_after_hello_timeout(
+    chat: ServedChat, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A socket that never says hello gets `not_ready` and is closed; the server stays up."""
+    from servicebay.chat import server
+
+    monkeypatch.setattr(server, "HELLO_TIMEOUT", 0.3)
+    async with connect(chat.ws) as ws:
+        error = await _next(ws, "error")
+        assert error["code"] == "not_ready"
+        async with asyncio.timeout(5):
+            await ws.wait_closed()
+        assert ws.close_code == 1008
+    token = await chat.user("ann", "lobby")
+    async with connect(chat.ws) as ws:
+        await ws.send(json.dumps({"type": "hello", "token": token}))
+        assert (await _next(ws, "welcome"))["user"] == "ann"

@@ -56,6 +56,7 @@ log = structlog.get_logger("servicebay.chat")
 WINDOW = 2048
 BATCH = 256
 MAX_INFLIGHT_SENDS = 512
+HELLO_TIMEOUT = 30.0  # seconds an unauthenticated connection may stay open
 OUT_MESSAGE_BYTES = 256 * 1024  # stop packing frames into one message beyond this
 
 
@@ -74,14 +75,15 @@ class Session:
         self.ack_moved: dict[str, asyncio.Event] = {}
         self.sends: set[asyncio.Task[None]] = set()
         self.inflight = asyncio.Semaphore(MAX_INFLIGHT_SENDS)
+        self._writer: asyncio.Task[None] | None = None
 
     async def run(self) -> None:
         """Read frames until the client goes; the writer runs alongside."""
-        writer = asyncio.create_task(self._write_out())
+        writer = self._writer = asyncio.create_task(self._write_out())
         try:
             while True:
-                message = await self.ws.receive()
-                if message["type"] == "websocket.disconnect":
+                message = await self._receive()
+                if message is None or message["type"] == "websocket.disconnect":
                     return
                 raw = message.get("text")
                 await self._handle(raw if raw is not None else message.get("bytes") or b"")
@@ -89,6 +91,21 @@ class Session:
             return
         finally:
             await self._close(writer)
+
+    async def _receive(self) -> Any:
+        """The next socket event; an unauthenticated socket gets HELLO_TIMEOUT to say hello."""
+        if self.user is not None:
+            return await self.ws.receive()
+        try:
+            return await asyncio.wait_for(self.ws.receive(), HELLO_TIMEOUT)
+        except TimeoutError:
+            self._error("not_ready", f"no accepted hello within {HELLO_TIMEOUT:g} s; closing")
+            self.out.put_nowait(None)  # the writer sends what is queued, then stops
+            if self._writer is not None:
+                with contextlib.suppress(Exception):
+                    await asyncio.wait_for(asyncio.shield(self._writer), 5)
+            await self.ws.close(code=1008)
+            return None
 
     async def _close(self, writer: asyncio.Task[None]) -> None:
         for room, task in self.loops.items():
