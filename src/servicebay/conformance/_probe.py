@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+import re
 import time
 import uuid
 from dataclasses import dataclass
@@ -21,6 +22,7 @@ import httpx
 from servicebay.osb import API_VERSION, API_VERSION_HEADER, REQUEST_IDENTITY_HEADER
 
 _UNSET: Any = object()
+_LONG_ID = re.compile(r"conformance-([0-9a-f]{8})-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 JSON = dict[str, Any]
 
 
@@ -56,7 +58,9 @@ class Exchange:
 
     def describe(self) -> str:
         """``METHOD path -> status`` plus, for errors only, the start of the body."""
-        line = f"{self.method} {self.path} -> {self.status}"
+        # The run's ids are uuids; their first 8 digits find them in a broker's logs.
+        path = _LONG_ID.sub(r"conformance-\1…", self.path)
+        line = f"{self.method} {path} -> {self.status}"
         if self.status >= 400 and self.text:
             line += f" {self.text[:160]}"
         return line
