@@ -145,6 +145,31 @@ async def ack_rate(url: str, acks: int = 20_000) -> float:
     return acks / elapsed
 
 
+async def append_latency(url: str, rate: float, seconds: float) -> tuple[float, float]:
+    """p50/p99 ms of ``RabbitMQChatStore.append`` alone (confirm + SQLite commit), paced."""
+    store = open_store(url)
+    await store.open()
+    await store.put_room("paced", Retention())
+    await store.put_user("s")
+    await store.join("paced", "s")
+    latencies: list[float] = []
+
+    async def one(i: int) -> None:
+        start = time.perf_counter()
+        await store.append("paced", "s", f"k{i}", BODY)
+        latencies.append(time.perf_counter() - start)
+
+    tasks = []
+    begin = time.perf_counter()
+    for i in range(int(rate * seconds)):
+        if (delay := begin + i / rate - time.perf_counter()) > 0:
+            await asyncio.sleep(delay)
+        tasks.append(asyncio.create_task(one(i)))
+    await asyncio.gather(*tasks)
+    await store.close()
+    return pct(latencies, 50) * 1000, pct(latencies, 99) * 1000
+
+
 # 2. end to end ----------------------------------------------------------------------------------
 
 
@@ -322,7 +347,9 @@ async def report(uri: str, args: argparse.Namespace) -> None:
         root = Path(tmp) / "bindings"
         root.mkdir()
         bindings.write(bindings.Binding.from_credentials("mq", "rabbitmq", {"uri": uri}), root)
-        acks = await ack_rate(f"rabbitmq:mq?root={quote(str(root))}&state={quote(tmp)}/m.db")
+        url = f"rabbitmq:mq?root={quote(str(root))}&state={quote(tmp)}/m.db"
+        acks = await ack_rate(url)
+        p50, p99 = await append_latency(url, args.rate, args.paced_seconds)
     runs: list[Run] = []
     for receivers in [int(x) for x in args.receivers.split(",")]:
         runs.append(await scenario(uri, receivers, "saturated", args.saturated_messages, 0))
@@ -341,6 +368,7 @@ async def report(uri: str, args: argparse.Namespace) -> None:
         spread = ", ".join(f"{v:,.0f}" for v in values)
         print(f"| {label} | {median(values):,.0f} | {spread} |")
     print(f"\ncursor writes (RabbitMQChatStore.ack, SQLite group commit): {acks:,.0f} acks/s")
+    print(f"RabbitMQChatStore.append alone at {args.rate:g}/s: p50 {p50:.1f} ms, p99 {p99:.1f} ms")
     stream = median(ceilings["stream"])
     print("\n| receivers | mode | msgs | delivered msg/s | % of stream ceiling | p50 ms | p99 ms |")
     print("|---|---|---|---|---|---|---|")
