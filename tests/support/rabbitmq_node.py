@@ -130,13 +130,19 @@ class RabbitMQNode:
 
     def kill(self) -> None:
         """Crash the node: SIGKILL to its whole process group, then reap it."""
+        if self._reap():
+            self.kills += 1
+
+    def _reap(self) -> bool:
+        """SIGKILL whatever is left of the node's process group; True if it was still running."""
         if self.proc is None:
-            return
-        with contextlib.suppress(ProcessLookupError):  # it may have exited by itself
+            return False
+        running = self.proc.poll() is None
+        with contextlib.suppress(ProcessLookupError):  # the group may be gone already
             os.killpg(self.proc.pid, signal.SIGKILL)
         self.proc.wait()
         self.proc = None
-        self.kills += 1
+        return running
 
     async def shutdown(self, seconds: float = 60.0) -> None:
         """Stop the node cleanly (``rabbitmqctl stop``); crash it if that does not work in time."""
@@ -155,7 +161,7 @@ class RabbitMQNode:
         proc = self.proc
         with contextlib.suppress(subprocess.TimeoutExpired):  # then it is crashed below
             await asyncio.to_thread(proc.wait, seconds)
-        self.kill()
+        self._reap()  # helpers of the node (e.g. erl_child_setup) go with it
         self.stops += 1
 
     def stop(self) -> None:
