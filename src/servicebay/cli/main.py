@@ -7,14 +7,15 @@ one place (``servicebay.cli.output``). The groups:
 - ``bay broker``: ``serve`` and ``check`` for SDK brokers, ``register|list|refresh|remove`` for the
   platform's broker registry;
 - ``bay server`` / ``bay worker``: the platform itself;
-- ``bay chat``: the chat service; ``bay demo``: the whole story on embedded defaults.
+- ``bay chat``: the chat service; ``bay rabbitmq``: check and serve the RabbitMQ broker;
+- ``bay demo``: the whole story on embedded defaults.
 """
 
 from __future__ import annotations
 
 import typer
 
-from servicebay.cli import broker, broker_check, brokers, chat, commands, demo, server
+from servicebay.cli import broker, broker_check, brokers, chat, commands, demo, rabbitmq, server
 
 app = typer.Typer(
     name="bay",
@@ -47,6 +48,7 @@ broker_check.register(broker.app)
 brokers.register_commands(broker.app)
 app.add_typer(broker.app, name="broker")
 app.add_typer(chat.app, name="chat")
+app.add_typer(rabbitmq.app, name="rabbitmq")
 
 
 def main() -> None:
