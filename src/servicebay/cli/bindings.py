@@ -35,7 +35,7 @@ def bind(
     instance: Annotated[str, typer.Argument(help="Instance to bind.")],
     app: Annotated[str, typer.Option("--app", help="The app that gets the credentials.")],
     name: Annotated[
-        str | None, typer.Option("--name", help="Binding name [default: INSTANCE-APP].")
+        str | None, typer.Option("--name", help="Binding name (default: INSTANCE-APP).")
     ] = None,
     param: ParamOption = None,
     params_file: ParamsFileOption = None,

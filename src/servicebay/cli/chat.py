@@ -23,7 +23,7 @@ def serve(
     store: Annotated[
         str | None,
         typer.Option(
-            help="sqlite:PATH (default sqlite:./servicebay-chat.db) or rabbitmq[:BINDING]"
+            help="sqlite:PATH (default sqlite:./servicebay-chat.db), rabbitmq, or rabbitmq:BINDING"
         ),
     ] = None,
     host: Annotated[str | None, typer.Option(help="Interface (default 127.0.0.1).")] = None,

@@ -41,7 +41,7 @@ KeyArg = Annotated[str, typer.Argument(help="Name of the key.")]
 def create_key(
     instance: InstanceArg,
     name: Annotated[
-        str | None, typer.Option("--name", help="Key name [default: INSTANCE-key-XXXXXX].")
+        str | None, typer.Option("--name", help="Key name (default: INSTANCE-key-XXXXXX).")
     ] = None,
     param: ParamOption = None,
     params_file: ParamsFileOption = None,

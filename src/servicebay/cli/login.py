@@ -18,13 +18,13 @@ from servicebay.cli.output import OutputFormat, OutputOption, details, emit, fai
 def login(
     url: Annotated[
         str | None,
-        typer.Option(help="Platform URL [default: SERVICEBAY_URL, stored URL, or local]."),
+        typer.Option(help="Platform URL (default: SERVICEBAY_URL, stored URL, or local)."),
     ] = None,
     token: Annotated[
         str | None,
         typer.Option(
             envvar="SERVICEBAY_TOKEN",
-            help="API token [default: the local platform's token file, else prompt].",
+            help="API token (default: the local platform's token file, else prompt).",
         ),
     ] = None,
     output: OutputOption = OutputFormat.table,

@@ -29,25 +29,25 @@ app = typer.Typer(name="rabbitmq", help="The RabbitMQ broker.", no_args_is_help=
 TARGET = "servicebay.brokers.rabbitmq:broker"
 
 ManagementUrl = Annotated[
-    str | None, typer.Option(help="Management API URL [env SERVICEBAY_RABBITMQ_MANAGEMENT_URL].")
+    str | None, typer.Option(help="Management API URL (env SERVICEBAY_RABBITMQ_MANAGEMENT_URL).")
 ]
 ManagementUser = Annotated[
-    str | None, typer.Option(help="Admin user, tagged administrator [env …_MANAGEMENT_USERNAME].")
+    str | None, typer.Option(help="Admin user, tagged administrator (env …_MANAGEMENT_USERNAME).")
 ]
-AmqpHost = Annotated[str | None, typer.Option(help="AMQP host handed out [env …_AMQP_HOST].")]
-AmqpPort = Annotated[int | None, typer.Option(help="AMQP port handed out [env …_AMQP_PORT].")]
+AmqpHost = Annotated[str | None, typer.Option(help="AMQP host handed out (env …_AMQP_HOST).")]
+AmqpPort = Annotated[int | None, typer.Option(help="AMQP port handed out (env …_AMQP_PORT).")]
 Amqps = Annotated[
-    bool | None, typer.Option("--amqps/--no-amqps", help="Hand out amqps:// [env …_AMQPS].")
+    bool | None, typer.Option("--amqps/--no-amqps", help="Hand out amqps:// (env …_AMQPS).")
 ]
 AmqpCaFile = Annotated[
-    Path | None, typer.Option(help="PEM CA chain handed out for amqps [env …_AMQP_CA_FILE].")
+    Path | None, typer.Option(help="PEM CA chain handed out for amqps (env …_AMQP_CA_FILE).")
 ]
 PublicManagementUrl = Annotated[
     str | None,
-    typer.Option(help="Management URL handed out to apps [env …_PUBLIC_MANAGEMENT_URL]."),
+    typer.Option(help="Management URL handed out to apps (env …_PUBLIC_MANAGEMENT_URL)."),
 ]
 Prefix = Annotated[
-    str | None, typer.Option(help="Prefix of created vhosts and users [env …_PREFIX].")
+    str | None, typer.Option(help="Prefix of created vhosts and users (env …_PREFIX).")
 ]
 
 
@@ -105,9 +105,9 @@ def serve(
     host: Annotated[str, typer.Option(help="Interface to listen on.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="TCP port of the OSB API.")] = 8080,
     username: Annotated[
-        str | None, typer.Option(help="Basic auth user [env SERVICEBAY_BROKER_USERNAME].")
+        str | None, typer.Option(help="Basic auth user (env SERVICEBAY_BROKER_USERNAME).")
     ] = None,
-    db: Annotated[str | None, typer.Option(help="Store URL [env SERVICEBAY_BROKER_DB].")] = None,
+    db: Annotated[str | None, typer.Option(help="Store URL (env SERVICEBAY_BROKER_DB).")] = None,
     workers: Annotated[int, typer.Option(min=1, help="Worker processes.")] = 1,
     log_level: Annotated[str | None, typer.Option(help="Log level.")] = None,
 ) -> None:
