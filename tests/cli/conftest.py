@@ -13,7 +13,7 @@ import secrets
 import socket
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -99,11 +99,11 @@ class Bay:
         *args: str,
         token: str | None = None,
         input: str | None = None,
-        env: dict[str, str] | None = None,
+        env: Mapping[str, str | None] | None = None,
     ) -> Result:
-        """Invoke `bay ARGS`; stdout and stderr are kept apart."""
+        """Invoke `bay ARGS`; stdout and stderr are kept apart (an ``env`` value None unsets)."""
         extra = env or {}
-        env = {
+        variables: dict[str, str | None] = {
             "SERVICEBAY_URL": self.platform.url,
             "SERVICEBAY_TOKEN": token if token is not None else self.token,
             "SERVICEBAY_HOME": str(self.home),
@@ -111,7 +111,7 @@ class Bay:
             "COLUMNS": "200",
             **extra,
         }
-        return CliRunner().invoke(self.app, list(args), env=env, input=input)
+        return CliRunner().invoke(self.app, list(args), env=variables, input=input)
 
 
 @pytest.fixture

@@ -44,6 +44,23 @@ class Broker(TypedDict):
     created_at: str
 
 
+class Namespace(TypedDict):
+    """A namespace: which plans its users see, extra parameter rules, an instance quota.
+
+    ``visible_plans`` None means every plan; ``constraints`` maps ``service`` or
+    ``service/plan`` to a JSON schema that parameters must also meet.
+    """
+
+    name: str
+    description: str
+    visible_plans: list[str] | None
+    constraints: dict[str, JSON]
+    max_instances: int | None
+    instance_count: int
+    created_at: str
+    updated_at: str
+
+
 class Plan(TypedDict):
     """A plan in the marketplace, with its parameter schemas."""
 
@@ -254,6 +271,29 @@ class PlatformAPI:
     async def remove_broker(self, name: str) -> None:
         """Unregister a broker that has no instances."""
         await self._call("DELETE", f"/brokers/{name}")
+
+    # -- namespaces -----------------------------------------------------------------------------
+
+    async def create_namespace(self, name: str, settings: Mapping[str, Any]) -> Namespace:
+        """Create a namespace with ``settings`` (the API's NamespaceSettings fields)."""
+        body = {"name": name, **settings}
+        return cast(Namespace, await self._call("POST", "/namespaces", body=body))
+
+    async def namespaces(self) -> list[Namespace]:
+        """List every namespace."""
+        return cast(list[Namespace], (await self._call("GET", "/namespaces"))["items"])
+
+    async def namespace(self, name: str) -> Namespace:
+        """Return one namespace."""
+        return cast(Namespace, await self._call("GET", f"/namespaces/{name}"))
+
+    async def replace_namespace(self, name: str, settings: Mapping[str, Any]) -> Namespace:
+        """Replace every setting of a namespace (omitted fields take the API's defaults)."""
+        return cast(Namespace, await self._call("PUT", f"/namespaces/{name}", body=settings))
+
+    async def delete_namespace(self, name: str) -> None:
+        """Delete an empty namespace (``default`` cannot be deleted)."""
+        await self._call("DELETE", f"/namespaces/{name}")
 
     # -- marketplace ----------------------------------------------------------------------------
 

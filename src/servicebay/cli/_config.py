@@ -4,6 +4,9 @@ Order, first wins: ``SERVICEBAY_URL`` / ``SERVICEBAY_TOKEN``; ``$SERVICEBAY_HOME
 (written by ``bay login``, mode 0600); for a platform on this machine, the token file
 ``$SERVICEBAY_HOME/platform.token`` that ``bay server`` creates on first start. So after
 ``bay server`` nothing else is needed on the same machine.
+
+The namespace a command works in: ``-n/--namespace``, else ``SERVICEBAY_NAMESPACE``, else the
+one ``bay login --namespace`` stored in ``cli.json``, else ``default``.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ from urllib.parse import urlsplit
 from servicebay.cli._api import PlatformAPI
 
 DEFAULT_URL = "http://127.0.0.1:8470"
+DEFAULT_NAMESPACE = "default"
 
 
 class NotLoggedIn(Exception):
@@ -52,19 +56,34 @@ def read_config() -> dict[str, str]:
     return {key: str(value) for key, value in data.items() if value is not None}
 
 
-def save_config(url: str, token: str) -> Path:
-    """Store URL and token in ``cli.json``: created 0600, replaced atomically."""
+def save_config(url: str, token: str, namespace: str | None = None) -> Path:
+    """Store URL, token and default namespace in ``cli.json``: created 0600, replaced atomically."""
+    settings = {"url": url, "token": token}
+    if namespace is not None:
+        settings["namespace"] = namespace
     path = config_path()
     path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".cli.json.")  # mkstemp creates 0600
     try:
         with os.fdopen(fd, "w") as handle:
-            json.dump({"url": url, "token": token}, handle)
+            json.dump(settings, handle)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
     return path
+
+
+def default_namespace() -> str:
+    """The namespace ``bay login --namespace`` stored, else ``default``.
+
+    An unreadable ``cli.json`` gives ``default`` here; the command reports the file itself
+    when it connects (``target`` reads it again).
+    """
+    try:
+        return read_config().get("namespace") or DEFAULT_NAMESPACE
+    except (OSError, ValueError):
+        return DEFAULT_NAMESPACE
 
 
 def local_platform_token() -> str | None:

@@ -52,20 +52,20 @@ def from_command_line(
     return parameters
 
 
-def load_file(path: Path) -> JSON:
+def load_file(path: Path, what: str = "parameters file") -> JSON:
     """Read a JSON or YAML object from ``path`` (YAML is a superset, so one parser reads both)."""
     try:
         data = yaml.safe_load(path.read_text())
     except OSError as error:
-        raise CLIError(f"cannot read parameters file {str(path)!r}: {error.strerror}") from None
+        raise CLIError(f"cannot read {what} {str(path)!r}: {error.strerror}") from None
     except yaml.YAMLError as error:
         where = getattr(error, "problem_mark", None)
         at = f" at line {where.line + 1}" if where is not None else ""
-        raise CLIError(f"parameters file {str(path)!r} is not valid JSON/YAML{at}") from None
+        raise CLIError(f"{what} {str(path)!r} is not valid JSON/YAML{at}") from None
     if data is None:
         return {}
     if not isinstance(data, dict):
-        raise CLIError(f"parameters file {str(path)!r} must hold an object")
+        raise CLIError(f"{what} {str(path)!r} must hold an object")
     return data
 
 

@@ -8,12 +8,21 @@ from __future__ import annotations
 
 import typer
 
-from servicebay.cli import bindings, brokers, instances, keys, login, marketplace, run
+from servicebay.cli import (
+    bindings,
+    brokers,
+    instances,
+    keys,
+    login,
+    marketplace,
+    namespaces,
+    run,
+)
 
 
 def register_all(app: typer.Typer) -> None:
-    """Add login/logout, marketplace, instance, binding, key and run commands to ``app``."""
-    for module in (login, marketplace, instances, bindings, keys, run):
+    """Add login/logout, namespace, marketplace, instance, binding, key and run commands."""
+    for module in (login, namespaces, marketplace, instances, bindings, keys, run):
         module.register(app)
 
 

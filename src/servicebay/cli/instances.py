@@ -17,6 +17,7 @@ from servicebay.cli import _config
 from servicebay.cli import _parameters as params
 from servicebay.cli._api import JSON, Instance, PlatformAPI
 from servicebay.cli.output import (
+    AnyNamespaceOption,
     CLIError,
     NamespaceOption,
     NoWaitOption,
@@ -209,12 +210,7 @@ async def _purge(name: str, namespace: str, yes: bool, output: OutputFormat) -> 
 
 def list_instances(
     service: Annotated[str | None, typer.Option("--service", help="Only this service.")] = None,
-    namespace: Annotated[
-        str,
-        typer.Option(
-            "--namespace", "-n", envvar="SERVICEBAY_NAMESPACE", help="Namespace, or * for all."
-        ),
-    ] = "default",
+    namespace: AnyNamespaceOption = "default",
     output: OutputOption = OutputFormat.table,
 ) -> None:
     """List service instances.

@@ -1,7 +1,8 @@
 """``bay login`` / ``bay logout``: choose the platform and remember its token.
 
 The URL and token go to ``$SERVICEBAY_HOME/cli.json`` (mode 0600) after the platform confirmed
-the token (``GET /whoami``). The token is never printed.
+the token (``GET /whoami``), with the namespace commands work in when given no ``-n`` (checked
+to exist first). The token is never printed.
 """
 
 from __future__ import annotations
@@ -27,16 +28,27 @@ def login(
             help="API token (default: the local platform's token file, else prompt).",
         ),
     ] = None,
+    namespace: Annotated[
+        str | None,
+        typer.Option(
+            "--namespace",
+            "-n",
+            help="Namespace commands use when given no -n (default: the one stored before for "
+            "this platform, else default).",
+        ),
+    ] = None,
     output: OutputOption = OutputFormat.table,
 ) -> None:
-    """Log in to a platform: check the token and remember URL and token.
+    """Log in to a platform: check the token and remember URL, token and namespace.
 
-    Example: bay login --url http://127.0.0.1:8470
+    Example: bay login --url http://127.0.0.1:8470 --namespace staging
     """
-    run(_login(url, token, output))
+    run(_login(url, token, namespace, output))
 
 
-async def _login(url: str | None, token: str | None, output: OutputFormat) -> None:
+async def _login(
+    url: str | None, token: str | None, namespace: str | None, output: OutputFormat
+) -> None:
     chosen = _config.target()
     url = (url or chosen.url).rstrip("/")
     if token is None and url == chosen.url.rstrip("/"):
@@ -47,10 +59,20 @@ async def _login(url: str | None, token: str | None, output: OutputFormat) -> No
         token = typer.prompt("API token", hide_input=True, err=True)
     if not token:
         fail("no token given", 3)
+    stored = _config.read_config()
+    if namespace is None and stored.get("url", "").rstrip("/") == url:
+        namespace = stored.get("namespace")
     async with PlatformAPI(url, token) as api:
         identity = await api.whoami()
-    path = _config.save_config(url, token)
-    result = {"url": url, "user": identity.get("user"), "admin": identity.get("admin")}
+        if namespace is not None:
+            await api.namespace(namespace)  # a typo here would send every later command astray
+    path = _config.save_config(url, token, namespace)
+    result = {
+        "url": url,
+        "user": identity.get("user"),
+        "admin": identity.get("admin"),
+        "namespace": namespace or _config.DEFAULT_NAMESPACE,
+    }
     emit(result, output, details(result.items()))
     note(f"logged in; settings stored in {path}")
 

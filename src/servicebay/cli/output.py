@@ -42,7 +42,7 @@ from rich.table import Table
 
 from servicebay.bindings import BindingError
 from servicebay.cli._api import Operation, PlatformAPI, PlatformError
-from servicebay.cli._config import NotLoggedIn
+from servicebay.cli._config import NotLoggedIn, default_namespace
 
 if TYPE_CHECKING:
     from servicebay.osb import OSBError
@@ -66,10 +66,37 @@ OutputOption = Annotated[
     OutputFormat,
     typer.Option("--output", "-o", help="Output format.", case_sensitive=False),
 ]
+
+
+def _stored_namespace(ctx: typer.Context, param: typer.CallbackParam, value: str) -> str:
+    """Neither ``-n`` nor ``SERVICEBAY_NAMESPACE`` given: the namespace ``bay login`` stored."""
+    source = ctx.get_parameter_source(param.name or "")
+    return default_namespace() if source is not None and source.name == "DEFAULT" else value
+
+
+NAMESPACE_HELP = (
+    "Namespace to work in (default: SERVICEBAY_NAMESPACE, else the one `bay login --namespace` "
+    "stored, else default)."
+)
 NamespaceOption = Annotated[
     str,
     typer.Option(
-        "--namespace", "-n", envvar="SERVICEBAY_NAMESPACE", help="Namespace of the instance."
+        "--namespace",
+        "-n",
+        envvar="SERVICEBAY_NAMESPACE",
+        callback=_stored_namespace,
+        help=NAMESPACE_HELP,
+    ),
+]
+# `bay instances` alone also takes '*', every namespace.
+AnyNamespaceOption = Annotated[
+    str,
+    typer.Option(
+        "--namespace",
+        "-n",
+        envvar="SERVICEBAY_NAMESPACE",
+        callback=_stored_namespace,
+        help=NAMESPACE_HELP.replace("Namespace to work in", "Namespace, or * for all"),
     ),
 ]
 NoWaitOption = Annotated[
@@ -291,6 +318,7 @@ async def with_api(api: PlatformAPI, work: Coroutine[Any, Any, T]) -> T:
 
 __all__ = [
     "TERMINAL_STATES",
+    "AnyNamespaceOption",
     "CLIError",
     "NamespaceOption",
     "NoWaitOption",
