@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 from collections.abc import AsyncIterator, Coroutine
 from contextlib import asynccontextmanager
 from importlib import resources
@@ -47,9 +48,9 @@ from servicebay.chat.protocol import (
     error_frame,
     parse_message,
 )
-from servicebay.chat.service import ChatService, RoomHub
+from servicebay.chat.service import Backoff, ChatService, RoomHub, reap
 from servicebay.chat.settings import ChatSettings
-from servicebay.chat.stores import ChatStore, ChatStoreError, User, open_store
+from servicebay.chat.stores import ChatStore, ChatStoreError, StoreUnavailable, User, open_store
 
 log = structlog.get_logger("servicebay.chat")
 
@@ -76,6 +77,7 @@ class Session:
         self.sends: set[asyncio.Task[None]] = set()
         self.inflight = asyncio.Semaphore(MAX_INFLIGHT_SENDS)
         self._writer: asyncio.Task[None] | None = None
+        self.close_code: int | None = None
 
     async def run(self) -> None:
         """Read frames until the client goes; the writer runs alongside."""
@@ -108,10 +110,10 @@ class Session:
             return None
 
     async def _close(self, writer: asyncio.Task[None]) -> None:
-        for room, task in self.loops.items():
+        for room, task in list(self.loops.items()):
             task.cancel()
-            hub = await self.service.hub(room)
-            if self.user is not None:
+            if self.user is not None and room in self.position:  # listening: its hub is loaded
+                hub = await self.service.hub(room)
                 self.service.went_offline(hub, self.user.id, self)
         for task in self.sends:
             task.cancel()
@@ -146,6 +148,9 @@ class Session:
                 await self.ws.send_text(text)
             except Exception:
                 return  # the socket is gone; the reader notices and ends the session
+        if self.close_code is not None:
+            with contextlib.suppress(Exception):  # already closed by the client: same outcome
+                await self.ws.close(code=self.close_code)
 
     # frames ----------------------------------------------------------------------------------
 
@@ -171,6 +176,7 @@ class Session:
     def _send_done(self, task: asyncio.Task[None]) -> None:
         self.sends.discard(task)
         self.inflight.release()
+        reap(task)
 
     async def _guard(self, frame: ClientFrame, work: Coroutine[Any, Any, None]) -> None:
         try:
@@ -208,11 +214,16 @@ class Session:
             raise ProtocolError("unsupported_version", f"this server speaks v{VERSION}")
         if self.user is not None:
             raise ProtocolError("bad_frame", "hello was already accepted on this connection")
-        user = await self.service.store.authenticate(frame.token)
-        if user is None:
-            raise ProtocolError("unauthorized", "unknown or revoked token")
+        try:
+            user = await self.service.store.authenticate(frame.token)
+            if user is None:
+                raise ProtocolError("unauthorized", "unknown or revoked token")
+            members = await self.service.store.membership(user.id)
+        except StoreUnavailable as exc:
+            # The client's reconnect loop (with its backoff) is the retry: say why, then close.
+            self._error(exc.code, f"{exc}; reconnect later")
+            return self._shut(1013)  # try again later
         self.user = user
-        members = await self.service.store.membership(user.id)
         positions: dict[str, int | None] = {m.room: None for m in members}
         positions.update(frame.rooms)
         self.reply({"type": "welcome", "v": VERSION, "user": user.id, "rooms": sorted(positions)})
@@ -223,38 +234,118 @@ class Session:
                 self._error(exc.code, str(exc))
 
     async def _subscribe(self, user: User, room: str, after: int | None, kind: str) -> None:
-        cursor = await self.service.ensure_member(room, user)
-        hub = await self.service.hub(room)
+        """Subscribe now, or (store unavailable) keep trying in the room's task until it answers."""
         if room in self.loops:
+            if room not in self.position:
+                raise StoreUnavailable(f"room {room!r} waits for the store")
             # Already delivering: restarting at another position would resend what is queued
             # behind this reply. Say where delivery stands instead (after the queued messages).
-            head, at = hub.head, self.position[room]
+            cursor = await self.service.ensure_member(room, user)
+            hub = await self.service.hub(room)
+            at = self.position[room]
             return self.reply(
-                {"type": kind, "room": room, "from": at, "head": head, "cursor": cursor}
+                {"type": kind, "room": room, "from": at, "head": hub.head, "cursor": cursor}
             )
+        opened: tuple[RoomHub, int, int] | None = None
+        try:
+            opened = await self._open(user, room, after)
+        except StoreUnavailable as exc:
+            self._room_waits(room, exc)
+        else:
+            self._start(user, room, kind, *opened)
+        task = asyncio.create_task(self._room(user, room, after, kind, opened))
+        task.add_done_callback(functools.partial(self._room_done, room))
+        self.loops[room] = task
+
+    async def _open(self, user: User, room: str, after: int | None) -> tuple[RoomHub, int, int]:
+        """The room's hub, where delivery starts, and the member's cursor (joining open rooms)."""
+        cursor = await self.service.ensure_member(room, user)
+        hub = await self.service.hub(room)
         info = await self.service.store.get_room(room)
         floor = info.floor if info is not None else 0
-        start = min(max(cursor if after is None else after, floor), hub.head)
+        return hub, min(max(cursor if after is None else after, floor), hub.head), cursor
+
+    def _start(
+        self, user: User, room: str, kind: str, hub: RoomHub, start: int, cursor: int
+    ) -> None:
         if start > cursor:
             self.service.request_ack(hub, user.id, start)  # the client says it has shown these
         self.position[room] = start
         self.acked[room] = start
         self.ack_moved[room] = asyncio.Event()
         self.reply({"type": kind, "room": room, "from": start, "head": hub.head, "cursor": cursor})
-        self.loops[room] = asyncio.create_task(self._deliver(hub, user.id, start))
         self.service.went_online(hub, user.id, self, self.push)
 
+    def _room_waits(self, room: str, exc: StoreUnavailable) -> None:
+        self.service.metrics.errors.labels(exc.code).inc()
+        message = f"{exc}; delivery of room {room!r} resumes by itself when the store is back"
+        self.reply({**error_frame(exc.code, message), "room": room})
+
+    async def _room(
+        self,
+        user: User,
+        room: str,
+        after: int | None,
+        kind: str,
+        opened: tuple[RoomHub, int, int] | None,
+    ) -> None:
+        """A subscribed room's task: open it (retrying an unavailable store), then deliver."""
+        retry = Backoff()
+        while opened is None:
+            await retry.wait()
+            try:
+                opened = await self._open(user, room, after)
+            except StoreUnavailable:
+                continue
+            except (ProtocolError, ChatStoreError) as exc:  # e.g. the room was deleted meanwhile
+                self._error(exc.code, str(exc))
+                return
+            self._start(user, room, kind, *opened)
+        await self._deliver(opened[0], user.id, opened[1])
+
+    def _room_done(self, room: str, task: asyncio.Task[None]) -> None:
+        """A room's task ended: by ``leave`` or close (cancelled), or by a bug (the session ends).
+
+        A delivery that stops silently would leave the client waiting forever; ending the
+        connection makes it reconnect and resume from its position.
+        """
+        failure = None if task.cancelled() else task.exception()
+        if failure is None:
+            if self.loops.get(room) is task:
+                del self.loops[room]
+            return
+        log.error("chat.delivery_failed", room=room, exc_info=failure)
+        self._error("internal", f"delivery of room {room!r} failed; reconnect")
+        self._shut(1011)
+
+    def _shut(self, code: int) -> None:
+        """Send what is queued, then close the connection with ``code`` (the writer does)."""
+        self.close_code = code
+        self.out.put_nowait(None)
+
     async def _deliver(self, hub: RoomHub, user: str, position: int) -> None:
-        """Send the room's published messages after ``position``, in order, within the window."""
+        """Send the room's published messages after ``position``, in order, within the window.
+
+        An unavailable store (a read of history the hub no longer holds) is retried with
+        backoff; the client is told once per outage, and delivery resumes where it stopped.
+        """
+        room = hub.room
+        retry = Backoff()
         while True:
-            room = hub.room
             room_window = WINDOW - (position - self.acked[room])
             if room_window <= 0:
                 moved = self.ack_moved[room]
                 moved.clear()
                 await moved.wait()
                 continue
-            entries = await self.service.fetch(hub, position, min(BATCH, room_window))
+            try:
+                entries = await self.service.fetch(hub, position, min(BATCH, room_window))
+            except StoreUnavailable as exc:
+                if not retry.failures:
+                    self._room_waits(room, exc)
+                await retry.wait()
+                continue
+            retry.reset()
             if not entries:
                 await hub.wait_beyond(position)
                 continue

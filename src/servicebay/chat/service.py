@@ -14,15 +14,25 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import random
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
+from typing import Any
 
 import structlog
 
 from servicebay.chat.metrics import ChatMetrics
 from servicebay.chat.protocol import encode, message_frame
-from servicebay.chat.stores import Appended, ChatStore, Member, Message, NotMember, User
+from servicebay.chat.stores import (
+    Appended,
+    ChatStore,
+    Member,
+    Message,
+    NotMember,
+    StoreUnavailable,
+    User,
+)
 
 log = structlog.get_logger("servicebay.chat")
 
@@ -48,6 +58,37 @@ class Entry:
 
 
 Listener = Callable[[str], None]
+
+
+def reap(task: asyncio.Task[Any]) -> None:
+    """Done callback of a background task: its failure is logged, never left unretrieved.
+
+    Background tasks handle what they expect (``StoreUnavailable``: retry); anything else is a
+    bug, and a task nobody awaits would only say so as "Task exception was never retrieved".
+    """
+    if task.cancelled():
+        return
+    if (exc := task.exception()) is not None:
+        log.error("chat.task_failed", task=task.get_name(), exc_info=exc)
+
+
+class Backoff:
+    """Waits between retries against an unavailable store: 0.1 s doubling up to 5 s, jittered."""
+
+    def __init__(self, first: float = 0.1, cap: float = 5.0) -> None:
+        """Start at ``first`` seconds, never wait more than ``cap``."""
+        self.first, self.cap = first, cap
+        self.failures = 0
+
+    def reset(self) -> None:
+        """The store answered: the next failure starts from ``first`` again."""
+        self.failures = 0
+
+    async def wait(self) -> None:
+        """Sleep before the next attempt."""
+        delay = min(self.cap, self.first * 2 ** min(self.failures, 16))
+        self.failures += 1
+        await asyncio.sleep(delay * (0.5 + random.random() / 2))  # noqa: S311 - jitter
 
 
 @dataclass
@@ -165,6 +206,7 @@ class ChatService:
         """Open the store and start compaction."""
         await self.store.open()
         self._compactor = asyncio.create_task(self._compact_forever())
+        self._compactor.add_done_callback(reap)
 
     async def stop(self) -> None:
         """Stop background work and close the store (pending writes finish first)."""
@@ -177,10 +219,13 @@ class ChatService:
                     await task
         await self.store.close()
 
-    def _spawn(self, coro: object) -> None:
-        task: asyncio.Task[None] = asyncio.create_task(coro)  # type: ignore[arg-type]
+    def _spawn(self, coro: Coroutine[Any, Any, Any], name: str) -> asyncio.Task[Any]:
+        """Run background work, kept until done (and cancelled by ``stop``), failures logged."""
+        task = asyncio.create_task(coro, name=name)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+        task.add_done_callback(reap)
+        return task
 
     async def _compact_forever(self) -> None:
         while True:
@@ -251,8 +296,14 @@ class ChatService:
         hub = await self.hub(room_id)
         await self.ensure_member(room_id, user)
         # Shielded: a sender that disconnects mid-send must not leave a stored message
-        # unpublished (the hub would wait for it).
-        appended = await asyncio.shield(self._append(hub, user, key, body))
+        # unpublished (the hub would wait for it). The append then finishes on its own, and
+        # its failure is logged (nobody else is left to hear it).
+        append = asyncio.ensure_future(self._append(hub, user, key, body))
+        try:
+            appended = await asyncio.shield(append)
+        except asyncio.CancelledError:
+            append.add_done_callback(reap)
+            raise
         if appended.duplicate:
             self.metrics.duplicate_sends.labels(room_id).inc()
         return appended
@@ -263,19 +314,31 @@ class ChatService:
             self.metrics.messages_in.labels(hub.room).inc()
             msg = Message(hub.room, appended.seq, user.id, key, body, appended.sent_at)
             if hub.publish(Entry.of(msg)) and not hub.filling:
-                self._spawn(self._fill(hub))
+                hub.filling = True
+                self._spawn(self._fill(hub), f"chat.fill:{hub.room}")
         return appended
 
     async def _fill(self, hub: RoomHub) -> None:
-        """Read a hole in the published sequence back from the store (visibility rule)."""
-        hub.filling = True
+        """Read a hole in the published sequence back from the store (visibility rule).
+
+        Until the hole is filled nothing after it is delivered in the room, so an unavailable
+        store is retried (with backoff) until it answers.
+        """
+        retry = Backoff()
         try:
             while hub.pending:
                 before = hub.head
-                for msg in await self.store.read(hub.room, hub.head, limit=RECENT):
+                try:
+                    msgs = await self.store.read(hub.room, hub.head, limit=RECENT)
+                except StoreUnavailable as exc:
+                    log.warning("chat.fill_waits_for_store", room=hub.room, error=str(exc))
+                    await retry.wait()
+                    continue
+                retry.reset()
+                for msg in msgs:
                     hub.publish(Entry.of(msg))
                 if hub.head == before:
-                    await asyncio.sleep(0.01)
+                    await asyncio.sleep(0.01)  # the hole's append has not committed yet
         finally:
             hub.filling = False
 
@@ -303,7 +366,9 @@ class ChatService:
         state = hub.acks.setdefault(user, _AckState())
         state.target = max(state.target, seq)
         if state.task is None or state.task.done():
+            # Not cancelled by ``stop``: a cursor write under way finishes with the store.
             state.task = asyncio.create_task(self._flush_acks(hub, user, state))
+            state.task.add_done_callback(reap)
 
     async def _flush_acks(self, hub: RoomHub, user: str, state: _AckState) -> None:
         try:
