@@ -3,10 +3,13 @@
 One cycle is provision → bind → unbind → deprovision of a fresh instance. Through the broker
 that is four OSB requests to a real ``bay broker serve servicebay.brokers.rabbitmq:broker``
 process (durable SQLite store, basic auth). Raw, it is the eight management API requests the
-same work needs at the least: create the vhost, set its two limits, create the user, grant it
-the vhost, delete the user, close its connections, delete the vhost. Both sides are driven by
-the same lean load generator (``benchmarks/loadgen.py``) against the same local RabbitMQ, one
-after the other at each concurrency, and the ratio raw/broker is the broker's overhead.
+broker makes for the same work, in its order: create the vhost, set its limits (one request for
+both), create the user, grant it the vhost, delete the user, close its connections, list the
+users (names and tags: how deprovision finds users of the instance that interrupted
+binds left), delete the vhost. ``--no-listing`` leaves the listing out of the raw side (what a
+script that remembers every user it created would send). Both sides are driven by the same lean
+load generator (``benchmarks/loadgen.py``) against the same local RabbitMQ, one after the other
+at each concurrency, and the ratio raw/broker is the broker's overhead.
 
 Run from the repository root (needs the local RabbitMQ with its management plugin):
 
@@ -50,23 +53,31 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def raw_scenario(prefix: str) -> Sequence[Request]:
-    """The management API requests one cycle needs, in the broker's order."""
+def raw_scenario(prefix: str, listing: bool = True) -> Sequence[Request]:
+    """The management API requests the broker makes in one cycle, in its order."""
     vhost, user = quote(prefix + uuid.uuid4().hex, safe=""), quote(prefix + "u" + uuid.uuid4().hex)
-    limit = lambda value: json.dumps({"value": value}).encode()  # noqa: E731
+    limits = json.dumps({"value": {"max-connections": 1000, "max-queues": 1000}}).encode()
     user_body = json.dumps({"password": uuid.uuid4().hex, "tags": ""}).encode()
     grant = json.dumps({"configure": ".*", "write": ".*", "read": ".*"}).encode()
-    vhost_body = json.dumps({"description": "bench", "defaultqueuetype": "classic"}).encode()
-    return [
+    vhost_body = json.dumps(
+        {
+            "description": "bench",
+            "tags": "servicebay",
+            "default_queue_type": "classic",
+            "defaultqueuetype": "classic",
+        }
+    ).encode()
+    requests: list[Request] = [
         ("PUT", f"/api/vhosts/{vhost}", vhost_body, 201),
-        ("PUT", f"/api/vhost-limits/{vhost}/max-connections", limit(1000), 204),
-        ("PUT", f"/api/vhost-limits/{vhost}/max-queues", limit(1000), 204),
+        ("PUT", f"/api/parameters/vhost-limits/{vhost}/limits", limits, 201),
         ("PUT", f"/api/users/{user}", user_body, 201),
         ("PUT", f"/api/permissions/{vhost}/{user}", grant, 201),
         ("DELETE", f"/api/users/{user}", None, 204),
         ("DELETE", f"/api/connections/username/{user}", None, 204),
+        ("GET", "/api/users?columns=name,tags", None, 200),
         ("DELETE", f"/api/vhosts/{vhost}", None, 204),
     ]
+    return requests if listing else [r for r in requests if r[0] != "GET"]
 
 
 def broker_scenario() -> Sequence[Request]:
@@ -186,7 +197,7 @@ def merge(results: list[LoadResult]) -> LoadResult:
 
 
 async def httpx_cell(
-    management_url: str, admin: tuple[str, str], prefix: str, c: int, seconds: float
+    management_url: str, admin: tuple[str, str], prefix: str, listing: bool, c: int, seconds: float
 ) -> LoadResult:
     """The raw calls again, sent with httpx (the HTTP client the broker itself uses)."""
     result = LoadResult()
@@ -194,7 +205,7 @@ async def httpx_cell(
 
     async def user(api: httpx.AsyncClient) -> None:
         while time.perf_counter() < deadline:
-            for method, path, body, expected in raw_scenario(prefix):
+            for method, path, body, expected in raw_scenario(prefix, listing):
                 start = time.perf_counter()
                 try:
                     response = await api.request(method, path, content=body)
@@ -218,10 +229,6 @@ async def httpx_cell(
     return result
 
 
-# name → OSB or management API requests per cycle
-SIDES = {"raw API, lean client": 8, "raw API, httpx": 8, "broker": 4}
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=float, default=5.0, help="length of one cell")
@@ -230,7 +237,16 @@ def main() -> None:
     parser.add_argument("--management-url", default="http://127.0.0.1:15672")
     parser.add_argument("--admin", default="guest:guest", help="management API user:password")
     parser.add_argument("--workers", type=int, default=1, help="broker worker processes")
+    parser.add_argument(
+        "--no-listing",
+        dest="listing",
+        action="store_false",
+        help="leave deprovision's user listing out of the raw side",
+    )
     args = parser.parse_args()
+    raw_calls = len(raw_scenario("", args.listing))
+    # name → OSB or management API requests per cycle
+    sides = {"raw API, lean client": raw_calls, "raw API, httpx": raw_calls, "broker": 4}
 
     run = f"sbbench-{uuid.uuid4().hex[:6]}-"
     auth = "Basic " + base64.b64encode(args.admin.encode()).decode()
@@ -265,10 +281,15 @@ def main() -> None:
             for c in args.concurrency:
                 cells: dict[str, Callable[[float], Any]] = {
                     "raw API, lean client": lambda s, c=c: cell(
-                        api_host, api_port, lambda: raw_scenario(run + "raw-"), raw_headers, c, s
+                        api_host,
+                        api_port,
+                        lambda: raw_scenario(run + "raw-", args.listing),
+                        raw_headers,
+                        c,
+                        s,
                     ),
                     "raw API, httpx": lambda s, c=c: httpx_cell(
-                        args.management_url, (user, password), run + "raw-", c, s
+                        args.management_url, (user, password), run + "raw-", args.listing, c, s
                     ),
                     "broker": lambda s, c=c: cell(
                         "127.0.0.1", port, broker_scenario, osb_headers(USER, PASSWORD), c, s
@@ -277,8 +298,8 @@ def main() -> None:
                 for make in cells.values():  # warm-up: connections, caches
                     asyncio.run(make(1.0))
                 # The machine is shared: alternate short cells so every side sees the same load.
-                results: dict[str, list[LoadResult]] = {name: [] for name in SIDES}
-                cpu = {name: [0.0, 0.0, 0.0] for name in SIDES}
+                results: dict[str, list[LoadResult]] = {name: [] for name in sides}
+                cpu = {name: [0.0, 0.0, 0.0] for name in sides}
                 for _ in range(args.rounds):
                     for name, make in cells.items():
                         before = (cpu_seconds(rabbitmq), cpu_seconds(broker), time.process_time())
@@ -287,7 +308,7 @@ def main() -> None:
                         for i in range(3):
                             cpu[name][i] += after[i] - before[i]
                 cycles = {}
-                for name, per_cycle in SIDES.items():
+                for name, per_cycle in sides.items():
                     r = merge(results[name])
                     cycles[name] = r.rps / per_cycle
                     n = max(1.0, r.requests / per_cycle)
@@ -300,7 +321,7 @@ def main() -> None:
                     )
                 for baseline in ("raw API, lean client", "raw API, httpx"):
                     per_round = ", ".join(
-                        f"{(a.rps / 8) / max(b.rps / 4, 1e-9):.2f}"
+                        f"{(a.rps / raw_calls) / max(b.rps / 4, 1e-9):.2f}"
                         for a, b in zip(results[baseline], results["broker"], strict=True)
                     )
                     print(

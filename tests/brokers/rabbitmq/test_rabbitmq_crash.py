@@ -142,7 +142,7 @@ def test_provision_and_bind_killed_half_way_end_right_after_restart(
         killed_during(
             served,
             proxy,
-            b"PUT /api/vhost-limits/",
+            b"PUT /api/parameters/vhost-limits/",
             lambda: client.put(f"/v2/service_instances/{a}", json=body),
         )
         assert rabbitmq_names(rabbitmq_prefix) == {rabbitmq_prefix + a}  # vhost, no limits

@@ -18,7 +18,8 @@ pytestmark = pytest.mark.rabbitmq
 async def test_vhost_round_trip_with_limits_and_queue_type(
     management_api: ManagementAPI, rabbitmq_prefix: str
 ) -> None:
-    """A vhost is created with tags and queue type, its limits set and cleared, then deleted."""
+    """A vhost is created with tags and queue type, its limits set and cleared (one at a time
+    and all at once), then deleted."""
     name = rabbitmq_prefix + "orders/eu"  # a '/' must survive as one path segment
     assert await management_api.get_vhost(name) is None
     await management_api.put_vhost(
@@ -35,6 +36,12 @@ async def test_vhost_round_trip_with_limits_and_queue_type(
     await management_api.clear_vhost_limit(name, "max-queues")
     await management_api.clear_vhost_limit(name, "max-queues")  # absent is fine
     assert await management_api.get_vhost_limits(name) == {"max-connections": 3}
+    await management_api.set_vhost_limits(name, {"max-queues": 5, "max-connections": 2})
+    assert await management_api.get_vhost_limits(name) == {"max-connections": 2, "max-queues": 5}
+    await management_api.set_vhost_limits(name, {"max-queues": 4})  # the other one is cleared
+    assert await management_api.get_vhost_limits(name) == {"max-queues": 4}
+    await management_api.set_vhost_limits(name, {})
+    assert await management_api.get_vhost_limits(name) == {}
     assert await management_api.count_queues(name) == 0
 
     assert await management_api.delete_vhost(name) is True

@@ -44,7 +44,7 @@ async def test_provision_failing_half_way_leaves_nothing_and_its_retry_succeeds(
     async with serve(broken) as osb:
         response = await osb.provision(instance, max_connections=3)
         assert response.status_code == 500, response.text
-        assert "limit max-connections of vhost" in response.json()["description"]
+        assert "limits of vhost" in response.json()["description"]
         # spec: orphan mitigation — the platform deprovisions; nothing is left to find.
         assert (await osb.deprovision(instance)).status_code == 410
     assert rabbitmq_names(rabbitmq_prefix) == set()

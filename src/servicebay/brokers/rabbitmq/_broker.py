@@ -262,17 +262,11 @@ class RabbitMQBroker(Broker):
         return await self._put_vhost(vhost, instance_id, queue_type)
 
     async def _apply_limits(self, vhost: str, parameters: Mapping[str, Any]) -> None:
-        """Set (or clear) both vhost limits.
-
-        One after the other: RabbitMQ keeps a vhost's limits in one runtime parameter that each
-        request reads and rewrites whole, so two concurrent requests can lose one limit.
-        """
-        for key, limit in _LIMITS:
-            value = parameters.get(key)
-            if value is None:
-                await self.api.clear_vhost_limit(vhost, limit)
-            else:
-                await self.api.set_vhost_limit(vhost, limit, int(value))
+        """Give the vhost both limits in one request (a limit given as None is cleared)."""
+        limits = {
+            limit: int(parameters[key]) for key, limit in _LIMITS if parameters.get(key) is not None
+        }
+        await self.api.set_vhost_limits(vhost, limits)
 
     async def _fit_to_plan(
         self, parameters: Mapping[str, Any], limits: PlanLimits, ctx: OperationContext
@@ -308,8 +302,11 @@ class RabbitMQBroker(Broker):
     async def _revoke(self, username: str) -> None:
         """Delete the user, then close whatever connections it still has.
 
-        Deleting first means no new login can slip in between; RabbitMQ 3.10+ also closes the
-        user's connections on deletion, the explicit close covers older servers and clusters.
+        Deleting first means no new login can slip in between. RabbitMQ (3.7.0 onward) also
+        closes a deleted user's connections itself, but both that close and this one find them
+        in its connection tracking, where a new connection is registered asynchronously
+        (3.10's ``rabbit_connection_tracking:update_tracked/1`` spawns the write): one opened
+        just before the deletion can be missing from it then and be there a moment later.
         """
         await self.api.delete_user(username)
         await self.api.close_user_connections(username, reason="credentials revoked (unbind)")

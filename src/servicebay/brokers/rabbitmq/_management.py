@@ -269,6 +269,21 @@ class ManagementAPI:
                 limits[str(key)] = int(value)
         return limits
 
+    async def set_vhost_limits(self, vhost: str, limits: Mapping[LimitName, int]) -> None:
+        """Give the vhost exactly these limits, in one request: a limit not named is cleared.
+
+        RabbitMQ keeps a vhost's limits in one runtime parameter (component ``vhost-limits``,
+        name ``limits``); this PUT replaces it whole, so the limits change together. The
+        per-limit endpoint reads and rewrites that parameter, so two of those at once can lose
+        one. A vhost that does not exist is a 404.
+        """
+        await self._send(
+            "PUT",
+            f"/parameters/vhost-limits/{_segment(vhost)}/limits",
+            json={"value": dict(limits)},
+            what=f"limits of vhost {vhost!r}",
+        )
+
     async def set_vhost_limit(self, vhost: str, limit: LimitName, value: int) -> None:
         """Set one vhost limit; RabbitMQ enforces it from then on."""
         await self._send(
@@ -302,8 +317,10 @@ class ManagementAPI:
         return None if body is None else User.from_json(body)
 
     async def list_users(self) -> list[User]:
-        """Every user of the cluster."""
-        body = await self._json("GET", "/users", what="the user list")
+        """Every user of the cluster (names and tags only: password hashes are not fetched)."""
+        body = await self._json(
+            "GET", "/users", params={"columns": "name,tags"}, what="the user list"
+        )
         return [User.from_json(item) for item in body]
 
     async def put_user(self, name: str, password: str, *, tags: tuple[str, ...] = ()) -> None:
