@@ -369,3 +369,12 @@ def test_login_with_unknown_namespace_stores_nothing(bay: Bay) -> None:
     assert result.exit_code == 4
     assert "nope-ns" in _one_line_error(result)
     assert not (bay.home / "cli.json").exists()
+
+
+def test_error_stays_on_one_line_on_a_narrow_stderr(bay: Bay, registered: str) -> None:
+    """A reason longer than the terminal is not wrapped: scripts read exactly one line."""
+    ns = _staging(bay)
+    assert bay("provision", "sandbox", "keep", "--plan", "sync", "-n", ns).exit_code == 0
+    refused = bay("namespace", "delete", ns, env={"COLUMNS": "40"})
+    assert refused.exit_code == 5
+    assert len(_one_line_error(refused)) > 40

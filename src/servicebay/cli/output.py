@@ -188,7 +188,8 @@ def run(work: Coroutine[Any, Any, T]) -> T:
         if code == 1 and not isinstance(error, CLIError) and os.environ.get("SERVICEBAY_DEBUG"):
             raise  # a bug: show the whole traceback when asked to
         message = one_line(error) if code != 1 else f"{type(error).__name__}: {one_line(error)}"
-        stderr().print(f"error: {message}", markup=False, highlight=False)
+        # soft_wrap: the reason stays on one line even on a narrow or non-terminal stderr.
+        stderr().print(f"error: {message}", markup=False, highlight=False, soft_wrap=True)
         raise typer.Exit(code) from None
 
 
@@ -257,7 +258,7 @@ def cell_text(value: Any) -> str:
 
 def note(message: str) -> None:
     """Print a human note on stderr (never data)."""
-    stderr().print(message, markup=False, highlight=False)
+    stderr().print(message, markup=False, highlight=False, soft_wrap=True)
 
 
 # -- progress ---------------------------------------------------------------------------------
@@ -286,7 +287,7 @@ async def follow(
         while True:
             text = _progress_text(what, operation)
             if text != last:
-                console.print(text, markup=False, highlight=False)
+                console.print(text, markup=False, highlight=False, soft_wrap=True)
                 last = text
             if operation["state"] in TERMINAL_STATES:
                 break
