@@ -255,6 +255,51 @@ def test_show_yaml_round_trips_through_from_file(bay: Bay, registered: str, tmp_
     assert (copy["visible_plans"], copy["max_instances"]) == (updated["visible_plans"], 1)
 
 
+@pytest.mark.parametrize(
+    ("rule", "stored"),
+    [
+        (
+            "sandbox/param:limits.rooms<=10",
+            {"properties": {"limits": {"properties": {"rooms": {"maximum": 10}}}}},
+        ),
+        ("sandbox:tier=small, 2,true", {"properties": {"tier": {"enum": ["small", 2, True]}}}),
+        ("sandbox:size>=1.5", {"properties": {"size": {"minimum": 1.5}}}),
+        ('sandbox:={"required": ["name"]}', {"required": ["name"]}),
+    ],
+)
+def test_constraint_forms_store_the_schema_they_stand_for(
+    bay: Bay, registered: str, rule: str, stored: dict[str, object]
+) -> None:
+    """Nested fields, typed value lists, decimal bounds and raw schemas."""
+    result = bay("namespace", "create", unique("form"), "--constraint", rule, "-o", "json")
+    assert result.exit_code == 0, result.output
+    assert list(json.loads(result.stdout)["constraints"].values()) == [stored]
+
+
+def test_raw_schema_constraint_is_enforced_too(bay: Bay, registered: str) -> None:
+    """A `:=` schema (name required) refuses a provision without it, before sending."""
+    ns = unique("raw")
+    rule = 'sandbox/param:={"required": ["name"]}'
+    assert bay("namespace", "create", ns, "--constraint", rule).exit_code == 0
+    result = bay("provision", "sandbox", "anon", "--plan", "param", "-n", ns)
+    assert result.exit_code == 2
+    assert "[namespace constraint]" in _one_line_error(result)
+    assert "name" in _one_line_error(result)
+
+
+def test_first_visible_plan_on_an_open_namespace_says_the_rest_is_hidden(
+    bay: Bay, registered: str
+) -> None:
+    """update --visible-plan where every plan was visible: a note says the others are hidden."""
+    ns = unique("open")
+    assert bay("namespace", "create", ns).exit_code == 0
+    result = bay("namespace", "update", ns, "--visible-plan", "sandbox/sync")
+    assert result.exit_code == 0, result.output
+    assert "every other plan is now hidden (visible: sandbox/sync)" in result.stderr
+    market = json.loads(bay("marketplace", "-n", ns, "-o", "json").stdout)
+    assert [p["name"] for p in market[0]["plans"]] == ["sync"]
+
+
 def test_typos_are_reported_as_warnings(bay: Bay, registered: str) -> None:
     """A visible plan that matches nothing, a rule on a parameter no plan has: warned."""
     result = bay(
@@ -276,6 +321,7 @@ def test_typos_are_reported_as_warnings(bay: Bay, registered: str) -> None:
         (["create", "x", "--constraint", "size<=3"], 2, "expected TARGET:FIELD<=N"),
         (["create", "x", "--constraint", "sandbox:size<=big"], 2, "a bound must be a number"),
         (["create", "x", "--constraint", "sandbox:={oops"], 2, "not valid JSON"),
+        (["create", "x", "--visible-plan", "sandbox"], 2, "must be 'service/plan'"),
         (["create", "Bad_Name"], 2, "must be a lowercase name"),
         (["create", "default"], 5, "already exists"),
         (["create", "x", "--constraint", 'sandbox:={"type": "nope"}'], 2, "constraints.sandbox"),

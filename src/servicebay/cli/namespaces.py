@@ -220,6 +220,8 @@ class _Changes:
         if self.all_plans:
             visible = None
         if self.show:
+            if visible is None:
+                note(f"note: every other plan is now hidden (visible: {', '.join(self.show)})")
             visible = _added(visible or [], self.show)
         for entry in self.hide:
             if visible is None or entry not in visible:
