@@ -123,6 +123,17 @@ async def test_ack_moves_cursor_forward_only_and_not_past_head(chat_store: ChatS
     assert await chat_store.ack("r", "ann", 99) == 3
 
 
+async def test_ack_many_moves_each_member_as_ack_would(chat_store: ChatStore) -> None:
+    """One write for several members: forward only, capped at the head, strangers left out."""
+    await _room_with(chat_store, "ann", "bob")
+    for i in range(3):
+        await chat_store.append("r", "ann", f"k{i}", "x")
+    await chat_store.ack("r", "bob", 2)
+    moved = await chat_store.ack_many("r", {"ann": 99, "bob": 1, "ghost": 2})
+    assert moved == {"ann": 3, "bob": 2}
+    assert {m.user: m.cursor for m in await chat_store.members("r")} == {"ann": 3, "bob": 2}
+
+
 async def test_newcomer_cursor_starts_at_head(chat_store: ChatStore) -> None:
     """A member joining later starts at the head, yet may read retained history."""
     await _room_with(chat_store, "ann")

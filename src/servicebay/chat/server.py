@@ -48,7 +48,7 @@ from servicebay.chat.protocol import (
     error_frame,
     parse_message,
 )
-from servicebay.chat.service import Backoff, ChatService, RoomHub, reap
+from servicebay.chat.service import Backoff, ChatService, Frames, RoomHub, reap
 from servicebay.chat.settings import ChatSettings
 from servicebay.chat.stores import ChatStore, ChatStoreError, StoreUnavailable, User, open_store
 
@@ -69,7 +69,7 @@ class Session:
         self.ws = ws
         self.service = service
         self.user: User | None = None
-        self.out: asyncio.Queue[str | list[str] | None] = asyncio.Queue()
+        self.out: asyncio.Queue[str | None] = asyncio.Queue()
         self.loops: dict[str, asyncio.Task[None]] = {}
         self.acked: dict[str, int] = {}
         self.position: dict[str, int] = {}  # per room: last seq queued for the socket
@@ -122,8 +122,8 @@ class Session:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
 
-    def push(self, text: str | list[str]) -> None:
-        """Queue a frame (or several, in order) for the socket."""
+    def push(self, text: str) -> None:
+        """Queue a frame (or several, as ``Frames``) for the socket."""
         self.out.put_nowait(text)
 
     def reply(self, frame: dict[str, Any]) -> None:
@@ -132,20 +132,22 @@ class Session:
 
     async def _write_out(self) -> None:
         """Send queued frames; whatever queued up meanwhile goes as one JSON array message."""
-        while (item := await self.out.get()) is not None:
-            frames = [item] if isinstance(item, str) else list(item)
-            size = sum(len(f) for f in frames)
-            while size < OUT_MESSAGE_BYTES and not self.out.empty():
-                more = self.out.get_nowait()
-                if more is None:
-                    self.out.put_nowait(None)
-                    break
-                chunk = [more] if isinstance(more, str) else more
-                frames.extend(chunk)
-                size += sum(len(f) for f in chunk)
-            text = frames[0] if len(frames) == 1 else "[" + ",".join(frames) + "]"
+        out = self.out
+        while (item := await out.get()) is not None:
+            many = isinstance(item, Frames)
+            if not out.empty():
+                parts, size = [item], len(item)
+                while size < OUT_MESSAGE_BYTES and not out.empty():
+                    more = out.get_nowait()
+                    if more is None:
+                        out.put_nowait(None)
+                        break
+                    parts.append(more)
+                    size += len(more)
+                many = many or len(parts) > 1
+                item = ",".join(parts)
             try:
-                await self.ws.send_text(text)
+                await self.ws.send_text("[" + item + "]" if many else item)
             except Exception:
                 return  # the socket is gone; the reader notices and ends the session
         if self.close_code is not None:
@@ -339,19 +341,19 @@ class Session:
                 await moved.wait()
                 continue
             try:
-                entries = await self.service.fetch(hub, position, min(BATCH, room_window))
+                batch = await self.service.fetch_batch(hub, position, min(BATCH, room_window))
             except StoreUnavailable as exc:
                 if not retry.failures:
                     self._room_waits(room, exc)
                 await retry.wait()
                 continue
             retry.reset()
-            if not entries:
+            if batch is None:
                 await hub.wait_beyond(position)
                 continue
-            self.push([e.text for e in entries])
-            self.service.count_delivery(hub, user, entries)
-            position = self.position[room] = entries[-1].seq
+            self.out.put_nowait(batch.text)
+            self.service.count_batch(hub, user, batch.first, batch.last)
+            position = self.position[room] = batch.last
 
     async def _send(self, user: User, frame: Send) -> None:
         appended = await self.service.send(frame.room, user, frame.key, frame.body)

@@ -38,6 +38,7 @@ log = structlog.get_logger("servicebay.chat")
 
 RECENT = 4096
 RECEIPT_EVERY = 0.05
+ACK_LINGER = 0.02  # a room's cursor writes are batched over this long
 WAKE_PER_LISTENER = 0.0005
 WAKE_MAX = 0.025
 
@@ -57,7 +58,30 @@ class Entry:
         return cls(msg.seq, msg.sender, encode(frame))
 
 
+class Frames(str):
+    """Several encoded frames joined by commas: the inside of one JSON array message."""
+
+    __slots__ = ()
+
+
+@dataclass(frozen=True)
+class Batch:
+    """Consecutive published messages as one encoded text, shared by every receiver."""
+
+    first: int
+    last: int
+    text: str  # one frame, or ``Frames``
+
+    @classmethod
+    def of(cls, entries: list[Entry]) -> Batch:
+        """Join encoded entries (at least one)."""
+        if len(entries) == 1:
+            return cls(entries[0].seq, entries[0].seq, entries[0].text)
+        return cls(entries[0].seq, entries[-1].seq, Frames(",".join(e.text for e in entries)))
+
+
 Listener = Callable[[str], None]
+BATCHES_KEPT = 64
 
 
 def reap(task: asyncio.Task[Any]) -> None:
@@ -92,12 +116,6 @@ class Backoff:
 
 
 @dataclass
-class _AckState:
-    target: int = 0
-    task: asyncio.Task[None] | None = None
-
-
-@dataclass
 class RoomHub:
     """One room in memory: published head, recent messages, cursors, who is online."""
 
@@ -109,10 +127,12 @@ class RoomHub:
     online: dict[str, int] = field(default_factory=dict)
     listeners: dict[object, Listener] = field(default_factory=dict)
     delivered_max: dict[str, int] = field(default_factory=dict)
-    acks: dict[str, _AckState] = field(default_factory=dict)
+    ack_targets: dict[str, int] = field(default_factory=dict)
+    ack_task: asyncio.Task[None] | None = None
     filling: bool = False
     receipt_sent: int = 0
     receipt_timer: asyncio.TimerHandle | None = None
+    _batches: dict[tuple[int, int], Batch] = field(default_factory=dict)
     _changed: asyncio.Event = field(default_factory=asyncio.Event)
     _last_wake: float = 0.0
     _wake_timer: asyncio.TimerHandle | None = None
@@ -169,6 +189,23 @@ class RoomHub:
             return None
         start = after + 1 - self.recent[0].seq
         return [self.recent[i] for i in range(start, min(len(self.recent), start + limit))]
+
+    def batch(self, after: int, limit: int) -> Batch | None:
+        """``cached`` as one shared ``Batch``; None when memory does not reach (or nothing new).
+
+        Receivers of a room mostly wait at the same position and wake together: the first one
+        joins the texts, the others reuse them (one join per wake-up, not one per receiver).
+        """
+        key = (after, min(self.head, after + limit))
+        if (hit := self._batches.get(key)) is not None:
+            return hit
+        entries = self.cached(after, limit)
+        if not entries:
+            return None
+        if len(self._batches) >= BATCHES_KEPT:
+            self._batches.clear()
+        batch = self._batches[key] = Batch.of(entries)
+        return batch
 
     @property
     def delivered(self) -> int:
@@ -350,46 +387,78 @@ class ChatService:
         msgs = await self.store.read(hub.room, after, min(limit, max(0, hub.head - after)))
         return [Entry.of(m) for m in msgs if m.seq <= hub.head]
 
+    async def fetch_batch(self, hub: RoomHub, after: int, limit: int = 256) -> Batch | None:
+        """``fetch`` as one shared ``Batch`` (None: nothing published after ``after``)."""
+        if after >= hub.head:
+            return None
+        if (batch := hub.batch(after, limit)) is not None:
+            return batch
+        entries = await self.fetch(hub, after, limit)
+        return Batch.of(entries) if entries else None
+
     def count_delivery(self, hub: RoomHub, user: str, entries: list[Entry]) -> None:
         """Metrics for a delivery: messages out, and redeliveries seen since start."""
+        self.count_batch(hub, user, entries[0].seq, entries[-1].seq)
+
+    def count_batch(self, hub: RoomHub, user: str, first: int, last: int) -> None:
+        """Metrics for delivering seqs ``first..last`` (consecutive) to ``user``."""
         seen = hub.delivered_max.get(user, 0)
-        again = sum(1 for e in entries if e.seq <= seen)
-        self.metrics.messages_out.labels(hub.room).inc(len(entries))
-        if again:
-            self.metrics.redeliveries.labels(hub.room).inc(again)
-        hub.delivered_max[user] = max(seen, entries[-1].seq)
+        self.metrics.messages_out.labels(hub.room).inc(last - first + 1)
+        if seen >= first:
+            self.metrics.redeliveries.labels(hub.room).inc(min(seen, last) - first + 1)
+        if last > seen:
+            hub.delivered_max[user] = last
 
     # acknowledgements ----------------------------------------------------------------------
 
     def request_ack(self, hub: RoomHub, user: str, seq: int) -> None:
-        """Advance a cursor in the background, coalescing a burst of acks into few writes."""
-        state = hub.acks.setdefault(user, _AckState())
-        state.target = max(state.target, seq)
-        if state.task is None or state.task.done():
+        """Advance a cursor in the background; the room's acks of a moment share one write."""
+        if seq <= hub.cursors.get(user, seq):
+            return  # nothing to move, or not a member
+        hub.ack_targets[user] = max(hub.ack_targets.get(user, 0), seq)
+        if hub.ack_task is None or hub.ack_task.done():
             # Not cancelled by ``stop``: a cursor write under way finishes with the store.
-            state.task = asyncio.create_task(self._flush_acks(hub, user, state))
-            state.task.add_done_callback(reap)
+            hub.ack_task = asyncio.create_task(self._flush_acks(hub))
+            hub.ack_task.add_done_callback(reap)
 
-    async def _flush_acks(self, hub: RoomHub, user: str, state: _AckState) -> None:
-        try:
-            while state.target > hub.cursors.get(user, state.target):
-                await self.ack(hub, user, state.target)
-        except Exception:
-            # The cursor stays where it durably is; the client's next ack (or its resume
-            # position on reconnect) moves it again. Redelivery, never loss.
-            log.exception("chat.ack_failed", room=hub.room, user=user)
+    async def _flush_acks(self, hub: RoomHub) -> None:
+        """Write the room's requested cursors, ACK_LINGER apart, until none is left.
+
+        With 100 receivers each acking every 20 ms, one write per ack would be 5,000 small
+        transactions per second; one per room per ACK_LINGER is 50. An unavailable store is
+        retried (the targets are kept); the cursors trail meanwhile, which means redelivery
+        after a reconnect, never loss.
+        """
+        retry = Backoff()
+        while hub.ack_targets:
+            await asyncio.sleep(ACK_LINGER)
+            targets, hub.ack_targets = hub.ack_targets, {}
+            try:
+                cursors = await self.store.ack_many(hub.room, targets)
+            except StoreUnavailable as exc:
+                log.warning("chat.acks_wait_for_store", room=hub.room, error=str(exc))
+                for user, seq in targets.items():
+                    hub.ack_targets[user] = max(hub.ack_targets.get(user, 0), seq)
+                await retry.wait()
+                continue
+            retry.reset()
+            self._cursors_moved(hub, cursors)
 
     async def ack(self, hub: RoomHub, user: str, seq: int) -> int:
         """Advance a cursor durably, then (soon) tell listeners what everyone has."""
         cursor = await self.store.ack(hub.room, user, seq)
-        if user in hub.cursors:
-            hub.cursors[user] = max(hub.cursors[user], cursor)
+        self._cursors_moved(hub, {user: cursor})
+        return cursor
+
+    def _cursors_moved(self, hub: RoomHub, cursors: dict[str, int]) -> None:
+        for user, cursor in cursors.items():
+            if user in hub.cursors:
+                hub.cursors[user] = max(hub.cursors[user], cursor)
         if hub.delivered != hub.receipt_sent and hub.receipt_timer is None:
             # Receipts are coalesced: with many members, one per ack would cost O(members)
             # frames per message; every RECEIPT_EVERY seconds is plenty for "delivered".
             loop = asyncio.get_running_loop()
             hub.receipt_timer = loop.call_later(RECEIPT_EVERY, self._send_receipt, hub)
-        return cursor
 
     def _send_receipt(self, hub: RoomHub) -> None:
         hub.receipt_timer = None

@@ -196,5 +196,11 @@ class ChatStore(Protocol):
     async def ack(self, room_id: str, user_id: str, seq: int) -> int:
         """Advance the member's durable cursor to seq (never backwards); return the cursor."""
 
+    async def ack_many(self, room_id: str, seqs: dict[str, int]) -> dict[str, int]:
+        """``ack`` for several members in one durable write; return their cursors.
+
+        Users who are not (or no longer) members are left out of the answer, not an error.
+        """
+
     async def compact(self, now: float | None = None) -> dict[str, int]:
         """Delete what retention allows; return the number deleted per room."""

@@ -247,6 +247,10 @@ class RabbitMQChatStore:
         """Advance a member's cursor durably (SQLite group commit)."""
         return await self.meta.ack(room_id, user_id, seq)
 
+    async def ack_many(self, room_id: str, seqs: dict[str, int]) -> dict[str, int]:
+        """Advance several members' cursors in one SQLite transaction."""
+        return await self.meta.ack_many(room_id, seqs)
+
     # resync ----------------------------------------------------------------------------------
 
     async def _synced(self, room_id: str) -> _RoomLog:

@@ -493,6 +493,21 @@ class SQLiteChatStore:
 
         return await self._write(op, checked=True)
 
+    async def ack_many(self, room_id: str, seqs: dict[str, int]) -> dict[str, int]:
+        """Advance several members' cursors in one write (non-members are left out)."""
+
+        def op(c: sqlite3.Connection) -> dict[str, int]:
+            head = self._head(c, room_id)
+            sql = "SELECT user, cursor FROM members WHERE room = ?"
+            known = {user: int(cursor) for user, cursor in c.execute(sql, (room_id,))}
+            cursors = {u: max(known[u], min(s, head)) for u, s in seqs.items() if u in known}
+            moved = [(cur, room_id, u) for u, cur in cursors.items() if cur != known[u]]
+            sql = "UPDATE members SET cursor = ? WHERE room = ? AND user = ?"
+            c.executemany(sql, moved)
+            return cursors
+
+        return await self._write(op, checked=True)
+
     async def compact(self, now: float | None = None) -> dict[str, int]:
         """Delete acknowledged messages that retention no longer keeps."""
         moment = time.time() if now is None else now
