@@ -32,7 +32,7 @@ def test_namespace_constraint_is_checked_client_side(bay: Bay, registered: str) 
     ns = _namespace(bay, constraints={"sandbox/param": {"properties": {"size": {"maximum": 2}}}})
     result = bay("provision", "sandbox", "capped", "--plan", "param", "-p", "size=3", "-n", ns)
     assert result.exit_code == 2
-    assert "size: must be <= 2 (got 3) [namespace constraint]" in result.stderr
+    assert f"size: must be <= 2 (got 3) [namespace {ns}]" in result.stderr
     ok = bay("provision", "sandbox", "capped", "--plan", "param", "-p", "size=2", "-n", ns)
     assert ok.exit_code == 0, ok.output
     listed = json.loads(bay("instances", "-n", ns, "-o", "json").stdout)
@@ -154,16 +154,25 @@ def test_provision_outside_constraint_is_refused_locally_and_creates_nothing(
     result = bay("provision", "sandbox", "big", "--plan", "param", "-p", "size=5", "-n", ns)
     assert result.exit_code == 2
     line = _one_line_error(result)
-    assert "size: must be <= 3 (got 5) [namespace constraint]" in line
+    assert f"size: must be <= 3 (got 5) [namespace {ns}]" in line
     assert json.loads(bay("instances", "-n", ns, "-o", "json").stdout) == []
     assert json.loads(bay("namespace", "show", ns, "-o", "json").stdout)["instance_count"] == 0
     low = bay("provision", "sandbox", "small", "--plan", "param", "-p", "size=1", "-n", ns)
     assert low.exit_code == 2
-    assert "size: must be >= 2 (got 1) [namespace constraint]" in _one_line_error(low)
+    assert f"size: must be >= 2 (got 1) [namespace {ns}]" in _one_line_error(low)
     ok = bay("provision", "sandbox", "fits", "--plan", "param", "-p", "size=3", "-n", ns)
     assert ok.exit_code == 0, ok.output
     listed = json.loads(bay("instances", "-n", ns, "-o", "json").stdout)
     assert [(i["name"], i["parameters"]["size"]) for i in listed] == [("fits", 3)]
+    # An update is held to the same rules, and so is the platform's own check (dry run).
+    grown = bay("update", "fits", "-p", "size=4", "-n", ns)
+    assert grown.exit_code == 2
+    assert f"size: must be <= 3 (got 4) [namespace {ns}]" in _one_line_error(grown)
+    dry = bay("update", "fits", "-p", "size=4", "-n", ns, "--dry-run", "-o", "json")
+    assert dry.exit_code == 2
+    assert f"[namespace {ns}]" in _one_line_error(dry)
+    shown = json.loads(bay("instance", "fits", "-n", ns, "-o", "json").stdout)
+    assert shown["parameters"]["size"] == 3
 
 
 def test_hidden_plan_cannot_be_provisioned(bay: Bay, registered: str) -> None:
@@ -283,7 +292,7 @@ def test_raw_schema_constraint_is_enforced_too(bay: Bay, registered: str) -> Non
     assert bay("namespace", "create", ns, "--constraint", rule).exit_code == 0
     result = bay("provision", "sandbox", "anon", "--plan", "param", "-n", ns)
     assert result.exit_code == 2
-    assert "[namespace constraint]" in _one_line_error(result)
+    assert f"[namespace {ns}]" in _one_line_error(result)
     assert "name" in _one_line_error(result)
 
 
@@ -400,6 +409,8 @@ def test_login_namespace_is_the_default_for_later_commands(bay: Bay, registered:
     listed = json.loads(bay("instances", "-o", "json", env=unset).stdout)
     assert [i["name"] for i in listed] == ["here"]
     assert bay("instance", "here", env=unset).exit_code == 0
+    refused = bay("provision", "sandbox", "big", "--plan", "param", "-p", "size=9", env=unset)
+    assert f"[namespace {ns}]" in _one_line_error(refused)  # says where the rule came from
     # An explicit -n, or SERVICEBAY_NAMESPACE, still wins over the stored one.
     assert bay("instance", "here", "-n", "default", env=unset).exit_code == 4
     assert bay("instance", "here").exit_code == 4  # the fixture sets SERVICEBAY_NAMESPACE=default

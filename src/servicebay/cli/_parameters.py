@@ -190,17 +190,24 @@ def _set_path(target: JSON, path: list[str], value: Any) -> None:
     node[path[-1]] = value
 
 
-def check(schema: JSON | None, constraints: JSON | None, parameters: JSON) -> JSON:
+def check(
+    schema: JSON | None,
+    constraints: JSON | None,
+    parameters: JSON,
+    namespace: str | None = None,
+) -> JSON:
     """Validate parameters (after defaults) against the plan schema and namespace constraints.
 
     Returns the parameters with defaults filled in. Raises ``InvalidParameters`` listing every
-    problem of both schemas.
+    problem of both schemas; a constraint's problems end ``[namespace NAME]``, as the platform's
+    do, so the user sees which namespace refused (it may come from the environment or login).
     """
     from servicebay.osb import InvalidParameters, apply_defaults, validate_parameters
 
     filled = apply_defaults(schema, parameters)
     problems = []
-    for current, suffix in ((schema, ""), (constraints, " [namespace constraint]")):
+    origin = f" [namespace {namespace}]" if namespace else " [namespace constraint]"
+    for current, suffix in ((schema, ""), (constraints, origin)):
         try:
             validate_parameters(current, filled)
         except InvalidParameters as error:

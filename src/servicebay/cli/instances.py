@@ -95,7 +95,7 @@ async def _provision(
             show_dry_run(report, schema, output)
             return
         # Checked here first so a mistake costs no round trip and names field, rule and range.
-        params.check(schema, plan.get("constraints"), parameters)
+        params.check(schema, plan.get("constraints"), parameters, namespace)
         accepted = await api.provision(service, plan_name, name, namespace, parameters)
         await follow(api, accepted["operation"], what=f"provision {name}", no_wait=no_wait)
         await _show_after(api, accepted["instance"], no_wait, output)
@@ -145,7 +145,7 @@ async def _update(
             show_dry_run(report, schema, output)
             return
         if parameters is not None:
-            params.check(schema, plan.get("constraints"), parameters)
+            params.check(schema, plan.get("constraints"), parameters, namespace)
         accepted = await api.update(name, namespace, plan=plan_name, parameters=parameters)
         await follow(api, accepted["operation"], what=f"update {name}", no_wait=no_wait)
         await _show_after(api, accepted["instance"], no_wait, output)
