@@ -178,3 +178,46 @@ async def test_web_page_is_served_without_a_build_step(platform: PlatformUnderTe
     script = await platform.client.get("/web/app.js", headers={"Authorization": ""})
     assert script.status_code == 200 and "/api/v1" in script.text
     assert (await platform.client.get("/web/style.css")).status_code == 200
+
+
+async def test_writes_with_wait_answer_with_the_finished_operation(
+    platform: PlatformUnderTest, fake: FakeBroker
+) -> None:
+    """`?wait=` on provision, bind, unbind and deprovision answers 202 once the operation has
+    finished, with its final state; each request still reaches the broker once."""
+    await platform.register_fake()
+    c = platform.client
+    wait = {"wait": 20}
+    body = {"service": "fake", "plan": "sync", "name": "w1"}
+    r = await c.post("/api/v1/instances", json=body, params=wait)
+    assert r.status_code == 202, r.text
+    assert r.json()["operation"]["state"] == "succeeded"
+    assert r.json()["operation"]["finished_at"] is not None
+    assert fake.count("PUT", r.json()["instance"]["id"]) == 1
+    assert (await c.get("/api/v1/instances/w1")).json()["state"] == "ready"
+
+    r = await c.post("/api/v1/bindings", json={"instance": "w1", "app": "web"}, params=wait)
+    assert r.status_code == 202 and r.json()["operation"]["state"] == "succeeded", r.text
+    assert (await c.get("/api/v1/bindings/w1-web")).json()["credentials"]
+    fake.fail_deletes = 0
+    r = await c.delete("/api/v1/bindings/w1-web", params=wait)
+    assert r.status_code == 202 and r.json()["operation"]["state"] == "succeeded", r.text
+    r = await c.delete("/api/v1/instances/w1", params=wait)
+    assert r.status_code == 202 and r.json()["operation"]["state"] == "succeeded", r.text
+    assert (await c.get("/api/v1/instances/w1")).status_code == 404
+    assert fake.instances == {}
+
+
+async def test_write_with_a_bad_wait_is_refused_before_anything_is_stored(
+    platform: PlatformUnderTest, fake: FakeBroker
+) -> None:
+    """An out-of-range or non-numeric `wait` is a 400, and no instance is created."""
+    await platform.register_fake()
+    c = platform.client
+    body = {"service": "fake", "plan": "sync", "name": "w2"}
+    for bad in ("61", "-1", "soon"):
+        r = await c.post("/api/v1/instances", json=body, params={"wait": bad})
+        assert r.status_code == 400, r.text
+        assert r.json()["error"] == "bad_request" and "wait" in r.json()["message"]
+    assert (await c.get("/api/v1/instances/w2")).status_code == 404
+    assert fake.instances == {}

@@ -23,6 +23,7 @@ import functools
 import logging
 import os
 import socket
+import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
@@ -34,6 +35,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from servicebay.platform.broker_link import BrokerEndpoint, Reply, Verdict
 from servicebay.platform.services.catalog import endpoint_of
 from servicebay.platform.services.operations import audit, enqueue
+from servicebay.platform.services.records import operation_view
 from servicebay.platform.services.runtime import Platform
 from servicebay.platform.store import tables, utcnow
 
@@ -105,17 +107,29 @@ class Worker:
         self.settings = platform.settings
         self.concurrency = concurrency or self.settings.worker_concurrency
         self.id = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        self._running: set[asyncio.Task[None]] = set()
+        # Slots kept for operations the API is queueing (id -> when), see reserve().
+        self._reserved: dict[str, float] = {}
+        self._accepting = False
+        self._starved = False
+        # What each step committed last, as the API shows it: handed to waiters by drive().
+        self._results: dict[str, dict[str, Any]] = {}
 
     async def run(self, stop: asyncio.Event) -> None:
         """Work until ``stop`` is set, driving up to ``concurrency`` operations at once.
 
-        One loop claims for every free slot in a single transaction (a write transaction is
-        the scarce resource, on SQLite especially) and hands each operation to its own task.
+        Operations queued by this process's API arrive leased, through :meth:`deliver`. One
+        loop claims the others (queued elsewhere, or due again) for every free slot in a
+        single transaction (a write transaction is the scarce resource, on SQLite especially)
+        and hands each operation to its own task.
         """
-        running: set[asyncio.Task[None]] = set()
+        self.platform.local = self
+        self._accepting = True
         try:
             while not stop.is_set():
-                free = self.concurrency - len(running)
+                self._expire_reservations()
+                free = self.concurrency - len(self._running) - len(self._reserved)
+                self._starved = free <= 0
                 jobs: list[Job] = []
                 if free > 0:
                     try:
@@ -123,30 +137,72 @@ class Worker:
                     except Exception:
                         log.exception("claiming operations failed")
                 for job in jobs:
-                    task = asyncio.create_task(self.drive(job))
-                    running.add(task)
-                    task.add_done_callback(running.discard)
+                    self._start(self.drive(job))
                 if jobs and len(jobs) < free:
                     continue  # there may be more due right now
-                await self._idle(running)
+                await self._idle()
         finally:
-            if running:
-                await asyncio.wait(running, timeout=self.settings.broker_timeout)
-            for task in running:
+            self._accepting = False
+            if self.platform.local is self:
+                self.platform.local = None
+            if self._running:
+                await asyncio.wait(self._running, timeout=self.settings.broker_timeout)
+            for task in self._running:
                 task.cancel()
 
-    async def _idle(self, running: set[asyncio.Task[None]]) -> None:
-        """Wait for new work (wake-up), a free slot (a step ended), or the poll interval."""
-        wake = asyncio.create_task(self.platform.wake.wait())
-        try:
-            await asyncio.wait(
-                {wake, *running},
-                timeout=self.settings.poll_interval,
-                return_when=asyncio.FIRST_COMPLETED,
-            )
-        finally:
-            wake.cancel()
+    def _start(self, work: Awaitable[None]) -> None:
+        task = asyncio.ensure_future(work)
+        self._running.add(task)
+        task.add_done_callback(self._ended)
+
+    def _ended(self, task: asyncio.Task[None]) -> None:
+        self._running.discard(task)
+        if self._starved:
+            self.platform.notify()  # a slot is free again and the claim loop wanted one
+
+    async def _idle(self) -> None:
+        """Wait for new work (wake-up) or the poll interval."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self.platform.wake.wait(), self.settings.poll_interval)
         self.platform.wake.clear()
+
+    # -- hand-off from this process's API ---------------------------------------------------
+
+    def reserve(self, operation_id: str) -> dt.datetime | None:
+        """Keep a slot for an operation the API is queueing; the lease's end, or None if full.
+
+        The API stores the operation already leased to this worker, so no claim is needed,
+        and hands it over with :meth:`deliver` once committed. A reservation never delivered
+        (the transaction failed) expires; a lease never driven lapses and any worker claims it.
+        """
+        if not self._accepting:
+            return None
+        if len(self._running) + len(self._reserved) >= self.concurrency:
+            self._starved = True
+            return None
+        self._reserved[operation_id] = time.monotonic()
+        return utcnow() + dt.timedelta(seconds=self.settings.lease_seconds)
+
+    def deliver(self, operation: dict[str, Any]) -> None:
+        """Start driving an operation leased with :meth:`reserve` (after its commit)."""
+        if self._reserved.pop(operation["id"], None) is not None and self._accepting:
+            self._start(self._take(operation))
+
+    def _expire_reservations(self) -> None:
+        limit = time.monotonic() - self.settings.lease_seconds
+        for op_id, since in list(self._reserved.items()):
+            if since < limit:
+                del self._reserved[op_id]
+
+    async def _take(self, operation: dict[str, Any]) -> None:
+        async with self.platform.db.read() as conn:
+            row = await self._load(conn, operation["id"])
+        job = self._job_from(row, operation["lease_until"])
+        if job is not None:
+            await self.drive(job)
+        elif self._target_missing(row):
+            async with self.platform.db.begin() as conn:
+                await self._fail_missing(conn, row)
 
     async def run_until_idle(self) -> None:
         """Drive operations one by one until none is due (tests and one-shot use)."""
@@ -196,14 +252,33 @@ class Worker:
 
     async def _job(self, conn: AsyncConnection, op_id: str, lease: dt.datetime) -> Job | None:
         """Load a claimed operation with its instance, plan, broker and binding in one query."""
-        row = (await conn.execute(_job_query(), {"op_id": op_id})).mappings().one()
+        row = await self._load(conn, op_id)
+        job = self._job_from(row, lease)
+        if job is None and self._target_missing(row) and self._owns(row, lease):
+            with contextlib.suppress(LeaseLost):
+                await self._fail_missing(conn, row)
+        return job
+
+    async def _load(self, conn: AsyncConnection, op_id: str) -> Any:
+        return (await conn.execute(_job_query(), {"op_id": op_id})).mappings().one()
+
+    def _owns(self, row: Any, lease: dt.datetime) -> bool:
+        return bool(row["owner"] == self.id and row["lease_until"] == lease)
+
+    def _target_missing(self, row: Any) -> bool:
+        missing_binding = row["binding_id"] is not None and row["binding_kind"] is None
+        return row["target_instance"] is None or missing_binding
+
+    async def _fail_missing(self, conn: AsyncConnection, row: Any) -> None:
         op = {column.name: row[column.name] for column in tables.operations.columns}
-        if op["owner"] != self.id or op["lease_until"] != lease:
-            return None  # not ours after all: another worker claimed it first
-        missing_binding = op["binding_id"] is not None and row["binding_kind"] is None
-        if row["target_instance"] is None or missing_binding:
-            await self._finish(conn, op, "failed", "the record no longer exists")
-            return None
+        await self._finish(conn, op, "failed", "the record no longer exists")
+        self._results.pop(op["id"], None)
+
+    def _job_from(self, row: Any, lease: dt.datetime) -> Job | None:
+        """The job of a loaded operation if this worker holds its lease and its record exists."""
+        if not self._owns(row, lease) or self._target_missing(row):
+            return None  # not ours after all (another worker claimed it first), or gone
+        op = {column.name: row[column.name] for column in tables.operations.columns}
         request = self.platform.cipher.open(op["request"]) or {}
         # An update to another plan polls and deprovisions with the plan it is moving to.
         plan_id = request.get("body", {}).get("plan_id") or row["broker_plan_id"]
@@ -226,9 +301,12 @@ class Worker:
     async def drive(self, job: Job) -> None:
         """Run one step of a claimed operation, keeping its lease alive meanwhile."""
         heartbeat = asyncio.create_task(self._heartbeat(job.op["id"]))
+        result: dict[str, Any] | None = None
         try:
             step = _STEPS[(job.op["kind"], job.op["phase"])]
             await step(self, job)
+            committed = self._results.pop(job.op["id"], None)
+            result = operation_view(committed) if committed is not None else None
         except LeaseLost:
             log.warning("lease lost; another worker continues", extra={"op": job.op["id"]})
         except Exception:
@@ -240,10 +318,11 @@ class Worker:
                         conn, job, self._backoff(job), description="internal error; retrying"
                     )
         finally:
+            self._results.pop(job.op["id"], None)  # a result not committed is no result
             heartbeat.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await heartbeat
-            self.platform.changed(job.op["id"])
+            self.platform.changed(job.op["id"], result)
 
     async def _heartbeat(self, op_id: str) -> None:
         o = tables.operations
@@ -320,6 +399,8 @@ class Worker:
         )
         if result.rowcount != 1:
             raise LeaseLost(op["id"])
+        finished = {**op, "state": state, "description": description}
+        self._results[op["id"]] = {**finished, "finished_at": now, "updated_at": now}
         target = f"{op['namespace']}/{op['binding_name'] or op['instance_name']}"
         await audit(
             conn,
@@ -366,6 +447,7 @@ class Worker:
         await conn.execute(
             o.update().where(o.c.id == op["id"]).values(orphan_mitigation_id=child["id"])
         )
+        self._results[op["id"]]["orphan_mitigation_id"] = child["id"]
         await self._set_target(conn, job, state="orphan_mitigation", last_operation_id=child["id"])
         self.platform.notify()
 

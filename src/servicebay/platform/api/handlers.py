@@ -69,6 +69,30 @@ def _json(data: Any, status: int = 200) -> JSONResponse:
     return JSONResponse(data, status_code=status)
 
 
+def _wait(request: Request) -> float | None:
+    """The ``wait`` query parameter in seconds, if given (checked before anything is done)."""
+    raw = request.query_params.get("wait")
+    if raw is None:
+        return None
+    try:
+        seconds = float(raw)
+    except ValueError:
+        raise BadRequest("wait: must be a number of seconds") from None
+    if not 0 <= seconds <= operations.MAX_WAIT:
+        raise BadRequest(f"wait: must be between 0 and {operations.MAX_WAIT:.0f} seconds")
+    return seconds
+
+
+async def _accepted(request: Request, view: dict[str, Any], wait: float | None) -> Response:
+    """202 with the operation, or with ``?wait=``: with the operation once it has finished (or
+    as it is when the wait ends); the record is shown as it was accepted."""
+    if wait is not None:
+        view["operation"] = await operations.wait_operation(
+            _platform(request), view["operation"]["id"], wait, current=view["operation"]
+        )
+    return _json(view, 202)
+
+
 # -- identity and health -----------------------------------------------------------------------
 
 
@@ -193,6 +217,7 @@ async def marketplace_service(request: Request) -> Response:
 async def provision(request: Request) -> Response:
     """Provision (or dry-run) an instance."""
     body = parse_body(ProvisionIn, await request.body())
+    wait = _wait(request)
     status, view = await instances.provision(
         _platform(request),
         _actor(request),
@@ -204,7 +229,7 @@ async def provision(request: Request) -> Response:
         maintenance_info=body.maintenance_info,
         dry_run=body.dry_run,
     )
-    return _json(view, status)
+    return _json(view, status) if status != 202 else await _accepted(request, view, wait)
 
 
 async def list_instances(request: Request) -> Response:
@@ -233,6 +258,7 @@ async def get_instance(request: Request) -> Response:
 async def update_instance(request: Request) -> Response:
     """Update (or dry-run an update of) an instance."""
     body = parse_body(UpdateIn, await request.body())
+    wait = _wait(request)
     status, view = await instances.update(
         _platform(request),
         _actor(request),
@@ -243,15 +269,16 @@ async def update_instance(request: Request) -> Response:
         maintenance_info=body.maintenance_info,
         dry_run=body.dry_run,
     )
-    return _json(view, status)
+    return _json(view, status) if status != 202 else await _accepted(request, view, wait)
 
 
 async def deprovision(request: Request) -> Response:
     """Deprovision an instance."""
+    wait = _wait(request)
     view = await instances.deprovision(
         _platform(request), _actor(request), name=_path(request), namespace=_namespace(request)
     )
-    return _json(view, 202)
+    return await _accepted(request, view, wait)
 
 
 async def purge(request: Request) -> Response:
@@ -269,6 +296,7 @@ async def purge(request: Request) -> Response:
 async def bind(request: Request) -> Response:
     """Create a binding or service key."""
     body = parse_body(BindIn, await request.body())
+    wait = _wait(request)
     view = await bindings.bind(
         _platform(request),
         _actor(request),
@@ -279,7 +307,7 @@ async def bind(request: Request) -> Response:
         name=body.name,
         parameters=body.parameters,
     )
-    return _json(view, 202)
+    return await _accepted(request, view, wait)
 
 
 async def list_bindings(request: Request) -> Response:
@@ -307,10 +335,11 @@ async def get_binding(request: Request) -> Response:
 
 async def unbind(request: Request) -> Response:
     """Delete a binding or service key."""
+    wait = _wait(request)
     view = await bindings.unbind(
         _platform(request), _actor(request), name=_path(request), namespace=_namespace(request)
     )
-    return _json(view, 202)
+    return await _accepted(request, view, wait)
 
 
 async def app_bindings(request: Request) -> Response:
@@ -343,15 +372,11 @@ async def list_operations(request: Request) -> Response:
 
 async def get_operation(request: Request) -> Response:
     """One operation, optionally waiting for it to finish."""
-    raw = request.query_params.get("wait")
+    wait = _wait(request)
     op_id = request.path_params["id"]
-    if raw is None:
+    if wait is None:
         return _json(await operations.get_operation(_platform(request), op_id))
-    try:
-        seconds = float(raw)
-    except ValueError:
-        raise BadRequest("wait: must be a number of seconds") from None
-    return _json(await operations.wait_operation(_platform(request), op_id, seconds))
+    return _json(await operations.wait_operation(_platform(request), op_id, wait))
 
 
 async def list_audit(request: Request) -> Response:

@@ -53,6 +53,16 @@ ROUTES: list[Route] = [
     ("GET", "/audit", "list_audit", "The audit trail", None, 200),
 ]
 
+# Routes that accept ``?wait=SECONDS``: answer once the operation has finished (at most 60 s).
+WAITING = {"provision", "update_instance", "deprovision", "bind", "unbind", "get_operation"}
+_WAIT: dict[str, Any] = {
+    "name": "wait",
+    "in": "query",
+    "required": False,
+    "description": "answer once the operation has finished, or after this many seconds",
+    "schema": {"type": "number", "minimum": 0, "maximum": 60},
+}
+
 _ERROR = {
     "type": "object",
     "required": ["error", "message"],
@@ -97,6 +107,8 @@ def _operation(
         for n in ("name", "service", "app", "id")
         if "{" + n + "}" in path
     ]
+    if handler in WAITING:
+        params.append(_WAIT)
     if params:
         op["parameters"] = params
     if model is not None:

@@ -124,6 +124,7 @@ async def bind(
             binding_id=binding_id,
             binding_name=name,
             request={"body": body},
+            handoff=True,
         )
         now = utcnow()
         record: dict[str, Any] = {
@@ -152,7 +153,7 @@ async def bind(
             operation_id=op["id"],
             details={"instance": instance, "app": app, "parameters": shown},
         )
-    platform.notify()
+    platform.submit(op)
     view = binding_view(
         with_operation(
             record,
@@ -194,6 +195,7 @@ async def unbind(platform: Platform, actor: Actor, *, name: str, namespace: str)
             binding_id=row["id"],
             binding_name=name,
             request={"previous_state": row["state"]},
+            handoff=True,
         )
         b = tables.bindings
         await conn.execute(
@@ -209,7 +211,7 @@ async def unbind(platform: Platform, actor: Actor, *, name: str, namespace: str)
             outcome="accepted",
             operation_id=op["id"],
         )
-    platform.notify()
+    platform.submit(op)
     view = binding_view(with_operation(row, op, state="unbinding"))
     return {"binding": view, "operation": operation_view(op)}
 

@@ -170,6 +170,7 @@ async def provision(
             instance_id=instance_id,
             instance_name=name,
             request={"body": body},
+            handoff=True,
         )
         record: dict[str, Any] = {
             "id": instance_id,
@@ -196,7 +197,7 @@ async def provision(
             operation_id=op["id"],
             details={"service": service, "plan": plan, "parameters": shown_params},
         )
-    platform.notify()
+    platform.submit(op)
     view = instance_view(
         with_operation(
             record, op, plan_name=plan, service_name=service, broker_name=offering.broker_name
@@ -309,6 +310,7 @@ async def update(
                 "maintenance_info": maintenance_info,
                 "previous_state": row["state"],
             },
+            handoff=True,
         )
         await _set_instance(conn, row["id"], state="updating", last_operation_id=op["id"])
         await audit(
@@ -320,7 +322,7 @@ async def update(
             operation_id=op["id"],
             details={"plan": target_plan, "parameters": redact(schema, checked)},
         )
-    platform.notify()
+    platform.submit(op)
     view = instance_view(with_operation(row, op, state="updating"))
     return 202, {"instance": view, "operation": operation_view(op)}
 
@@ -355,6 +357,7 @@ async def deprovision(
             instance_id=row["id"],
             instance_name=name,
             request={"previous_state": row["state"]},
+            handoff=True,
         )
         await _set_instance(conn, row["id"], state="deprovisioning", last_operation_id=op["id"])
         await audit(
@@ -365,7 +368,7 @@ async def deprovision(
             outcome="accepted",
             operation_id=op["id"],
         )
-    platform.notify()
+    platform.submit(op)
     view = instance_view(with_operation(row, op, state="deprovisioning"))
     return {"instance": view, "operation": operation_view(op)}
 

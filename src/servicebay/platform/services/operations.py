@@ -44,8 +44,13 @@ async def enqueue(
     parent_id: str | None = None,
     description: str | None = None,
     state: str = "queued",
+    handoff: bool = False,
 ) -> dict[str, Any]:
-    """Insert a queued operation (its ``request`` encrypted) and return its row as a dict."""
+    """Insert a queued operation (its ``request`` encrypted) and return its row as a dict.
+
+    With ``handoff``, the operation is leased to the in-process worker when it has a free slot
+    (as a claim would), and the caller passes the row to ``platform.submit`` after committing.
+    """
     now = utcnow()
     row: dict[str, Any] = {
         "id": str(uuid.uuid4()),
@@ -73,6 +78,10 @@ async def enqueue(
         "updated_at": now,
         "finished_at": now if state in TERMINAL else None,
     }
+    if handoff and state == "queued":
+        taken = platform.lease_for_local(row["id"])
+        if taken is not None:
+            row.update(owner=taken[0], lease_until=taken[1], state="in progress", attempts=1)
     await conn.execute(_INSERT_OPERATION, row)
     return row
 
@@ -122,28 +131,41 @@ async def get_operation(platform: Platform, operation_id: str) -> dict[str, Any]
     return view
 
 
-async def wait_operation(platform: Platform, operation_id: str, seconds: float) -> dict[str, Any]:
-    """The operation once terminal, or as it is after ``seconds`` (at most 60)."""
+async def wait_operation(
+    platform: Platform,
+    operation_id: str,
+    seconds: float,
+    *,
+    current: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """The operation once terminal, or as it is after ``seconds`` (at most 60).
+
+    ``current`` is its view as the caller just committed it, to start from without a read
+    (the watch is registered before this first yields, so no wake-up is missed).
+    """
     if not 0 <= seconds <= MAX_WAIT:
         raise BadRequest(f"wait must be between 0 and {MAX_WAIT:.0f} seconds")
     deadline = time.monotonic() + seconds
-    # This process's worker wakes us at once; the timeout only covers operations driven by
-    # another process, so it can start slow and stay cheap.
+    # This process's worker wakes us at once, with the result it committed; the timeout only
+    # covers operations driven by another process, so it can start slow and stay cheap.
     delay = 0.25
-    event = platform.watch(operation_id)
+    watch = platform.watch(operation_id)
     try:
         while True:
-            event.clear()
-            view = await get_operation(platform, operation_id)
+            watch.clear()
+            view = current or await get_operation(platform, operation_id)
+            current = None
             if view["state"] in TERMINAL or time.monotonic() >= deadline:
                 return view
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(
-                    event.wait(), min(delay, max(0.0, deadline - time.monotonic()))
+                    watch.event.wait(), min(delay, max(0.0, deadline - time.monotonic()))
                 )
+            if watch.view is not None and watch.view["state"] in TERMINAL:
+                return watch.view
             delay = min(delay * 2, 1.0)
     finally:
-        platform.unwatch(operation_id, event)
+        platform.unwatch(operation_id, watch)
 
 
 async def list_operations(

@@ -1,15 +1,19 @@
 """What every use case needs, built once per process: database, cipher, broker link, tokens.
 
-A :class:`Platform` is shared by the HTTP API and the worker of one process. ``notify()`` wakes
-the in-process worker as soon as an operation is queued; workers in other processes find it
-by polling the database.
+A :class:`Platform` is shared by the HTTP API and the worker of one process. An operation the
+API queues is leased at once to the in-process worker when it has a free slot (``local``), and
+handed to it by ``submit()`` after the transaction commits: no claim, no waiting. Otherwise
+``submit()`` wakes the worker's claim loop; workers in other processes find the operation by
+polling the database. Waiters on an operation are woken with its view by ``changed()``.
 """
 
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import hmac
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any, Protocol
 
 import httpx
 
@@ -32,6 +36,32 @@ class Actor:
         return cls(user=user, admin=user == "admin")
 
 
+class LocalWorker(Protocol):
+    """The in-process worker as the use cases see it (``servicebay.platform.worker.Worker``)."""
+
+    id: str
+
+    def reserve(self, operation_id: str) -> dt.datetime | None:
+        """Keep a slot for an operation about to be queued; the lease's end, or None if full."""
+
+    def deliver(self, operation: dict[str, Any]) -> None:
+        """Start driving a committed operation leased with :meth:`reserve`."""
+
+
+@dataclass(eq=False)
+class OperationWatch:
+    """Set when this process's worker changes an operation; ``view`` is the committed result
+    when the worker knows it (the waiter then needs no read)."""
+
+    event: asyncio.Event = field(default_factory=asyncio.Event)
+    view: dict[str, Any] | None = None
+
+    def clear(self) -> None:
+        """Forget what was seen, before reading the operation again."""
+        self.event.clear()
+        self.view = None
+
+
 class Platform:
     """The services' shared resources for one process."""
 
@@ -44,7 +74,8 @@ class Platform:
         self._tokens = load_tokens(settings.home, settings.tokens)
         self.link = BrokerLink(timeout=settings.broker_timeout, transport=transport)
         self.wake = asyncio.Event()
-        self._watchers: dict[str, set[asyncio.Event]] = {}
+        self.local: LocalWorker | None = None
+        self._watchers: dict[str, set[OperationWatch]] = {}
 
     async def start(self) -> None:
         """Apply migrations; call before serving or working."""
@@ -67,24 +98,41 @@ class Platform:
         """Tell the in-process worker there is work."""
         self.wake.set()
 
-    def watch(self, operation_id: str) -> asyncio.Event:
-        """An event set when this process's worker next changes the operation.
+    def lease_for_local(self, operation_id: str) -> tuple[str, dt.datetime] | None:
+        """(owner, lease end) for an operation the in-process worker will take, if it can."""
+        local = self.local
+        if local is None:
+            return None
+        lease = local.reserve(operation_id)
+        return None if lease is None else (local.id, lease)
+
+    def submit(self, operation: dict[str, Any]) -> None:
+        """After the commit: hand a locally leased operation over, or wake the claim loop."""
+        local = self.local
+        if local is not None and operation["owner"] == local.id:
+            local.deliver(operation)
+        else:
+            self.notify()
+
+    def watch(self, operation_id: str) -> OperationWatch:
+        """A watch set when this process's worker next changes the operation.
 
         Waiters still poll the database as well: another process's worker may drive it.
         """
-        event = asyncio.Event()
-        self._watchers.setdefault(operation_id, set()).add(event)
-        return event
+        watch = OperationWatch()
+        self._watchers.setdefault(operation_id, set()).add(watch)
+        return watch
 
-    def unwatch(self, operation_id: str, event: asyncio.Event) -> None:
+    def unwatch(self, operation_id: str, watch: OperationWatch) -> None:
         """Stop watching (see :meth:`watch`)."""
-        events = self._watchers.get(operation_id)
-        if events is not None:
-            events.discard(event)
-            if not events:
+        watches = self._watchers.get(operation_id)
+        if watches is not None:
+            watches.discard(watch)
+            if not watches:
                 del self._watchers[operation_id]
 
-    def changed(self, operation_id: str) -> None:
-        """Wake whoever waits on this operation in this process."""
-        for event in self._watchers.get(operation_id, ()):
-            event.set()
+    def changed(self, operation_id: str, view: dict[str, Any] | None = None) -> None:
+        """Wake whoever waits on this operation in this process, with its committed view."""
+        for watch in self._watchers.get(operation_id, ()):
+            watch.view = view
+            watch.event.set()
