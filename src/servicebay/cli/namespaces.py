@@ -220,8 +220,6 @@ class _Changes:
         if self.all_plans:
             visible = None
         if self.show:
-            if visible is None:
-                note(f"note: every other plan is now hidden (visible: {', '.join(self.show)})")
             visible = _added(visible or [], self.show)
         for entry in self.hide:
             if visible is None or entry not in visible:
@@ -301,6 +299,8 @@ async def _update(
             "max_instances": current["max_instances"],
         }
     await _write(name, changes.applied(base), output, create=False)
+    if changes.show and base.get("visible_plans") is None:
+        note(f"every other plan is now hidden (visible: {', '.join(changes.show)})")
 
 
 async def _warn_unmatched(api: PlatformAPI, namespace: Namespace) -> None:
@@ -323,11 +323,12 @@ async def _warn_unmatched(api: PlatformAPI, namespace: Namespace) -> None:
 
 
 def _has_parameter(plan: Any, field: str) -> bool:
-    """Whether a plan's provision or update schema declares ``field`` (dotted path)."""
-    return any(
-        params.property_schema(params.plan_schema(plan, action), field.split(".")) is not None
-        for action in ("instance_create", "instance_update")
-    )
+    """Whether a plan may take ``field`` (dotted path): its schemas declare it, or it has none."""
+    schemas = [params.plan_schema(plan, a) for a in ("instance_create", "instance_update")]
+    if not any(schemas):
+        return True  # no schema: any parameter is accepted, so the rule can apply
+    path = field.split(".")
+    return any(params.property_schema(schema, path) is not None for schema in schemas if schema)
 
 
 @namespace_app.command("list")
