@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import json
 import os
 import socket
@@ -33,9 +32,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from websockets.asyncio.client import ClientConnection, connect
+from websockets.asyncio.client import connect
 
-from servicebay.chat.client import ChatClient
+from servicebay.chat.client import ACK_EVERY, ChatClient
 from servicebay.chat.stores import Retention
 from servicebay.chat.stores.sqlite import SQLiteChatStore
 
@@ -167,7 +166,7 @@ class Receiver:
         async with connect(self.url, max_size=None, compression=None) as ws:
             hello = {"type": "hello", "token": self.token, "rooms": {"bench": 0}}
             await ws.send(json.dumps(hello))
-            acker = asyncio.create_task(self.ack_every_20ms(ws))
+            acked, acked_at = 0, 0.0
             async for raw in ws:
                 now = time.perf_counter()
                 data = json.loads(raw)
@@ -179,22 +178,14 @@ class Receiver:
                         assert seq == self.last + 1, "gap or duplicate"
                         self.last = seq
                         self.latencies.append(now - float(frame["body"]))
+                # Cumulative acks at most every ACK_EVERY, as servicebay.chat.client sends them
+                # (checked on arrival: no timer per receiver), and one for the last message.
+                if self.last > acked and (now - acked_at >= ACK_EVERY or self.last >= self.total):
+                    await ws.send(json.dumps({"type": "ack", "room": "bench", "seq": self.last}))
+                    acked, acked_at = self.last, now
                 if self.last >= self.total:
                     break
-            acker.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await acker
-            await ws.send(json.dumps({"type": "ack", "room": "bench", "seq": self.last}))
             self.done.set()
-
-    async def ack_every_20ms(self, ws: ClientConnection) -> None:
-        """Cumulative acks at most every 20 ms, as ``servicebay.chat.client`` sends them."""
-        acked = 0
-        while True:
-            await asyncio.sleep(0.02)
-            if self.last > acked:
-                acked = self.last
-                await ws.send(json.dumps({"type": "ack", "room": "bench", "seq": acked}))
 
 
 async def scenario(receivers: int, mode: str, messages: int, rate: float) -> Run:

@@ -43,7 +43,7 @@ import httpx
 from websockets.asyncio.client import connect
 
 from servicebay import bindings
-from servicebay.chat.client import ChatClient
+from servicebay.chat.client import ACK_EVERY, ChatClient
 from servicebay.chat.stores import Retention, open_store
 
 BODY = "x" * 64
@@ -211,7 +211,7 @@ class Receiver:
                         assert frame["seq"] == self.last + 1, "gap or duplicate"
                         self.last = frame["seq"]
                         self.latencies.append(now - float(frame["body"]))
-                if self.last > acked and (now - acked_at >= 0.02 or self.last >= self.total):
+                if self.last > acked and (now - acked_at >= ACK_EVERY or self.last >= self.total):
                     await ws.send(json.dumps({"type": "ack", "room": "b", "seq": self.last}))
                     acked, acked_at = self.last, now
                 if self.last >= self.total:

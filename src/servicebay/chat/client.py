@@ -33,7 +33,10 @@ from servicebay.chat.protocol import VERSION
 log = structlog.get_logger("servicebay.chat.client")
 
 RETRYABLE = {"unavailable", "not_ready"}
-ACK_EVERY = 0.02
+# Acks are cumulative: one per room per 50 ms is plenty, and with 100 receivers in a room each
+# ack frame costs the server as much as a delivery (measured: 20 ms → 50 ms cut the server's ack
+# frames by 2.5x at 500 msg/s). The durable cursor trails by that much more: redelivery, never loss.
+ACK_EVERY = 0.05
 
 
 class ChatError(Exception):

@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+from collections import deque
 from collections.abc import AsyncIterator, Coroutine
 from contextlib import asynccontextmanager
 from importlib import resources
@@ -61,6 +62,32 @@ HELLO_TIMEOUT = 30.0  # seconds an unauthenticated connection may stay open
 OUT_MESSAGE_BYTES = 256 * 1024  # stop packing frames into one message beyond this
 
 
+class Outbox:
+    """A session's outgoing frames: queued without waiting, taken all at once by its writer.
+
+    (An ``asyncio.Queue`` costs a get per frame; the writer wants everything queued anyway.)
+    """
+
+    def __init__(self) -> None:
+        """Start empty."""
+        self._items: deque[str | None] = deque()
+        self._waiter: asyncio.Future[None] | None = None
+
+    def put_nowait(self, item: str | None) -> None:
+        """Queue a frame (or ``Frames``); None tells the writer to stop after what is queued."""
+        self._items.append(item)
+        if self._waiter is not None and not self._waiter.done():
+            self._waiter.set_result(None)
+
+    async def take(self) -> deque[str | None]:
+        """Everything queued, once there is something."""
+        while not self._items:
+            self._waiter = asyncio.get_running_loop().create_future()
+            await self._waiter
+        items, self._items = self._items, deque()
+        return items
+
+
 class Session:
     """One WebSocket connection: authentication, subscriptions, and the outgoing queue."""
 
@@ -69,7 +96,7 @@ class Session:
         self.ws = ws
         self.service = service
         self.user: User | None = None
-        self.out: asyncio.Queue[str | None] = asyncio.Queue()
+        self.out = Outbox()
         self.loops: dict[str, asyncio.Task[None]] = {}
         self.acked: dict[str, int] = {}
         self.position: dict[str, int] = {}  # per room: last seq queued for the socket
@@ -132,27 +159,34 @@ class Session:
 
     async def _write_out(self) -> None:
         """Send queued frames; whatever queued up meanwhile goes as one JSON array message."""
-        out = self.out
-        while (item := await out.get()) is not None:
-            many = isinstance(item, Frames)
-            if not out.empty():
-                parts, size = [item], len(item)
-                while size < OUT_MESSAGE_BYTES and not out.empty():
-                    more = out.get_nowait()
-                    if more is None:
-                        out.put_nowait(None)
+        while True:
+            items = await self.out.take()
+            while items:
+                parts: list[str] = []
+                size, many, stop = 0, False, False
+                while items and size < OUT_MESSAGE_BYTES:
+                    if (item := items.popleft()) is None:
+                        stop = True
                         break
-                    parts.append(more)
-                    size += len(more)
-                many = many or len(parts) > 1
-                item = ",".join(parts)
-            try:
-                await self.ws.send_text("[" + item + "]" if many else item)
-            except Exception:
-                return  # the socket is gone; the reader notices and ends the session
-        if self.close_code is not None:
-            with contextlib.suppress(Exception):  # already closed by the client: same outcome
-                await self.ws.close(code=self.close_code)
+                    parts.append(item)
+                    size += len(item)
+                    many = many or isinstance(item, Frames)
+                if parts and not await self._send_text(
+                    "[" + ",".join(parts) + "]" if many or len(parts) > 1 else parts[0]
+                ):
+                    return  # the socket is gone; the reader notices and ends the session
+                if stop:
+                    if self.close_code is not None:
+                        with contextlib.suppress(Exception):  # closed by the client: same end
+                            await self.ws.close(code=self.close_code)
+                    return
+
+    async def _send_text(self, text: str) -> bool:
+        try:
+            await self.ws.send_text(text)
+        except Exception:
+            return False
+        return True
 
     # frames ----------------------------------------------------------------------------------
 

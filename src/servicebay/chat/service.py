@@ -238,6 +238,7 @@ class ChatService:
         self._loading: dict[str, asyncio.Lock] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self._compactor: asyncio.Task[None] | None = None
+        self._out: dict[str, Any] = {}  # per room: its messages_out counter (labels() is slow)
 
     async def start(self) -> None:
         """Open the store and start compaction."""
@@ -403,7 +404,9 @@ class ChatService:
     def count_batch(self, hub: RoomHub, user: str, first: int, last: int) -> None:
         """Metrics for delivering seqs ``first..last`` (consecutive) to ``user``."""
         seen = hub.delivered_max.get(user, 0)
-        self.metrics.messages_out.labels(hub.room).inc(last - first + 1)
+        if (out := self._out.get(hub.room)) is None:
+            out = self._out[hub.room] = self.metrics.messages_out.labels(hub.room)
+        out.inc(last - first + 1)
         if seen >= first:
             self.metrics.redeliveries.labels(hub.room).inc(min(seen, last) - first + 1)
         if last > seen:
