@@ -4,6 +4,7 @@ every shape HTTP allows (chunked, until-close, no body) or misbehaves on purpose
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import datetime
 import ipaddress
@@ -14,6 +15,8 @@ from pathlib import Path
 import httpx
 import pytest
 
+from servicebay.brokers.rabbitmq import ManagementAPI, ManagementAPIError
+from servicebay.brokers.rabbitmq._management import VirtualHost
 from servicebay.brokers.rabbitmq._transport import ManagementTransport
 
 Answer = Callable[[bytes], bytes | None]  # request head+body → raw response (None: never answer)
@@ -80,6 +83,28 @@ async def test_requests_reuse_one_kept_alive_connection(serve: object) -> None:
     assert script.connections == 1
     assert script.requests[0].startswith(b"GET /api/vhosts/a%2Fb HTTP/1.1\r\n")
     assert b"X-R: 1" in script.requests[2] and script.requests[2].endswith(b'{"password":"x"}')
+
+
+async def test_management_api_encodes_its_requests_for_the_lean_transport(serve: object) -> None:
+    """ManagementAPI's own encoding: base path kept, names as one segment, Host, basic auth,
+    JSON body with its length; a bodiless error answer is reported with its reason phrase."""
+    missing = lambda _: b"HTTP/1.1 503 Service Unavailable\r\ncontent-length: 0\r\n\r\n"  # noqa: E731
+    script, url = await serve([ok(b'{"name":"a/b"}'), ok(b""), missing])  # type: ignore[operator]
+    async with ManagementAPI(url + "/rabbitmq/", "admin", "s3cret", attempts=1) as api:
+        assert (await api.get_vhost("a/b")) == VirtualHost(name="a/b")
+        await api.put_user("u", "pw")
+        with pytest.raises(ManagementAPIError, match=r"503: Service Unavailable"):
+            await api.delete_user("u")
+    assert script.connections == 1
+    get, put, delete = script.requests
+    host = url.removeprefix("http://").encode()
+    token = base64.b64encode(b"admin:s3cret")
+    assert get.startswith(b"GET /rabbitmq/api/vhosts/a%2Fb HTTP/1.1\r\n")
+    assert b"host: " + host + b"\r\n" in get and b"authorization: Basic " + token in get
+    body = b'{"password": "pw", "tags": ""}'
+    assert put.startswith(b"PUT /rabbitmq/api/users/u HTTP/1.1\r\n") and put.endswith(body)
+    assert f"content-length: {len(body)}\r\n".encode() in put
+    assert delete.startswith(b"DELETE /rabbitmq/api/users/u HTTP/1.1\r\n")
 
 
 async def test_chunked_and_until_close_bodies_are_read_whole(serve: object) -> None:

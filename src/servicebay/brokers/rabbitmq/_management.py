@@ -23,15 +23,16 @@ import base64
 import json as jsonlib
 import random
 import ssl
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
+from http import HTTPStatus
 from types import TracebackType
 from typing import Any, Literal
 from urllib.parse import quote, urlencode
 
 import httpx
 
-from servicebay.brokers.rabbitmq._transport import ManagementTransport
+from servicebay.brokers.rabbitmq._transport import Answer, ManagementTransport, Origin
 from servicebay.osb import BadRequest, Conflict, InternalError, NotFound, OSBError
 
 __all__ = [
@@ -170,10 +171,11 @@ class ManagementAPI:
 
     ``transport`` defaults to the lean ``ManagementTransport`` (tests may hand in any httpx
     transport); ``verify`` is its TLS verification (True, False, or an SSL context trusting
-    the server's CA). Requests go to the transport directly, without an ``httpx.AsyncClient``
-    around it: the client's URL merging, auth flow and redirect handling cost more CPU per
-    request than the lean transport itself, and none of it is needed here (fixed base URL,
-    basic auth, no redirects).
+    the server's CA). With the lean transport, requests are encoded here and exchanged as
+    bytes, without httpx's client, request and response objects around them: those cost more
+    CPU per request than the exchange itself, and none of what they offer is needed here (one
+    base URL, basic auth, no redirects, small JSON bodies). An injected transport gets
+    ``httpx.Request`` objects.
     """
 
     def __init__(
@@ -200,6 +202,13 @@ class ManagementAPI:
         # Read by httpx's own transports; ManagementTransport keeps its own timeout.
         self._extensions = {"timeout": httpx.Timeout(timeout).as_dict()}
         self._transport = transport or ManagementTransport(verify=verify, timeout=timeout)
+        self._lean = self._transport if isinstance(self._transport, ManagementTransport) else None
+        url = httpx.URL(self._api_url)
+        port = url.port or (443 if url.scheme == "https" else 80)
+        self._origin: Origin = (url.scheme, url.host, port)
+        self._path = url.raw_path.decode("ascii").rstrip("/")
+        fixed = {"host": url.netloc.decode("ascii"), **self._headers}
+        self._fixed_head = "".join(f"{name}: {value}\r\n" for name, value in fixed.items())
 
     async def __aenter__(self) -> ManagementAPI:
         return self
@@ -394,26 +403,26 @@ class ManagementAPI:
 
     async def _json(self, method: str, path: str, *, what: str, **kwargs: Any) -> Any:
         response = await self._request(method, path, what=what, **kwargs)
-        if response.status_code == 404:
+        if response.status == 404:
             raise NotFound(f"RabbitMQ has no {what}")
         _raise_for_status(response, what=what, method=method)
-        return response.json()
+        return jsonlib.loads(response.body)
 
     async def _json_or_none(self, method: str, path: str, *, what: str, **kwargs: Any) -> Any:
         response = await self._request(method, path, what=what, **kwargs)
-        if response.status_code == 404:
+        if response.status == 404:
             return None
         _raise_for_status(response, what=what, method=method)
-        return response.json()
+        return jsonlib.loads(response.body)
 
     async def _send(self, method: str, path: str, *, what: str, **kwargs: Any) -> int:
         response = await self._request(method, path, what=what, **kwargs)
         _raise_for_status(response, what=what, method=method)
-        return response.status_code
+        return response.status
 
     async def _delete(self, path: str, *, what: str, **kwargs: Any) -> bool:
         response = await self._request("DELETE", path, what=what, **kwargs)
-        if response.status_code == 404:
+        if response.status == 404:
             return False
         _raise_for_status(response, what=what, method="DELETE")
         return True
@@ -427,20 +436,16 @@ class ManagementAPI:
         json: Any = None,
         params: Mapping[str, str] | None = None,
         headers: Mapping[str, str] | None = None,
-    ) -> httpx.Response:
+    ) -> Answer:
         """Send with retries on transient failures; return RabbitMQ's last answer."""
-        request = httpx.Request(
-            method,
-            self._api_url + path + (f"?{urlencode(params)}" if params else ""),
-            headers=self._headers if headers is None else {**self._headers, **headers},
-            content=None if json is None else jsonlib.dumps(json).encode(),
-            extensions=self._extensions,
-        )
+        target = path + (f"?{urlencode(params)}" if params else "")
+        body = b"" if json is None else jsonlib.dumps(json).encode()
+        send = self._prepare(method, target, body, headers or {})
         attempts = self._retry.attempts
         for attempt in range(attempts):
             last = attempt == attempts - 1
             try:
-                response = await self._exchange(request)
+                response = await send()
             except httpx.TransportError as exc:
                 if last:
                     raise ManagementAPIError(
@@ -448,39 +453,64 @@ class ManagementAPI:
                         f"working on {what} ({type(exc).__name__}, {attempts} attempts)"
                     ) from exc
             else:
-                if response.status_code not in _TRANSIENT_STATUSES or last:
+                if response.status not in _TRANSIENT_STATUSES or last:
                     return response
             await asyncio.sleep(self._retry.delay(attempt))
         raise AssertionError("unreachable: the last attempt returns or raises")
 
-    async def _exchange(self, request: httpx.Request) -> httpx.Response:
-        """One attempt: RabbitMQ's answer, read whole."""
+    def _prepare(
+        self, method: str, target: str, body: bytes, headers: Mapping[str, str]
+    ) -> Callable[[], Awaitable[Answer]]:
+        """One attempt's sender: the encoded request for the lean transport, or an httpx one."""
+        if self._lean is not None:
+            lean, origin = self._lean, self._origin
+            extra = "".join(f"{name}: {value}\r\n" for name, value in headers.items())
+            if body or method in ("PUT", "POST"):
+                extra += f"content-length: {len(body)}\r\n"
+            line = f"{method} {self._path}{target} HTTP/1.1\r\n"
+            head = f"{line}{self._fixed_head}{extra}\r\n".encode("ascii")
+            return lambda: lean.exchange(origin, head, body)
+        request = httpx.Request(
+            method,
+            self._api_url + target,
+            headers={**self._headers, **headers},
+            content=body or None,
+            extensions=self._extensions,
+        )
+        return lambda: self._via_httpx(request)
+
+    async def _via_httpx(self, request: httpx.Request) -> Answer:
         response = await self._transport.handle_async_request(request)
         try:
-            await response.aread()
+            content = await response.aread()
         finally:
             await response.aclose()
-        return response
+        return Answer(response.status_code, response.headers.multi_items(), content)
 
 
-def _reason(response: httpx.Response) -> str:
+def _reason(response: Answer) -> str:
     """RabbitMQ's own explanation from an error body, trimmed to one readable line."""
     try:
-        body = response.json()
+        body = jsonlib.loads(response.body)
     except ValueError:
-        text = response.text.strip()
+        text = response.body.decode("utf-8", "replace").strip()
     else:
         if isinstance(body, dict):
             text = str(body.get("reason") or body.get("error") or "")
         else:
             text = str(body)
     text = " ".join(text.split())
-    return text[:300] or response.reason_phrase
+    if text:
+        return text[:300]
+    try:
+        return HTTPStatus(response.status).phrase
+    except ValueError:
+        return "no reason given"
 
 
-def _raise_for_status(response: httpx.Response, *, what: str, method: str) -> None:
+def _raise_for_status(response: Answer, *, what: str, method: str) -> None:
     """Turn a RabbitMQ error answer into the OSB error the SDK will report."""
-    status = response.status_code
+    status = response.status
     if status < 400:
         return
     reason = _reason(response)

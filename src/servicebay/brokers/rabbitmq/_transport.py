@@ -1,4 +1,4 @@
-"""A lean HTTP/1.1 transport for the management API client, under httpx's client API.
+"""A lean HTTP/1.1 transport for the management API client.
 
 Why: each broker operation is a handful of small requests to one server, and with httpx's
 default transport (httpcore on anyio) the client spent more CPU per request than RabbitMQ took
@@ -9,6 +9,10 @@ streams (TLS when the URL is https), ``Content-Length`` and chunked bodies, one 
 exchange. Failures surface as httpx's transport errors, so ``ManagementAPI``'s retries apply;
 a kept-alive connection the server closed meanwhile is replaced once, transparently (every
 request the broker sends is idempotent).
+
+Two faces: ``exchange()`` takes the request already encoded and returns an ``Answer`` (what
+``ManagementAPI`` uses: building and parsing httpx's request and response objects cost about as
+much CPU as the exchange itself); ``handle_async_request()`` makes it an httpx transport.
 """
 
 from __future__ import annotations
@@ -19,7 +23,9 @@ from dataclasses import dataclass
 
 import httpx
 
-__all__ = ["ManagementTransport"]
+__all__ = ["Answer", "ManagementTransport", "Origin"]
+
+Origin = tuple[str, str, int]  # scheme, host, port
 
 _MAX_IDLE = 16  # kept-alive connections per host; more concurrent requests open more
 _NO_BODY = frozenset({204, 304})
@@ -32,6 +38,15 @@ class _Connection:
 
     def close(self) -> None:
         self.writer.close()
+
+
+@dataclass(frozen=True, slots=True)
+class Answer:
+    """A response: status, headers as received, and the whole body."""
+
+    status: int
+    headers: list[tuple[str, str]]
+    body: bytes
 
 
 class _StaleConnection(Exception):
@@ -50,25 +65,44 @@ class ManagementTransport(httpx.AsyncBaseTransport):
         self._ssl: ssl.SSLContext | None = None
         self._idle: dict[tuple[str, str, int], list[_Connection]] = {}
 
-    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
-        body = await request.aread()
+    async def exchange(self, origin: Origin, head: bytes, body: bytes = b"") -> Answer:
+        """Send one request to ``origin`` and read its whole answer.
+
+        ``head`` is the request line and headers (``Host`` and ``Content-Length`` included),
+        ending with the blank line; ``body`` follows it.
+        """
         connection: _Connection | None = None
         try:
             async with asyncio.timeout(self._timeout):
-                connection, reused = await self._connection(request)
+                connection, reused = await self._connection(origin)
                 try:
-                    return await self._exchange(connection, request, body, reused)
+                    return await self._exchange(connection, origin, head + body, head, reused)
                 except _StaleConnection:
-                    connection, _ = await self._open(request)
-                    return await self._exchange(connection, request, body, reused=False)
+                    connection, _ = await self._open(origin)
+                    return await self._exchange(connection, origin, head + body, head, False)
         except TimeoutError as exc:
             if connection is not None:
                 connection.close()  # a late answer must not be read as the next one's
-            raise httpx.ReadTimeout(f"no answer within {self._timeout} s", request=request) from exc
+            raise httpx.ReadTimeout(f"no answer within {self._timeout} s") from exc
         except asyncio.CancelledError:
             if connection is not None:
                 connection.close()
             raise
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        """The httpx transport face of ``exchange()``."""
+        body = await request.aread()
+        lines = [f"{request.method} {request.url.raw_path.decode('ascii')} HTTP/1.1"]
+        lines += [f"{k.decode('latin-1')}: {v.decode('latin-1')}" for k, v in request.headers.raw]
+        head = "\r\n".join(lines).encode("latin-1") + b"\r\n\r\n"
+        try:
+            answer = await self.exchange(self._origin(request), head, body)
+        except httpx.TransportError as exc:
+            exc.request = request
+            raise
+        return httpx.Response(
+            answer.status, headers=answer.headers, content=answer.body, request=request
+        )
 
     async def aclose(self) -> None:
         """Close every kept-alive connection."""
@@ -80,28 +114,28 @@ class ManagementTransport(httpx.AsyncBaseTransport):
     # -- connections ---------------------------------------------------------------------
 
     @staticmethod
-    def _key(request: httpx.Request) -> tuple[str, str, int]:
+    def _origin(request: httpx.Request) -> Origin:
         url = request.url
         return (url.scheme, url.host, url.port or (443 if url.scheme == "https" else 80))
 
-    async def _connection(self, request: httpx.Request) -> tuple[_Connection, bool]:
-        pool = self._idle.get(self._key(request))
+    async def _connection(self, origin: Origin) -> tuple[_Connection, bool]:
+        pool = self._idle.get(origin)
         while pool:
             connection = pool.pop()
             if not connection.reader.at_eof():
                 return connection, True
             connection.close()
-        return await self._open(request)
+        return await self._open(origin)
 
-    async def _open(self, request: httpx.Request) -> tuple[_Connection, bool]:
-        scheme, host, port = self._key(request)
+    async def _open(self, origin: Origin) -> tuple[_Connection, bool]:
+        scheme, host, port = origin
         tls = self._context() if scheme == "https" else None
         try:
             reader, writer = await asyncio.open_connection(
                 host, port, ssl=tls, server_hostname=host if tls else None
             )
         except OSError as exc:
-            raise httpx.ConnectError(f"{type(exc).__name__}: {exc}", request=request) from exc
+            raise httpx.ConnectError(f"{type(exc).__name__}: {exc}") from exc
         return _Connection(reader, writer), False
 
     def _context(self) -> ssl.SSLContext:
@@ -115,8 +149,8 @@ class ManagementTransport(httpx.AsyncBaseTransport):
                     self._ssl.verify_mode = ssl.CERT_NONE
         return self._ssl
 
-    def _release(self, request: httpx.Request, connection: _Connection) -> None:
-        pool = self._idle.setdefault(self._key(request), [])
+    def _release(self, origin: Origin, connection: _Connection) -> None:
+        pool = self._idle.setdefault(origin, [])
         if len(pool) < _MAX_IDLE:
             pool.append(connection)
         else:
@@ -125,31 +159,28 @@ class ManagementTransport(httpx.AsyncBaseTransport):
     # -- one request and its response ----------------------------------------------------
 
     async def _exchange(
-        self, connection: _Connection, request: httpx.Request, body: bytes, reused: bool
-    ) -> httpx.Response:
-        lines = [f"{request.method} {request.url.raw_path.decode('ascii')} HTTP/1.1"]
-        lines += [f"{k.decode('latin-1')}: {v.decode('latin-1')}" for k, v in request.headers.raw]
+        self, connection: _Connection, origin: Origin, data: bytes, head: bytes, reused: bool
+    ) -> Answer:
         try:
-            connection.writer.write("\r\n".join(lines).encode("latin-1") + b"\r\n\r\n" + body)
+            connection.writer.write(data)
             await connection.writer.drain()
             status_line = await connection.reader.readline()
             if not status_line:
                 raise ConnectionResetError("connection closed before the response")
             status = int(status_line.split()[1])
             headers, length, chunked, keep = await self._headers(connection.reader)
-            content = await self._body(connection.reader, status, length, chunked, request)
+            bodiless = head.startswith(b"HEAD ")
+            content = await self._body(connection.reader, status, length, chunked, bodiless)
         except (OSError, asyncio.IncompleteReadError, ValueError, IndexError) as exc:
             connection.close()
             if reused and isinstance(exc, (ConnectionError, asyncio.IncompleteReadError)):
                 raise _StaleConnection from exc
-            raise httpx.RemoteProtocolError(
-                f"{type(exc).__name__}: {exc}", request=request
-            ) from exc
+            raise httpx.RemoteProtocolError(f"{type(exc).__name__}: {exc}") from exc
         if keep and (status in _NO_BODY or length is not None or chunked):
-            self._release(request, connection)
+            self._release(origin, connection)
         else:
             connection.close()
-        return httpx.Response(status, headers=headers, content=content, request=request)
+        return Answer(status, headers, content)
 
     @staticmethod
     async def _headers(
@@ -177,9 +208,9 @@ class ManagementTransport(httpx.AsyncBaseTransport):
         status: int,
         length: int | None,
         chunked: bool,
-        request: httpx.Request,
+        bodiless: bool,
     ) -> bytes:
-        if status in _NO_BODY or request.method == "HEAD" or 100 <= status < 200:
+        if status in _NO_BODY or bodiless or 100 <= status < 200:
             return b""
         if chunked:
             parts = []
