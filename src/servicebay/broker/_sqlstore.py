@@ -596,10 +596,14 @@ class _SQLite:
         self._reader: sqlite3.Connection | None = None
         self._writer: sqlite3.Connection | None = None
         self._lock = _WriterLock(Path(f"{self.path}.writer-lock")) if self.path else None
-        self._writing = asyncio.Lock()
         self._thread: ThreadPoolExecutor | None = None
         self._writes = 0
         self._checkpoint: asyncio.Future[None] | None = None
+        # Group commit: writes submitted while the loop is busy wait here for the next batch.
+        self._pending: list[_Write] = []
+        self._flush_scheduled = False
+        self._in_thread: asyncio.Future[None] | None = None  # a batch waiting for another process
+        self._readers_waiting: list[asyncio.Future[None]] = []  # reads waiting for those writes
 
     async def open(self, cipher: FieldCipher) -> None:
         self._reader, self._writer = await asyncio.to_thread(self._connect, cipher)
@@ -643,30 +647,37 @@ class _SQLite:
         reader, writer = self._reader, self._writer
         if writer is None:
             return
-        async with self._writing:
-            self._reader = self._writer = None
-            if self._checkpoint is not None:
-                await asyncio.shield(self._checkpoint)
+        # Every write submitted so far is committed (or has failed) before the connections go.
+        while self._pending or self._in_thread is not None:
+            if self._in_thread is not None:
+                await asyncio.shield(self._in_thread)
+            else:
+                self._flush()
+        self._reader = self._writer = None
+        if self._checkpoint is not None:
+            await asyncio.shield(self._checkpoint)
 
-            def release() -> None:
-                with _busy_tolerated():
-                    writer.execute("PRAGMA wal_checkpoint(PASSIVE)")
-                if reader is not None and reader is not writer:
-                    reader.close()
-                writer.close()
-                if self._lock is not None:
-                    self._lock.close()
+        def release() -> None:
+            with _busy_tolerated():
+                writer.execute("PRAGMA wal_checkpoint(PASSIVE)")
+            if reader is not None and reader is not writer:
+                reader.close()
+            writer.close()
+            if self._lock is not None:
+                self._lock.close()
 
-            thread, self._thread = self._thread, None
-            try:
-                await asyncio.get_running_loop().run_in_executor(thread, release)
-            finally:
-                if thread is not None:
-                    thread.shutdown(wait=False)
+        thread, self._thread = self._thread, None
+        try:
+            await asyncio.get_running_loop().run_in_executor(thread, release)
+        finally:
+            if thread is not None:
+                thread.shutdown(wait=False)
 
     async def read(self, table: _TableSQL, sql: str, params: Sequence[Any]) -> list[dict[str, Any]]:
         if self._reader is None:
             raise StoreError(_NOT_OPEN)
+        if self._pending and self._in_thread is None:
+            await self._written()
         rows = self._reader.execute(sql, [_sqlite_value(p) for p in params]).fetchall()
         return [self._restore(table, row) for row in rows]
 
@@ -683,68 +694,222 @@ class _SQLite:
 
     async def write(self, sql: str, params: Sequence[Any]) -> int:
         bound = [_sqlite_value(p) for p in params]
-        return await self._write(lambda conn: conn.execute(sql, bound).rowcount)
+
+        def run(conn: sqlite3.Connection) -> int:
+            return conn.execute(sql, bound).rowcount
+
+        rowcount: int = await self._submit(run, single=True)
+        return rowcount
 
     async def write_together(self, statements: Sequence[tuple[str, Sequence[Any]]]) -> None:
-        def run(conn: sqlite3.Connection) -> None:
-            # The connection autocommits: several statements need an explicit transaction.
-            conn.execute("BEGIN IMMEDIATE")
-            try:
-                for sql, params in statements:
-                    conn.execute(sql, [_sqlite_value(p) for p in params])
-            except BaseException:
-                conn.execute("ROLLBACK")
-                raise
-            conn.execute("COMMIT")
+        bound = [(sql, [_sqlite_value(p) for p in params]) for sql, params in statements]
 
-        await self._write(run)
+        def run(conn: sqlite3.Connection) -> None:
+            # Inside the batch's transaction: the statements commit together or not at all.
+            for sql, params in bound:
+                conn.execute(sql, params)
+
+        await self._submit(run, single=False)
 
     async def claim(self, where: Sequence[Any], owner: str, now: datetime) -> bool:
         # Writers are serialised, so the conditional UPDATE alone is the atomic test-and-set.
         return await self.write(_CLAIM_SQLITE, (owner, now, now, *where)) == 1
 
-    async def _write(self, fn: Callable[[sqlite3.Connection], T]) -> T:
-        writer = self._writer
-        if writer is None:
+    async def _submit(self, fn: Callable[[sqlite3.Connection], Any], *, single: bool) -> Any:
+        """Queue a write for the next batch and wait until its batch is committed.
+
+        The first write of a loop iteration schedules the batch; every write submitted before
+        the batch runs joins it, so the requests in flight share one transaction (one commit, one
+        WAL append of each page they touch) instead of paying for one each.
+        """
+        if self._writer is None:
             raise StoreError(_NOT_OPEN)
-        await self._writing.acquire()
+        loop = asyncio.get_running_loop()
+        done: asyncio.Future[Any] = loop.create_future()
+        self._pending.append(_Write(fn, done, single=single))
+        if not self._flush_scheduled and self._in_thread is None:
+            self._flush_scheduled = True
+            loop.call_soon(self._flush)
+        # A write once queued runs even if its caller is cancelled meanwhile (its outcome is
+        # then dropped): a cancellation never leaves half a batch behind.
+        return await done
+
+    async def _written(self) -> None:
+        """Wait until the writes queued so far are committed (or failed, or found waiting for
+        another process: a read never waits for another process).
+
+        So a read sees every write this process queued before it, as when each write ran at
+        once: the lifecycle relies on it (a racing provision must see its twin's operation).
+        """
+        waiter = asyncio.get_running_loop().create_future()
+        self._readers_waiting.append(waiter)
+        await waiter
+
+    def _wake_readers(self) -> None:
+        waiters, self._readers_waiting = self._readers_waiting, []
+        for waiter in waiters:
+            if not waiter.done():
+                waiter.set_result(None)
+
+    def _flush(self) -> None:
+        """Run the pending writes as one transaction: on the event loop when this process can
+        take the writer lock at once, else in our thread (never waiting on the loop)."""
+        self._flush_scheduled = False
+        batch, self._pending = self._pending, []
+        writer = self._writer
+        if not batch:
+            self._wake_readers()
+            return
+        if writer is None:
+            for write in batch:
+                write.fail(StoreError(_NOT_OPEN))
+            self._wake_readers()
+            return
         if self._lock is None or self._lock.try_acquire():
             try:
-                return fn(writer)
+                _run_batch(writer, batch)
+            except BaseException as exc:
+                for write in batch:
+                    write.fail(exc)
+                raise
             finally:
                 if self._lock is not None:
                     self._lock.release()
-                self._writing.release()
-                self._after_write()
-        # Another process is writing: wait for it in our thread, never on the event loop.
-        # The asyncio lock is released when the thread is done, even if the caller is
-        # cancelled, so the writer connection is never used by two threads at once.
-        waiting = asyncio.get_running_loop().run_in_executor(
-            self._thread, self._write_when_free, fn, writer
-        )
-        waiting.add_done_callback(lambda _: self._writing.release())
-        result = await asyncio.shield(waiting)
-        self._after_write()
-        return result
+                self._wake_readers()
+            self._after_write(len(batch))
+            return
+        # Another process is writing: wait for it in our thread. Writes submitted meanwhile
+        # queue up and go together in the next batch, once this one is done.
+        loop = asyncio.get_running_loop()
+        self._in_thread = loop.run_in_executor(self._thread, self._batch_when_free, batch, writer)
+        self._in_thread.add_done_callback(lambda _: self._thread_done(batch))
+        self._wake_readers()
 
-    def _write_when_free(
-        self, fn: Callable[[sqlite3.Connection], T], writer: sqlite3.Connection
-    ) -> T:
+    def _batch_when_free(self, batch: list[_Write], writer: sqlite3.Connection) -> None:
         assert self._lock is not None
         self._lock.acquire()
         try:
-            return fn(writer)
+            _run_batch(writer, batch, settle=False)
         finally:
             self._lock.release()
 
-    def _after_write(self) -> None:
-        self._writes += 1
-        if self._writes % _CHECKPOINT_EVERY_WRITES or self.path is None:
+    def _thread_done(self, batch: list[_Write]) -> None:
+        thread_batch, self._in_thread = self._in_thread, None
+        error = (
+            None if thread_batch is None or thread_batch.cancelled() else thread_batch.exception()
+        )
+        for write in batch:
+            if error is not None and not write.settled:
+                write.fail(error)
+            write.settle()
+        self._after_write(len(batch))
+        if self._pending and not self._flush_scheduled:
+            self._flush_scheduled = True
+            asyncio.get_running_loop().call_soon(self._flush)
+
+    def _after_write(self, count: int) -> None:
+        before, self._writes = self._writes, self._writes + count
+        if before // _CHECKPOINT_EVERY_WRITES == self._writes // _CHECKPOINT_EVERY_WRITES:
+            return
+        if self.path is None:
             return
         if self._checkpoint is None or self._checkpoint.done():
             self._checkpoint = asyncio.get_running_loop().run_in_executor(
                 self._thread, _checkpoint, self.path
             )
+
+
+class _Write:
+    """One queued write: the work to run on the writer connection and where its result goes.
+
+    The outcome is noted first (``ok``/``value``) and handed to the waiting coroutine by
+    ``settle`` on the event loop, since a batch may run in our thread.
+    """
+
+    __slots__ = ("alone_ok", "done", "fn", "ok", "settled", "value")
+
+    def __init__(
+        self,
+        fn: Callable[[sqlite3.Connection], Any],
+        done: asyncio.Future[Any],
+        *,
+        single: bool,
+    ) -> None:
+        self.fn = fn
+        self.alone_ok = single  # one statement: may run in autocommit when alone in its batch
+        self.done = done
+        self.ok = False
+        self.value: Any = None
+        self.settled = False
+
+    def run(self, conn: sqlite3.Connection) -> None:
+        try:
+            self.value, self.ok = self.fn(conn), True
+        except Exception as exc:  # handed to the caller, which re-raises it
+            self.value, self.ok = exc, False
+
+    def fail(self, error: BaseException) -> None:
+        self.value, self.ok = error, False
+        self.settle()
+
+    def settle(self) -> None:
+        if self.settled:
+            return
+        self.settled = True
+        if self.done.done():
+            return
+        if self.ok:
+            self.done.set_result(self.value)
+        else:
+            self.done.set_exception(self.value)
+
+
+def _run_batch(conn: sqlite3.Connection, batch: Sequence[_Write], *, settle: bool = True) -> None:
+    """Run ``batch`` in one transaction. If any write fails, the transaction is rolled back and
+    every write runs again in a transaction of its own, so that one bad write fails alone."""
+    if len(batch) == 1 and batch[0].alone_ok:
+        # A lone single statement: autocommit is its own transaction (two statements fewer).
+        batch[0].run(conn)
+        if settle:
+            batch[0].settle()
+        return
+    try:
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            for write in batch:
+                write.run(conn)
+                if not write.ok:
+                    raise _BatchFailed
+            conn.execute("COMMIT")
+        except BaseException:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise
+    except (_BatchFailed, sqlite3.Error):
+        for write in batch:
+            _run_alone(conn, write)
+    if settle:
+        for write in batch:
+            write.settle()
+
+
+def _run_alone(conn: sqlite3.Connection, write: _Write) -> None:
+    try:
+        conn.execute("BEGIN IMMEDIATE")
+    except sqlite3.Error as exc:
+        write.value, write.ok = exc, False
+        return
+    write.run(conn)
+    try:
+        conn.execute("COMMIT" if write.ok else "ROLLBACK")
+    except sqlite3.Error as exc:
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
+        write.value, write.ok = exc, False
+
+
+class _BatchFailed(Exception):
+    """A write of the batch failed: the batch is rolled back and retried write by write."""
 
 
 def _checkpoint(path: Path) -> None:
