@@ -113,6 +113,24 @@ def _refs(node: Any) -> Iterator[str]:
             yield from _refs(item)
 
 
+_VALIDATORS: dict[int, tuple[dict[str, Any], Any]] = {}
+_VALIDATORS_KEPT = 256
+
+
+def _validator_for(schema: dict[str, Any]) -> Any:
+    """The validator of ``schema``, built once per schema object (a plan's schemas are fixed
+    when its catalog is built, and building a validator costs as much as using it)."""
+    cached = _VALIDATORS.get(id(schema))
+    if cached is not None and cached[0] is schema:
+        return cached[1]
+    validator = _validator_class(schema)(schema)
+    if len(_VALIDATORS) >= _VALIDATORS_KEPT:
+        _VALIDATORS.pop(next(iter(_VALIDATORS)))
+    # The schema is kept alongside, so its id cannot be reused by another dict meanwhile.
+    _VALIDATORS[id(schema)] = (schema, validator)
+    return validator
+
+
 def validate_parameters(schema: dict[str, Any] | None, parameters: Any) -> None:
     """Raise ``InvalidParameters`` listing every way ``parameters`` violate ``schema``.
 
@@ -127,7 +145,7 @@ def validate_parameters(schema: dict[str, Any] | None, parameters: Any) -> None:
         raise InvalidParameters(problem.message, problems=[problem])
     if schema is None:
         return
-    validator = _validator_class(schema)(schema)
+    validator = _validator_for(schema)
     errors = sorted(validator.iter_errors(parameters), key=lambda e: [str(p) for p in e.path])
     if errors:
         # Only a refusal needs to know what to hide; valid requests skip the walk.
