@@ -13,7 +13,10 @@ What it measures (one run, same machine, so the figures share its load):
 3. The chat server (a real ``python -m servicebay.cli.chat serve --store rabbitmq:...`` process),
    1 sender → N receivers in one room over WebSocket, acks included: saturated (256 sends in
    flight; delivered msg/s = messages that reached EVERY receiver per second) and paced at
-   ``--rate`` msg/s; p50/p99 send→receive latency.
+   ``--rate`` msg/s; p50/p99 send→receive latency; CPU per message of the chat server process
+   and of this process (the sender and the N receivers: the load generator), from /proc, since
+   on two shared cores the load generator can be the bottleneck (RabbitMQ's own CPU is in
+   neither).
 
 It uses the RabbitMQ at ``--amqp`` (default the machine's, guest/guest), in a vhost of its own
 created through the management API (``--management``) and deleted afterwards.
@@ -184,7 +187,15 @@ class Run:
     msgs_per_s: float = 0.0
     p50_ms: float = 0.0
     p99_ms: float = 0.0
+    server_cpu: float = 0.0
+    bench_cpu: float = 0.0
     latencies: list[float] = field(default_factory=list, repr=False)
+
+
+def cpu_of(pid: int) -> float:
+    """User + system CPU seconds of a process (Linux /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 class Receiver:
@@ -277,10 +288,12 @@ async def scenario(uri: str, receivers: int, mode: str, messages: int, rate: flo
             await asyncio.gather(*(r.ready.wait() for r in rs))
             async with ChatClient(ws, sender_token) as sender:
                 await sender.ready.wait()
-                start = time.perf_counter()
+                start, cpu0, srv0 = time.perf_counter(), time.process_time(), cpu_of(proc.pid)
                 await send_all(sender, messages, rate)
                 await asyncio.wait_for(asyncio.gather(*(r.done.wait() for r in rs)), 300)
                 run.seconds = time.perf_counter() - start
+                run.bench_cpu = time.process_time() - cpu0
+                run.server_cpu = cpu_of(proc.pid) - srv0
             await asyncio.gather(*tasks)
         finally:
             proc.terminate()
@@ -370,12 +383,16 @@ async def report(uri: str, args: argparse.Namespace) -> None:
     print(f"\ncursor writes (RabbitMQChatStore.ack, SQLite group commit): {acks:,.0f} acks/s")
     print(f"RabbitMQChatStore.append alone at {args.rate:g}/s: p50 {p50:.1f} ms, p99 {p99:.1f} ms")
     stream = median(ceilings["stream"])
-    print("\n| receivers | mode | msgs | delivered msg/s | % of stream ceiling | p50 ms | p99 ms |")
-    print("|---|---|---|---|---|---|---|")
+    print(
+        "\n| receivers | mode | msgs | delivered msg/s | % of stream ceiling | p50 ms | p99 ms "
+        "| server CPU µs/msg | clients CPU µs/msg |"
+    )
+    print("|---|---|---|---|---|---|---|---|---|")
     for r in runs:
         print(
             f"| {r.receivers} | {r.mode} | {r.messages} | {r.msgs_per_s:,.0f} | "
-            f"{100 * r.msgs_per_s / stream:.0f}% | {r.p50_ms:.1f} | {r.p99_ms:.1f} |"
+            f"{100 * r.msgs_per_s / stream:.0f}% | {r.p50_ms:.1f} | {r.p99_ms:.1f} | "
+            f"{1e6 * r.server_cpu / r.messages:,.0f} | {1e6 * r.bench_cpu / r.messages:,.0f} |"
         )
 
 

@@ -333,6 +333,10 @@ class ChatClient:
         ref = frame.get("ref")
         pending = self._pending.get(ref) if isinstance(ref, str) else None
         if pending is None:
+            if code in RETRYABLE and "room" in frame:
+                # The server retries the room by itself and carries on; nothing to do here.
+                log.info("chat.client.room_waits", room=frame["room"], message=frame.get("message"))
+                return
             log.warning("chat.client.error", code=code, message=frame.get("message"))
             return
         if code in RETRYABLE:

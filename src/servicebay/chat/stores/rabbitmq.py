@@ -38,9 +38,7 @@ import re
 import secrets
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import TypeVar
 from urllib.parse import parse_qsl
 
 import structlog
@@ -64,15 +62,9 @@ from servicebay.chat.stores.base import (
 )
 
 log = structlog.get_logger("servicebay.chat.rabbitmq")
-T = TypeVar("T")
 
 MAX_BATCH = 1000
 ROTATE_EVERY = 100_000
-# How long read() and members() wait for an unreachable RabbitMQ before raising StoreUnavailable:
-# their callers (delivery loops, room loading) have nothing else to do and would otherwise give
-# up on a room; a restart of RabbitMQ takes ~15-20 s on a loaded machine. append and ping fail
-# at once: a sender retries on its own and readiness must tell the truth.
-READ_PATIENCE = 60.0
 DEFAULT_STATE = "servicebay-chat-rabbitmq.db"
 
 
@@ -140,10 +132,8 @@ class RabbitMQChatStore:
         state: str,
         *,
         rotate_every: int = ROTATE_EVERY,
-        read_patience: float = READ_PATIENCE,
     ) -> None:
         """Log to the RabbitMQ at ``uri``; keep metadata in the SQLite file ``state``."""
-        self.read_patience = read_patience
         self.meta = MetaStore(state)
         self.log = StreamLog(uri)
         self.rotate_every = max(1, rotate_every)
@@ -236,7 +226,7 @@ class RabbitMQChatStore:
 
     async def members(self, room_id: str) -> list[Member]:
         """The room's members (the room is resynced first, so its head is complete)."""
-        await self._patiently(lambda: self._synced(room_id))
+        await self._synced(room_id)
         return await self.meta.members(room_id)
 
     async def membership(self, user_id: str) -> list[Member]:
@@ -379,25 +369,12 @@ class RabbitMQChatStore:
         room.head = rows[-1].seq
         self.batches += 1
 
-    async def _patiently(self, op: Callable[[], Awaitable[T]]) -> T:
-        """Run ``op``, retrying while RabbitMQ is unreachable, for up to READ_PATIENCE seconds."""
-        deadline = time.monotonic() + self.read_patience
-        pause = 0.1
-        while True:
-            try:
-                return await op()
-            except StoreUnavailable:
-                if time.monotonic() + pause > deadline:
-                    raise
-            # Waiting for RabbitMQ to come back: nothing to be woken by but time.
-            await asyncio.sleep(pause)
-            pause = min(1.0, pause * 2)
-
     async def read(self, room_id: str, after: int, limit: int = 500) -> list[Message]:
-        """Retained messages after ``after``, read from the room's streams."""
-        return await self._patiently(lambda: self._read(room_id, after, limit))
+        """Retained messages after ``after``, read from the room's streams.
 
-    async def _read(self, room_id: str, after: int, limit: int) -> list[Message]:
+        An unreachable RabbitMQ raises ``StoreUnavailable`` at once: the server's delivery
+        loops and room loading retry with backoff and tell their clients.
+        """
         room = await self._synced(room_id)
         first = max(after, room.floor) + 1
         last = min(room.head, first + limit - 1)
