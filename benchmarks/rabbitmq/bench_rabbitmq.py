@@ -54,7 +54,8 @@ def free_port() -> int:
 
 
 def raw_scenario(prefix: str, listing: bool = True) -> Sequence[Request]:
-    """The management API requests the broker makes in one cycle, in its order."""
+    """The management API requests the broker makes in one cycle, in its order (the list
+    tests/brokers/rabbitmq/test_rabbitmq_calls.py pins for the broker)."""
     vhost, user = quote(prefix + uuid.uuid4().hex, safe=""), quote(prefix + "u" + uuid.uuid4().hex)
     limits = json.dumps({"value": {"max-connections": 1000, "max-queues": 1000}}).encode()
     user_body = json.dumps({"password": uuid.uuid4().hex, "tags": ""}).encode()
