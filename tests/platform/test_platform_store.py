@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
+from pathlib import Path
+
 import sqlalchemy as sa
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 
-from servicebay.platform.store import Database, tables
+from servicebay.platform.store import Database, tables, utcnow
 
 
 async def test_migrations_match_the_table_definitions(db_url: str) -> None:
@@ -25,3 +28,53 @@ async def test_migrations_match_the_table_definitions(db_url: str) -> None:
     await db.close()
     assert changes == []
     assert namespaces == ["default"]
+
+
+async def test_sqlite_writer_waits_for_another_writer_without_blocking_the_loop(
+    tmp_path: Path,
+) -> None:
+    """Two databases on one SQLite file stand for two processes: while one holds the write
+    lock, the other's transaction waits for it (in a thread) and then commits; the event
+    loop keeps running meanwhile, and a checkpointed file holds both rows."""
+    url = f"sqlite:///{tmp_path / 'shared.db'}"
+    first, second = Database(url), Database(url)
+    await first.migrate()
+    ticks = 0
+
+    async def ticker() -> None:
+        nonlocal ticks
+        while True:
+            await asyncio.sleep(0.01)
+            ticks += 1
+
+    def row(name: str) -> dict[str, object]:
+        now = utcnow()
+        return {"name": name, "constraints": {}, "created_at": now, "updated_at": now}
+
+    ns = tables.namespaces
+    clock = asyncio.create_task(ticker())
+    try:
+        async with first.begin() as conn:
+            await conn.execute(ns.insert().values(**row("held")))
+            waiting = asyncio.create_task(_insert(second, row("waited")))
+            await asyncio.sleep(0.5)
+            assert not waiting.done()  # it waits for the lock the first one holds
+            assert ticks >= 10  # ...and the loop kept running
+        await asyncio.wait_for(waiting, 30)
+        for _ in range(250):  # past a checkpoint: commits keep working
+            await _insert(second, None)
+        async with second.read() as conn:
+            names = set((await conn.execute(sa.select(ns.c.name))).scalars().all())
+    finally:
+        clock.cancel()
+        await first.close()
+        await second.close()
+    assert {"default", "held", "waited"} <= names
+
+
+async def _insert(db: Database, values: dict[str, object] | None) -> None:
+    async with db.begin() as conn:
+        if values is None:
+            await conn.execute(sa.text("UPDATE namespaces SET description = 'x'"))
+        else:
+            await conn.execute(tables.namespaces.insert().values(**values))

@@ -155,41 +155,72 @@ def _sqlite_immediate(engine: AsyncEngine) -> None:
 
 
 def _sqlite_pragmas(engine: AsyncEngine) -> None:
-    """WAL (readers and one writer at a time), a busy timeout, and foreign keys enforced."""
+    """WAL (readers and one writer at a time), foreign keys enforced, commits without fsync;
+    busy waits and checkpoints are left to the connection (:class:`_SQLiteConnection`)."""
 
     @event.listens_for(engine.sync_engine, "connect")
     def _on_connect(dbapi_connection: Any, _record: Any) -> None:
         cursor = dbapi_connection.cursor()
         cursor.execute("PRAGMA journal_mode=WAL")
-        cursor.execute("PRAGMA busy_timeout=30000")
+        cursor.execute("PRAGMA busy_timeout=0")  # see _SQLiteCursor: waits happen in a thread
+        cursor.execute("PRAGMA wal_autocheckpoint=0")  # see _SQLiteConnection.commit
         cursor.execute("PRAGMA foreign_keys=ON")
         cursor.execute("PRAGMA synchronous=NORMAL")
         cursor.close()
 
 
-class _SQLiteCursor(aiosqlite.Cursor):
-    """An aiosqlite cursor that crosses to the connection's thread once per statement.
+# The busy timeout of statements that wait in aiosqlite's thread (another process writes).
+_BUSY_TIMEOUT_MS = 30000
+# Commits (of the process) between two WAL checkpoints (run in the thread: they fsync).
+_CHECKPOINT_EVERY = 200
 
-    aiosqlite hands every call (cursor, execute, fetchall, close) to its thread and back: four
-    thread hand-offs for one ``SELECT``, which cost more CPU than the query itself. Here a
-    statement and the fetch of its rows are one hand-off; creating and closing a cursor, which
-    do no I/O, stay on the event loop.
+
+def _busy(exc: sqlite3.OperationalError) -> bool:
+    text = str(exc).lower()
+    return "locked" in text or "busy" in text
+
+
+class _SQLiteCursor(aiosqlite.Cursor):
+    """An aiosqlite cursor that runs its statement on the event loop unless SQLite is busy.
+
+    aiosqlite hands every call (cursor, execute, fetchall, close) to its thread and back; each
+    hand-off wakes a thread and then the loop, which costs more CPU than the statement (a WAL
+    read never waits for a writer, and a primary-key lookup or an insert without fsync takes
+    tens of microseconds). So a statement and the fetch of its rows run here, with SQLite's busy
+    timeout at zero; only when another process holds the write lock (``database is locked``)
+    does it go to the connection's thread, which waits for the lock with the usual timeout. The
+    event loop never waits for another process. ``servicebay.broker``'s SQLite store does the
+    same for the same reason.
     """
 
     _rows: list[Any] | None = None
 
     async def execute(self, sql: str, parameters: Iterable[Any] | None = None) -> aiosqlite.Cursor:
-        hand_off: Callable[..., Awaitable[list[Any] | None]] = self._execute  # untyped upstream
-        self._rows = await hand_off(self._run, sql, [] if parameters is None else parameters)
+        values: Any = [] if parameters is None else parameters
+        try:
+            self._rows = self._run(sql, values)
+        except sqlite3.OperationalError as exc:
+            if not _busy(exc):
+                raise
+            hand_off: Callable[..., Awaitable[list[Any] | None]] = self._execute  # untyped
+            self._rows = await hand_off(self._run_waiting, sql, values)
         return self
 
     def _run(self, sql: str, parameters: Any) -> list[Any] | None:
         self._cursor.execute(sql, parameters)
         return self._cursor.fetchall() if self._cursor.description else None
 
+    def _run_waiting(self, sql: str, parameters: Any) -> list[Any] | None:
+        connection = self._cursor.connection
+        connection.execute(f"PRAGMA busy_timeout={_BUSY_TIMEOUT_MS}")
+        try:
+            return self._run(sql, parameters)
+        finally:
+            connection.execute("PRAGMA busy_timeout=0")
+
     async def fetchall(self) -> Iterable[sqlite3.Row]:
         rows, self._rows = self._rows, None
-        return rows if rows is not None else await super().fetchall()
+        return rows if rows is not None else self._cursor.fetchall()
 
     async def close(self) -> None:
         self._rows = None
@@ -197,25 +228,38 @@ class _SQLiteCursor(aiosqlite.Cursor):
 
 
 class _SQLiteConnection(aiosqlite.Connection):
-    """An aiosqlite connection whose cursors are :class:`_SQLiteCursor` (see there)."""
+    """An aiosqlite connection whose statements run on the loop (see :class:`_SQLiteCursor`)."""
+
+    commits = 0  # of every connection of the process, for the checkpoint cadence
 
     def cursor(self) -> Any:  # a plain call: no hand-off needed
         return _SQLiteCursor(self, self._conn.cursor())
 
     async def commit(self) -> None:
-        if self._conn.in_transaction:  # a read-only use has nothing to commit: no hand-off
-            await super().commit()
+        if not self._conn.in_transaction:
+            return  # a read-only use has nothing to commit
+        # In WAL mode the writer already holds the lock, and with synchronous=NORMAL a commit
+        # appends to the WAL without fsync; the checkpoint that does fsync runs in the thread.
+        self._conn.commit()
+        _SQLiteConnection.commits += 1
+        if _SQLiteConnection.commits % _CHECKPOINT_EVERY == 0:
+            hand_off: Callable[..., Awaitable[Any]] = self._execute  # untyped upstream
+            await hand_off(self._checkpoint)
+
+    def _checkpoint(self) -> None:
+        self._conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()  # fetched: finished
 
     async def rollback(self) -> None:
         if self._conn.in_transaction:
-            await super().rollback()
+            self._conn.rollback()
 
 
 def _sqlite_creator(url: URL) -> Any:
     """The engine's ``async_creator``: the dialect's own connect arguments, our connection.
 
-    Cursors are made and closed on the event loop's thread, so the connection must allow use
-    from more than one thread; aiosqlite still runs every statement on its own thread.
+    Statements run on the event loop's thread and, when SQLite is busy, on aiosqlite's own
+    thread, so the connection must allow use from more than one thread (never at once:
+    SQLAlchemy uses a connection for one statement at a time).
     """
     args, params = SQLiteDialect_aiosqlite().create_connect_args(url)
     params["check_same_thread"] = False
