@@ -100,29 +100,36 @@ async def direct(broker: ServedBroker, cycles: int, concurrency: int) -> tuple[f
         return await run_cycles(cycles, concurrency, cycle)
 
 
-async def through_platform(url: str, cycles: int, concurrency: int) -> tuple[float, list[float]]:
+async def through_platform(
+    url: str, cycles: int, concurrency: int, poll: bool = False
+) -> tuple[float, list[float]]:
     """The same lifecycle through the platform API, waiting for each operation."""
     async with httpx.AsyncClient(
         base_url=f"{url}/api/v1",
         headers=HEADERS,
         timeout=60,
-        limits=httpx.Limits(max_connections=concurrency * 2),
+        limits=httpx.Limits(max_connections=concurrency),
     ) as c:
 
-        async def done(r: httpx.Response, key: str) -> None:
+        async def done(r: httpx.Response) -> None:
             assert r.status_code == 202, r.text
             op = r.json()["operation"]
             while op["state"] not in ("succeeded", "failed"):
                 op = (await c.get(f"/operations/{op['id']}", params={"wait": 30})).json()
             assert op["state"] == "succeeded", op
 
+        # Each write waits for its operation in the same request (``?wait=``), as the direct
+        # path's one request per step does; ``--poll`` waits with a second request instead.
+        wait = {} if poll else {"wait": 30}
+
         async def cycle(n: int) -> None:
             name = f"c{n}-{uuid.uuid4().hex[:6]}"
             body = {"service": "sandbox", "plan": "sync", "name": name}
-            await done(await c.post("/instances", json=body), "instance")
-            await done(await c.post("/bindings", json={"instance": name, "app": "app"}), "binding")
-            await done(await c.delete(f"/bindings/{name}-app"), "binding")
-            await done(await c.delete(f"/instances/{name}"), "instance")
+            await done(await c.post("/instances", json=body, params=wait))
+            bind = {"instance": name, "app": "app"}
+            await done(await c.post("/bindings", json=bind, params=wait))
+            await done(await c.delete(f"/bindings/{name}-app", params=wait))
+            await done(await c.delete(f"/instances/{name}", params=wait))
 
         return await run_cycles(cycles, concurrency, cycle)
 
@@ -282,6 +289,49 @@ def fresh_pg(base: str) -> tuple[str, Callable[[], None]]:
     return url.set(database=name).render_as_string(hide_password=False), drop
 
 
+Round = dict[str, float]
+
+
+def lifecycle_round(broker: ServedBroker, url: str, pid: int, args: argparse.Namespace) -> Round:
+    """One direct run then one platform run: wall, p50 and CPU ms per lifecycle of each."""
+    broker_pid, n = broker.process.pid, args.cycles
+    b0 = cpu_seconds(broker_pid)
+    d_wall, d_lat = asyncio.run(direct(broker, n, args.concurrency))
+    b1, p0 = cpu_seconds(broker_pid), cpu_seconds(pid)
+    p_wall, p_lat = asyncio.run(through_platform(url, n, args.concurrency, args.poll))
+    b2, p1 = cpu_seconds(broker_pid), cpu_seconds(pid)
+    row = {
+        "d_rate": n / d_wall,
+        "d_p50": statistics.median(d_lat),
+        "d_broker": (b1 - b0) * 1000 / n,
+        "p_rate": n / p_wall,
+        "p_p50": statistics.median(p_lat),
+        "p_platform": (p1 - p0) * 1000 / n,
+        "p_broker": (b2 - b1) * 1000 / n,
+        "ratio": p_wall / d_wall,
+    }
+    print(
+        f"  round: direct {row['d_rate']:6.1f}/s p50 {row['d_p50']:6.1f} ms broker CPU "
+        f"{row['d_broker']:.1f} ms | platform {row['p_rate']:6.1f}/s p50 {row['p_p50']:6.1f} ms "
+        f"CPU platform {row['p_platform']:.1f} + broker {row['p_broker']:.1f} ms | "
+        f"{row['ratio']:.2f}x",
+        flush=True,
+    )
+    return row
+
+
+def report(rounds: list[Round], cycles: int) -> None:
+    def span(key: str, fmt: str = ".1f") -> str:
+        values = sorted(r[key] for r in rounds)
+        return f"{values[0]:{fmt}} to {values[-1]:{fmt}} (median {statistics.median(values):{fmt}})"
+
+    print(f"  direct:   lifecycles/s {span('d_rate')}, cycle p50 ms {span('d_p50', '.0f')}")
+    print(f"            broker CPU ms/lifecycle {span('d_broker')}")
+    print(f"  platform: lifecycles/s {span('p_rate')}, cycle p50 ms {span('p_p50', '.0f')}")
+    print(f"            CPU ms/lifecycle: platform {span('p_platform')}, broker {span('p_broker')}")
+    print(f"  overhead: platform wall time / direct wall time {span('ratio', '.2f')}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--cycles", type=int, default=200)
@@ -289,6 +339,10 @@ def main() -> None:
     parser.add_argument("--db", default="", help="platform database (default: SQLite file)")
     parser.add_argument("--list", type=int, default=10000, help="instances for the listing")
     parser.add_argument("--pg", default="", help="also run the listing on this PostgreSQL")
+    parser.add_argument("--rounds", type=int, default=3, help="alternating direct/platform rounds")
+    parser.add_argument(
+        "--poll", action="store_true", help="wait with GET /operations/{id}?wait= after each write"
+    )
     args = parser.parse_args()
     with (
         tempfile.TemporaryDirectory(prefix="sb-bench-") as tmp,
@@ -296,35 +350,15 @@ def main() -> None:
     ):
         home = Path(tmp)
         db = args.db or f"sqlite:///{home / 'platform.db'}"
-        print(f"lifecycle x{args.cycles} at concurrency {args.concurrency} (sandbox plan sync)")
-        broker_pid = broker.process.pid
-        cpu = cpu_seconds(broker_pid)
-        d_wall, d_lat = asyncio.run(direct(broker, args.cycles, args.concurrency))
-        d_cpu = cpu_seconds(broker_pid) - cpu
+        print(
+            f"lifecycle x{args.cycles} at concurrency {args.concurrency} (sandbox plan sync), "
+            f"{args.rounds} alternating rounds, {'wait by polling' if args.poll else '?wait='}"
+        )
         with platform_process(db, home, args.concurrency) as (url, pid):
             register(url, broker)
-            cpu, b_cpu = cpu_seconds(pid), cpu_seconds(broker_pid)
-            p_wall, p_lat = asyncio.run(through_platform(url, args.cycles, args.concurrency))
-            p_cpu, b_cpu = cpu_seconds(pid) - cpu, cpu_seconds(broker_pid) - b_cpu
-        for label, wall, lat, used in (
-            ("direct  ", d_wall, d_lat, f"broker {d_cpu * 1000 / args.cycles:.0f}"),
-            (
-                "platform",
-                p_wall,
-                p_lat,
-                f"platform {p_cpu * 1000 / args.cycles:.0f} + broker "
-                f"{b_cpu * 1000 / args.cycles:.0f}",
-            ),
-        ):
-            print(
-                f"  {label}: {args.cycles / wall:7.1f} lifecycles/s  cycle p50 "
-                f"{statistics.median(lat):7.1f} ms  p95 {pct(lat, 95):7.1f} ms  "
-                f"CPU ms/lifecycle: {used}"
-            )
-        print(
-            f"  overhead: platform takes {p_wall / d_wall:.2f}x the direct wall time "
-            f"(p50 latency {statistics.median(p_lat) / statistics.median(d_lat):.2f}x)"
-        )
+            asyncio.run(through_platform(url, 16, args.concurrency, args.poll))  # warm up
+            rounds = [lifecycle_round(broker, url, pid, args) for _ in range(args.rounds)]
+        report(rounds, args.cycles)
         listing(f"sqlite:///{home / 'listing.db'}", home, broker, args.list, "SQLite")
         if args.pg:
             pg, drop = fresh_pg(args.pg)
