@@ -8,6 +8,7 @@ verbatim to a retried bind and to a fetch: a retry never mints new credentials.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Mapping
 from datetime import datetime
 from typing import Any
@@ -21,7 +22,14 @@ from servicebay.broker._author import (
     OperationKind,
     UnbindDetails,
 )
-from servicebay.broker._lifecycle_base import Caller, LifecycleBase, Reply, abandoned, json_body
+from servicebay.broker._lifecycle_base import (
+    TWIN_WAITS,
+    Caller,
+    LifecycleBase,
+    Reply,
+    abandoned,
+    json_body,
+)
 from servicebay.broker._operations import Job
 from servicebay.broker._store import BindingRecord, InstanceRecord, utcnow
 from servicebay.broker._validation import (
@@ -114,7 +122,10 @@ class Bindings(LifecycleBase):
         return predecessor
 
     async def _bind_again(
-        self, existing: BindingRecord | None, wanted: BindingRecord
+        self,
+        existing: BindingRecord | None,
+        wanted: BindingRecord,
+        waits: tuple[float, ...] = TWIN_WAITS,
     ) -> Reply | None:
         if existing is None or existing.state == "failed":
             return None
@@ -131,6 +142,10 @@ class Bindings(LifecycleBase):
                 return Reply(202, json_body(osb.BindResponse(operation=op.operation_id)))
             if abandoned(existing.updated_at, self.sync_abandoned_after):
                 return None
+            if waits:  # the twin may be between its record and its operation or result
+                await asyncio.sleep(waits[0])
+                current = await self.store.get_binding(existing.instance_id, existing.binding_id)
+                return await self._bind_again(current, wanted, waits[1:])
         raise osb.ConcurrencyError(f"another operation on binding {wanted.binding_id!r} is running")
 
     def _bind_details(

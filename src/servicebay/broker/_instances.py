@@ -8,6 +8,7 @@ the same → 200 with the recorded body (202 with the running operation), differ
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Mapping
 from typing import Any
 
@@ -21,6 +22,7 @@ from servicebay.broker._author import (
     UpdateDetails,
 )
 from servicebay.broker._lifecycle_base import (
+    TWIN_WAITS,
     Caller,
     LifecycleBase,
     Reply,
@@ -99,7 +101,10 @@ class Instances(LifecycleBase):
         return Reply(201, json_body(response))
 
     async def _provision_again(
-        self, existing: InstanceRecord | None, wanted: InstanceRecord
+        self,
+        existing: InstanceRecord | None,
+        wanted: InstanceRecord,
+        waits: tuple[float, ...] = TWIN_WAITS,
     ) -> Reply | None:
         """The answer to a provision for an id already recorded; None means "run it anew"."""
         if existing is None or existing.state == "failed":
@@ -119,6 +124,10 @@ class Instances(LifecycleBase):
                 return Reply(202, json_body(body))
             if abandoned(existing.updated_at, self.sync_abandoned_after):
                 return None
+            if waits:  # the twin may be between its record and its operation or result
+                await asyncio.sleep(waits[0])
+                current = await self.store.get_instance(existing.instance_id)
+                return await self._provision_again(current, wanted, waits[1:])
             raise osb.ConcurrencyError(f"instance {wanted.instance_id!r} is being provisioned")
         raise osb.ConcurrencyError(f"instance {wanted.instance_id!r} is being deprovisioned")
 

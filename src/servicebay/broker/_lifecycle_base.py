@@ -92,6 +92,13 @@ def abandoned(updated_at: datetime, after: float = SYNC_ABANDONED_AFTER) -> bool
     return utcnow() - updated_at > timedelta(seconds=after)
 
 
+#: How long (seconds, in steps) a repeated provision or bind waits for its twin: between the
+#: twin's provisional record and its operation record (or its result) there are two writes, and
+#: another request, process or replica can read in between. A twin still busy after these waits
+#: is a synchronous one at work: 422 ConcurrencyError, as the spec says.
+TWIN_WAITS = (0.005, 0.01, 0.02, 0.05, 0.1, 0.2)
+
+
 class LifecycleBase:
     """The broker, its catalog and records, and the steps every operation shares."""
 
