@@ -25,6 +25,18 @@ so reads run on the event loop. Writes run on the loop too while this process ca
 writer lock (an ``flock`` on ``<db>.writer-lock`` shared by every process on the database) at
 once; when another process holds it, the write waits for it in a thread, so the event loop never
 waits for another process. The fsync-heavy WAL checkpoint also runs in a thread.
+
+Writes are group-committed: a write is queued, and the writes queued during one turn of the event
+loop (the requests in flight) run at the next turn as one transaction, each caller answered with
+its own result once that transaction has committed. One commit per batch instead of one per
+statement writes each touched page to the WAL once, not once per request (served lifecycle at
+concurrency 16: ~25% less CPU per request). Durability is unchanged: a request is answered only
+after its batch's COMMIT returned, and in WAL mode with ``synchronous=NORMAL`` a returned commit
+is in the WAL file, so killing the process (even ``kill -9``) loses nothing acknowledged; an OS
+crash or power cut may lose the last commits (``synchronous=FULL`` would fsync each batch, which
+is what the batching would then amortise). A failing write rolls its batch back and the batch
+runs again write by write, so only that write fails. A read waits for the writes this process
+queued before it (not for another process), so each request still reads its own writes.
 """
 
 from __future__ import annotations
