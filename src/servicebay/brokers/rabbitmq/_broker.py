@@ -170,10 +170,11 @@ class RabbitMQBroker(Broker):
     ) -> FetchInstanceResult | None:
         """Report the limits and queue type RabbitMQ actually has for the vhost."""
         vhost = vhost_name(self.settings.prefix, details.instance_id)
-        existing = await self.api.get_vhost(vhost)
+        existing, limits = await asyncio.gather(
+            self.api.get_vhost(vhost), self.api.get_vhost_limits(vhost)
+        )
         if existing is None:
             raise osb.NotFound(f"vhost {vhost!r} does not exist in RabbitMQ")
-        limits = await self.api.get_vhost_limits(vhost)
         parameters: dict[str, Any] = {
             "default_queue_type": existing.default_queue_type or "classic"
         }
