@@ -413,6 +413,28 @@ async def test_write_waits_for_another_process_without_blocking_the_loop(tmp_pat
         await store.close()
 
 
+async def test_sqlite_wal_stays_bounded_under_writes_that_never_pause(tmp_path: Path) -> None:
+    """Writers that keep writing while checkpoints run (a loaded broker): the WAL is still
+    started over, not grown by every write (a PASSIVE checkpoint alone never catches up)."""
+    db = tmp_path / "broker.db"
+    store = open_store(f"sqlite:///{db}")
+    await store.open()
+    try:
+        padding = {"blob": "x" * 3000}  # a page or so per row: the WAL grows fast unchecked
+
+        async def writer(n: int) -> None:
+            for i in range(600):
+                record = _instance(f"w{n}-{i % 8}")
+                record.parameters = padding
+                await store.put_instance(record)
+
+        await asyncio.gather(*(writer(n) for n in range(8)))
+        # 4,800 writes of ~3 kB: unchecked, the WAL would hold 15+ MB.
+        assert db.with_name(db.name + "-wal").stat().st_size < 10_000_000
+    finally:
+        await store.close()
+
+
 async def test_sqlite_checkpoints_keep_the_wal_bounded(tmp_path: Path) -> None:
     """Checkpoints run in the store's thread: after many writes the WAL is reused, not grown."""
     db = tmp_path / "broker.db"

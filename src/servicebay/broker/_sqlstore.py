@@ -103,6 +103,8 @@ _SQLITE_BUSY_TIMEOUT_S = 30.0
 # WAL pages written before this process asks its thread for a checkpoint (SQLite's own default
 # would run it inside a commit, on the event loop, with an fsync).
 _CHECKPOINT_EVERY_WRITES = 500
+# A WAL larger than this after a checkpoint is started over (see _restart_wal).
+_WAL_RESTART_BYTES = 4 * 1024 * 1024
 _IN_PROGRESS = "in progress"
 _NOT_OPEN = "the broker store is not open (call open() first)"
 T = TypeVar("T")
@@ -930,8 +932,33 @@ def _checkpoint(path: Path) -> None:
     try:
         with _busy_tolerated():
             conn.execute("PRAGMA wal_checkpoint(PASSIVE)")
+        wal = Path(f"{path}-wal")
+        if wal.exists() and wal.stat().st_size > _WAL_RESTART_BYTES:
+            _restart_wal(conn, Path(f"{path}.writer-lock"))
     finally:
         conn.close()
+
+
+def _restart_wal(conn: sqlite3.Connection, lock_path: Path) -> None:
+    """Checkpoint what is left and have the next write start the WAL over, under the writer lock.
+
+    Under steady load a PASSIVE checkpoint never catches up (writes land while it copies), and
+    SQLite reuses the WAL only once it has caught up: the file would grow without end. Holding
+    the writer lock (its own file description, so this process's loop finds it taken and
+    queues its writes behind this job) lets the RESTART finish without making any writer wait
+    on SQLite's busy handler.
+    """
+    lock = _WriterLock(lock_path)
+    lock.open()
+    try:
+        lock.acquire()
+        try:
+            with _busy_tolerated():
+                conn.execute("PRAGMA wal_checkpoint(RESTART)")
+        finally:
+            lock.release()
+    finally:
+        lock.close()
 
 
 @contextlib.contextmanager
