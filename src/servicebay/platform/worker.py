@@ -37,7 +37,7 @@ from servicebay.platform.services.catalog import endpoint_of
 from servicebay.platform.services.operations import audit, enqueue
 from servicebay.platform.services.records import operation_view
 from servicebay.platform.services.runtime import Platform
-from servicebay.platform.store import tables, utcnow
+from servicebay.platform.store import by_id_params, delete_by_id, tables, update_by_id, utcnow
 
 log = logging.getLogger("servicebay.platform.worker")
 
@@ -364,41 +364,35 @@ class Worker:
     async def _reschedule(
         self, conn: AsyncConnection, job: Job, delay: float, **values: Any
     ) -> None:
-        o = tables.operations
         now = utcnow()
-        result = await conn.execute(
-            o.update()
-            .where(o.c.id == job.op["id"], o.c.owner == self.id, o.c.state.in_(ACTIVE))
-            .values(
-                owner=None,
-                lease_until=None,
-                next_attempt_at=now + dt.timedelta(seconds=delay),
-                updated_at=now,
-                **values,
-            )
+        values.update(
+            owner=None,
+            lease_until=None,
+            next_attempt_at=now + dt.timedelta(seconds=delay),
+            updated_at=now,
         )
+        await self._guarded(conn, job.op["id"], values)
+
+    async def _guarded(self, conn: AsyncConnection, op_id: str, values: dict[str, Any]) -> None:
+        """Update an active operation this worker owns, or raise ``LeaseLost``."""
+        update = update_by_id(tables.operations, tuple(values), ("state", ACTIVE))
+        result = await conn.execute(update, by_id_params(op_id, values, owner=self.id))
         if result.rowcount != 1:
-            raise LeaseLost(job.op["id"])
+            raise LeaseLost(op_id)
 
     async def _finish(
         self, conn: AsyncConnection, op: dict[str, Any], state: str, description: str
     ) -> None:
-        o = tables.operations
         now = utcnow()
-        result = await conn.execute(
-            o.update()
-            .where(o.c.id == op["id"], o.c.owner == self.id, o.c.state.in_(ACTIVE))
-            .values(
-                state=state,
-                description=description,
-                owner=None,
-                lease_until=None,
-                finished_at=now,
-                updated_at=now,
-            )
-        )
-        if result.rowcount != 1:
-            raise LeaseLost(op["id"])
+        values = {
+            "state": state,
+            "description": description,
+            "owner": None,
+            "lease_until": None,
+            "finished_at": now,
+            "updated_at": now,
+        }
+        await self._guarded(conn, op["id"], values)
         finished = {**op, "state": state, "description": description}
         self._results[op["id"]] = {**finished, "finished_at": now, "updated_at": now}
         target = f"{op['namespace']}/{op['binding_name'] or op['instance_name']}"
@@ -414,14 +408,14 @@ class Worker:
 
     async def _set_target(self, conn: AsyncConnection, job: Job, **values: Any) -> None:
         table = tables.bindings if job.binding_id else tables.instances
+        values["updated_at"] = utcnow()
         key = job.binding_id or job.instance_id
-        await conn.execute(
-            table.update().where(table.c.id == key).values(updated_at=utcnow(), **values)
-        )
+        await conn.execute(update_by_id(table, tuple(values)), by_id_params(key, values))
 
     async def _delete_target(self, conn: AsyncConnection, job: Job) -> None:
         table = tables.bindings if job.binding_id else tables.instances
-        await conn.execute(table.delete().where(table.c.id == (job.binding_id or job.instance_id)))
+        key = job.binding_id or job.instance_id
+        await conn.execute(delete_by_id(table), by_id_params(key, {}))
 
     async def _orphan_mitigation(
         self, conn: AsyncConnection, job: Job, reason: str, *, then: str

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import json
 import logging
 from collections.abc import AsyncIterator
@@ -117,6 +118,10 @@ def create_app(
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[dict[str, Any]]:
         await platform.start()
+        # Everything loaded so far (modules, tables, compiled schemas) lives as long as the
+        # process: kept out of the collector's full passes, which otherwise walk it all again
+        # every few thousand requests.
+        gc.freeze()
         stop = asyncio.Event()
         task = None
         if settings.run_worker:

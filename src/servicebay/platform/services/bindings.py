@@ -8,6 +8,7 @@ only for the user who created the binding or an admin.
 
 from __future__ import annotations
 
+import functools
 import secrets
 import uuid
 from typing import Any
@@ -30,27 +31,51 @@ from servicebay.platform.services.records import (
     with_operation,
 )
 from servicebay.platform.services.runtime import Actor, Platform
-from servicebay.platform.store import tables, utcnow
+from servicebay.platform.store import by_id_params, tables, update_by_id, utcnow
+
+
+@functools.cache
+def _binding_by_name() -> sa.Select[Any]:
+    b = tables.bindings
+    return binding_select().where(
+        b.c.namespace == sa.bindparam("namespace"), b.c.name == sa.bindparam("name")
+    )
+
+
+@functools.cache
+def _instance_by_name() -> sa.Select[Any]:
+    i = tables.instances
+    return instance_select().where(
+        i.c.namespace == sa.bindparam("namespace"), i.c.name == sa.bindparam("name")
+    )
+
+
+_TAKEN = sa.select(tables.bindings.c.id).where(
+    tables.bindings.c.namespace == sa.bindparam("namespace"),
+    tables.bindings.c.name == sa.bindparam("name"),
+)
+_INSERT_BINDING = tables.bindings.insert()
+_BUSY = sa.select(tables.operations.c.id).where(
+    tables.operations.c.binding_id == sa.bindparam("binding_id"),
+    tables.operations.c.state.not_in(TERMINAL),
+)
+_OFFERING = (
+    sa.select(tables.plans.c.definition, tables.services.c.definition.label("service"))
+    .join(tables.services, tables.services.c.id == tables.plans.c.service_pk)
+    .where(tables.plans.c.id == sa.bindparam("plan_pk"))
+)
 
 
 async def _require_binding(conn: AsyncConnection, namespace: str, name: str) -> Any:
-    b = tables.bindings
-    query = binding_select().where(b.c.namespace == namespace, b.c.name == name)
-    row = (await conn.execute(query)).mappings().first()
+    params = {"namespace": namespace, "name": name}
+    row = (await conn.execute(_binding_by_name(), params)).mappings().first()
     if row is None:
         raise not_found("binding", f"{namespace}/{name}")
     return row
 
 
 async def _offering_of(conn: AsyncConnection, plan_pk: str) -> tuple[Service, Plan]:
-    p, s = tables.plans, tables.services
-    row = (
-        await conn.execute(
-            sa.select(p.c.definition, s.c.definition.label("service"))
-            .join(s, s.c.id == p.c.service_pk)
-            .where(p.c.id == plan_pk)
-        )
-    ).first()
+    row = (await conn.execute(_OFFERING, {"plan_pk": plan_pk})).first()
     assert row is not None
     return service_of(row[1]), plan_of(row[0])
 
@@ -74,9 +99,8 @@ async def bind(
     name = name or (f"{instance}-{app}" if kind == "app" else f"{instance}-key-{_suffix()}")
     async with platform.db.begin() as conn:
         await require_namespace(conn, namespace)
-        i = tables.instances
-        query = instance_select().where(i.c.namespace == namespace, i.c.name == instance)
-        inst = (await conn.execute(query)).mappings().first()
+        params = {"namespace": namespace, "name": instance}
+        inst = (await conn.execute(_instance_by_name(), params)).mappings().first()
         if inst is None:
             raise not_found("instance", f"{namespace}/{instance}")
         service, plan = await _offering_of(conn, inst["plan_pk"])
@@ -92,10 +116,7 @@ async def bind(
             raise Conflict(
                 f"instance {instance!r} is {inst['state']}, not ready", code="instance_not_ready"
             )
-        b = tables.bindings
-        taken = await conn.scalar(
-            sa.select(b.c.id).where(b.c.namespace == namespace, b.c.name == name)
-        )
+        taken = await conn.scalar(_TAKEN, {"namespace": namespace, "name": name})
         if taken is not None:
             raise Conflict(f"binding {name!r} already exists", code="binding_exists")
         binding_id = str(uuid.uuid4())
@@ -143,7 +164,7 @@ async def bind(
             "created_at": now,
             "updated_at": now,
         }
-        await conn.execute(b.insert().values(**record))
+        await conn.execute(_INSERT_BINDING, record)
         await audit(
             conn,
             user=actor.user,
@@ -176,10 +197,7 @@ async def unbind(platform: Platform, actor: Actor, *, name: str, namespace: str)
     async with platform.db.begin() as conn:
         await require_namespace(conn, namespace)
         row = await _require_binding(conn, namespace, name)
-        o = tables.operations
-        busy = await conn.scalar(
-            sa.select(o.c.id).where(o.c.binding_id == row["id"], o.c.state.not_in(TERMINAL))
-        )
+        busy = await conn.scalar(_BUSY, {"binding_id": row["id"]})
         if busy is not None:
             raise Conflict(
                 f"binding {name!r} has an operation in progress", code="operation_in_progress"
@@ -197,12 +215,9 @@ async def unbind(platform: Platform, actor: Actor, *, name: str, namespace: str)
             request={"previous_state": row["state"]},
             handoff=True,
         )
-        b = tables.bindings
-        await conn.execute(
-            b.update()
-            .where(b.c.id == row["id"])
-            .values(state="unbinding", last_operation_id=op["id"], updated_at=utcnow())
-        )
+        values = {"state": "unbinding", "last_operation_id": op["id"], "updated_at": utcnow()}
+        update = update_by_id(tables.bindings, tuple(values))
+        await conn.execute(update, by_id_params(row["id"], values))
         await audit(
             conn,
             user=actor.user,

@@ -363,35 +363,42 @@ def constraints_for(namespace: Any, service: str, plan: str) -> list[dict[str, A
     return [found[key] for key in (service, f"{service}/{plan}") if key in found]
 
 
+@functools.cache
+def _offering_query() -> sa.Select[Any]:
+    """The service by name, and its plan by name if it exists (built once).
+
+    One query: the plan is an outer join, so a missing plan and a missing service are told
+    apart without a second round trip.
+    """
+    s, p, b = tables.services, tables.plans, tables.brokers
+    return (
+        sa.select(
+            s.c.id,
+            s.c.broker_id,
+            s.c.definition,
+            b.c.name.label("broker_name"),
+            p.c.id.label("plan_pk"),
+            p.c.definition.label("plan_definition"),
+        )
+        .join(b, b.c.id == s.c.broker_id)
+        .outerjoin(
+            p,
+            sa.and_(
+                p.c.service_pk == s.c.id,
+                p.c.name == sa.bindparam("plan_name"),
+                p.c.active.is_(True),
+            ),
+        )
+        .where(s.c.name == sa.bindparam("service_name"), s.c.active.is_(True))
+    )
+
+
 async def resolve_offering(
     conn: AsyncConnection, namespace: Any, service_name: str, plan_name: str
 ) -> Offering:
     """The active, visible plan ``service_name/plan_name``, or a 404/403 naming what is wrong."""
-    s, p, b = tables.services, tables.plans, tables.brokers
-    # One query: the service, and the plan if it exists (outer join), so a missing plan and a
-    # missing service are told apart without a second round trip.
-    row = (
-        (
-            await conn.execute(
-                sa.select(
-                    s.c.id,
-                    s.c.broker_id,
-                    s.c.definition,
-                    b.c.name.label("broker_name"),
-                    p.c.id.label("plan_pk"),
-                    p.c.definition.label("plan_definition"),
-                )
-                .join(b, b.c.id == s.c.broker_id)
-                .outerjoin(
-                    p,
-                    sa.and_(p.c.service_pk == s.c.id, p.c.name == plan_name, p.c.active.is_(True)),
-                )
-                .where(s.c.name == service_name, s.c.active.is_(True))
-            )
-        )
-        .mappings()
-        .first()
-    )
+    params = {"service_name": service_name, "plan_name": plan_name}
+    row = (await conn.execute(_offering_query(), params)).mappings().first()
     if row is None:
         raise not_found("service", service_name)
     if row["plan_pk"] is None:

@@ -10,6 +10,7 @@ only redacted (``writeOnly`` / ``x-sensitive`` values become ``***``).
 
 from __future__ import annotations
 
+import functools
 import uuid
 from typing import Any
 
@@ -29,7 +30,7 @@ from servicebay.platform.services.records import (
     with_operation,
 )
 from servicebay.platform.services.runtime import Actor, Platform
-from servicebay.platform.store import tables, utcnow
+from servicebay.platform.store import by_id_params, tables, update_by_id, utcnow
 
 
 def check_parameters(
@@ -72,10 +73,38 @@ def _context(namespace: str, name: str) -> dict[str, Any]:
     return {"platform": "servicebay", "namespace": namespace, "instance_name": name}
 
 
-async def _require_instance(conn: AsyncConnection, namespace: str, name: str) -> Any:
+@functools.cache
+def _instance_by_name() -> sa.Select[Any]:
     i = tables.instances
-    query = instance_select().where(i.c.namespace == namespace, i.c.name == name)
-    row = (await conn.execute(query)).mappings().first()
+    return instance_select().where(
+        i.c.namespace == sa.bindparam("namespace"), i.c.name == sa.bindparam("name")
+    )
+
+
+_TAKEN = sa.select(tables.instances.c.id).where(
+    tables.instances.c.namespace == sa.bindparam("namespace"),
+    tables.instances.c.name == sa.bindparam("name"),
+)
+_INSERT_INSTANCE = tables.instances.insert()
+_OPERATION_STATE = sa.select(tables.operations.c.state).where(
+    tables.operations.c.id == sa.bindparam("op_id")
+)
+_BUSY_MITIGATION = sa.select(tables.operations.c.id).where(
+    tables.operations.c.instance_id == sa.bindparam("instance_id"),
+    tables.operations.c.binding_id.is_(None),
+    tables.operations.c.kind == "orphan_mitigation",
+    tables.operations.c.state.not_in(TERMINAL),
+)
+_BINDING_COUNT = (
+    sa.select(sa.func.count())
+    .select_from(tables.bindings)
+    .where(tables.bindings.c.instance_id == sa.bindparam("instance_id"))
+)
+
+
+async def _require_instance(conn: AsyncConnection, namespace: str, name: str) -> Any:
+    params = {"namespace": namespace, "name": name}
+    row = (await conn.execute(_instance_by_name(), params)).mappings().first()
     if row is None:
         raise not_found("instance", f"{namespace}/{name}")
     return row
@@ -150,10 +179,7 @@ async def provision(
         await _check_quota(conn, ns)
         if problems:
             raise invalid(problems)
-        i = tables.instances
-        taken = await conn.scalar(
-            sa.select(i.c.id).where(i.c.namespace == namespace, i.c.name == name)
-        )
+        taken = await conn.scalar(_TAKEN, {"namespace": namespace, "name": name})
         if taken is not None:
             raise Conflict(
                 f"instance {name!r} already exists in namespace {namespace!r}",
@@ -187,7 +213,7 @@ async def provision(
             "created_at": now,
             "updated_at": now,
         }
-        await conn.execute(i.insert().values(**record))
+        await conn.execute(_INSERT_INSTANCE, record)
         await audit(
             conn,
             user=actor.user,
@@ -223,22 +249,13 @@ async def _check_quota(conn: AsyncConnection, ns: Any) -> None:
 async def _check_idle(conn: AsyncConnection, operation_id: str | None, what: str) -> None:
     if operation_id is None:
         return
-    o = tables.operations
-    state = await conn.scalar(sa.select(o.c.state).where(o.c.id == operation_id))
+    state = await conn.scalar(_OPERATION_STATE, {"op_id": operation_id})
     if state is not None and state not in TERMINAL:
         raise Conflict(f"{what} has an operation in progress", code="operation_in_progress")
 
 
 async def _busy_orphan_mitigation(conn: AsyncConnection, instance_id: str) -> bool:
-    o = tables.operations
-    found = await conn.scalar(
-        sa.select(o.c.id).where(
-            o.c.instance_id == instance_id,
-            o.c.binding_id.is_(None),
-            o.c.kind == "orphan_mitigation",
-            o.c.state.not_in(TERMINAL),
-        )
-    )
+    found = await conn.scalar(_BUSY_MITIGATION, {"instance_id": instance_id})
     return found is not None
 
 
@@ -339,10 +356,7 @@ async def deprovision(
             raise Conflict(
                 f"instance {name!r} is under orphan mitigation", code="operation_in_progress"
             )
-        b = tables.bindings
-        count = await conn.scalar(
-            sa.select(sa.func.count()).select_from(b).where(b.c.instance_id == row["id"])
-        )
+        count = await conn.scalar(_BINDING_COUNT, {"instance_id": row["id"]})
         if count:
             raise Conflict(
                 f"instance {name!r} still has {count} binding(s) or key(s); unbind them first",
@@ -445,10 +459,9 @@ async def purge(platform: Platform, actor: Actor, *, name: str, namespace: str) 
 
 
 async def _set_instance(conn: AsyncConnection, instance_id: str, **values: Any) -> None:
-    i = tables.instances
-    await conn.execute(
-        i.update().where(i.c.id == instance_id).values(updated_at=utcnow(), **values)
-    )
+    values["updated_at"] = utcnow()
+    update = update_by_id(tables.instances, tuple(values))
+    await conn.execute(update, by_id_params(instance_id, values))
 
 
 async def get_instance(platform: Platform, *, name: str, namespace: str) -> dict[str, Any]:

@@ -38,10 +38,12 @@ def _check_settings(visible_plans: list[str] | None, constraints: dict[str, Any]
             raise BadRequest(f"constraints.{key}: {exc.description}") from None
 
 
+_NAMESPACE = sa.select(tables.namespaces).where(tables.namespaces.c.name == sa.bindparam("name"))
+
+
 async def require_namespace(conn: AsyncConnection, name: str) -> Any:
     """The namespace row, or ``namespace_not_found``."""
-    n = tables.namespaces
-    row = (await conn.execute(sa.select(n).where(n.c.name == name))).mappings().first()
+    row = (await conn.execute(_NAMESPACE, {"name": name})).mappings().first()
     if row is None:
         raise not_found("namespace", name)
     return row

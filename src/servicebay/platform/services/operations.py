@@ -27,6 +27,7 @@ MAX_WAIT = 60.0
 # Built once: executing the same statement object skips rebuilding and re-keying it.
 _INSERT_OPERATION = tables.operations.insert()
 _INSERT_AUDIT = tables.audit.insert()
+_OPERATION = sa.select(tables.operations).where(tables.operations.c.id == sa.bindparam("op_id"))
 
 
 async def enqueue(
@@ -114,15 +115,7 @@ async def audit(
 async def get_operation(platform: Platform, operation_id: str) -> dict[str, Any]:
     """One operation, or ``operation_not_found``."""
     async with platform.db.read() as conn:
-        row = (
-            (
-                await conn.execute(
-                    sa.select(tables.operations).where(tables.operations.c.id == operation_id)
-                )
-            )
-            .mappings()
-            .first()
-        )
+        row = (await conn.execute(_OPERATION, {"op_id": operation_id})).mappings().first()
     view = operation_view(row) if row is not None else None
     if view is None:
         raise not_found("operation", operation_id)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import functools
 import sqlite3
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from contextlib import asynccontextmanager
@@ -27,7 +28,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_en
 
 from servicebay.platform.store import tables
 
-__all__ = ["Database", "tables", "utcnow"]
+__all__ = ["Database", "by_id_params", "delete_by_id", "tables", "update_by_id", "utcnow"]
 
 # Any fixed number: the advisory lock that serialises migrations across platform processes.
 _MIGRATION_LOCK = 7_470_001
@@ -50,6 +51,44 @@ def _urls(url: str) -> tuple[URL, URL]:
             parsed.set(drivername="postgresql+psycopg"),
         )
     raise ValueError(f"unsupported database URL {parsed.drivername!r}: use sqlite or postgresql")
+
+
+# Statements the hot paths execute with new values each time are built once per shape: building
+# and cache-keying a statement costs more than executing it on SQLite.
+
+
+@functools.lru_cache(maxsize=256)
+def update_by_id(
+    table: sa.Table, columns: tuple[str, ...], guard: tuple[str, tuple[str, ...]] | None = None
+) -> sa.Update:
+    """``UPDATE table SET col = :_col ... WHERE id = :_key`` (built once per shape).
+
+    ``guard`` = (column, states) adds ``AND owner = :_owner AND <column> IN states`` (the
+    worker's lease check). Execute with ``{"_key": id, "_owner": ..., "_<col>": value}``.
+    """
+    c = table.c
+    where = [c.id == sa.bindparam("_key", type_=c.id.type)]
+    if guard is not None:
+        column, states = guard
+        where.append(c.owner == sa.bindparam("_owner", type_=c.owner.type))
+        where.append(sa.or_(*(c[column] == state for state in states)))
+    values = {name: sa.bindparam("_" + name, type_=c[name].type) for name in columns}
+    return table.update().where(*where).values(values)
+
+
+@functools.lru_cache(maxsize=32)
+def delete_by_id(table: sa.Table) -> sa.Delete:
+    """``DELETE FROM table WHERE id = :_key`` (built once)."""
+    return table.delete().where(table.c.id == sa.bindparam("_key", type_=table.c.id.type))
+
+
+def by_id_params(key: str, values: dict[str, Any], owner: str | None = None) -> dict[str, Any]:
+    """The parameters of :func:`update_by_id` / :func:`delete_by_id`."""
+    params = {"_" + name: value for name, value in values.items()}
+    params["_key"] = key
+    if owner is not None:
+        params["_owner"] = owner
+    return params
 
 
 class Database:
