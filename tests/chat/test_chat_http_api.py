@@ -121,7 +121,8 @@ async def test_health_readiness_and_metrics(chat: ServedChat) -> None:
             "/api/v1/rooms/lobby/messages", json={"key": "k", "body": "x"}, headers=_auth(token)
         )
         await http.get("/api/v1/rooms/lobby/messages", params={"after": 0}, headers=_auth(token))
-        text = (await http.get("/metrics")).text
+        admin = _auth(chat.admin_token)
+        text = (await http.get("/metrics", headers=admin)).text
     assert 'chat_messages_in_total{room="lobby"} 1.0' in text
     assert 'chat_messages_out_total{room="lobby"} 1.0' in text
     assert 'chat_room_lag_messages{room="lobby"} 1.0' in text

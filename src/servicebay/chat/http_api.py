@@ -146,8 +146,19 @@ async def _user(request: Request) -> User:
 
 
 def _admin(request: Request) -> None:
-    if not secrets.compare_digest(_bearer(request), request.app.state.admin_token):
+    # Bytes, not str: compare_digest refuses non-ASCII str (a 500 instead of a 401).
+    given = _bearer(request).encode()
+    if not secrets.compare_digest(given, request.app.state.admin_token.encode()):
         raise ApiError(401, "unauthorized", "this call needs the admin token")
+
+
+def require_admin(request: Request) -> Response | None:
+    """None when the request carries the admin token, else the 401 response to send."""
+    try:
+        _admin(request)
+    except ApiError as exc:
+        return _error_response(exc, _service(request))
+    return None
 
 
 def _service(request: Request) -> ChatService:
@@ -205,9 +216,14 @@ async def me(request: Request) -> Response:
 
 
 async def list_rooms(request: Request) -> Response:
-    """GET /api/v1/rooms: every room (any valid token)."""
-    await _user(request)
-    rooms = await _service(request).store.list_rooms()
+    """GET /api/v1/rooms: the open rooms and the caller's closed ones (any valid token)."""
+    user = await _user(request)
+    store = _service(request).store
+    rooms = await store.list_rooms()
+    if not all(r.open for r in rooms):
+        # A closed room's name and activity are for its members only.
+        mine = {m.room for m in await store.membership(user.id)}
+        rooms = [r for r in rooms if r.open or r.id in mine]
     return JSONResponse({"rooms": [_room(r) for r in rooms]})
 
 
@@ -383,4 +399,4 @@ def routes() -> list[BaseRoute]:
     return [Route(path, _guarded(h), methods=m) for path, h, m in table]
 
 
-__all__ = ["ApiError", "StoreUnavailable", "routes"]
+__all__ = ["ApiError", "StoreUnavailable", "require_admin", "routes"]

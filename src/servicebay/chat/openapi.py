@@ -114,7 +114,9 @@ _PATHS: dict[str, Any] = {
     "/api/v1/signup": {
         "post": _op("Sign up a person (if enabled)", {"201": _json(_ref("Token"), "")}, "NewUser")
     },
-    "/api/v1/rooms": {"get": _op("Every room", {"200": _json({}, "Rooms")})},
+    "/api/v1/rooms": {
+        "get": _op("Open rooms and the caller's closed ones", {"200": _json({}, "Rooms")})
+    },
     "/api/v1/rooms/{room}": {
         "put": _op(
             "Create a room or change it (admin)",

@@ -11,7 +11,8 @@ Route table::
     GET  /                         the web page          (web/)
     WS   /ws                       protocol v1           (docs/chat-protocol.md)
     *    /api/v1/...               HTTP API for apps     (http_api)
-    GET  /healthz /readyz /metrics
+    GET  /healthz /readyz          public (liveness, readiness)
+    GET  /metrics                  admin token
 """
 
 from __future__ import annotations
@@ -473,7 +474,9 @@ async def readyz(request: Request) -> Response:
 
 
 async def metrics(request: Request) -> Response:
-    """Prometheus exposition."""
+    """Prometheus exposition (admin token: it names every room, closed ones included)."""
+    if (refused := http_api.require_admin(request)) is not None:
+        return refused
     service: ChatService = request.app.state.service
     body = service.metrics.render(service.lag())
     return Response(body, media_type="text/plain; version=0.0.4")

@@ -1,0 +1,48 @@
+"""Fixtures of the security tests: the chat and platform apps in-process, with their lifespan."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import httpx
+import pytest
+from security_helpers import CHAT_ADMIN, PLATFORM_TOKEN
+
+from servicebay.chat.server import create_app as chat_app
+from servicebay.chat.settings import ChatSettings
+from servicebay.platform import PlatformSettings
+from servicebay.platform import create_app as platform_app
+
+
+@pytest.fixture
+async def chat(tmp_path: Path) -> AsyncIterator[httpx.AsyncClient]:
+    """A chat server on a fresh SQLite store (rooms ``lobby``), reached in-process."""
+    settings = ChatSettings(
+        store=f"sqlite:{tmp_path / 'chat.db'}", admin_token=CHAT_ADMIN, rooms=["lobby"]
+    )
+    app = chat_app(settings)
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://chat.test") as client:
+            yield client
+
+
+@pytest.fixture
+async def platform(tmp_path: Path) -> AsyncIterator[httpx.AsyncClient]:
+    """A platform (no worker) on a fresh SQLite database, reached in-process with its token."""
+    settings = PlatformSettings(
+        home=tmp_path / "home",
+        db=f"sqlite:///{tmp_path / 'platform.db'}",
+        tokens={PLATFORM_TOKEN: "admin"},
+        run_worker=False,
+    )
+    app = platform_app(settings)
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(
+            transport=transport,
+            base_url="http://platform.test",
+            headers={"authorization": f"Bearer {PLATFORM_TOKEN}"},
+        ) as client:
+            yield client
