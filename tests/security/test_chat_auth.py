@@ -2,11 +2,21 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+from pathlib import Path
+
 import httpx
 import pytest
-from security_helpers import CHAT_ADMIN
+from security_helpers import CHAT_ADMIN, chat_client
 
 ADMIN = {"authorization": f"Bearer {CHAT_ADMIN}"}
+
+
+@pytest.fixture
+async def chat(tmp_path: Path) -> AsyncIterator[httpx.AsyncClient]:
+    """A chat server on a fresh store, in-process."""
+    async with chat_client(tmp_path) as client:
+        yield client
 
 
 async def _user(chat: httpx.AsyncClient, name: str) -> dict[str, str]:

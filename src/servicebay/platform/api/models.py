@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 from typing import Annotated, Any, Literal, TypeVar
+from urllib.parse import urlsplit
 
 from pydantic import (
     BaseModel,
@@ -42,6 +43,13 @@ class BrokerIn(_Body):
 
     @model_validator(mode="after")
     def _one_kind_of_auth(self) -> BrokerIn:
+        parts = urlsplit(self.url)
+        if "@" in parts.netloc or parts.query or parts.fragment:
+            # The URL is stored, listed and logged as is: credentials go in their own fields.
+            raise ValueError(
+                "url: give the broker's base URL without user, password, query or fragment "
+                "(credentials go in username/password or bearer_token)"
+            )
         if (self.username is None) != (self.password is None):
             raise ValueError("username and password go together")
         if self.bearer_token is not None and self.username is not None:
