@@ -81,7 +81,8 @@ class Batch:
 
 
 Listener = Callable[[str], None]
-BATCHES_KEPT = 64
+BATCHES_KEPT = 64  # shared batches kept per room (receivers at a few distinct positions)
+BATCH_CHARS_KEPT = 4_000_000  # and at most this much text (256 big messages are 4 MB)
 
 
 def reap(task: asyncio.Task[Any]) -> None:
@@ -133,6 +134,7 @@ class RoomHub:
     receipt_sent: int = 0
     receipt_timer: asyncio.TimerHandle | None = None
     _batches: dict[tuple[int, int], Batch] = field(default_factory=dict)
+    _batch_chars: int = 0
     _changed: asyncio.Event = field(default_factory=asyncio.Event)
     _last_wake: float = 0.0
     _wake_timer: asyncio.TimerHandle | None = None
@@ -202,9 +204,12 @@ class RoomHub:
         entries = self.cached(after, limit)
         if not entries:
             return None
-        if len(self._batches) >= BATCHES_KEPT:
+        batch = Batch.of(entries)
+        self._batch_chars += len(batch.text)
+        if len(self._batches) >= BATCHES_KEPT or self._batch_chars > BATCH_CHARS_KEPT:
             self._batches.clear()
-        batch = self._batches[key] = Batch.of(entries)
+            self._batch_chars = len(batch.text)
+        self._batches[key] = batch
         return batch
 
     @property
