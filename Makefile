@@ -14,7 +14,7 @@ $(STAMP): pyproject.toml
 
 ## run: serve the servicebay demo on embedded defaults (SQLite, no set-up)
 run: $(STAMP)
-	$(BIN)/bay demo
+	$(BIN)/bay demo $(ARGS)
 
 ## test: lint, type-check, dependency contracts, then the whole test suite
 test: lint typecheck unit

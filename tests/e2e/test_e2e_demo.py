@@ -79,6 +79,7 @@ def test_demo_story_binds_rabbitmq_and_app_finds_credentials(
     assert "password in" in printed
     passwords = json.loads((Path(env["SERVICEBAY_HOME"]) / "demo" / "brokers.json").read_text())
     assert all(secret not in printed for secret in passwords.values())
+    assert printed.count("rabbitmq broker ready") == 1, printed  # one startup, one log line
 
     services = json.loads(_bay(env, "marketplace", "-o", "json"))
     assert {s["name"] for s in services} >= {"sandbox", "rabbitmq"}

@@ -10,16 +10,21 @@ One process serves three things side by side (one event loop, one uvicorn server
 It prints how to reach each, and the next commands to type. Broker passwords are generated once
 and kept in ``$SERVICEBAY_HOME/demo/brokers.json`` (mode 0600); they are never printed. Ctrl-C
 stops everything; a second run reuses the same state.
+
+The ports are taken first, before any store is opened: a port in use (most often by another
+``bay demo``) is one line on stderr and exit code 2, with nothing started.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import json
 import os
 import secrets
 import signal
+import socket
 from collections.abc import Generator
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,6 +42,7 @@ class _Served:
     name: str
     port: int
     app: Any
+    sock: socket.socket
     password: str | None = None
 
 
@@ -51,9 +57,17 @@ def demo(
 ) -> None:
     """Serve the platform with the sandbox (and RabbitMQ) broker registered; print how to use it.
 
-    Example: bay demo
+    Example: bay demo --port 9470 --sandbox-port 9471 --rabbitmq-port 9472
     """
-    asyncio.run(_demo(host, port, sandbox_port, rabbitmq_port, rabbitmq))
+    wanted = {"--port": port, "--sandbox-port": sandbox_port}
+    if rabbitmq:
+        wanted["--rabbitmq-port"] = rabbitmq_port
+    sockets = _listen(host, wanted)
+    try:
+        asyncio.run(_demo(host, sockets, rabbitmq))
+    finally:
+        for sock in sockets.values():
+            sock.close()
 
 
 def register(app: typer.Typer) -> None:
@@ -61,22 +75,49 @@ def register(app: typer.Typer) -> None:
     app.command("demo")(demo)
 
 
-async def _demo(host: str, port: int, sandbox_port: int, rabbit_port: int, rabbit: bool) -> None:
+def _listen(host: str, ports: dict[str, int]) -> dict[str, socket.socket]:
+    """A listening socket per flag, or one line on stderr and exit 2 if a port cannot be had."""
+    taken: dict[str, socket.socket] = {}
+    for flag, port in ports.items():
+        sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host, port))
+            sock.listen(2048)
+        except OSError as error:
+            sock.close()
+            for other in taken.values():
+                other.close()
+            if error.errno == errno.EADDRINUSE:
+                message = f"port {port} is in use (another bay demo?): stop it or choose {flag}"
+            else:
+                message = f"cannot listen on {host}:{port} ({flag}): {error.strerror}"
+            typer.echo(f"error: {message}", err=True)
+            raise typer.Exit(2) from None
+        taken[flag] = sock
+    return taken
+
+
+async def _demo(host: str, sockets: dict[str, socket.socket], rabbit: bool) -> None:
     from servicebay.platform import create_app as platform_app
     from servicebay.platform.settings import PlatformSettings
 
+    port = sockets["--port"].getsockname()[1]
     settings = PlatformSettings.from_env(host=host, port=port)
     state = settings.home / "demo"
     state.mkdir(parents=True, exist_ok=True, mode=0o700)
     passwords = _passwords(state / "brokers.json")
-    brokers = [_sandbox(state, sandbox_port, passwords["sandbox"])]
+    brokers = [_sandbox(state, sockets["--sandbox-port"], passwords["sandbox"])]
     if rabbit:
-        rabbit_broker = await _rabbitmq(state, rabbit_port, passwords["rabbitmq"])
+        rabbit_broker = await _rabbitmq(state, sockets["--rabbitmq-port"], passwords["rabbitmq"])
         if rabbit_broker is not None:
             brokers.append(rabbit_broker)
-    served = [_Served("platform", port, platform_app(settings)), *brokers]
-    servers = [_server(item.app, host, item.port) for item in served]
-    tasks = [asyncio.create_task(server.serve()) for server in servers]
+    served = [_Served("platform", port, platform_app(settings), sockets["--port"]), *brokers]
+    servers = [_server(item.app) for item in served]
+    tasks = [
+        asyncio.create_task(server.serve(sockets=[item.sock]))
+        for server, item in zip(servers, served, strict=True)
+    ]
     with _stop_on_signal(servers):
         if await _all_started(servers, tasks):
             await _register(settings, host, brokers)
@@ -97,36 +138,43 @@ def _passwords(path: Path) -> dict[str, str]:
     return fresh
 
 
-def _sandbox(state: Path, port: int, password: str) -> _Served:
+def _sandbox(state: Path, sock: socket.socket, password: str) -> _Served:
     from servicebay.broker import BrokerSettings, create_app
     from servicebay.examples.sandbox import broker
 
     settings = BrokerSettings(
         username=DEMO_USER, password=password, db=f"sqlite:///{state / 'sandbox-broker.db'}"
     )
-    return _Served("sandbox", port, create_app(broker, settings=settings), password)
+    app = create_app(broker, settings=settings)
+    return _Served("sandbox", sock.getsockname()[1], app, sock, password)
 
 
-async def _rabbitmq(state: Path, port: int, password: str) -> _Served | None:
+async def _rabbitmq(state: Path, sock: socket.socket, password: str) -> _Served | None:
     """The RabbitMQ broker, or None (with the reason printed) when RabbitMQ cannot be used."""
     from servicebay.broker import BrokerSettings, create_app
-    from servicebay.brokers.rabbitmq import RabbitMQBroker
+    from servicebay.brokers.rabbitmq import (
+        RabbitMQBroker,
+        RabbitMQBrokerSettings,
+        check_management_access,
+    )
 
-    broker = RabbitMQBroker()
+    # The same gate as the broker's startup, without running that startup twice (it logs
+    # "rabbitmq broker ready" each time): management API reachable, admin accepted.
     try:
-        await broker.startup()  # the broker's own gate: management API reachable, admin accepted
+        rabbit = RabbitMQBrokerSettings.from_env()
+        async with rabbit.management_api() as api:
+            await check_management_access(rabbit, api)
     except Exception as error:  # any reason to refuse is reported, never fatal for the demo
         typer.echo(f"RabbitMQ broker not served: {error}", err=True)
         return None
-    finally:
-        await broker.shutdown()
     settings = BrokerSettings(
         username=DEMO_USER, password=password, db=f"sqlite:///{state / 'rabbitmq-broker.db'}"
     )
-    return _Served("rabbitmq", port, create_app(RabbitMQBroker(), settings=settings), password)
+    app = create_app(RabbitMQBroker(rabbit), settings=settings)
+    return _Served("rabbitmq", sock.getsockname()[1], app, sock, password)
 
 
-def _server(app: Any, host: str, port: int) -> Any:
+def _server(app: Any) -> Any:
     import uvicorn
 
     class _Server(uvicorn.Server):
@@ -135,7 +183,8 @@ def _server(app: Any, host: str, port: int) -> Any:
         def capture_signals(self) -> Generator[None, None, None]:
             yield
 
-    config = uvicorn.Config(app, host=host, port=port, log_level="warning", access_log=False)
+    # The demo hands each server its already-listening socket (see _listen).
+    config = uvicorn.Config(app, log_level="warning", access_log=False)
     return _Server(config)
 
 
@@ -160,7 +209,7 @@ async def _all_started(servers: list[Any], tasks: list[asyncio.Task[None]]) -> b
     """Wait until every server listens; if one fails to start, stop the others."""
     while not all(server.started for server in servers):
         if any(task.done() for task in tasks):
-            typer.echo("servicebay demo: a server failed to start (port in use?)", err=True)
+            typer.echo("servicebay demo: a server failed to start (see the log above)", err=True)
             for server in servers:
                 server.should_exit = True
             return False
