@@ -57,7 +57,7 @@ def demo(
 ) -> None:
     """Serve the platform with the sandbox (and RabbitMQ) broker registered; print how to use it.
 
-    Example: bay demo --port 9470 --sandbox-port 9471 --rabbitmq-port 9472
+    Example: bay demo
     """
     wanted = {"--port": port, "--sandbox-port": sandbox_port}
     if rabbitmq:
