@@ -21,6 +21,7 @@ const chat = {
   pending: new Map(), // key -> {body, li, seq}
   retry: 250,
   timer: null,
+  roomWaits: false, // an error told us the server is retrying the room (store unavailable)
 };
 window.chat = chat; // for people poking around in the console (and the browser test)
 
@@ -118,8 +119,10 @@ function handle(ws, frame) {
     case "joined":
       // Delivery starts after `from` (the server clamps our position to what it still has).
       chat.last = frame.from;
+      roomResumed();
       break;
     case "msg":
+      roomResumed();
       onMessage(ws, frame);
       break;
     case "sent": {
@@ -194,6 +197,14 @@ function onError(frame) {
     label(item.li, `not sent: ${frame.message}`);
   }
   showError(`${frame.code}: ${frame.message}`);
+  // With `room`: the server retries the room by itself; the notice goes once delivery resumes.
+  if (frame.room !== undefined) chat.roomWaits = true;
+}
+
+function roomResumed() {
+  if (!chat.roomWaits) return;
+  chat.roomWaits = false;
+  showError("");
 }
 
 function flushAck(ws) {
