@@ -22,7 +22,7 @@ TOKEN_FILE = "platform.token"  # noqa: S105 - a file name, not a secret
 
 def _create_private_file(path: Path, content: str) -> None:
     """Write ``content`` to a new file readable by its owner only; keep an existing file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)  # the home: ours alone
     try:
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     except FileExistsError:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import os
 import queue
 import secrets
 import sqlite3
@@ -151,6 +152,9 @@ class SQLiteChatStore:
     async def open(self) -> None:
         """Create the schema and start the writer and reader threads."""
         Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+        # Messages and token digests are the owner's only: SQLite would create the file 0644
+        # (less the umask), and its -wal/-shm files copy the database's mode.
+        os.close(os.open(self.path, os.O_WRONLY | os.O_CREAT, 0o600))
         writer = _connect(self.path, self.synchronous)
         writer.executescript(_SCHEMA)
         if writer.execute("SELECT count(*) FROM schema_version").fetchone()[0] == 0:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import functools
+import os
 import sqlite3
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from contextlib import asynccontextmanager
@@ -91,14 +92,21 @@ def by_id_params(key: str, values: dict[str, Any], owner: str | None = None) -> 
     return params
 
 
+def _create_private_file(path: Path) -> None:
+    """Create the SQLite file 0600 (its folder 0700) before SQLite does: SQLite would make it
+    0644 less the umask, and its -wal/-shm files copy the database's mode."""
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    os.close(os.open(path, os.O_WRONLY | os.O_CREAT, 0o600))
+
+
 class Database:
     """The platform's database: migrations, transactions, and which backend it is."""
 
     def __init__(self, url: str) -> None:
         self._async_url, self._sync_url = _urls(url)
         self.is_postgres = self._async_url.get_backend_name() == "postgresql"
-        if not self.is_postgres and self._async_url.database:
-            Path(self._async_url.database).parent.mkdir(parents=True, exist_ok=True)
+        if not self.is_postgres and self._async_url.database not in (None, "", ":memory:"):
+            _create_private_file(Path(self._async_url.database))
         # Every use goes through begin()/read(), which always ends its transaction, so the
         # pool's reset-on-return would be a second, redundant round trip per transaction.
         kwargs: dict[str, Any] = {"pool_reset_on_return": None}
