@@ -15,6 +15,8 @@ from pathlib import Path
 import pytest
 from security_helpers import chat_client, platform_client
 
+from servicebay.broker import open_store as open_broker_store
+
 
 @contextlib.contextmanager
 def _umask(mask: int) -> Iterator[None]:
@@ -58,3 +60,16 @@ async def test_chat_database_is_private(tmp_path: Path, mask: int) -> None:
             (await chat.post("/api/v1/signup", json={"id": "ann"})).raise_for_status()
     assert sorted(p.name for p in store.iterdir())[:1] == ["chat.db"]
     assert _group_or_other(store) == []
+
+
+@pytest.mark.parametrize("mask", [0o000, 0o022])
+async def test_broker_database_is_private(tmp_path: Path, mask: int) -> None:
+    """A broker's SQLite store (encrypted credentials, instances) and its key file are 0600."""
+    folder = tmp_path / "b"
+    folder.mkdir(mode=0o700)
+    with _umask(mask):
+        store = open_broker_store(f"sqlite:///{folder / 'broker.db'}")
+        await store.open()
+        await store.close()
+    assert (folder / "broker.db").exists()
+    assert _group_or_other(folder) == []

@@ -626,6 +626,8 @@ class _SQLite:
     def _connect(self, cipher: FieldCipher) -> tuple[sqlite3.Connection, sqlite3.Connection]:
         if self.path is not None:
             self.path.parent.mkdir(parents=True, exist_ok=True)
+            # SQLite would create the file 0644 (less the umask); its -wal/-shm copy that mode.
+            os.close(os.open(self.path, os.O_WRONLY | os.O_CREAT, 0o600))
         writer = self._connection()
         try:
             # The schema goes through SQLAlchemy (the same metadata as PostgreSQL), on our
