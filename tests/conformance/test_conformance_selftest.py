@@ -117,13 +117,55 @@ def test_cli_json_output_never_contains_credentials(sandbox_url: str) -> None:
     assert "sandbox://" not in result.output  # bind credentials' uri
 
 
-def test_wrong_credentials_fail_the_run(sandbox_url: str) -> None:
-    """With the wrong password the catalog check fails and the exit code is 1."""
+def test_refused_credentials_are_said_first_and_nothing_else_is_checked(sandbox_url: str) -> None:
+    """A wrong password: one line saying the broker refused the credentials, exit 3, no table."""
     result = CliRunner().invoke(
         cli(), ["check", sandbox_url, "--username", USER, "--password", "nope"]
     )
-    assert result.exit_code == 1
-    assert "catalog.fetch" in result.output
+    assert result.exit_code == 3, result.output
+    assert result.output.splitlines()[0] == (
+        "error: the broker refused these credentials (401 on GET /v2/catalog): "
+        "check --username/--password"
+    )
+    assert "version." not in result.output and "catalog.fetch" not in result.output
+
+
+async def test_refused_credentials_are_one_failed_check() -> None:
+    """run_checks stops at the refusal: a single failed `auth.accepted`, nothing misleading."""
+    with serve_in_thread(_refusing_app()) as url:
+        report = await run_checks(url, bearer_token="not-the-token")
+    assert [r.check for r in report.results] == ["auth.accepted"]
+    assert report.credentials_refused and not report.ok
+
+
+def _refusing_app() -> Any:
+    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] == "lifespan":
+            while True:
+                event = (await receive())["type"].rpartition(".")[2]  # startup | shutdown
+                await send({"type": f"lifespan.{event}.complete"})
+                if event == "shutdown":
+                    return
+        body = b'{"error": "Unauthorized", "description": "who are you?"}'
+        headers = [(b"content-type", b"application/json")]
+        await send({"type": "http.response.start", "status": 401, "headers": headers})
+        await send({"type": "http.response.body", "body": body})
+
+    return app
+
+
+@pytest.mark.parametrize("selector", ["small", "nosuch/sync"])
+def test_unknown_plan_is_an_error_naming_the_plans(sandbox_url: str, selector: str) -> None:
+    """`--plan` naming no plan of the catalog: exit 2 and the plans there are, nothing run."""
+    result = CliRunner().invoke(
+        cli(),
+        ["check", sandbox_url, "--username", USER, "--password", PASSWORD, "--plan", selector],
+    )
+    assert result.exit_code == 2, result.output
+    first = result.output.splitlines()[0]
+    assert first.startswith(f"error: no plan {selector!r} in the broker's catalog; its plans: ")
+    assert "sandbox/sync" in first and "sandbox/async" in first
+    assert "passed" not in result.output
 
 
 def test_broker_ignoring_the_version_header_fails_version_checks(tmp_path: Path) -> None:

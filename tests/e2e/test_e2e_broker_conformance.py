@@ -59,7 +59,7 @@ async def test_served_sandbox_passes_the_conformance_self_test() -> None:
 
 
 def test_bay_broker_check_exit_codes_against_a_served_broker() -> None:
-    """`bay broker check` as a real command: exit 0 on the sandbox, 1 with a wrong password."""
+    """`bay broker check` as a real command: exit 0 on the sandbox, 3 with a wrong password."""
     with serve_broker("servicebay.examples.sandbox:broker") as served:
         command = [
             sys.executable,
@@ -81,8 +81,8 @@ def test_bay_broker_check_exit_codes_against_a_served_broker() -> None:
     assert good.returncode == 0, good.stdout + good.stderr
     assert " 0 failed" in good.stdout
     assert served.password not in good.stdout + good.stderr
-    assert bad.returncode == 1, bad.stdout + bad.stderr
-    assert "catalog.fetch" in bad.stdout
+    assert bad.returncode == 3, bad.stdout + bad.stderr
+    assert "error: the broker refused these credentials" in bad.stderr
 
 
 async def test_served_broker_logs_never_contain_credentials_or_secrets() -> None:

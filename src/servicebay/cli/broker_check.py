@@ -1,20 +1,21 @@
 """`bay broker check`: run the OSB conformance self-test against a running broker.
 
 A thin layer over :func:`servicebay.conformance.run_checks`: parse flags, run, print the table,
-exit 0 when every MUST holds and 1 when any check failed. Registered onto the `bay broker`
-sub-app by :func:`register`.
+exit 0 when every MUST holds and 1 when any check failed; 2 when ``--plan`` names no plan of
+the catalog, 3 when the broker refused the credentials (then nothing else was checked).
+Registered onto the `bay broker` sub-app by :func:`register`.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
-from typing import Annotated
+from typing import Annotated, NoReturn
 
 import typer
 from rich.console import Console
 
-from servicebay.conformance import Report, run_checks
+from servicebay.conformance import Report, UnknownPlanError, run_checks
 
 
 def check(
@@ -45,21 +46,39 @@ def check(
 
     Example: bay broker check http://127.0.0.1:8080 --username admin --password secret
     """
-    report = asyncio.run(
-        run_checks(
-            url,
-            username=username,
-            password=password,
-            bearer_token=bearer_token,
-            plans=plan or None,
-            poll_timeout=poll_timeout,
+    try:
+        report = asyncio.run(
+            run_checks(
+                url,
+                username=username,
+                password=password,
+                bearer_token=bearer_token,
+                plans=plan or None,
+                poll_timeout=poll_timeout,
+            )
         )
-    )
+    except UnknownPlanError as error:
+        _fail(str(error), code=2)
+    if report.credentials_refused and not as_json:
+        _fail(f"{report.failed[0].detail}: {_credentials_hint(username, bearer_token)}", code=3)
     if as_json:
         typer.echo(json.dumps(_as_dicts(report), indent=2))
     else:
         report.render(Console())
-    raise typer.Exit(0 if report.ok else 1)
+    raise typer.Exit(3 if report.credentials_refused else 0 if report.ok else 1)
+
+
+def _credentials_hint(username: str | None, bearer_token: str | None) -> str:
+    if username is not None:
+        return "check --username/--password"
+    if bearer_token is not None:
+        return "check --bearer-token"
+    return "give --username/--password or --bearer-token"
+
+
+def _fail(message: str, code: int) -> NoReturn:
+    typer.echo(f"error: {message}", err=True)
+    raise typer.Exit(code)
 
 
 def _as_dicts(report: Report) -> dict[str, object]:

@@ -4,6 +4,8 @@ It speaks HTTP to the broker like a platform would (and, on purpose, like a care
 so it works on brokers written with any library. It never imports ``servicebay.broker``: SDK and
 self-test meet only on the wire. The run, in order:
 
+0. credentials: a broker answering 401 to the credentials given ends the run there, with one
+   failed ``auth.accepted`` check (every later check would fail for that one reason);
 1. catalog: shape, unique names and ids, parameter schemas (draft-04 valid, ``$schema``,
    self-contained, < 64kB), maintenance_info versions;
 2. headers and auth: the version header (missing/unsupported/malformed → 412, on every
@@ -33,6 +35,7 @@ from servicebay.conformance._probe import Probe
 from servicebay.conformance._protocol import (
     check_auth,
     check_catalog,
+    check_credentials,
     check_every_endpoint,
     check_request_identity,
     check_version_header,
@@ -41,7 +44,18 @@ from servicebay.conformance._protocol import (
 from servicebay.conformance._report import CheckResult, Outcome, Recorder, Report
 from servicebay.conformance._samples import valid_sample
 
-__all__ = ["CheckResult", "Outcome", "Report", "run_checks"]
+__all__ = ["CheckResult", "Outcome", "Report", "UnknownPlanError", "run_checks"]
+
+
+class UnknownPlanError(ValueError):
+    """A ``plans`` selector names no plan of the broker's catalog; the message lists its plans."""
+
+    def __init__(self, selector: str, available: list[str]) -> None:
+        super().__init__(
+            f"no plan {selector!r} in the broker's catalog; its plans: "
+            + (", ".join(available) or "none")
+        )
+        self.selector, self.available = selector, available
 
 
 async def run_checks(
@@ -57,7 +71,8 @@ async def run_checks(
 ) -> Report:
     """Run every check against the broker at ``url``; never raises for a broker's misbehaviour.
 
-    ``plans`` limits the lifecycle checks to plans named ``plan`` or ``service/plan``.
+    ``plans`` limits the lifecycle checks to plans named ``plan`` or ``service/plan``; a selector
+    matching no plan of the catalog raises `UnknownPlanError` before any other check runs.
     ``poll_timeout`` bounds polling when a plan declares no ``maximum_polling_duration``.
     ``transport`` lets tests reach an in-process app.
     """
@@ -83,8 +98,11 @@ async def run_checks(
 async def _run(probe: Probe, report: Report, plans: list[str] | None, poll_timeout: float) -> None:
     rec = Recorder()
     report.results = rec.results
+    if not await check_credentials(probe, rec):
+        return
     catalog = await check_catalog(probe, rec)
     everything = targets(catalog) if catalog is not None else []
+    _require_known(plans or [], everything)
     first = _first_usable(everything)
     sample = None
     if first is not None:
@@ -126,6 +144,12 @@ def _first_usable(candidates: list[Target]) -> Target | None:
         if valid_sample(target.schema("service_instance", "create")) is not None:
             return target
     return None
+
+
+def _require_known(selectors: list[str], everything: list[Target]) -> None:
+    for selector in selectors:
+        if everything and not any(_selected(t, [selector]) for t in everything):
+            raise UnknownPlanError(selector, [t.label for t in everything])
 
 
 def _selected(target: Target, plans: list[str] | None) -> bool:

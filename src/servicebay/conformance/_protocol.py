@@ -14,7 +14,7 @@ import jsonschema
 from jsonschema.exceptions import SchemaError
 
 from servicebay.conformance._probe import JSON, Exchange, Probe
-from servicebay.conformance._report import Recorder
+from servicebay.conformance._report import CREDENTIALS_CHECK, Recorder
 from servicebay.osb import API_VERSION
 
 CATALOG = "Catalog Management"
@@ -270,6 +270,25 @@ async def _instance_exists(probe: Probe, instance: str, provision: JSON) -> bool
     params = {"service_id": provision["service_id"], "plan_id": provision["plan_id"]}
     answer = await probe.send("DELETE", f"/v2/service_instances/{instance}", params=params)
     return answer.status != 410
+
+
+async def check_credentials(probe: Probe, rec: Recorder) -> bool:
+    """The broker accepts the credentials given; False (one failed check) when it answers 401.
+
+    Every later check sends these credentials: refused, each would fail for that one reason.
+    """
+    answer = await probe.send("GET", "/v2/catalog")
+    if answer.status != 401:
+        return True
+    given = "these credentials" if probe.has_credentials else "requests without credentials"
+    rec.check(
+        CREDENTIALS_CHECK,
+        "the broker accepts the credentials given",
+        AUTH,
+        False,
+        f"the broker refused {given} (401 on GET /v2/catalog)",
+    )
+    return False
 
 
 async def check_auth(probe: Probe, rec: Recorder, sample_provision: JSON | None) -> None:

@@ -25,6 +25,10 @@ class Outcome(enum.StrEnum):
     SKIP = "skip"
 
 
+# The first check of a run: when it fails the run stops, since every later check would fail
+# for that one reason (the broker answering 401 to the credentials given).
+CREDENTIALS_CHECK = "auth.accepted"
+
 _STYLE = {
     Outcome.PASS: "green",
     Outcome.FAIL: "bold red",
@@ -84,6 +88,11 @@ class Report:
     def ok(self) -> bool:
         """True when no check failed."""
         return not self.failed
+
+    @property
+    def credentials_refused(self) -> bool:
+        """True when the broker refused the run's credentials, so nothing else was checked."""
+        return any(r.check == CREDENTIALS_CHECK and r.outcome is Outcome.FAIL for r in self.results)
 
     def get(self, check: str) -> CheckResult:
         """The result of the check with id ``check`` (KeyError if it did not run)."""
