@@ -195,16 +195,19 @@ def check(
     constraints: JSON | None,
     parameters: JSON,
     namespace: str | None = None,
+    *,
+    defaults: bool = True,
 ) -> JSON:
     """Validate parameters (after defaults) against the plan schema and namespace constraints.
 
-    Returns the parameters with defaults filled in. Raises ``InvalidParameters`` listing every
+    Returns the parameters with defaults filled in (``defaults=False``, for an update: as given,
+    since an update sends only what the user gives). Raises ``InvalidParameters`` listing every
     problem of both schemas; a constraint's problems end ``[namespace NAME]``, as the platform's
     do, so the user sees which namespace refused (it may come from the environment or login).
     """
     from servicebay.osb import InvalidParameters, apply_defaults, validate_parameters
 
-    filled = apply_defaults(schema, parameters)
+    filled = apply_defaults(schema, parameters) if defaults else parameters
     problems = []
     origin = f" [namespace {namespace}]" if namespace else " [namespace constraint]"
     for current, suffix in ((schema, ""), (constraints, origin)):

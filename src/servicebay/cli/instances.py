@@ -145,7 +145,8 @@ async def _update(
             show_dry_run(report, schema, output)
             return
         if parameters is not None:
-            params.check(schema, plan.get("constraints"), parameters, namespace)
+            # Only what is given is sent (spec: no defaults on update), so only that is checked.
+            params.check(schema, plan.get("constraints"), parameters, namespace, defaults=False)
         accepted = await api.update(name, namespace, plan=plan_name, parameters=parameters)
         await follow(api, accepted["operation"], what=f"update {name}", no_wait=no_wait)
         await _show_after(api, accepted["instance"], no_wait, output)
@@ -307,7 +308,8 @@ def show_dry_run(report: JSON, schema: JSON | None, output: OutputFormat) -> Non
     """Print what would be sent and the verdict; exit 2 if it would be refused."""
     request = dict(report.get("request") or {})
     # The platform redacts already; redacting again costs nothing and guards every output.
-    request["parameters"] = params.redact(schema, request.get("parameters") or {})
+    if "parameters" in request:
+        request["parameters"] = params.redact(schema, request["parameters"] or {})
     report = {**report, "request": request}
     target = report.get("target") or {}
     problems = [str(p.get("message", p)) for p in report.get("problems") or []]
@@ -318,7 +320,7 @@ def show_dry_run(report: JSON, schema: JSON | None, output: OutputFormat) -> Non
         ("service", report.get("service")),
         ("plan", report.get("plan")),
         ("namespace", report.get("namespace")),
-        ("parameters", request["parameters"]),
+        ("parameters", request.get("parameters", "none sent")),
         ("context", request.get("context")),
     ]
     pairs += [("problem", problem) for problem in problems]

@@ -1,15 +1,21 @@
 """Service instances: provision (or dry-run it), update, deprovision, purge, list.
 
 Every request is checked completely *before* anything is stored or sent: the namespace, the
-plan's existence and visibility, the namespace quota, and the parameters — against the plan's
-schema with ``servicebay.osb``'s validator (after its defaults are applied) and then against
-the namespace's constraints. Accepted requests store the record and a queued operation in one
-transaction; the worker sends it to the broker. Parameters are stored encrypted, and shown
-only redacted (``writeOnly`` / ``x-sensitive`` values become ``***``).
+plan's existence and visibility, the namespace quota, the name, and the parameters — against
+the plan's schema with ``servicebay.osb``'s validator and then against the namespace's
+constraints. A dry run makes the same checks. Accepted requests store the record and a queued
+operation in one transaction; the worker sends it to the broker.
+
+A provision fills in the schema's defaults; an update does not: it sends only the parameters
+the user gave (the broker keeps the rest, as the SDK does) and the platform records the old
+parameters with the given ones on top. Parameters are stored encrypted, and shown only
+redacted: a value ``writeOnly`` / ``x-sensitive`` under any plan the instance has had stays
+``***`` for good (see :func:`hide`).
 """
 
 from __future__ import annotations
 
+import copy
 import functools
 import uuid
 from typing import Any
@@ -17,8 +23,19 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from servicebay.osb import InvalidParameters, apply_defaults, redact, validate_parameters
-from servicebay.platform.services.catalog import Offering, constraints_for, resolve_offering
+from servicebay.osb import (
+    REDACTED,
+    InvalidParameters,
+    apply_defaults,
+    redact,
+    validate_parameters,
+)
+from servicebay.platform.services.catalog import (
+    Offering,
+    constraints_for,
+    plan_of,
+    resolve_offering,
+)
 from servicebay.platform.services.errors import Conflict, Unprocessable, not_found
 from servicebay.platform.services.namespaces import require_namespace
 from servicebay.platform.services.operations import audit, enqueue
@@ -38,9 +55,12 @@ def check_parameters(
     parameters: dict[str, Any],
     constraints: list[dict[str, Any]],
     namespace: str,
+    *,
+    defaults: bool = True,
 ) -> tuple[dict[str, Any], list[dict[str, str]]]:
-    """Parameters after defaults, and every problem with them (plan schema, then namespace)."""
-    full = apply_defaults(schema, parameters)
+    """Parameters (after defaults, unless not wanted), and every problem with them (plan schema,
+    then namespace)."""
+    full = apply_defaults(schema, parameters) if defaults else copy.deepcopy(parameters)
     problems: list[dict[str, str]] = []
     try:
         validate_parameters(schema, full)
@@ -59,6 +79,36 @@ def check_parameters(
                 for p in exc.problems
             ]
     return full, problems
+
+
+def hide(
+    parameters: dict[str, Any],
+    schemas: list[dict[str, Any] | None],
+    shown_before: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """``parameters`` with every value sensitive under any of ``schemas`` as ``***``, and every
+    value that was ``***`` in ``shown_before`` still ``***``.
+
+    An update may move an instance to a plan whose schema does not mark a value the old plan
+    marked ``writeOnly``; the value stays hidden for good, whatever plans come after.
+    """
+    result = copy.deepcopy(parameters)
+    for schema in schemas:
+        if schema:
+            result = redact(schema, result)
+    if shown_before:
+        _keep_hidden(result, shown_before)
+    return result
+
+
+def _keep_hidden(target: dict[str, Any], shown_before: dict[str, Any]) -> None:
+    for key, before in shown_before.items():
+        if key not in target:
+            continue
+        if before == REDACTED:
+            target[key] = REDACTED
+        elif isinstance(before, dict) and isinstance(target[key], dict):
+            _keep_hidden(target[key], before)
 
 
 def invalid(problems: list[dict[str, str]]) -> Unprocessable:
@@ -172,19 +222,16 @@ async def provision(
         }
         if maintenance_info is not None:
             body["maintenance_info"] = maintenance_info
+        await _check_quota(conn, ns)
+        taken = await conn.scalar(_TAKEN, {"namespace": namespace, "name": name})
+        if taken is not None:
+            raise Conflict(f"instance '{namespace}/{name}' already exists", code="instance_exists")
         if dry_run:
             shown = {**body, "parameters": redact(schema, full)}
             url = await _broker_url(conn, offering.broker_id)
             return 200, _dry_run(offering, url, "PUT", instance_id, shown, problems, namespace)
-        await _check_quota(conn, ns)
         if problems:
             raise invalid(problems)
-        taken = await conn.scalar(_TAKEN, {"namespace": namespace, "name": name})
-        if taken is not None:
-            raise Conflict(
-                f"instance {name!r} already exists in namespace {namespace!r}",
-                code="instance_exists",
-            )
         now = utcnow()
         shown_params = redact(schema, full)
         op = await enqueue(
@@ -282,19 +329,43 @@ async def update(
                 f"service {offering.service.name!r} does not allow changing the plan",
                 code="not_updateable",
             )
+        if changing and not offering.plan.effective_bindable(offering.service):
+            await _check_unbound(conn, row["id"], name, target_plan)
         schema = offering.plan.instance_update_schema()
-        given = parameters or {}
-        checked, problems = check_parameters(
-            schema, given, constraints_for(ns, offering.service.name, target_plan), namespace
-        )
+        checked: dict[str, Any] = {}
+        problems: list[dict[str, str]] = []
+        if parameters is not None:
+            # spec: update sends only what the user gives; the broker keeps the rest.
+            checked, problems = check_parameters(
+                schema,
+                parameters,
+                constraints_for(ns, offering.service.name, target_plan),
+                namespace,
+                defaults=False,
+            )
         old_params = platform.cipher.open(row["parameters"]) or {}
-        old_plan_id = await conn.scalar(
-            sa.select(tables.plans.c.plan_id).where(tables.plans.c.id == row["plan_pk"])
+        p = tables.plans
+        old_plan = (
+            (
+                await conn.execute(
+                    sa.select(p.c.plan_id, p.c.definition).where(p.c.id == row["plan_pk"])
+                )
+            )
+            .mappings()
+            .one()
         )
+        old = plan_of(old_plan["definition"])
+        sensitive = [
+            offering.plan.instance_create_schema(),
+            schema,
+            old.instance_create_schema(),
+            old.instance_update_schema(),
+        ]
+        before = row["parameters_shown"]
         body: dict[str, Any] = {
             "service_id": offering.service.id,
             "context": _context(namespace, name),
-            "previous_values": {"service_id": offering.service.id, "plan_id": old_plan_id},
+            "previous_values": {"service_id": offering.service.id, "plan_id": old_plan["plan_id"]},
         }
         if plan is not None:
             body["plan_id"] = offering.plan.id
@@ -302,14 +373,15 @@ async def update(
             body["parameters"] = checked
         if maintenance_info is not None:
             body["maintenance_info"] = maintenance_info
-        create_schema = offering.plan.instance_create_schema()
+        await _check_idle(conn, row["last_operation_id"], f"instance {name!r}")
         if dry_run:
-            shown = {**body, "parameters": redact(schema or create_schema, checked)}
+            shown = dict(body)
+            if "parameters" in body:
+                shown["parameters"] = hide(checked, sensitive, before)
             url = await _broker_url(conn, offering.broker_id)
             return 200, _dry_run(offering, url, "PATCH", row["id"], shown, problems, namespace)
         if problems:
             raise invalid(problems)
-        await _check_idle(conn, row["last_operation_id"], f"instance {name!r}")
         merged = {**old_params, **checked}
         op = await enqueue(
             conn,
@@ -323,7 +395,7 @@ async def update(
                 "body": body,
                 "plan_pk": offering.plan_pk,
                 "parameters": merged,
-                "parameters_shown": redact(create_schema or schema, merged),
+                "parameters_shown": hide(merged, sensitive, before),
                 "maintenance_info": maintenance_info,
                 "previous_state": row["state"],
             },
@@ -337,11 +409,21 @@ async def update(
             target=f"{namespace}/{name}",
             outcome="accepted",
             operation_id=op["id"],
-            details={"plan": target_plan, "parameters": redact(schema, checked)},
+            details={"plan": target_plan, "parameters": hide(checked, sensitive, before)},
         )
     platform.submit(op)
     view = instance_view(with_operation(row, op, state="updating"))
     return 202, {"instance": view, "operation": operation_view(op)}
+
+
+async def _check_unbound(conn: AsyncConnection, instance_id: str, name: str, plan: str) -> None:
+    count = await conn.scalar(_BINDING_COUNT, {"instance_id": instance_id})
+    if count:
+        raise Conflict(
+            f"plan {plan!r} is not bindable and instance {name!r} still has {count} "
+            "binding(s) or key(s); unbind them first",
+            code="instance_has_bindings",
+        )
 
 
 async def deprovision(
