@@ -95,6 +95,19 @@ def test_cli_exits_zero_and_prints_the_table(sandbox_url: str) -> None:
     assert "Binding" in result.output  # the spec section column
 
 
+def test_piped_table_keeps_one_line_per_check(sandbox_url: str) -> None:
+    """Not a terminal: rows never wrap, so each check is one line (grep-able), none continued."""
+    result = CliRunner().invoke(
+        cli(),
+        ["check", sandbox_url, "--username", USER, "--password", PASSWORD, "--plan", "sync"],
+        env={"COLUMNS": "80"},
+    )
+    assert result.exit_code == 0, result.output
+    rows = [line for line in result.output.splitlines() if line.startswith("│")]
+    assert rows and not [row for row in rows if re.match(r"│\s+│", row)], result.output
+    assert any("plan[sandbox/sync].bind.idempotent" in row for row in rows)
+
+
 def test_cli_json_output_never_contains_credentials(sandbox_url: str) -> None:
     """The report is printable: no password from any bind response appears in it."""
     result = CliRunner().invoke(

@@ -64,8 +64,16 @@ def check(
     if as_json:
         typer.echo(json.dumps(_as_dicts(report), indent=2))
     else:
-        report.render(Console())
+        report.render(_console())
     raise typer.Exit(3 if report.credentials_refused else 0 if report.ok else 1)
+
+
+def _console() -> Console:
+    """A terminal's width on a terminal; piped, rows never wrap (one grep-able line per check)."""
+    console = Console()
+    if console.is_terminal:
+        return console
+    return Console(width=100_000, soft_wrap=True)
 
 
 def _credentials_hint(username: str | None, bearer_token: str | None) -> str:
