@@ -313,8 +313,8 @@ def main() -> None:
         "--workers",
         type=int,
         default=0,
-        help="servicebay worker processes (default: 1 on SQLite, whose writers share one lock; "
-        "2 on PostgreSQL)",
+        help="servicebay worker processes sharing the store (default: 2, one per core here; "
+        "SQLite writers take turns on one lock, each committing its requests' writes as a batch)",
     )
     parser.add_argument("--db", default="", help="our store URL (default: a fresh SQLite file)")
     parser.add_argument("--peer-server", default="waitress", choices=["waitress", "gevent"])
@@ -337,7 +337,7 @@ def main() -> None:
 
     tmp = Path(tempfile.mkdtemp(prefix="sb-bench-"))
     db = args.db or f"sqlite:///{tmp / 'broker.db'}"
-    args.workers = args.workers or (1 if db.startswith("sqlite") else 2)
+    args.workers = args.workers or 2
     # Our store's encryption key file is created next to the SQLite file (mode 0600).
     env = dict(os.environ)
     ours_port, peer_port = free_port(), free_port()
