@@ -17,6 +17,7 @@ from servicebay.cli import _parameters as params
 from servicebay.cli._api import JSON, Binding, PlatformAPI
 from servicebay.cli.instances import ParamOption, ParamsFileOption
 from servicebay.cli.output import (
+    AnyNamespaceOption,
     CLIError,
     NamespaceOption,
     NoWaitOption,
@@ -140,12 +141,12 @@ async def delete(
 def list_bindings(
     instance: Annotated[str | None, typer.Option("--instance", help="Only this instance.")] = None,
     app: Annotated[str | None, typer.Option("--app", help="Only this app.")] = None,
-    namespace: NamespaceOption = "default",
+    namespace: AnyNamespaceOption = "default",
     output: OutputOption = OutputFormat.table,
 ) -> None:
     """List app bindings (service keys: bay key list).
 
-    Example: bay bindings --app chat
+    Example: bay bindings --app chat -n '*'
     """
     run(_list(instance, app, namespace, output))
 
@@ -157,9 +158,19 @@ async def _list(
         items = await api.bindings(namespace, instance=instance, app=app, kind="app")
     items = [without_credentials(b) for b in items]
     rows = [
-        (b["name"], b["instance"], b.get("app"), b["service"], b["plan"], b["state"]) for b in items
+        (
+            b["name"],
+            b["namespace"],
+            b["instance"],
+            b.get("app"),
+            b["service"],
+            b["plan"],
+            b["state"],
+        )
+        for b in items
     ]
-    emit(items, output, table(["NAME", "INSTANCE", "APP", "SERVICE", "PLAN", "STATE"], rows))
+    columns = ["NAME", "NAMESPACE", "INSTANCE", "APP", "SERVICE", "PLAN", "STATE"]
+    emit(items, output, table(columns, rows))
 
 
 def without_credentials(binding: Binding) -> Binding:

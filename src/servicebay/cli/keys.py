@@ -17,6 +17,7 @@ from servicebay.cli._parameters import REDACTED
 from servicebay.cli.bindings import binding_table, create, delete, without_credentials
 from servicebay.cli.instances import ParamOption, ParamsFileOption
 from servicebay.cli.output import (
+    AnyNamespaceOption,
     CLIError,
     NamespaceOption,
     NoWaitOption,
@@ -62,7 +63,7 @@ def create_key(
 @key_app.command("list")
 def list_keys(
     instance: InstanceArg,
-    namespace: NamespaceOption = "default",
+    namespace: AnyNamespaceOption = "default",
     output: OutputOption = OutputFormat.table,
 ) -> None:
     """List an instance's service keys.
@@ -76,8 +77,11 @@ async def _list(instance: str, namespace: str, output: OutputFormat) -> None:
     async with _config.connect() as api:
         found = await api.bindings(namespace, instance=instance, kind="key")
     keys = [without_credentials(k) for k in found]
-    rows = [(k["name"], k["state"], k.get("created_by"), k.get("created_at")) for k in keys]
-    emit(keys, output, table(["NAME", "STATE", "CREATED BY", "CREATED"], rows))
+    rows = [
+        (k["name"], k["namespace"], k["state"], k.get("created_by"), k.get("created_at"))
+        for k in keys
+    ]
+    emit(keys, output, table(["NAME", "NAMESPACE", "STATE", "CREATED BY", "CREATED"], rows))
 
 
 @key_app.command("show")

@@ -88,7 +88,7 @@ NamespaceOption = Annotated[
         help=NAMESPACE_HELP,
     ),
 ]
-# `bay instances` alone also takes '*', every namespace.
+# List commands (instances, bindings, key list) also take '*', every namespace.
 AnyNamespaceOption = Annotated[
     str,
     typer.Option(

@@ -52,6 +52,12 @@ def _namespace(request: Request) -> str:
     return _name(request.query_params.get("namespace", "default"), "namespace")
 
 
+def _any_namespace(request: Request) -> str:
+    """A list's namespace: a name, or ``*`` for every namespace."""
+    namespace = request.query_params.get("namespace", "default")
+    return namespace if namespace == "*" else _name(namespace, "namespace")
+
+
 def _int(request: Request, key: str, default: int, low: int, high: int) -> int:
     raw = request.query_params.get(key)
     if raw is None:
@@ -234,12 +240,9 @@ async def provision(request: Request) -> Response:
 
 async def list_instances(request: Request) -> Response:
     """A page of instances."""
-    namespace = request.query_params.get("namespace", "default")
-    if namespace != "*":
-        _name(namespace, "namespace")
     page = await instances.list_instances(
         _platform(request),
-        namespace=namespace,
+        namespace=_any_namespace(request),
         service=request.query_params.get("service") or None,
         limit=_int(request, "limit", 500, 1, 10000),
         after=request.query_params.get("after") or None,
@@ -317,7 +320,7 @@ async def list_bindings(request: Request) -> Response:
         raise BadRequest("kind: must be 'app' or 'key'")
     items = await bindings.list_bindings(
         _platform(request),
-        namespace=_namespace(request),
+        namespace=_any_namespace(request),
         instance=request.query_params.get("instance") or None,
         app=request.query_params.get("app") or None,
         kind=kind,
@@ -358,12 +361,12 @@ async def app_bindings(request: Request) -> Response:
 
 async def list_operations(request: Request) -> Response:
     """Operations newest first."""
-    namespace = request.query_params.get("namespace") or None
-    if namespace:
+    namespace = request.query_params.get("namespace") or "*"
+    if namespace != "*":
         _name(namespace, "namespace")
     items = await operations.list_operations(
         _platform(request),
-        namespace=namespace,
+        namespace=None if namespace == "*" else namespace,
         instance=request.query_params.get("instance") or None,
         limit=_int(request, "limit", 100, 1, 1000),
     )

@@ -118,7 +118,7 @@ async def bind(
             )
         taken = await conn.scalar(_TAKEN, {"namespace": namespace, "name": name})
         if taken is not None:
-            raise Conflict(f"binding {name!r} already exists", code="binding_exists")
+            raise Conflict(f"binding '{namespace}/{name}' already exists", code="binding_exists")
         binding_id = str(uuid.uuid4())
         context: dict[str, Any] = {
             "platform": "servicebay",
@@ -258,9 +258,12 @@ async def list_bindings(
     app: str | None,
     kind: str | None,
 ) -> list[dict[str, Any]]:
-    """Bindings of a namespace (never with credentials)."""
+    """Bindings of a namespace, or of every one (``*``), never with credentials."""
     b = tables.bindings
-    query = binding_select().where(b.c.namespace == namespace).order_by(b.c.name)
+    if namespace == "*":
+        query = binding_select().order_by(b.c.namespace, b.c.name)
+    else:
+        query = binding_select().where(b.c.namespace == namespace).order_by(b.c.name)
     if instance:
         query = query.where(tables.instances.c.name == instance)
     if app:
@@ -268,7 +271,8 @@ async def list_bindings(
     if kind:
         query = query.where(b.c.kind == kind)
     async with platform.db.read() as conn:
-        await require_namespace(conn, namespace)
+        if namespace != "*":
+            await require_namespace(conn, namespace)
         rows = (await conn.execute(query)).mappings().all()
     return [binding_view(r) for r in rows]
 
