@@ -15,7 +15,12 @@ from cryptography.fernet import Fernet
 from psycopg import sql
 from sqlalchemy.engine import make_url
 
-from servicebay.broker._crypto import KEY_ENV, EncryptionKeyError, load_or_create_key
+from servicebay.broker._crypto import (
+    KEY_ENV,
+    EncryptionKeyError,
+    FieldCipher,
+    load_or_create_key,
+)
 from servicebay.broker._store import (
     BindingRecord,
     InstanceRecord,
@@ -234,6 +239,19 @@ async def test_equal_values_in_different_records_never_share_a_token(tmp_path: P
         await store.close()
     assert len(tokens) == 2 and len(set(tokens)) == 2
     assert all(SECRET not in token for token in tokens)
+
+
+def test_only_the_empty_object_shares_its_token_across_fields() -> None:
+    """{} (whose token's length already says it is empty) is sealed once per process; any
+    other value gets a token of its own per field, and every token opens to its value."""
+    key = Fernet.generate_key().decode()
+    cipher = FieldCipher(key)
+    empty = {cipher.encrypt({}, f"b/i/{n}/r") for n in range(3)}
+    assert len(empty) == 1
+    assert FieldCipher(key).decrypt(empty.pop()) == {}
+    tokens = {cipher.encrypt({"size": 1}, f"i/{n}/p") for n in range(3)}
+    assert len(tokens) == 3
+    assert all(FieldCipher(key).decrypt(token) == {"size": 1} for token in tokens)
 
 
 def _raw_parameters(db: Path) -> list[str]:

@@ -41,7 +41,10 @@ class FieldCipher:
     memories save most Fernet calls: token → JSON for tokens this process made or opened, and
     (field, JSON) → token for a field re-written with the same value. The second is keyed by
     the field's identity (``context``, e.g. ``"instance/<id>/parameters"``), so equal values in
-    different fields never share a token and the database shows no more than it did.
+    different fields never share a token and the database shows no more than it did. The one
+    exception is the empty object ``{}`` (a bind without parameters, a binding not yet answered):
+    every field holding it shares one token per process, since a token's length already tells
+    that its value is empty, so sharing it tells nothing more.
     """
 
     def __init__(self, key: str, *, memory: int = 4096) -> None:
@@ -61,11 +64,17 @@ class FieldCipher:
         self._memory = memory
         self._opened: OrderedDict[str, str] = OrderedDict()
         self._sealed: OrderedDict[tuple[str, str], str] = OrderedDict()
+        self._empty: str | None = None  # the token of {}, made on first use
 
     def encrypt(self, value: Any, context: str | None = None) -> str:
         """The Fernet token of ``value`` as compact JSON (the same token if ``context``'s value
         is unchanged since this process last encrypted it)."""
         data = json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+        if data == "{}":
+            if self._empty is None:
+                self._empty = self._fernet.encrypt(b"{}").decode("ascii")
+                self._remember(self._opened, self._empty, data)
+            return self._empty
         if context is not None:
             token = self._sealed.get((context, data))
             if token is not None:
