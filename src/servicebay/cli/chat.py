@@ -66,6 +66,7 @@ def serve(
         keep_last=keep_last,
         log_level=log_level,
     )
+    configure_logging(settings.log_level)
     for name, value in settings.describe().items():
         typer.echo(f"{name}: {value}", err=True)
     try:
@@ -85,6 +86,33 @@ def serve(
         ws_per_message_deflate=False,
         ws_ping_interval=10,
         ws_ping_timeout=10,
+    )
+
+
+def configure_logging(level: str) -> None:
+    """structlog's default console lines from ``level`` up, with plain tracebacks.
+
+    The default renderer draws tracebacks with rich, every frame's locals included: a failed
+    delivery or compaction would print the tokens, messages or AMQP URI its frames held.
+    """
+    import logging
+    import sys
+
+    import structlog
+
+    threshold = logging.getLevelNamesMapping().get(level.upper(), logging.INFO)
+    structlog.configure(
+        wrapper_class=structlog.make_filtering_bound_logger(threshold),
+        processors=[
+            structlog.contextvars.merge_contextvars,
+            structlog.processors.add_log_level,
+            structlog.processors.StackInfoRenderer(),
+            structlog.dev.set_exc_info,
+            structlog.processors.TimeStamper(fmt="%Y-%m-%d %H:%M:%S", utc=False),
+            structlog.dev.ConsoleRenderer(
+                colors=sys.stdout.isatty(), exception_formatter=structlog.dev.plain_traceback
+            ),
+        ],
     )
 
 
