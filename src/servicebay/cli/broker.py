@@ -13,6 +13,13 @@ app's lifespan shutdown, which finishes or records in-flight work; the exit code
 
 Logs are structured (structlog): JSON lines when stderr is not a terminal, readable console
 lines when it is (``--log-format`` chooses); uvicorn's own logs go through the same pipeline.
+httpx's and httpcore's line per outgoing request shows only with ``--log-level debug``.
+
+A broker that cannot start (the author's ``startup`` raised, or the store cannot be opened)
+ends with one line, ``error: <why>``, and exit code 2; the traceback is logged only with
+``--log-level debug``. Configuration errors (`SettingsError`, `StoreError`, and any exception
+class named ``ConfigurationError``, as the RabbitMQ broker raises) show their message alone;
+any other exception is shown with its type.
 """
 
 from __future__ import annotations
@@ -31,7 +38,7 @@ import typer
 # servicebay.broker (starlette, SQLAlchemy, ...) is imported inside the commands: every `bay`
 # invocation imports this module, and most never serve a broker.
 if TYPE_CHECKING:
-    from starlette.types import ASGIApp
+    from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
     from servicebay.broker import Broker, BrokerSettings
 
@@ -39,6 +46,8 @@ __all__ = ["app", "app_from_environment", "configure_logging", "load_broker", "s
 
 TARGET_ENV = "SERVICEBAY_BROKER_SERVE_TARGET"
 LOG_FORMAT_ENV = "SERVICEBAY_BROKER_LOG_FORMAT"
+# Loggers that write a line per outgoing HTTP request at INFO: only at debug level.
+_CHATTY_LOGGERS = ("httpx", "httpcore")
 
 app = typer.Typer(
     name="broker",
@@ -130,6 +139,7 @@ def serve(
     """
     from servicebay.broker import BrokerSettings, SettingsError
 
+    _warn_secret_flags(password=password, bearer_token=bearer_token)
     try:
         settings = BrokerSettings.from_env(
             username=username,
@@ -150,7 +160,8 @@ def serve(
     configure_logging(settings.log_level, fmt)
     sock = _listening_socket(host, port, fd)
     url = _url_of(sock, host)
-    _announce(target, settings, url, workers)
+    flagged = {name for name, value in (("password", password), ("token", bearer_token)) if value}
+    _announce(target, settings, url, workers, secrets_from_flags=flagged)
     if workers == 1:
         _serve_one(broker, settings, sock, access_log)
     else:
@@ -230,6 +241,8 @@ def configure_logging(level: str, fmt: LogFormat) -> None:
     root = logging.getLogger()
     root.handlers = [handler]
     root.setLevel(level.upper())
+    for name in _CHATTY_LOGGERS:
+        logging.getLogger(name).setLevel(logging.NOTSET if level == "debug" else logging.WARNING)
     for name in ("uvicorn", "uvicorn.error", "uvicorn.access"):
         logging.getLogger(name).handlers = []
         logging.getLogger(name).propagate = True
@@ -281,13 +294,40 @@ def _url_of(sock: socket.socket, host: str) -> str:
     return f"http://{shown}:{bound_port}"
 
 
-def _announce(target: str, settings: BrokerSettings, url: str, workers: int) -> None:
+def _warn_secret_flags(**flags: str | None) -> None:
+    for name, value in flags.items():
+        if value is not None:
+            option = "--" + name.replace("_", "-")
+            typer.echo(
+                f"warning: {option} is visible to other users in ps; "
+                f"prefer SERVICEBAY_BROKER_{name.upper()}",
+                err=True,
+            )
+
+
+def _curl_auth(settings: BrokerSettings, secrets_from_flags: set[str]) -> str:
+    """The curl arguments that authenticate, naming a variable only when the secret is in it."""
+    if settings.username:
+        if "password" in secrets_from_flags:  # not in the environment: curl asks for it
+            return f"-u {settings.username}"
+        return f"-u {settings.username}:$SERVICEBAY_BROKER_PASSWORD"
+    if "token" in secrets_from_flags:
+        return "-H 'Authorization: Bearer TOKEN'"
+    return '-H "Authorization: Bearer $SERVICEBAY_BROKER_BEARER_TOKEN"'
+
+
+def _announce(
+    target: str,
+    settings: BrokerSettings,
+    url: str,
+    workers: int,
+    *,
+    secrets_from_flags: set[str],
+) -> None:
     described = settings.describe()
     # The app logs every setting itself when it starts; this line says where it is served.
     _log().info("serving broker", target=target, url=url, workers=workers)
-    auth = f"-u {settings.username}:$SERVICEBAY_BROKER_PASSWORD" if settings.username else ""
-    if not auth:
-        auth = "-H 'Authorization: Bearer $SERVICEBAY_BROKER_BEARER_TOKEN'"
+    auth = _curl_auth(settings, secrets_from_flags)
     lines = [
         f"servicebay broker {target} (Open Service Broker API 2.17)",
         f"  url:      {url}  ({workers} worker{'s' if workers > 1 else ''})",
@@ -326,13 +366,19 @@ def _serve_one(
         asgi = create_app(broker, settings=settings)
     except (StoreError, SettingsError, ValueError) as exc:
         _fail(str(exc))
-    server = uvicorn.Server(_uvicorn_config(asgi, settings, access_log))
+    guarded = _StartupGuard(asgi, traceback=settings.log_level == "debug")
+    server = uvicorn.Server(_uvicorn_config(guarded, settings, access_log))
     stops: list[int] = []
     # uvicorn re-raises the stop signal once it has shut down gracefully, which would end the
     # process "killed by SIGTERM"; a clean, finished shutdown is exit code 0.
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda signum, frame: stops.append(signum))
-    server.run(sockets=[sock])
+    try:
+        server.run(sockets=[sock])
+    except SystemExit:  # uvicorn exits this way when the lifespan startup failed
+        if guarded.error is None:
+            raise
+        _fail(_startup_failure(guarded.error))
     if not server.started:
         _fail("the broker did not start (see the log above)", code=1)
     _log().info("broker stopped", signal=signal.Signals(stops[0]).name if stops else None)
@@ -363,6 +409,50 @@ def _serve_many(
     )
     Multiprocess(config, sockets=[sock]).run()
     _log().info("broker stopped", workers=workers)
+
+
+class _StartupGuard:
+    """ASGI wrapper keeping the exception that failed the app's startup, for `serve` to say.
+
+    Below debug level it also drops the traceback the app hands uvicorn with
+    ``lifespan.startup.failed`` (uvicorn would log it): the one ``error:`` line replaces it.
+    """
+
+    def __init__(self, app: ASGIApp, *, traceback: bool) -> None:
+        self.app, self.traceback = app, traceback
+        self.error: BaseException | None = None
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "lifespan":
+            await self.app(scope, receive, send)
+            return
+        started = False
+
+        async def guarded_send(message: Message) -> None:
+            nonlocal started
+            started = started or message["type"] == "lifespan.startup.complete"
+            if message["type"] == "lifespan.startup.failed" and not self.traceback:
+                message = {**message, "message": ""}
+            await send(message)
+
+        try:
+            await self.app(scope, receive, guarded_send)
+        except Exception as exc:
+            if not started:
+                self.error = exc
+            raise
+
+
+def _startup_failure(error: BaseException) -> str:
+    """One line for an exception raised while the app started."""
+    from servicebay.broker import SettingsError, StoreError
+
+    configuration = isinstance(error, SettingsError | StoreError) or any(
+        cls.__name__ == "ConfigurationError" for cls in type(error).__mro__
+    )
+    if configuration:
+        return str(error)
+    return f"the broker's startup failed: {type(error).__name__}: {error}"
 
 
 def _fail(message: str, code: int = 2) -> NoReturn:
