@@ -47,6 +47,7 @@ from servicebay.osb import (
     UnbindResponse,
     UpdateResponse,
 )
+from servicebay.platform.broker_transport import BrokerTransport
 
 _KINDS = {
     "catalog": RequestKind.CATALOG,
@@ -124,14 +125,42 @@ class BrokerEndpoint:
 
 
 class BrokerLink:
-    """Sends OSB v2.17 requests to brokers over one shared connection pool."""
+    """Sends OSB v2.17 requests to brokers over one shared connection pool.
+
+    Requests go straight to the transport (by default :class:`BrokerTransport`; tests pass an
+    in-process one): no redirects, cookies or client-side auth flow are needed here.
+    """
 
     def __init__(self, *, timeout: float, transport: httpx.AsyncBaseTransport | None = None):
-        self._http = httpx.AsyncClient(timeout=timeout, transport=transport)
+        self._transport = transport or BrokerTransport()
+        self._timeout = httpx.Timeout(timeout).as_dict()
 
     async def close(self) -> None:
         """Close the connection pool."""
-        await self._http.aclose()
+        await self._transport.aclose()
+
+    async def _request(
+        self,
+        method: str,
+        url: str,
+        body: dict[str, Any] | None,
+        params: dict[str, str],
+        headers: dict[str, str],
+    ) -> httpx.Response:
+        request = httpx.Request(
+            method,
+            url,
+            params=params,
+            headers=headers,
+            json=body,
+            extensions={"timeout": self._timeout},
+        )
+        response = await self._transport.handle_async_request(request)
+        try:
+            await response.aread()
+        finally:
+            await response.aclose()
+        return response
 
     async def catalog(self, broker: BrokerEndpoint) -> tuple[Catalog | None, Reply]:
         """Fetch and validate the catalog; the catalog is None unless the reply is ``DONE``."""
@@ -226,6 +255,7 @@ class BrokerLink:
         query: dict[str, str] | None = None,
     ) -> Reply:
         headers = {
+            "User-Agent": "servicebay-platform",
             API_VERSION_HEADER: API_VERSION,
             REQUEST_IDENTITY_HEADER: str(uuid.uuid4()),
             **broker.auth_headers(),
@@ -239,16 +269,12 @@ class BrokerLink:
         url = broker.url.rstrip("/") + path
         try:
             try:
-                response = await self._http.request(
-                    method, url, json=body, params=params, headers=headers
-                )
+                response = await self._request(method, url, body, params, headers)
             except (httpx.ReadError, httpx.WriteError, httpx.RemoteProtocolError):
                 # Most often a kept-alive connection the broker closed as we reused it. Every
                 # OSB request may be repeated (an identical provision/bind answers 200 with the
                 # same result), so one immediate retry on a fresh connection is safe.
-                response = await self._http.request(
-                    method, url, json=body, params=params, headers=headers
-                )
+                response = await self._request(method, url, body, params, headers)
         except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
             return Reply(Verdict.RETRY, f"broker unreachable ({type(exc).__name__})")
         except httpx.TimeoutException:

@@ -1,0 +1,163 @@
+"""The broker link's default transport against real sockets: answers in every HTTP/1.1 framing,
+kept-alive connections reused and dropped, and failures raised as the httpx errors the link
+classifies."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+
+import httpx
+import pytest
+
+from servicebay.platform.broker_link import BrokerEndpoint, BrokerLink, Verdict
+from servicebay.platform.broker_transport import BrokerTransport
+
+Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
+
+
+@asynccontextmanager
+async def tcp_server(handler: Handler) -> AsyncIterator[str]:
+    """A raw TCP server on a free port; yields its base URL."""
+    server = await asyncio.start_server(handler, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.close()
+
+
+async def read_request(reader: asyncio.StreamReader) -> tuple[bytes, bytes]:
+    """The request head and body (by Content-Length)."""
+    head = await reader.readuntil(b"\r\n\r\n")
+    length = 0
+    for line in head.split(b"\r\n"):
+        if line.lower().startswith(b"content-length:"):
+            length = int(line.split(b":", 1)[1])
+    return head, await reader.readexactly(length)
+
+
+def get(url: str) -> httpx.Request:
+    return httpx.Request("GET", url, extensions={"timeout": httpx.Timeout(5).as_dict()})
+
+
+async def test_answers_with_length_chunked_and_until_close_are_read_whole() -> None:
+    """Content-Length, chunked and close-delimited answers all arrive complete."""
+    answers = [
+        b'HTTP/1.1 200 OK\r\nContent-Length: 11\r\n\r\n{"a": "xy"}',
+        b"HTTP/1.1 201 Created\r\nTransfer-Encoding: chunked\r\n\r\n"
+        b'4\r\n{"b"\r\n4\r\n: 1}\r\n0\r\n\r\n',
+        b'HTTP/1.1 200 OK\r\nConnection: close\r\n\r\n{"c": true}',
+    ]
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        for answer in answers:
+            await read_request(reader)
+            writer.write(answer)
+            await writer.drain()
+        writer.close()
+
+    transport = BrokerTransport()
+    async with tcp_server(handler) as url:
+        bodies = []
+        statuses = []
+        for _ in answers:
+            response = await transport.handle_async_request(get(url + "/x"))
+            statuses.append(response.status_code)
+            bodies.append(response.json())
+    await transport.aclose()
+    assert statuses == [200, 201, 200]
+    assert bodies == [{"a": "xy"}, {"b": 1}, {"c": True}]
+
+
+async def test_kept_alive_connection_is_reused_and_request_is_one_write() -> None:
+    """Two requests share one connection; the body arrives with its length and headers."""
+    connections = 0
+    seen: list[tuple[bytes, bytes]] = []
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        nonlocal connections
+        connections += 1
+        while not reader.at_eof():
+            try:
+                seen.append(await read_request(reader))
+            except asyncio.IncompleteReadError:
+                break
+            writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n{}")
+            await writer.drain()
+
+    link = BrokerLink(timeout=5)
+    async with tcp_server(handler) as url:
+        endpoint = BrokerEndpoint(url=url, username="u", password="secret-pw")
+        for n in range(2):
+            reply = await link.provision(endpoint, f"i{n}", {"service_id": "s"}, "alice")
+            assert reply.status == 200 and reply.verdict is Verdict.DONE
+    await link.close()
+    assert connections == 1
+    head, body = seen[0]
+    assert head.startswith(b"PUT /v2/service_instances/i0?accepts_incomplete=true HTTP/1.1")
+    assert b"X-Broker-API-Version: 2.17" in head and b"Authorization: Basic " in head
+    assert json.loads(body) == {"service_id": "s"}
+
+
+async def test_connection_dropped_by_the_broker_is_replaced() -> None:
+    """The broker closes every connection after answering: each request still succeeds."""
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await read_request(reader)
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n{}")
+        await writer.drain()
+        writer.close()
+
+    link = BrokerLink(timeout=5)
+    async with tcp_server(handler) as url:
+        endpoint = BrokerEndpoint(url=url)
+        for n in range(3):
+            reply = await link.deprovision(endpoint, f"i{n}", "s", "p", "alice")
+            assert reply.verdict is Verdict.DONE, reply
+    await link.close()
+
+
+async def test_nothing_listening_is_a_connect_error() -> None:
+    """A refused connection is httpx.ConnectError (the link answers RETRY: never sent)."""
+    async with tcp_server(read_request) as url:
+        pass  # the port is closed again
+    with pytest.raises(httpx.ConnectError):
+        await BrokerTransport().handle_async_request(get(url))
+    reply = await BrokerLink(timeout=5).provision(BrokerEndpoint(url=url), "i", {}, "alice")
+    assert reply.verdict is Verdict.RETRY
+
+
+async def test_silent_broker_is_a_read_timeout() -> None:
+    """No answer within the read timeout is httpx.ReadTimeout (a provision then needs orphan
+    mitigation, per the spec's table)."""
+    release = asyncio.Event()
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await release.wait()
+        writer.close()
+
+    async with tcp_server(handler) as url:
+        request = httpx.Request(
+            "GET", url, extensions={"timeout": httpx.Timeout(5, read=0.2).as_dict()}
+        )
+        with pytest.raises(httpx.ReadTimeout):
+            await BrokerTransport().handle_async_request(request)
+        reply = await BrokerLink(timeout=0.2).provision(BrokerEndpoint(url=url), "i", {}, "al")
+        release.set()
+    assert reply.verdict is Verdict.FAILED and reply.orphan_mitigation
+
+
+async def test_malformed_answer_is_a_protocol_error() -> None:
+    """Bytes that are not HTTP are httpx.RemoteProtocolError."""
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await read_request(reader)
+        writer.write(b"SMTP ready\r\n\r\n")
+        await writer.drain()
+
+    async with tcp_server(handler) as url:
+        with pytest.raises(httpx.RemoteProtocolError):
+            await BrokerTransport().handle_async_request(get(url))
