@@ -83,6 +83,22 @@ def test_a_configuration_error_at_startup_is_one_error_line_and_exit_2(tmp_path:
     assert "Traceback" not in output
 
 
+def test_with_workers_a_startup_error_is_said_and_the_exit_code_is_2(tmp_path: Path) -> None:
+    """--workers 2: the workers' `error:` line, no traceback, and the parent exits 2 (not 0)."""
+    code, output = _serve(
+        tmp_path,
+        "MisconfiguredBroker",
+        "--username",
+        "admin",
+        "--workers",
+        "2",
+        SERVICEBAY_BROKER_PASSWORD=PASSWORD,
+    )
+    assert code == 2, output
+    assert "error: the frobnicator at http://127.0.0.1:1 refused user 'admin'" in output
+    assert "Traceback" not in output
+
+
 def test_any_other_startup_exception_is_named_in_one_line(tmp_path: Path) -> None:
     """A bug in the author's startup: its type and message on one line, exit 2."""
     code, output = _serve(

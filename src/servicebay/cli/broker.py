@@ -203,7 +203,9 @@ def app_from_environment() -> ASGIApp:
 
     settings = BrokerSettings.from_env()
     configure_logging(settings.log_level, LogFormat(os.environ.get(LOG_FORMAT_ENV, "json")))
-    return create_app(load_broker(os.environ[TARGET_ENV]), settings=settings)
+    app = create_app(load_broker(os.environ[TARGET_ENV]), settings=settings)
+    # The parent only learns that a worker failed to start: the worker says why.
+    return _StartupGuard(app, traceback=settings.log_level == "debug", say=True)
 
 
 def configure_logging(level: str, fmt: LogFormat) -> None:
@@ -392,6 +394,7 @@ def _serve_many(
     access_log: bool,
     fmt: LogFormat,
 ) -> None:
+    from uvicorn.config import STARTUP_FAILURE
     from uvicorn.supervisors import Multiprocess
 
     # Workers are fresh processes: hand them the flags through the environment they inherit.
@@ -407,7 +410,10 @@ def _serve_many(
         factory=True,
         workers=workers,
     )
-    Multiprocess(config, sockets=[sock]).run()
+    supervisor = Multiprocess(config, sockets=[sock])
+    supervisor.run()
+    if any(p.process.exitcode == STARTUP_FAILURE for p in supervisor.processes):
+        raise typer.Exit(2)  # the worker printed its `error:` line
     _log().info("broker stopped", workers=workers)
 
 
@@ -416,10 +422,11 @@ class _StartupGuard:
 
     Below debug level it also drops the traceback the app hands uvicorn with
     ``lifespan.startup.failed`` (uvicorn would log it): the one ``error:`` line replaces it.
+    ``say`` prints that line at once (in a worker process, whose exceptions the parent never sees).
     """
 
-    def __init__(self, app: ASGIApp, *, traceback: bool) -> None:
-        self.app, self.traceback = app, traceback
+    def __init__(self, app: ASGIApp, *, traceback: bool, say: bool = False) -> None:
+        self.app, self.traceback, self.say = app, traceback, say
         self.error: BaseException | None = None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -440,6 +447,8 @@ class _StartupGuard:
         except Exception as exc:
             if not started:
                 self.error = exc
+                if self.say:
+                    typer.echo(f"error: {_startup_failure(exc)}", err=True)
             raise
 
 
