@@ -8,6 +8,7 @@ them into exit codes. Shapes follow /api/v1 as documented by the platform (PLATF
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from types import TracebackType
 from typing import Any, Literal, NotRequired, TypedDict, cast
@@ -162,6 +163,27 @@ class PlatformUnreachable(PlatformError):
         self.timed_out = timed_out
 
 
+class InvalidName(ValueError):
+    """A name the platform would refuse (its ``NAME_PATTERN``), caught before any request.
+
+    An empty or odd name would otherwise reach another route (``/instances/`` is the list,
+    answered with a redirect) and come back as a puzzling error.
+    """
+
+
+_NAME = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")  # as servicebay.platform.api.models
+
+
+def _named(name: str, what: str) -> str:
+    """``name`` as a path segment, or :class:`InvalidName` saying what is wrong with it."""
+    if not _NAME.match(name):
+        raise InvalidName(
+            f"{what} name {name!r} is not valid: use a-z, 0-9 and '-' (1-63 characters, "
+            "starting and ending with a letter or digit)"
+        )
+    return name
+
+
 class PlatformAPI:
     """Async client of one platform, authenticated with a bearer token.
 
@@ -266,11 +288,16 @@ class PlatformAPI:
 
     async def refresh_broker(self, name: str) -> JSON:
         """Fetch a broker's catalog again; returns ``{"broker", "changes"}``."""
-        return cast(JSON, await self._call("POST", f"/brokers/{name}/refresh", read_timeout=60.0))
+        return cast(
+            JSON,
+            await self._call(
+                "POST", f"/brokers/{_named(name, 'broker')}/refresh", read_timeout=60.0
+            ),
+        )
 
     async def remove_broker(self, name: str) -> None:
         """Unregister a broker that has no instances."""
-        await self._call("DELETE", f"/brokers/{name}")
+        await self._call("DELETE", f"/brokers/{_named(name, 'broker')}")
 
     # -- namespaces -----------------------------------------------------------------------------
 
@@ -285,15 +312,18 @@ class PlatformAPI:
 
     async def namespace(self, name: str) -> Namespace:
         """Return one namespace."""
-        return cast(Namespace, await self._call("GET", f"/namespaces/{name}"))
+        return cast(Namespace, await self._call("GET", f"/namespaces/{_named(name, 'namespace')}"))
 
     async def replace_namespace(self, name: str, settings: Mapping[str, Any]) -> Namespace:
         """Replace every setting of a namespace (omitted fields take the API's defaults)."""
-        return cast(Namespace, await self._call("PUT", f"/namespaces/{name}", body=settings))
+        return cast(
+            Namespace,
+            await self._call("PUT", f"/namespaces/{_named(name, 'namespace')}", body=settings),
+        )
 
     async def delete_namespace(self, name: str) -> None:
         """Delete an empty namespace (``default`` cannot be deleted)."""
-        await self._call("DELETE", f"/namespaces/{name}")
+        await self._call("DELETE", f"/namespaces/{_named(name, 'namespace')}")
 
     # -- marketplace ----------------------------------------------------------------------------
 
@@ -304,6 +334,8 @@ class PlatformAPI:
 
     async def service(self, name: str, namespace: str) -> Service:
         """Return one service with its plans and schemas."""
+        if not name.strip():
+            raise InvalidName("service name '' is not valid: give a service (see bay marketplace)")
         data = await self._call("GET", f"/marketplace/{name}", params={"namespace": namespace})
         return cast(Service, data)
 
@@ -346,17 +378,29 @@ class PlatformAPI:
         if parameters is not None:
             body["parameters"] = parameters
         ns = {"namespace": namespace}
-        return cast(JSON, await self._call("PATCH", f"/instances/{name}", body=body, params=ns))
+        return cast(
+            JSON,
+            await self._call(
+                "PATCH", f"/instances/{_named(name, 'instance')}", body=body, params=ns
+            ),
+        )
 
     async def deprovision(self, name: str, namespace: str) -> JSON:
         """Delete an instance: ``{"instance", "operation"}``."""
         ns = {"namespace": namespace}
-        return cast(JSON, await self._call("DELETE", f"/instances/{name}", params=ns))
+        return cast(
+            JSON, await self._call("DELETE", f"/instances/{_named(name, 'instance')}", params=ns)
+        )
 
     async def purge(self, name: str, namespace: str) -> JSON:
         """Forget an instance and its bindings without asking the broker."""
         ns = {"namespace": namespace}
-        return cast(JSON, await self._call("POST", f"/instances/{name}/purge", body={}, params=ns))
+        return cast(
+            JSON,
+            await self._call(
+                "POST", f"/instances/{_named(name, 'instance')}/purge", body={}, params=ns
+            ),
+        )
 
     async def instances(self, namespace: str, *, service: str | None = None) -> list[Instance]:
         """List every instance of ``namespace`` (``*`` = all), following pagination."""
@@ -377,7 +421,9 @@ class PlatformAPI:
     async def instance(self, name: str, namespace: str) -> Instance:
         """Return one instance."""
         ns = {"namespace": namespace}
-        return cast(Instance, await self._call("GET", f"/instances/{name}", params=ns))
+        return cast(
+            Instance, await self._call("GET", f"/instances/{_named(name, 'instance')}", params=ns)
+        )
 
     # -- bindings and keys ----------------------------------------------------------------------
 
@@ -416,17 +462,21 @@ class PlatformAPI:
     async def binding(self, name: str, namespace: str) -> Binding:
         """Return one binding, with credentials if the caller created it or is an admin."""
         ns = {"namespace": namespace}
-        return cast(Binding, await self._call("GET", f"/bindings/{name}", params=ns))
+        return cast(
+            Binding, await self._call("GET", f"/bindings/{_named(name, 'binding')}", params=ns)
+        )
 
     async def unbind(self, name: str, namespace: str) -> JSON:
         """Delete a binding or key: ``{"binding", "operation"}``."""
         ns = {"namespace": namespace}
-        return cast(JSON, await self._call("DELETE", f"/bindings/{name}", params=ns))
+        return cast(
+            JSON, await self._call("DELETE", f"/bindings/{_named(name, 'binding')}", params=ns)
+        )
 
     async def app_bindings(self, app: str, namespace: str) -> list[AppBinding]:
         """Return the ready bindings of ``app`` with credentials (what ``bay run`` projects)."""
         ns = {"namespace": namespace}
-        data = await self._call("GET", f"/apps/{app}/bindings", params=ns)
+        data = await self._call("GET", f"/apps/{_named(app, 'app')}/bindings", params=ns)
         return cast(list[AppBinding], data["items"])
 
     # -- operations -----------------------------------------------------------------------------

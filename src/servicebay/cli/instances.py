@@ -28,6 +28,7 @@ from servicebay.cli.output import (
     fail,
     follow,
     run,
+    state_text,
     table,
 )
 
@@ -201,7 +202,7 @@ async def _purge(name: str, namespace: str, yes: bool, output: OutputFormat) -> 
                 "The broker is NOT called: anything it still holds stays there."
             )
             if not typer.confirm(question, default=False, err=True):
-                raise CLIError("purge aborted", 1)
+                raise CLIError("purge aborted: nothing was changed", 1)
         result = await api.purge(name, namespace)
     removed = ", ".join(result.get("bindings") or []) or "none"
     evidence = (result.get("operation") or {}).get("id")
@@ -287,12 +288,12 @@ def instance_table(instance: Instance) -> Table:
 
 
 def _last_operation_text(instance: Instance | Any) -> str | None:
-    """``provision succeeded`` plus the description, if any."""
+    """``provision succeeded`` plus the description, if it says more."""
     operation = instance.get("last_operation")
     if not operation:
         return None
-    text = f"{operation['kind']} {operation['state']}"
-    return f"{text}: {operation['description']}" if operation.get("description") else text
+    text = state_text(operation["state"], operation.get("description"), separator=": ")
+    return f"{operation['kind']} {text}"
 
 
 def _operation_pairs(operation: Any) -> list[tuple[str, Any]]:

@@ -7,6 +7,7 @@ to exist first). The token is never printed.
 
 from __future__ import annotations
 
+import sys
 from typing import Annotated
 
 import typer
@@ -56,7 +57,7 @@ async def _login(
     if token is None and _config.is_local(url):
         token = _config.local_platform_token()  # `bay server` on this machine wrote it
     if token is None:
-        token = typer.prompt("API token", hide_input=True, err=True)
+        token = _ask_token()
     if not token:
         fail("no token given", 3)
     stored = _config.read_config()
@@ -75,6 +76,16 @@ async def _login(
     }
     emit(result, output, details(result.items()))
     note(f"logged in; settings stored in {path}")
+
+
+def _ask_token() -> str:
+    """Ask on the terminal (hidden), or read one line piped in (``... | bay login``)."""
+    if sys.stdin is not None and sys.stdin.isatty():
+        return str(typer.prompt("API token", hide_input=True, err=True))
+    line = sys.stdin.readline() if sys.stdin is not None else ""
+    if not line.strip():
+        fail("no token given and no terminal to ask for one: use --token or SERVICEBAY_TOKEN", 3)
+    return line.strip()
 
 
 def logout() -> None:

@@ -118,7 +118,7 @@ class OperationFailed(Exception):
 
     def __init__(self, what: str, operation: Operation) -> None:
         reason = operation.get("description") or "no reason given"
-        super().__init__(f"{what} failed: {reason}")
+        super().__init__(f"{what} {state_text('failed', reason)}")
         self.operation = operation
 
 
@@ -183,11 +183,17 @@ def run(work: Coroutine[Any, Any, T]) -> T:
     except KeyboardInterrupt:
         stderr().print("interrupted: work already accepted continues on the platform")
         raise typer.Exit(130) from None
+    except typer.Abort:
+        # A question got no answer (end of input): nothing was done.
+        stderr().print("error: aborted: no answer given; nothing was changed", markup=False)
+        raise typer.Exit(1) from None
     except Exception as error:
         code = exit_code_for(error)
-        if code == 1 and not isinstance(error, CLIError) and os.environ.get("SERVICEBAY_DEBUG"):
+        expected = isinstance(error, CLIError)
+        if code == 1 and not expected and os.environ.get("SERVICEBAY_DEBUG"):
             raise  # a bug: show the whole traceback when asked to
-        message = one_line(error) if code != 1 else f"{type(error).__name__}: {one_line(error)}"
+        bug = code == 1 and not expected
+        message = f"{type(error).__name__}: {one_line(error)}" if bug else one_line(error)
         # soft_wrap: the reason stays on one line even on a narrow or non-terminal stderr.
         stderr().print(f"error: {message}", markup=False, highlight=False, soft_wrap=True)
         raise typer.Exit(code) from None
@@ -306,9 +312,17 @@ def _finished(operation: Operation, what: str, *, no_wait: bool) -> Operation:
 
 def _progress_text(what: str, operation: Operation) -> str:
     """One line: what, state, and the platform's description of the current step."""
-    description = operation.get("description")
-    text = f"{what}: {operation['state']}"
-    return f"{text} — {description}" if description else text
+    return f"{what}: {state_text(operation['state'], operation.get('description'))}"
+
+
+def state_text(state: str, description: str | None, separator: str = " — ") -> str:
+    """``state — description``, without saying the state twice when the description repeats it
+    (a broker's bare ``succeeded``, or ``failed: reason``)."""
+    if not description or description.strip().lower() == state:
+        return state
+    if description.lower().startswith(f"{state}:"):
+        return f"{state}:{description[len(state) + 1 :]}"
+    return f"{state}{separator}{description}"
 
 
 async def with_api(api: PlatformAPI, work: Coroutine[Any, Any, T]) -> T:
@@ -334,6 +348,7 @@ __all__ = [
     "note",
     "one_line",
     "run",
+    "state_text",
     "stderr",
     "stdout",
     "table",

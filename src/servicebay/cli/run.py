@@ -110,6 +110,9 @@ async def _run(
             projection = Projection(api, app, namespace, target)
             await asyncio.to_thread(ensure_root, target)
             projected = await projection.refresh()
+            if not projected:
+                # Most often a typo in --app or -n: say so rather than run without credentials.
+                note(f"warning: no bindings for app {app!r} in namespace {namespace!r}")
             names = ", ".join(b.name for b in projected) or "none"
             note(f"app {app}: {len(projected)} binding(s) ({names}) in {target}")
             env = {**os.environ, bindings.ROOT_ENV: str(target)}

@@ -175,7 +175,8 @@ def _problems(error: ValidationError, hidden: set[str]) -> list[ParameterProblem
         names = [n for n in names if error.message.startswith(f"{n!r} ")] or names[:1]
         return [_located(rule, [*path, name], "is required") for name in names]
     if rule == "additionalProperties" and isinstance(error.instance, dict):
-        return [_located(rule, [*path, name], "is not allowed") for name in _extras(error)]
+        detail = f"is not allowed ({_allowed_names(error)})"
+        return [_located(rule, [*path, name], detail) for name in _extras(error)]
     detail = _describe(error)
     got = error.instance
     if not isinstance(got, (dict, list)):
@@ -203,6 +204,15 @@ def _extras(error: ValidationError) -> list[str]:
         for name in error.instance
         if name not in known and not any(re.search(p, str(name)) for p in patterns)
     ]
+
+
+def _allowed_names(error: ValidationError) -> str:
+    """What a refused property name could have been: the declared names and name patterns."""
+    schema = error.schema if isinstance(error.schema, dict) else {}
+    parts = [", ".join(str(name) for name in schema.get("properties") or {})]
+    parts += [f"names matching {pattern}" for pattern in schema.get("patternProperties") or {}]
+    allowed = "; ".join(part for part in parts if part)
+    return f"allowed: {allowed}" if allowed else "no parameters are allowed here"
 
 
 def _describe(error: ValidationError) -> str:
