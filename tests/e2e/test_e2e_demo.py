@@ -108,3 +108,36 @@ def test_demo_story_binds_rabbitmq_and_app_finds_credentials(
     _bay(env, "deprovision", "chat-mq")
     process.send_signal(signal.SIGINT)
     assert process.wait(timeout=30) == 0
+
+
+def test_demo_without_rabbitmq_refuses_connections_on_its_port(tmp_path: Path) -> None:
+    """RabbitMQ unreachable: the demo serves the rest and gives the RabbitMQ broker's port back."""
+    port, sandbox, rabbit = _free_port(), _free_port(), _free_port()
+    env = {
+        **os.environ,
+        "SERVICEBAY_HOME": str(tmp_path),
+        "SERVICEBAY_RABBITMQ_MANAGEMENT_URL": "http://127.0.0.1:1",
+        "SERVICEBAY_RABBITMQ_ATTEMPTS": "1",
+    }
+    ports = ["--port", str(port), "--sandbox-port", str(sandbox), "--rabbitmq-port", str(rabbit)]
+    out = tmp_path / "demo.out"
+    with out.open("w") as sink:
+        process = subprocess.Popen(
+            [*BAY, "demo", *ports], env=env, stdout=sink, stderr=subprocess.STDOUT, text=True
+        )
+    try:
+        deadline = time.monotonic() + 60
+        while "Ctrl-C stops the demo" not in out.read_text():
+            assert process.poll() is None, out.read_text()
+            assert time.monotonic() < deadline, out.read_text()
+            time.sleep(0.2)
+        assert "RabbitMQ broker not served" in out.read_text()
+        with pytest.raises(ConnectionRefusedError), socket.create_connection(("127.0.0.1", rabbit)):
+            pass
+        socket.create_connection(("127.0.0.1", sandbox)).close()
+        process.send_signal(signal.SIGINT)
+        assert process.wait(timeout=30) == 0, out.read_text()
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()

@@ -112,6 +112,8 @@ async def _demo(host: str, sockets: dict[str, socket.socket], rabbit: bool) -> N
         rabbit_broker = await _rabbitmq(state, sockets["--rabbitmq-port"], passwords["rabbitmq"])
         if rabbit_broker is not None:
             brokers.append(rabbit_broker)
+        else:  # refuse connections there rather than leave them waiting
+            sockets["--rabbitmq-port"].close()
     served = [_Served("platform", port, platform_app(settings), sockets["--port"]), *brokers]
     servers = [_server(item.app) for item in served]
     tasks = [
