@@ -19,6 +19,7 @@ from servicebay.platform import create_app as platform_app
 
 CHAT_ADMIN = "chat-admin-token-0123456789"
 PLATFORM_TOKEN = "platform-token-0123456789"
+USER_TOKEN = "platform-user-token-0123456789"
 
 
 @contextlib.asynccontextmanager
@@ -36,11 +37,12 @@ async def chat_client(tmp_path: Path) -> AsyncIterator[httpx.AsyncClient]:
 
 @contextlib.asynccontextmanager
 async def platform_client(tmp_path: Path) -> AsyncIterator[httpx.AsyncClient]:
-    """A platform (no worker) on a fresh SQLite database, reached in-process with its token."""
+    """A platform (no worker) on a fresh SQLite database, reached in-process with the admin's
+    token (``USER_TOKEN`` is alice's, a user who is not an admin)."""
     settings = PlatformSettings(
         home=tmp_path / "home",
         db=f"sqlite:///{tmp_path / 'platform.db'}",
-        tokens={PLATFORM_TOKEN: "admin"},
+        tokens={PLATFORM_TOKEN: "admin", USER_TOKEN: "alice"},
         run_worker=False,
     )
     app = platform_app(settings)

@@ -24,7 +24,7 @@ from servicebay.platform.api.models import (
     parse_body,
 )
 from servicebay.platform.services import bindings, catalog, instances, namespaces, operations
-from servicebay.platform.services.errors import BadRequest
+from servicebay.platform.services.errors import BadRequest, Forbidden
 from servicebay.platform.services.runtime import Actor, Platform
 
 
@@ -35,6 +35,15 @@ def _platform(request: Request) -> Platform:
 
 def _actor(request: Request) -> Actor:
     actor: Actor = request.scope["servicebay.actor"]
+    return actor
+
+
+def _admin(request: Request) -> Actor:
+    """The actor, who must be an admin: brokers and namespaces set what every user may do
+    (plans, constraints, quotas), and registering a broker makes the platform call any URL."""
+    actor = _actor(request)
+    if not actor.admin:
+        raise Forbidden(f"only an admin may change brokers and namespaces (you are {actor.user})")
     return actor
 
 
@@ -118,10 +127,11 @@ async def whoami(request: Request) -> Response:
 
 async def register_broker(request: Request) -> Response:
     """Register a broker (its catalog is fetched and validated now)."""
+    actor = _admin(request)
     body = parse_body(BrokerIn, await request.body())
     view = await catalog.register_broker(
         _platform(request),
-        _actor(request),
+        actor,
         name=body.name,
         url=body.url,
         username=body.username,
@@ -143,12 +153,12 @@ async def get_broker(request: Request) -> Response:
 
 async def refresh_broker(request: Request) -> Response:
     """Fetch a broker's catalog again."""
-    return _json(await catalog.refresh_broker(_platform(request), _actor(request), _path(request)))
+    return _json(await catalog.refresh_broker(_platform(request), _admin(request), _path(request)))
 
 
 async def remove_broker(request: Request) -> Response:
     """Forget a broker."""
-    await catalog.remove_broker(_platform(request), _actor(request), _path(request))
+    await catalog.remove_broker(_platform(request), _admin(request), _path(request))
     return Response(status_code=204)
 
 
@@ -157,10 +167,11 @@ async def remove_broker(request: Request) -> Response:
 
 async def create_namespace(request: Request) -> Response:
     """Create a namespace."""
+    actor = _admin(request)
     body = parse_body(NamespaceIn, await request.body())
     view = await namespaces.create_namespace(
         _platform(request),
-        _actor(request),
+        actor,
         name=body.name,
         description=body.description,
         visible_plans=body.visible_plans,
@@ -172,10 +183,11 @@ async def create_namespace(request: Request) -> Response:
 
 async def replace_namespace(request: Request) -> Response:
     """Replace a namespace's settings."""
+    actor = _admin(request)
     body = parse_body(NamespaceSettings, await request.body())
     view = await namespaces.replace_namespace(
         _platform(request),
-        _actor(request),
+        actor,
         name=_path(request),
         description=body.description,
         visible_plans=body.visible_plans,
@@ -197,7 +209,7 @@ async def get_namespace(request: Request) -> Response:
 
 async def delete_namespace(request: Request) -> Response:
     """Delete an empty namespace."""
-    await namespaces.delete_namespace(_platform(request), _actor(request), _path(request))
+    await namespaces.delete_namespace(_platform(request), _admin(request), _path(request))
     return Response(status_code=204)
 
 
