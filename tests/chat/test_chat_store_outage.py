@@ -162,3 +162,42 @@ async def test_append_failing_after_its_sender_left_is_logged_not_lost(
     finally:
         loop.set_exception_handler(None)
     assert unretrieved == []
+
+
+async def test_join_during_an_outage_is_answered_once_the_store_is_back(
+    chat: ServedChat, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A join while the room cannot load: `unavailable` naming the room, then `joined`."""
+    token = await chat.user("ann")
+    outage = Outage(monkeypatch, chat.store, "members")
+    async with connect(chat.ws) as ws:
+        await ws.send(json.dumps({"type": "hello", "token": token}))
+        await _frames(ws, lambda f: f["type"] == "welcome")
+        await ws.send(json.dumps({"type": "join", "room": "side", "after": None}))
+        first = await _frames(ws, lambda f: f["type"] == "error")
+        outage.down = False
+        later = await _frames(ws, lambda f: f["type"] == "joined")
+    error = next(f for f in first if f["type"] == "error")
+    assert (error["code"], error["room"]) == ("unavailable", "side")
+    assert next(f for f in later if f["type"] == "joined")["room"] == "side"
+    assert "ann" in {m.user for m in await chat.store.members("side")}
+
+
+async def test_acks_written_once_the_store_is_back(
+    chat: ServedChat, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Cursor writes that fail are kept and retried: the cursor moves without a new ack."""
+    ann, bob = await chat.user("ann", "lobby"), await chat.user("bob", "lobby")
+    outage = Outage(monkeypatch, chat.store, "ack_many")
+    async with ChatClient(chat.ws, ann) as a, ChatClient(chat.ws, bob) as b:
+        await a.send("lobby", "hi")
+        async with asyncio.timeout(5):
+            await b.next_message()
+        await eventually(lambda: outage.refused >= 2)
+        outage.down = False
+        await eventually(lambda: _cursor(chat, "lobby", "bob", 1))
+
+
+async def _cursor(chat: ServedChat, room: str, user: str, at_least: int) -> bool:
+    members = {m.user: m.cursor for m in await chat.store.members(room)}
+    return members.get(user, -1) >= at_least
