@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import enum
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import httpx
@@ -122,6 +122,13 @@ class BrokerEndpoint:
             request = next(basic.auth_flow(httpx.Request("GET", self.url)))
             return {"Authorization": request.headers["Authorization"]}
         return {}
+
+    def secrets(self) -> list[str]:
+        """What a broker must never get to quote back into the platform: the password, the
+        token and the header values carrying them."""
+        found = [self.password, self.bearer_token]
+        found += [v.partition(" ")[2] for v in self.auth_headers().values()]
+        return sorted({s for s in found if s}, key=len, reverse=True)
 
 
 class BrokerLink:
@@ -291,7 +298,7 @@ class BrokerLink:
                 f"broker connection failed ({type(exc).__name__})",
                 orphan_mitigation=needs_mitigation(request, None),
             )
-        return classify(request, response)
+        return _redacted(classify(request, response), broker.secrets())
 
 
 def _retry_after(response: httpx.Response) -> float | None:
@@ -317,6 +324,28 @@ def _error_text(status: int, body: dict[str, Any] | None) -> str:
     parts = [str(body[k]) for k in ("error", "description") if isinstance(body.get(k), str)]
     detail = ": ".join(parts) if parts else "no description"
     return f"broker answered {status} ({detail})"
+
+
+def _redacted(reply: Reply, secrets: list[str]) -> Reply:
+    """The reply without the platform's credentials for this broker in its words.
+
+    A broker's ``description`` becomes the operation's description, stored in clear and shown by
+    the API and the CLI; a broker that quotes the credentials it was sent (a login error, an
+    echoed header) must not get them stored or shown.
+    """
+    if not secrets:
+        return reply
+
+    def scrub(text: str) -> str:
+        for secret in secrets:
+            text = text.replace(secret, "***")
+        return text
+
+    body = dict(reply.body)
+    for key in ("description", "error"):
+        if isinstance(body.get(key), str):
+            body[key] = scrub(body[key])
+    return replace(reply, description=scrub(reply.description), body=body)
 
 
 def classify(request: str, response: httpx.Response) -> Reply:
