@@ -24,6 +24,7 @@ never quotes request headers or bodies.
 
 from __future__ import annotations
 
+import base64
 import enum
 import uuid
 from dataclasses import dataclass, field, replace
@@ -127,7 +128,9 @@ class BrokerEndpoint:
         """What a broker must never get to quote back into the platform: the password, the
         token and the header values carrying them."""
         found = [self.password, self.bearer_token]
-        found += [v.partition(" ")[2] for v in self.auth_headers().values()]
+        if self.username is not None and self.password is not None:
+            pair = f"{self.username}:{self.password}".encode()
+            found.append(base64.b64encode(pair).decode("ascii"))  # the Basic header's value
         return sorted({s for s in found if s}, key=len, reverse=True)
 
 
