@@ -119,9 +119,8 @@ class BrokerEndpoint:
         if self.bearer_token:
             return {"Authorization": f"Bearer {self.bearer_token}"}
         if self.username is not None and self.password is not None:
-            basic = httpx.BasicAuth(self.username, self.password)
-            request = next(basic.auth_flow(httpx.Request("GET", self.url)))
-            return {"Authorization": request.headers["Authorization"]}
+            pair = f"{self.username}:{self.password}".encode()  # as httpx.BasicAuth encodes it
+            return {"Authorization": "Basic " + base64.b64encode(pair).decode("ascii")}
         return {}
 
     def secrets(self) -> list[str]:
