@@ -181,8 +181,17 @@ class ChatClient:
         box.append(frame)
         if len(box) == 1:
             flush = asyncio.create_task(self._flush(ws, box))
-            self._retries.add(flush)
-            flush.add_done_callback(self._retries.discard)
+            self._track(flush)
+
+    def _track(self, task: asyncio.Task[None]) -> None:
+        """Keep a background task until done; a failure is logged, never left unretrieved."""
+        self._retries.add(task)
+        task.add_done_callback(self._done)
+
+    def _done(self, task: asyncio.Task[None]) -> None:
+        self._retries.discard(task)
+        if not task.cancelled() and (exc := task.exception()) is not None:
+            log.error("chat.client.task_failed", exc_info=exc)
 
     async def _flush(self, ws: ClientConnection, box: list[dict[str, Any]]) -> None:
         await asyncio.sleep(0)  # let frames queued in this same turn join the message
@@ -342,8 +351,7 @@ class ChatClient:
         if code in RETRYABLE:
             # Stays pending with the same key: resent shortly, and after every welcome.
             retry = asyncio.create_task(self._retry(ref, pending))  # type: ignore[arg-type]
-            self._retries.add(retry)
-            retry.add_done_callback(self._retries.discard)
+            self._track(retry)
             return
         del self._pending[ref]  # type: ignore[arg-type]
         if not pending.fut.done():
