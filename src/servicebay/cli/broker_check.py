@@ -42,9 +42,10 @@ def check(
     """Check a running broker against the Open Service Broker API v2.17.
 
     Creates, binds and deletes throwaway instances on every plan (ids start with
-    `conformance-`), and sends malformed requests on purpose. Exit code 1 if any check fails.
+    `conformance-`), and sends malformed requests on purpose. Exit code 1 if any check fails,
+    2 if --plan names no plan of the catalog, 3 if the broker refuses the credentials.
 
-    Example: bay broker check http://127.0.0.1:8080 --username admin --password secret
+    Example: bay broker check http://127.0.0.1:8080 --username admin
     """
     try:
         report = asyncio.run(
