@@ -231,11 +231,14 @@ class PlatformAPI:
         body: Mapping[str, Any] | None = None,
         params: Mapping[str, str | int] | None = None,
         read_timeout: float | None = None,
+        headers: Mapping[str, str] | None = None,
     ) -> Any:
         """Send one request; return the decoded JSON body (None for 204) or raise."""
         extra: dict[str, Any] = {}
         if read_timeout is not None:
             extra["timeout"] = read_timeout
+        if headers:
+            extra["headers"] = dict(headers)
         try:
             response = await self._http.request(
                 method, path, json=body, params=dict(params or {}), **extra
@@ -314,12 +317,17 @@ class PlatformAPI:
         """Return one namespace."""
         return cast(Namespace, await self._call("GET", f"/namespaces/{_named(name, 'namespace')}"))
 
-    async def replace_namespace(self, name: str, settings: Mapping[str, Any]) -> Namespace:
-        """Replace every setting of a namespace (omitted fields take the API's defaults)."""
-        return cast(
-            Namespace,
-            await self._call("PUT", f"/namespaces/{_named(name, 'namespace')}", body=settings),
-        )
+    async def replace_namespace(
+        self, name: str, settings: Mapping[str, Any], *, read_at: str | None = None
+    ) -> Namespace:
+        """Replace every setting of a namespace (omitted fields take the API's defaults).
+
+        ``read_at``: the ``updated_at`` of the namespace as read; the platform refuses (412) if
+        it changed since, so a read-modify-write never overwrites someone else's change.
+        """
+        path = f"/namespaces/{_named(name, 'namespace')}"
+        headers = {"If-Match": f'"{read_at}"'} if read_at else None
+        return cast(Namespace, await self._call("PUT", path, body=settings, headers=headers))
 
     async def delete_namespace(self, name: str) -> None:
         """Delete an empty namespace (``default`` cannot be deleted)."""

@@ -270,12 +270,14 @@ def load_settings(path: Path) -> JSON:
     return {key: data[key] for key in (*SETTINGS, "name") if key in data}
 
 
-async def _write(name: str, settings: JSON, output: OutputFormat, *, create: bool) -> None:
+async def _write(
+    name: str, settings: JSON, output: OutputFormat, *, create: bool, read_at: str | None = None
+) -> None:
     async with _config.connect() as api:
         if create:
             namespace = await api.create_namespace(name, settings)
         else:
-            namespace = await api.replace_namespace(name, settings)
+            namespace = await api.replace_namespace(name, settings, read_at=read_at)
         await _warn_unmatched(api, namespace)
     emit(namespace, output, namespace_view(namespace))
 
@@ -285,6 +287,7 @@ async def _update(
 ) -> None:
     _check_name(name)
     changes.check(given_file=from_file is not None)
+    read_at = None
     if from_file is not None:
         base = load_settings(from_file)
         if base.pop("name", name) != name:
@@ -298,7 +301,8 @@ async def _update(
             "constraints": current["constraints"],
             "max_instances": current["max_instances"],
         }
-    await _write(name, changes.applied(base), output, create=False)
+        read_at = current["updated_at"]  # the write is refused if someone changed it since
+    await _write(name, changes.applied(base), output, create=False, read_at=read_at)
     if changes.show and base.get("visible_plans") is None:
         note(f"every other plan is now hidden (visible: {', '.join(changes.show)})")
 

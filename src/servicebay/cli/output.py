@@ -12,7 +12,7 @@ code  meaning
 2     bad input: invalid parameters (checked before sending), bad request, bad file
 3     not logged in, unauthorized or forbidden (token missing, unknown, not allowed)
 4     not found (broker, service, plan, namespace, instance, binding, operation)
-5     conflict: name taken, still in use, another operation in progress
+5     conflict: name taken, still in use, another operation in progress, changed meanwhile
 7     refused by rule: not bindable, not updateable, quota exceeded, invalid catalog
 8     the platform accepted the work but the operation failed (reason shown)
 10    internal error on the platform
@@ -124,7 +124,7 @@ class OperationFailed(Exception):
 
 # The platform's stable error codes (PLATFORM_API "Errors") → exit codes; status as fallback.
 _CODE_EXITS = {"invalid_parameters": 2, "payload_too_large": 2, "timeout": 12, "unreachable": 11}
-_STATUS_EXITS = {400: 2, 401: 3, 403: 3, 404: 4, 405: 2, 409: 5, 413: 2, 422: 7, 502: 13}
+_STATUS_EXITS = {400: 2, 401: 3, 403: 3, 404: 4, 405: 2, 409: 5, 412: 5, 413: 2, 422: 7, 502: 13}
 
 
 def exit_code_for(error: BaseException) -> int:

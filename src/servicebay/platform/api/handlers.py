@@ -193,8 +193,9 @@ async def replace_namespace(request: Request) -> Response:
         visible_plans=body.visible_plans,
         constraints=body.constraints,
         max_instances=body.max_instances,
+        if_match=request.headers.get("if-match"),
     )
-    return _json(view)
+    return JSONResponse(view, headers={"ETag": namespaces.etag(view)})
 
 
 async def list_namespaces(request: Request) -> Response:
@@ -203,8 +204,9 @@ async def list_namespaces(request: Request) -> Response:
 
 
 async def get_namespace(request: Request) -> Response:
-    """One namespace."""
-    return _json(await namespaces.get_namespace(_platform(request), _path(request)))
+    """One namespace, with its version as ``ETag`` (send it back in ``If-Match`` on PUT)."""
+    view = await namespaces.get_namespace(_platform(request), _path(request))
+    return JSONResponse(view, headers={"ETag": namespaces.etag(view)})
 
 
 async def delete_namespace(request: Request) -> Response:

@@ -9,6 +9,7 @@
     ├── NotFound            404 <thing>_not_found | not_found
     ├── MethodNotAllowed    405 method_not_allowed
     ├── Conflict            409 <thing>_exists | *_in_use | instance_has_bindings | ...
+    ├── PreconditionFailed  412 precondition_failed (If-Match names an older version)
     ├── PayloadTooLarge     413 payload_too_large
     ├── Unprocessable       422 invalid_parameters (with problems) | not_bindable | ...
     └── BrokerFailure       502 broker_unreachable | broker_error
@@ -79,6 +80,13 @@ class Conflict(PlatformError):
 
     status = 409
     default_code = "conflict"
+
+
+class PreconditionFailed(PlatformError):
+    """``If-Match`` names a version that is no longer current: someone changed it meanwhile."""
+
+    status = 412
+    default_code = "precondition_failed"
 
 
 class PayloadTooLarge(PlatformError):

@@ -3,6 +3,10 @@
 Each namespace says which plans its users may see (``visible_plans``; ``None`` = all), which
 extra JSON-schema constraints parameters must meet on top of the plan's schema (keyed
 ``service`` or ``service/plan``), and how many instances it may hold. ``default`` always exists.
+
+Settings are replaced whole, so a client edits them read-modify-write; the version it read
+(``ETag``: the quoted ``updated_at``) goes back in ``If-Match``, and the replace happens only
+if nobody changed the namespace in between (else 412): two concurrent edits cannot lose one.
 """
 
 from __future__ import annotations
@@ -15,7 +19,12 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from servicebay.osb import BadRequest as SchemaError
 from servicebay.osb import check_schema
-from servicebay.platform.services.errors import BadRequest, Conflict, not_found
+from servicebay.platform.services.errors import (
+    BadRequest,
+    Conflict,
+    PreconditionFailed,
+    not_found,
+)
 from servicebay.platform.services.operations import audit
 from servicebay.platform.services.records import ts
 from servicebay.platform.services.runtime import Actor, Platform
@@ -66,6 +75,17 @@ async def _view(conn: AsyncConnection, row: Any) -> dict[str, Any]:
     }
 
 
+def etag(view: dict[str, Any]) -> str:
+    """The namespace version a client read: its ``updated_at``, quoted (an HTTP entity tag)."""
+    return f'"{view["updated_at"]}"'
+
+
+def _matches(if_match: str, current: str) -> bool:
+    """RFC 9110 If-Match: ``*`` or a list of strong tags, one of which is the current one."""
+    tags = [tag.strip() for tag in if_match.split(",")]
+    return "*" in tags or current in tags
+
+
 async def create_namespace(
     platform: Platform,
     actor: Actor,
@@ -109,15 +129,28 @@ async def replace_namespace(
     visible_plans: list[str] | None,
     constraints: dict[str, Any],
     max_instances: int | None,
+    if_match: str | None = None,
 ) -> dict[str, Any]:
-    """Replace a namespace's settings (existing instances are not re-validated)."""
+    """Replace a namespace's settings (existing instances are not re-validated).
+
+    With ``if_match``, only if the namespace is still the version the caller read (else 412).
+    """
     _check_settings(visible_plans, constraints)
     async with platform.db.begin() as conn:
-        await require_namespace(conn, name)
+        row = await require_namespace(conn, name)
         n = tables.namespaces
-        await conn.execute(
+        if if_match is not None and not _matches(
+            if_match, etag({"updated_at": ts(row["updated_at"])})
+        ):
+            raise _changed(name)
+        guard = [n.c.name == name]
+        if if_match is not None:
+            # The version read guards the write: a concurrent replace that committed first
+            # leaves no row to match (PostgreSQL re-checks the WHERE once the row lock is free).
+            guard.append(n.c.updated_at == row["updated_at"])
+        changed = await conn.execute(
             n.update()
-            .where(n.c.name == name)
+            .where(*guard)
             .values(
                 description=description,
                 visible_plans=visible_plans,
@@ -126,10 +159,18 @@ async def replace_namespace(
                 updated_at=utcnow(),
             )
         )
+        if changed.rowcount != 1:
+            raise _changed(name)
         await audit(
             conn, user=actor.user, action="namespace.update", target=name, outcome="succeeded"
         )
         return await _view(conn, await require_namespace(conn, name))
+
+
+def _changed(name: str) -> PreconditionFailed:
+    return PreconditionFailed(
+        f"namespace {name!r} was changed by someone else since it was read; read it again and retry"
+    )
 
 
 async def delete_namespace(platform: Platform, actor: Actor, name: str) -> None:
