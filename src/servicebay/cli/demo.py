@@ -105,7 +105,9 @@ async def _demo(host: str, sockets: dict[str, socket.socket], rabbit: bool) -> N
     port = sockets["--port"].getsockname()[1]
     settings = PlatformSettings.from_env(host=host, port=port)
     state = settings.home / "demo"
-    state.mkdir(parents=True, exist_ok=True, mode=0o700)
+    # The home first: a parent made by mkdir(parents=True) gets the umask's mode (0777 at worst).
+    settings.home.mkdir(parents=True, exist_ok=True, mode=0o700)
+    state.mkdir(exist_ok=True, mode=0o700)
     passwords = _passwords(state / "brokers.json")
     brokers = [_sandbox(state, sockets["--sandbox-port"], passwords["sandbox"])]
     if rabbit:
