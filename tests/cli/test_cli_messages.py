@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import pytest
@@ -35,6 +36,23 @@ def test_invalid_instance_name_is_refused_locally(
     assert len(lines) == 1
     assert lines[0].startswith(f"error: instance name {name!r} is not valid: use a-z, 0-9")
     assert sent == []
+
+
+def test_empty_instance_name_never_matches_every_binding(
+    bay: Bay, registered: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`bay unbind '' --app A` is refused locally (exit 2), not taken as "any instance"."""
+    app = unique("app")
+    name = unique("kept")
+    assert bay("provision", "sandbox", name, "--plan", "sync").exit_code == 0
+    assert bay("bind", name, "--app", app).exit_code == 0
+    sent = _record_calls(monkeypatch)
+    result = bay("unbind", "", "--app", app)
+    assert result.exit_code == 2, result.output
+    assert result.stderr.startswith("error: instance name '' is not valid")
+    assert sent == []
+    listed = json.loads(bay("bindings", "--app", app, "-o", "json").stdout)
+    assert [b["instance"] for b in listed] == [name]
 
 
 def test_declined_purge_says_so_plainly(bay: Bay, registered: str) -> None:

@@ -462,9 +462,12 @@ class PlatformAPI:
     ) -> list[Binding]:
         """List bindings (never with credentials)."""
         params = {"namespace": namespace}
-        for key, value in (("instance", instance), ("app", app), ("kind", kind)):
-            if value:
-                params[key] = value
+        # An empty filter would silently match everything (`bay unbind '' --app A`).
+        for key, value in (("instance", instance), ("app", app)):
+            if value is not None:
+                params[key] = _named(value, key)
+        if kind:
+            params["kind"] = kind
         return cast(list[Binding], (await self._call("GET", "/bindings", params=params))["items"])
 
     async def binding(self, name: str, namespace: str) -> Binding:
