@@ -11,6 +11,7 @@ import asyncio
 import gc
 import json
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -20,7 +21,9 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
 from servicebay.chat.client import ChatClient
-from servicebay.chat.stores import StoreUnavailable
+from servicebay.chat.metrics import ChatMetrics
+from servicebay.chat.service import ChatService
+from servicebay.chat.stores import Retention, StoreUnavailable, open_store
 
 
 class Outage:
@@ -201,3 +204,23 @@ async def test_acks_written_once_the_store_is_back(
 async def _cursor(chat: ServedChat, room: str, user: str, at_least: int) -> bool:
     members = {m.user: m.cursor for m in await chat.store.members(room)}
     return members.get(user, -1) >= at_least
+
+
+async def test_stop_writes_the_cursors_still_lingering(tmp_path: Path) -> None:
+    """Acks batched for the next cursor write are written when the server stops, not lost."""
+    store = open_store(f"sqlite:{tmp_path / 'chat.db'}")
+    service = ChatService(store, ChatMetrics())
+    await service.start()
+    await store.put_room("r", Retention())
+    await store.put_user("ann")
+    await service.join("r", "ann", cursor=0)
+    await store.append("r", "ann", "k", "hello")
+    hub = await service.hub("r")
+    service.request_ack(hub, "ann", 1)
+    await service.stop()  # before the batch's linger is over
+    store = open_store(f"sqlite:{tmp_path / 'chat.db'}")
+    await store.open()
+    try:
+        assert [(m.user, m.cursor) for m in await store.members("r")] == [("ann", 1)]
+    finally:
+        await store.close()

@@ -27,6 +27,7 @@ from servicebay.chat.protocol import encode, message_frame
 from servicebay.chat.stores import (
     Appended,
     ChatStore,
+    ChatStoreError,
     Member,
     Message,
     NotMember,
@@ -260,7 +261,22 @@ class ChatService:
             if task is not None:
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
+        await self._last_acks()
         await self.store.close()
+
+    async def _last_acks(self) -> None:
+        """Write the cursors still lingering in each room (one handed to the store completes)."""
+        for hub in self._hubs.values():
+            if hub.ack_task is not None and not hub.ack_task.done():
+                hub.ack_task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await hub.ack_task
+            if targets := hub.ack_targets:
+                hub.ack_targets = {}
+                try:
+                    await self.store.ack_many(hub.room, targets)
+                except ChatStoreError as exc:  # the cursors trail: redelivery, never loss
+                    log.warning("chat.last_acks_failed", room=hub.room, error=str(exc))
 
     def _spawn(self, coro: Coroutine[Any, Any, Any], name: str) -> asyncio.Task[Any]:
         """Run background work, kept until done (and cancelled by ``stop``), failures logged."""
@@ -425,7 +441,7 @@ class ChatService:
             return  # nothing to move, or not a member
         hub.ack_targets[user] = max(hub.ack_targets.get(user, 0), seq)
         if hub.ack_task is None or hub.ack_task.done():
-            # Not cancelled by ``stop``: a cursor write under way finishes with the store.
+            # ``stop`` writes what is left (``_last_acks``) before closing the store.
             hub.ack_task = asyncio.create_task(self._flush_acks(hub))
             hub.ack_task.add_done_callback(reap)
 
