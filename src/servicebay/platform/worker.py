@@ -33,7 +33,7 @@ import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from servicebay.platform.broker_link import BrokerEndpoint, Reply, Verdict
-from servicebay.platform.services.catalog import endpoint_of
+from servicebay.platform.services.catalog import as_text, endpoint_of, stored_plan
 from servicebay.platform.services.operations import audit, enqueue
 from servicebay.platform.services.records import operation_view
 from servicebay.platform.services.runtime import Platform
@@ -61,7 +61,7 @@ def _job_query() -> sa.Select[Any]:
             o,
             i.c.id.label("target_instance"),
             p.c.plan_id.label("broker_plan_id"),
-            p.c.definition.label("plan_definition"),
+            as_text(p.c.definition, "plan_definition"),
             s.c.service_id.label("broker_service_id"),
             b.c.url.label("broker_url"),
             b.c.credentials.label("broker_credentials"),
@@ -291,7 +291,7 @@ class Worker:
             instance_id=row["target_instance"],
             service_id=row["broker_service_id"],
             plan_id=plan_id,
-            max_polling=row["plan_definition"].get("maximum_polling_duration"),
+            max_polling=stored_plan(row["plan_definition"]).maximum_polling_duration,
             binding_id=op["binding_id"],
             binding_kind=row["binding_kind"],
         )

@@ -17,7 +17,7 @@ import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from servicebay.osb import Plan, Service, redact
-from servicebay.platform.services.catalog import plan_of, service_of
+from servicebay.platform.services.catalog import as_text, stored_plan, stored_service
 from servicebay.platform.services.errors import BadRequest, Conflict, Unprocessable, not_found
 from servicebay.platform.services.instances import check_parameters, invalid
 from servicebay.platform.services.namespaces import require_namespace
@@ -60,7 +60,9 @@ _BUSY = sa.select(tables.operations.c.id).where(
     tables.operations.c.state.not_in(TERMINAL),
 )
 _OFFERING = (
-    sa.select(tables.plans.c.definition, tables.services.c.definition.label("service"))
+    sa.select(
+        as_text(tables.plans.c.definition, "plan"), as_text(tables.services.c.definition, "service")
+    )
     .join(tables.services, tables.services.c.id == tables.plans.c.service_pk)
     .where(tables.plans.c.id == sa.bindparam("plan_pk"))
 )
@@ -77,7 +79,7 @@ async def _require_binding(conn: AsyncConnection, namespace: str, name: str) -> 
 async def _offering_of(conn: AsyncConnection, plan_pk: str) -> tuple[Service, Plan]:
     row = (await conn.execute(_OFFERING, {"plan_pk": plan_pk})).first()
     assert row is not None
-    return service_of(row[1]), plan_of(row[0])
+    return stored_service(row[1]), stored_plan(row[0])
 
 
 async def bind(

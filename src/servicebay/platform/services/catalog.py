@@ -45,24 +45,42 @@ class Offering:
 
 
 @functools.lru_cache(maxsize=512)
-def _parse_service(text: str) -> Service:
+def service_of_json(text: str) -> Service:
+    """A service definition as stored (JSON text) as a model, validated once per text."""
     return Service.model_validate_json(text)
 
 
 @functools.lru_cache(maxsize=2048)
-def _parse_plan(text: str) -> Plan:
+def plan_of_json(text: str) -> Plan:
+    """A plan definition as stored (JSON text) as a model, validated once per text."""
     return Plan.model_validate_json(text)
+
+
+def as_text(column: sa.ColumnElement[Any], name: str) -> sa.Label[Any]:
+    """A JSON column read as stored: its text on SQLite (parsed through the caches above, not
+    decoded into a dict first); PostgreSQL's driver still hands over a dict."""
+    return sa.type_coerce(column, sa.Text).label(name)
+
+
+def stored_service(value: str | dict[str, Any]) -> Service:
+    """The service of an :func:`as_text` column."""
+    return service_of_json(value) if isinstance(value, str) else service_of(value)
+
+
+def stored_plan(value: str | dict[str, Any]) -> Plan:
+    """The plan of an :func:`as_text` column."""
+    return plan_of_json(value) if isinstance(value, str) else plan_of(value)
 
 
 def service_of(definition: dict[str, Any]) -> Service:
     """The stored service definition as a model (validated once, then cached: the catalog
     was validated on registration, and schema meta-validation is costly)."""
-    return _parse_service(json.dumps(definition, sort_keys=True))
+    return service_of_json(json.dumps(definition, sort_keys=True))
 
 
 def plan_of(definition: dict[str, Any]) -> Plan:
     """The stored plan definition as a model (cached like :func:`service_of`)."""
-    return _parse_plan(json.dumps(definition, sort_keys=True))
+    return plan_of_json(json.dumps(definition, sort_keys=True))
 
 
 def endpoint_of(platform: Platform, broker: Any) -> BrokerEndpoint:
@@ -375,10 +393,10 @@ def _offering_query() -> sa.Select[Any]:
         sa.select(
             s.c.id,
             s.c.broker_id,
-            s.c.definition,
+            as_text(s.c.definition, "definition"),
             b.c.name.label("broker_name"),
             p.c.id.label("plan_pk"),
-            p.c.definition.label("plan_definition"),
+            as_text(p.c.definition, "plan_definition"),
         )
         .join(b, b.c.id == s.c.broker_id)
         .outerjoin(
@@ -413,8 +431,8 @@ async def resolve_offering(
         broker_name=row["broker_name"],
         service_pk=row["id"],
         plan_pk=row["plan_pk"],
-        service=service_of(row["definition"]),
-        plan=plan_of(row["plan_definition"]),
+        service=stored_service(row["definition"]),
+        plan=stored_plan(row["plan_definition"]),
     )
 
 
