@@ -96,3 +96,19 @@ def test_no_token_anywhere_exits_3(tmp_path: Path, monkeypatch: pytest.MonkeyPat
     result = CliRunner().invoke(build_app(), ["instances"], env={"SERVICEBAY_HOME": str(tmp_path)})
     assert result.exit_code == 3
     assert "bay login" in result.stderr
+
+
+def test_unreachable_platform_message_never_shows_a_password_in_the_url(tmp_path: Path) -> None:
+    """A URL given with user:password@ (never needed) is masked in the error line."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+        env = {
+            "SERVICEBAY_URL": f"http://alice:Hunter2Secret@127.0.0.1:{port}",
+            "SERVICEBAY_TOKEN": "t",
+            "SERVICEBAY_HOME": str(tmp_path),
+        }
+        result = CliRunner().invoke(build_app(), ["instances"], env=env)
+    assert result.exit_code == 11
+    assert "Hunter2Secret" not in result.stderr + result.stdout
+    assert f"cannot reach the platform at http://***@127.0.0.1:{port}" in result.stderr

@@ -12,6 +12,7 @@ import re
 from collections.abc import Mapping
 from types import TracebackType
 from typing import Any, Literal, NotRequired, TypedDict, cast
+from urllib.parse import urlsplit, urlunsplit
 
 import httpx
 
@@ -154,12 +155,22 @@ class PlatformError(Exception):
         self.problems = problems or []
 
 
+def _without_userinfo(url: str) -> str:
+    """``url`` for a message: a ``user:password@`` part (never needed: the token authenticates)
+    is replaced by ``***@`` so an error line cannot show a password."""
+    parts = urlsplit(url)
+    if "@" not in parts.netloc:
+        return url
+    return urlunsplit(parts._replace(netloc="***@" + parts.netloc.rpartition("@")[2]))
+
+
 class PlatformUnreachable(PlatformError):
     """No answer from the platform: connection refused, DNS failure or timeout."""
 
     def __init__(self, url: str, reason: str, *, timed_out: bool = False) -> None:
         code = "timeout" if timed_out else "unreachable"
-        super().__init__(0, code, f"cannot reach the platform at {url}: {reason}")
+        shown = _without_userinfo(url)
+        super().__init__(0, code, f"cannot reach the platform at {shown}: {reason}")
         self.timed_out = timed_out
 
 
