@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
+from pathlib import Path
+from typing import Any
 
+import httpx
 from platform_fake_broker import FakeBroker
 
-from conftest import ALICE_TOKEN, PlatformUnderTest
+from conftest import ADMIN_TOKEN, ALICE_TOKEN, PlatformUnderTest, platform_settings
+from servicebay.platform import create_app
 
 
 async def test_sync_lifecycle_reaches_the_broker_once_each(
@@ -221,3 +226,34 @@ async def test_write_with_a_bad_wait_is_refused_before_anything_is_stored(
         assert r.json()["error"] == "bad_request" and "wait" in r.json()["message"]
     assert (await c.get("/api/v1/instances/w2")).status_code == 404
     assert fake.instances == {}
+
+
+async def test_operations_beyond_the_worker_slots_wait_for_a_free_slot(
+    tmp_path: Path, db_url: str, fake: FakeBroker
+) -> None:
+    """With one worker slot and no periodic claim in sight, concurrent provisions still all
+    finish, each sent once: the first is handed over, the others are claimed as the slot
+    frees."""
+    settings = platform_settings(tmp_path, db_url, worker_concurrency=1, poll_interval=30.0)
+    app = create_app(settings, transport=httpx.ASGITransport(app=fake.app()))
+    async with (
+        app.router.lifespan_context(app),
+        httpx.AsyncClient(
+            transport=httpx.ASGITransport(app=app),
+            base_url="http://platform.test",
+            headers={"Authorization": f"Bearer {ADMIN_TOKEN}"},
+        ) as client,
+    ):
+        platform = PlatformUnderTest(app, client, settings)
+        await platform.register_fake()
+
+        async def provision(n: int) -> dict[str, Any]:
+            body = {"service": "fake", "plan": "sync", "name": f"s{n}"}
+            r = await client.post("/api/v1/instances", json=body, params={"wait": 10})
+            assert r.status_code == 202, r.text
+            return dict(r.json()["operation"])
+
+        ops = await asyncio.wait_for(asyncio.gather(*(provision(n) for n in range(4))), 20)
+        instances = (await client.get("/api/v1/instances")).json()["items"]
+    assert [op["state"] for op in ops] == ["succeeded"] * 4
+    assert all(fake.count("PUT", i["id"]) == 1 for i in instances) and len(instances) == 4

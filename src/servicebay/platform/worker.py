@@ -129,7 +129,6 @@ class Worker:
             while not stop.is_set():
                 self._expire_reservations()
                 free = self.concurrency - len(self._running) - len(self._reserved)
-                self._starved = free <= 0
                 jobs: list[Job] = []
                 if free > 0:
                     try:
@@ -140,7 +139,9 @@ class Worker:
                     self._start(self.drive(job))
                 if jobs and len(jobs) < free:
                     continue  # there may be more due right now
-                await self._idle()
+                # Every slot taken, so more may be due: the next step to end wakes this loop.
+                self._starved = free <= 0 or len(jobs) == free
+                await self._idle(stop)
         finally:
             self._accepting = False
             if self.platform.local is self:
@@ -160,10 +161,19 @@ class Worker:
         if self._starved:
             self.platform.notify()  # a slot is free again and the claim loop wanted one
 
-    async def _idle(self) -> None:
-        """Wait for new work (wake-up) or the poll interval."""
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self.platform.wake.wait(), self.settings.poll_interval)
+    async def _idle(self, stop: asyncio.Event) -> None:
+        """Wait for new work (wake-up), the poll interval, or ``stop``."""
+        waits = {
+            asyncio.ensure_future(self.platform.wake.wait()),
+            asyncio.ensure_future(stop.wait()),
+        }
+        try:
+            await asyncio.wait(
+                waits, timeout=self.settings.poll_interval, return_when=asyncio.FIRST_COMPLETED
+            )
+        finally:
+            for waiting in waits:
+                waiting.cancel()
         self.platform.wake.clear()
 
     # -- hand-off from this process's API ---------------------------------------------------
@@ -195,14 +205,19 @@ class Worker:
                 del self._reserved[op_id]
 
     async def _take(self, operation: dict[str, Any]) -> None:
-        async with self.platform.db.read() as conn:
-            row = await self._load(conn, operation["id"])
-        job = self._job_from(row, operation["lease_until"])
+        try:
+            async with self.platform.db.read() as conn:
+                row = await self._load(conn, operation["id"])
+            job = self._job_from(row, operation["lease_until"])
+            if job is None and self._target_missing(row):
+                async with self.platform.db.begin() as conn:
+                    await self._fail_missing(conn, row)
+        except Exception:
+            # Not swallowed: logged, and the lease lapses so that a claim picks it up again.
+            log.exception("taking over a queued operation failed", extra={"op": operation["id"]})
+            return
         if job is not None:
             await self.drive(job)
-        elif self._target_missing(row):
-            async with self.platform.db.begin() as conn:
-                await self._fail_missing(conn, row)
 
     async def run_until_idle(self) -> None:
         """Drive operations one by one until none is due (tests and one-shot use)."""

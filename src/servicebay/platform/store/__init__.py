@@ -208,8 +208,8 @@ def _sqlite_pragmas(engine: AsyncEngine) -> None:
     @event.listens_for(engine.sync_engine, "connect")
     def _on_connect(dbapi_connection: Any, _record: Any) -> None:
         cursor = dbapi_connection.cursor()
-        cursor.execute("PRAGMA journal_mode=WAL")
         cursor.execute("PRAGMA busy_timeout=0")  # see _SQLiteCursor: waits happen in a thread
+        cursor.execute("PRAGMA journal_mode=WAL")
         cursor.execute("PRAGMA wal_autocheckpoint=0")  # see _SQLiteConnection.commit
         cursor.execute("PRAGMA foreign_keys=ON")
         cursor.execute("PRAGMA synchronous=NORMAL")
