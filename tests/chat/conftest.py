@@ -12,6 +12,14 @@ from servicebay.chat.settings import ChatSettings
 from servicebay.chat.stores import ChatStore, open_store
 
 
+@pytest.fixture(autouse=True)
+def private_home(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Every chat test, and the servers it starts, use a home of its own, never ~/.servicebay."""
+    home = tmp_path_factory.mktemp("home")
+    monkeypatch.setenv("SERVICEBAY_HOME", str(home))
+    return home
+
+
 @pytest.fixture(params=BACKENDS)
 async def chat_store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[ChatStore]:
     """An opened, empty store of each backend."""

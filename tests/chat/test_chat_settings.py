@@ -39,3 +39,13 @@ def test_configured_admin_token_is_not_described() -> None:
     assert settings.admin_secret() == "s3cret-admin"
     assert "s3cret-admin" not in str(settings.describe())
     assert settings.describe()["admin_token"] == "(set)"
+
+
+def test_rabbitmq_store_keeps_its_admin_token_beside_its_metadata(tmp_path: Path) -> None:
+    """The RabbitMQ store's generated token sits next to its metadata file (as the SQLite
+    store's next to its database), not in the home directory."""
+    settings = ChatSettings(store=f"rabbitmq:chat-mq?state={tmp_path / 'meta.db'}")
+    assert settings.admin_token_path() == tmp_path / "meta.db.admin-token"
+    assert ChatSettings(store="rabbitmq").admin_token_path() == Path(
+        "servicebay-chat-rabbitmq.db.admin-token"
+    )

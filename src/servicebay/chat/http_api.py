@@ -8,7 +8,8 @@ administration (users, tokens, rooms, members) uses the server's admin token. Er
 Errors::
 
     ApiError(status, code, message)
-    ChatStoreError  → UnknownRoom/UnknownUser 404, NotMember 403, StoreUnavailable 503
+    ChatStoreError  → UnknownRoom/UnknownUser 404, NotMember 403, StoreUnavailable 503 (with
+                      the generic "unavailable" text; the store's own words go to the log)
 """
 
 from __future__ import annotations
@@ -20,13 +21,20 @@ import secrets
 from collections.abc import Awaitable, Callable
 from typing import Annotated, Any, TypeVar
 
+import structlog
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
 from servicebay.chat.openapi import OPENAPI
-from servicebay.chat.protocol import MAX_BODY_CHARS, MAX_FRAME_BYTES, MAX_KEY_CHARS, NAME_PATTERN
+from servicebay.chat.protocol import (
+    ERROR_CODES,
+    MAX_BODY_CHARS,
+    MAX_FRAME_BYTES,
+    MAX_KEY_CHARS,
+    NAME_PATTERN,
+)
 from servicebay.chat.service import ChatService
 from servicebay.chat.stores import (
     ChatStoreError,
@@ -38,6 +46,7 @@ from servicebay.chat.stores import (
     User,
 )
 
+log = structlog.get_logger("servicebay.chat.http")
 MAX_WAIT = 30.0
 M = TypeVar("M", bound=BaseModel)
 Handler = Callable[[Request], Awaitable[Response]]
@@ -57,6 +66,10 @@ _STORE_STATUS = {"unknown_room": 404, "unknown_user": 404, "not_member": 403, "u
 def _error_response(exc: Exception, service: ChatService) -> JSONResponse:
     if isinstance(exc, ApiError):
         status, code, message = exc.status, exc.code, exc.message
+    elif isinstance(exc, StoreUnavailable):
+        # What failed inside the store (database or broker words) is for the log, not the caller.
+        log.warning("chat.http.store_unavailable", error=str(exc))
+        status, code, message = 503, exc.code, ERROR_CODES[exc.code]
     elif isinstance(exc, ChatStoreError):
         status, code, message = _STORE_STATUS.get(exc.code, 500), exc.code, str(exc)
     else:

@@ -493,12 +493,14 @@ def create_app(
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        await service.start()
-        for room in settings.rooms:
-            if await service.store.get_room(room) is None:
-                await service.store.put_room(room, settings.retention)
-        log.info("chat.started", **settings.describe())
+        await service.start()  # the store's owner lock first: a second server stops here
         try:
+            for room in settings.rooms:
+                if await service.store.get_room(room) is None:
+                    await service.store.put_room(room, settings.retention)
+            app.state.admin_token = settings.admin_secret()
+            # `bay chat serve` printed the settings already; this says the store is open.
+            log.info("chat.started", store=settings.store)
             yield
         finally:
             await service.stop()
@@ -515,5 +517,4 @@ def create_app(
     app = Starlette(routes=routes, lifespan=lifespan)
     app.state.service = service
     app.state.settings = settings
-    app.state.admin_token = settings.admin_secret()
     return app

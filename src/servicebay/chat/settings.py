@@ -13,7 +13,7 @@ from typing import Any
 
 from pydantic import BaseModel, Field, SecretStr
 
-from servicebay.chat.stores import DEFAULT_STORE, Retention
+from servicebay.chat.stores import DEFAULT_STORE, Retention, local_file
 
 ENV_PREFIX = "SERVICEBAY_CHAT_"
 
@@ -54,13 +54,15 @@ class ChatSettings(BaseModel):
         return Retention(self.keep_all, self.keep_seconds, self.keep_last)
 
     def admin_secret(self) -> str:
-        """The admin token: configured, or kept in a 0600 file next to an SQLite store."""
+        """The admin token: configured, or kept in a 0600 file next to the store's local file.
+
+        Called once the store is open, so that file's directory exists (it is never created).
+        """
         if self.admin_token is not None:
             return self.admin_token.get_secret_value()
         path = self.admin_token_path()
         if path.exists():
             return path.read_text().strip()
-        path.parent.mkdir(parents=True, exist_ok=True)
         token = secrets.token_urlsafe(32)
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         with os.fdopen(fd, "w") as handle:
@@ -68,12 +70,10 @@ class ChatSettings(BaseModel):
         return token
 
     def admin_token_path(self) -> Path:
-        """Where the generated admin token lives."""
-        if self.store.startswith("sqlite:"):
-            db = Path(self.store.removeprefix("sqlite:").partition("?")[0] or "servicebay-chat.db")
-            return db.with_name(db.name + ".admin-token")
-        home = Path(os.environ.get("SERVICEBAY_HOME", Path.home() / ".servicebay"))
-        return home / "chat.admin-token"
+        """Where the generated admin token lives: ``<file>.admin-token`` beside the store's file
+        on this machine (the SQLite log, or the RabbitMQ store's metadata)."""
+        local = local_file(self.store)
+        return local.with_name(local.name + ".admin-token")
 
     def describe(self) -> dict[str, Any]:
         """Settings to print at start, without secrets."""

@@ -6,9 +6,16 @@ Registered by the lead as the ``chat`` sub-app of ``bay``; runnable alone as
 
 from __future__ import annotations
 
-from typing import Annotated
+import asyncio
+import signal
+import socket
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Annotated, NoReturn
 
 import typer
+
+if TYPE_CHECKING:
+    from servicebay.chat.settings import ChatSettings
 
 app = typer.Typer(name="chat", help="The chat service.", no_args_is_help=True)
 
@@ -49,10 +56,6 @@ def serve(
 
     Example: bay chat serve --store sqlite:./chat.db --port 8765
     """
-    import uvicorn
-
-    from servicebay.chat.protocol import MAX_MESSAGE_BYTES
-    from servicebay.chat.server import create_app
     from servicebay.chat.settings import ChatSettings
 
     settings = ChatSettings.from_env(
@@ -69,24 +72,81 @@ def serve(
     configure_logging(settings.log_level)
     for name, value in settings.describe().items():
         typer.echo(f"{name}: {value}", err=True)
+    sock = _listening_socket(settings.host, settings.port)
+    stops: list[int] = []
+    # uvicorn re-raises the stop signal once it has shut down, before the store is closed (the
+    # CLI owns the store's lifespan here); a recorded signal lets the store close, then exit 0.
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda signum, frame: stops.append(signum))
+    with asyncio.Runner(loop_factory=_loop_factory()) as runner:
+        refusal = runner.run(_serve(settings, sock, stops))
+    if refusal is not None:
+        _fail(refusal)
+
+
+def _fail(message: str) -> NoReturn:
+    typer.echo(f"error: {message}", err=True)
+    raise typer.Exit(2)
+
+
+def _loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
+    """uvloop when it is installed, as ``uvicorn.run`` chooses by default."""
     try:
-        app_ = create_app(settings)
-    except ValueError as exc:  # an unknown or unavailable store: say so, no traceback
-        typer.echo(f"error: {exc}", err=True)
-        raise typer.Exit(2) from None
-    uvicorn.run(
-        app_,
-        host=settings.host,
-        port=settings.port,
-        log_level=settings.log_level,
-        # Messages up to twice the protocol limit reach the server, which answers "too_large"
-        # and keeps the connection; bigger ones are closed by the WebSocket layer (1009).
-        ws_max_size=2 * MAX_MESSAGE_BYTES,
-        # Chat frames are small; compressing each costs more CPU than it saves (measured).
-        ws_per_message_deflate=False,
-        ws_ping_interval=10,
-        ws_ping_timeout=10,
-    )
+        import uvloop
+    except ImportError:
+        return None
+    return uvloop.new_event_loop
+
+
+def _listening_socket(host: str, port: int) -> socket.socket:
+    """The server's socket, bound before the store is opened: a busy port touches nothing."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        _fail(f"cannot listen on {host}:{port}: {exc.strerror}")
+    return sock
+
+
+async def _serve(settings: ChatSettings, sock: socket.socket, stops: list[int]) -> str | None:
+    """Open the store (the app's lifespan), then serve on ``sock``; a refusal's reason or None.
+
+    The lifespan runs here rather than inside uvicorn so that a store that cannot be opened
+    (in use by another server, missing binding, bad path, refused credentials) is one line and
+    exit code 2, not uvicorn's traceback.
+    """
+    import uvicorn
+
+    from servicebay.chat.protocol import MAX_MESSAGE_BYTES
+    from servicebay.chat.server import create_app
+    from servicebay.chat.stores import StoreNotOpened
+
+    try:
+        app = create_app(settings)
+        async with app.router.lifespan_context(app):
+            if stops:  # asked to stop while the store was opening
+                return None
+            typer.echo(f"serving the chat at http://{settings.host}:{settings.port}/", err=True)
+            config = uvicorn.Config(
+                app,
+                lifespan="off",
+                log_level=settings.log_level,
+                # Messages up to twice the protocol limit reach the server, which answers
+                # "too_large" and keeps the connection; bigger ones are closed by the WebSocket
+                # layer (1009).
+                ws_max_size=2 * MAX_MESSAGE_BYTES,
+                # Chat frames are small; compressing each costs more CPU than it saves.
+                ws_per_message_deflate=False,
+                ws_ping_interval=10,
+                ws_ping_timeout=10,
+            )
+            await uvicorn.Server(config).serve(sockets=[sock])
+    except StoreNotOpened as exc:
+        return str(exc)
+    return None
 
 
 def configure_logging(level: str) -> None:

@@ -18,6 +18,7 @@ from typing import Any
 
 import aio_pika
 from aio_pika.abc import AbstractChannel, AbstractConnection, AbstractIncomingMessage
+from aiormq.exceptions import ChannelLockedResource  # aio-pika's own AMQP layer
 
 from servicebay.chat.stores.base import StoreUnavailable
 
@@ -73,13 +74,34 @@ def _text(value: Any) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
 
 
+class AccessRefused(StoreUnavailable):
+    """RabbitMQ answered and refused us: credentials, vhost or permissions (not an outage)."""
+
+
+class OwnedElsewhere(StoreUnavailable):
+    """Another connection holds this store's owner queue: another chat server serves it."""
+
+
+def _refusal(exc: BaseException) -> bool:
+    # A protocol-level "no" (bad credentials, unknown vhost) rather than a socket that failed.
+    return isinstance(exc, aio_pika.exceptions.ProbableAuthenticationError) or (
+        isinstance(exc, aio_pika.exceptions.AMQPError) and not isinstance(exc, OSError)
+    )
+
+
 class StreamLog:
-    """An AMQP connection to one RabbitMQ, with confirmed publishes and offset reads."""
+    """An AMQP connection to one RabbitMQ, with confirmed publishes and offset reads.
+
+    With ``owner`` set, every connection first declares that queue *exclusive*: RabbitMQ lets
+    one connection hold it and drops it when that connection dies (a SIGKILLed server's
+    included), so two servers can never write one store's streams at the same time.
+    """
 
     def __init__(self, uri: str, *, timeout: float = 10.0) -> None:
         """Talk to the broker at ``uri`` (connected lazily)."""
         self.uri = uri
         self.timeout = timeout
+        self.owner: str | None = None
         self._conn: AbstractConnection | None = None
         self._publisher: AbstractChannel | None = None
         self._readers: list[AbstractChannel] = []
@@ -104,14 +126,36 @@ class StreamLog:
                 raise StoreUnavailable("RabbitMQ is unreachable")
             try:
                 conn = await aio_pika.connect(self.uri, timeout=self.timeout)
-                self._publisher = await conn.channel(publisher_confirms=True)
             except Exception as exc:
                 self._failed_at = time.monotonic()
                 # The URI holds a password: name the failure, never the URI.
+                if _refusal(exc):
+                    why = type(exc).__name__
+                    raise AccessRefused(f"RabbitMQ refused the connection: {why}") from exc
+                raise StoreUnavailable(f"RabbitMQ is unreachable: {type(exc).__name__}") from exc
+            try:
+                await self._claim(conn)
+                self._publisher = await conn.channel(publisher_confirms=True)
+            except Exception as exc:
+                self._failed_at = time.monotonic()
+                with contextlib.suppress(Exception):
+                    await conn.close()
+                if isinstance(exc, StoreUnavailable):
+                    raise
                 raise StoreUnavailable(f"RabbitMQ is unreachable: {type(exc).__name__}") from exc
             self._conn = conn
             self.connects += 1
             return conn
+
+    async def _claim(self, conn: AbstractConnection) -> None:
+        """Declare the owner queue exclusive on ``conn`` (see the class docstring)."""
+        if self.owner is None:
+            return
+        channel = await conn.channel()
+        try:
+            await channel.declare_queue(self.owner, exclusive=True)
+        except ChannelLockedResource:
+            raise OwnedElsewhere(f"another chat server holds {self.owner}") from None
 
     def _forget(self) -> None:
         self._conn, self._publisher = None, None

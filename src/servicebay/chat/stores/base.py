@@ -12,7 +12,9 @@ Errors::
      ├── UnknownRoom
      ├── UnknownUser
      ├── NotMember
-     └── StoreUnavailable
+     ├── StoreUnavailable
+     └── StoreNotOpened       the store cannot be opened: say why, start nothing
+          └── StoreInUse      another process (a chat server) owns it
 """
 
 from __future__ import annotations
@@ -135,6 +137,22 @@ class StoreUnavailable(ChatStoreError):
     """The backend cannot be reached or is closed; retrying later may succeed."""
 
     code = "unavailable"
+
+
+class StoreNotOpened(ChatStoreError):
+    """``open()`` refused: the store is missing, unreadable, misconfigured or refuses us.
+
+    Its message is one line for an operator (``bay chat serve`` prints it and exits 2); it
+    never holds a secret.
+    """
+
+    code = "not_opened"
+
+
+class StoreInUse(StoreNotOpened):
+    """Another process owns the store: exactly one chat server may serve a store."""
+
+    code = "in_use"
 
 
 class ChatStore(Protocol):

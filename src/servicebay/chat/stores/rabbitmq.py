@@ -44,7 +44,16 @@ from urllib.parse import parse_qsl
 import structlog
 
 from servicebay import bindings
-from servicebay.chat.stores._rabbitmq_log import Entry, StreamLog, chat_message, marker_message
+from servicebay.chat.stores import RABBITMQ_STATE
+from servicebay.chat.stores._rabbitmq_log import (
+    RECONNECT_PAUSE,
+    AccessRefused,
+    Entry,
+    OwnedElsewhere,
+    StreamLog,
+    chat_message,
+    marker_message,
+)
 from servicebay.chat.stores._rabbitmq_meta import MetaStore, Recorded, Segment
 from servicebay.chat.stores.base import (
     Appended,
@@ -56,6 +65,8 @@ from servicebay.chat.stores.base import (
     NotMember,
     Retention,
     Room,
+    StoreInUse,
+    StoreNotOpened,
     StoreUnavailable,
     UnknownRoom,
     User,
@@ -65,7 +76,10 @@ log = structlog.get_logger("servicebay.chat.rabbitmq")
 
 MAX_BATCH = 1000
 ROTATE_EVERY = 100_000
-DEFAULT_STATE = "servicebay-chat-rabbitmq.db"
+# How long open() waits for a SIGKILLed predecessor's owner queue to go (RabbitMQ drops it when
+# it notices the dead connection, at once when the kernel closed the socket).
+OWNER_WAIT = 3.0
+START_HINT = "bay run --app chat -- bay chat serve --store rabbitmq"
 
 
 def open_rabbitmq_store(binding_name: str | None) -> ChatStore:
@@ -74,16 +88,28 @@ def open_rabbitmq_store(binding_name: str | None) -> ChatStore:
     ``SPEC`` is ``[BINDING_NAME][?state=PATH&root=DIR&rotate=N]``: the binding of type
     ``rabbitmq`` to use (the only one when no name is given), where the SQLite metadata file
     lives (default ``./servicebay-chat-rabbitmq.db``), the binding root (default
-    ``$SERVICE_BINDING_ROOT``) and the messages per stream generation.
+    ``$SERVICE_BINDING_ROOT``) and the messages per stream generation. A missing, ambiguous or
+    malformed binding or option is ``StoreNotOpened`` (one line, no secret).
     """
     name, _, query = (binding_name or "").partition("?")
     options = dict(parse_qsl(query))
-    binding = bindings.find(type="rabbitmq", name=name or None, root=options.get("root"))
-    return RabbitMQChatStore(
-        binding["uri"],
-        options.get("state", DEFAULT_STATE),
-        rotate_every=int(options.get("rotate", ROTATE_EVERY)),
-    )
+    try:
+        binding = bindings.find(type="rabbitmq", name=name or None, root=options.get("root"))
+        uri = binding["uri"]
+    except bindings.BindingNotFound as exc:
+        raise StoreNotOpened(f"{exc}. Bind one and start with `{START_HINT}`") from None
+    except KeyError:
+        raise StoreNotOpened(f"the binding {binding.name!r} has no entry 'uri'") from None
+    except bindings.BindingError as exc:
+        raise StoreNotOpened(str(exc)) from None
+    if not uri.startswith(("amqp://", "amqps://")):
+        raise StoreNotOpened(f"the binding {binding.name!r}: entry 'uri' is not an amqp:// URI")
+    try:
+        rotate_every = int(options.get("rotate", ROTATE_EVERY))
+    except ValueError:
+        raise StoreNotOpened(f"rotate={options['rotate']!r} is not a number") from None
+    state = options.get("state", RABBITMQ_STATE)
+    return RabbitMQChatStore(uri, state, rotate_every=rotate_every)
 
 
 @dataclass
@@ -145,11 +171,43 @@ class RabbitMQChatStore:
     # lifecycle -------------------------------------------------------------------------------
 
     async def open(self) -> None:
-        """Open the metadata; RabbitMQ is connected on first need (it may be down now)."""
+        """Own the store, open the metadata, then claim the store in RabbitMQ.
+
+        The metadata file's lock comes first (``StoreInUse``: another server on this file),
+        then the owner queue ``chat.<store id>.owner`` (``StoreInUse``: a server elsewhere with
+        a copy of the file). Refused credentials or vhost are ``StoreNotOpened``; RabbitMQ
+        being down is not: the server starts and claims the store when it is back.
+        """
         await self.meta.open()
-        self._store_id = await self.meta.store_id()
-        for segment in await self.meta.segments():
-            self._room(segment.room).segments.append(segment)
+        try:
+            self._store_id = await self.meta.store_id()
+            self.log.owner = f"chat.{self._store_id}.owner"
+            await self._claim()
+            for segment in await self.meta.segments():
+                self._room(segment.room).segments.append(segment)
+        except BaseException:
+            await self.meta.close()
+            raise
+
+    async def _claim(self) -> None:
+        started = time.monotonic()
+        while True:
+            try:
+                await self.log.connection()
+                return
+            except OwnedElsewhere:
+                if time.monotonic() - started > OWNER_WAIT:
+                    raise StoreInUse(
+                        f"the store {self.meta.path} is in use by another chat server "
+                        f"(it holds the RabbitMQ queue {self.log.owner}): one server per store"
+                    ) from None
+            except AccessRefused as exc:
+                raise StoreNotOpened(f"{exc}: check the binding's credentials and vhost") from None
+            except StoreUnavailable as exc:
+                log.warning("chat.rabbitmq.down_at_start", error=str(exc))
+                return
+            # Past the log's pause between connection attempts, so the next one is a real try.
+            await asyncio.sleep(RECONNECT_PAUSE * 1.2)
 
     async def close(self) -> None:
         """Let queued appends finish, then close RabbitMQ and the metadata."""

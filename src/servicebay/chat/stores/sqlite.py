@@ -25,6 +25,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
+import structlog
+
+from servicebay.chat.stores._owner import OwnerLock
 from servicebay.chat.stores.base import (
     Appended,
     ChatStoreError,
@@ -34,11 +37,14 @@ from servicebay.chat.stores.base import (
     NotMember,
     Retention,
     Room,
+    StoreNotOpened,
     StoreUnavailable,
     UnknownRoom,
     UnknownUser,
     User,
 )
+
+log = structlog.get_logger("servicebay.chat.sqlite")
 
 T = TypeVar("T")
 Op = Callable[[sqlite3.Connection], Any]
@@ -141,6 +147,7 @@ class SQLiteChatStore:
         self._reads: queue.Queue[_Pending | None] = queue.Queue()
         self._threads: list[threading.Thread] = []
         self._closed = True
+        self._owner = OwnerLock(self.path)
         self.batches = 0
         # Writer-thread caches (only the writer writes, so they stay true; cleared on rollback).
         self._heads: dict[str, int] = {}
@@ -150,16 +157,29 @@ class SQLiteChatStore:
     # lifecycle -------------------------------------------------------------------------------
 
     async def open(self) -> None:
-        """Create the schema and start the writer and reader threads."""
-        Path(self.path).parent.mkdir(parents=True, exist_ok=True)
-        # Messages and token digests are the owner's only: SQLite would create the file 0644
-        # (less the umask), and its -wal/-shm files copy the database's mode.
-        os.close(os.open(self.path, os.O_WRONLY | os.O_CREAT, 0o600))
-        writer = _connect(self.path, self.synchronous)
-        writer.executescript(_SCHEMA)
-        if writer.execute("SELECT count(*) FROM schema_version").fetchone()[0] == 0:
-            writer.execute("INSERT INTO schema_version VALUES (1)")
-        reader = _connect(self.path, self.synchronous)
+        """Take the owner lock, create the schema, start the writer and reader threads.
+
+        Refused (``StoreNotOpened``) when the file's directory does not exist (a typo must not
+        create a tree of directories), when another process owns the store (``StoreInUse``,
+        checked before the database is touched), or when the file cannot be opened or written.
+        """
+        folder = Path(self.path).parent
+        if not folder.is_dir():
+            raise StoreNotOpened(f"the directory {folder} of the SQLite store does not exist")
+        self._owner.acquire()
+        try:
+            # Messages and token digests are the owner's only: SQLite would create the file 0644
+            # (less the umask), and its -wal/-shm files copy the database's mode.
+            os.close(os.open(self.path, os.O_WRONLY | os.O_CREAT, 0o600))
+            writer = _connect(self.path, self.synchronous)
+            writer.executescript(_SCHEMA)
+            if writer.execute("SELECT count(*) FROM schema_version").fetchone()[0] == 0:
+                writer.execute("INSERT INTO schema_version VALUES (1)")
+            reader = _connect(self.path, self.synchronous)
+        except (OSError, sqlite3.Error) as exc:
+            self._owner.release()
+            why = exc.strerror if isinstance(exc, OSError) else exc
+            raise StoreNotOpened(f"cannot open the SQLite store {self.path}: {why}") from None
         self._closed = False
         self._threads = [
             threading.Thread(target=self._write_loop, args=(writer,), daemon=True),
@@ -177,6 +197,7 @@ class SQLiteChatStore:
         self._reads.put(None)
         for thread in self._threads:
             await asyncio.to_thread(thread.join)
+        self._owner.release()
 
     async def ping(self) -> None:
         """Run a trivial read."""
@@ -234,7 +255,9 @@ class SQLiteChatStore:
                 conn.execute("ROLLBACK")
             self._heads.clear()
             self._members.clear()
-            failure = StoreUnavailable(f"commit failed: {exc}")
+            # The database's words go to the log; callers (and so clients) hear "unavailable".
+            log.warning("chat.store.commit_failed", error=f"{type(exc).__name__}: {exc}")
+            failure = StoreUnavailable("the chat store could not commit this write; retry")
             results = [(None, failure)] * len(batch)
         self.batches += 1
         self.batched_writes += len(batch)
