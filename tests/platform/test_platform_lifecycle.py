@@ -5,14 +5,24 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+import time
 from pathlib import Path
 from typing import Any
 
 import httpx
+import pytest
 from platform_fake_broker import FakeBroker
 
-from conftest import ADMIN_TOKEN, ALICE_TOKEN, PlatformUnderTest, platform_settings
-from servicebay.platform import create_app
+from conftest import (
+    ADMIN_TOKEN,
+    ALICE_TOKEN,
+    PlatformUnderTest,
+    create_pg_database,
+    drop_pg_database,
+    platform_settings,
+)
+from servicebay.platform import Worker, create_app
+from servicebay.platform.services.runtime import Platform
 
 
 async def test_sync_lifecycle_reaches_the_broker_once_each(
@@ -257,3 +267,46 @@ async def test_operations_beyond_the_worker_slots_wait_for_a_free_slot(
         instances = (await client.get("/api/v1/instances")).json()["items"]
     assert [op["state"] for op in ops] == ["succeeded"] * 4
     assert all(fake.count("PUT", i["id"]) == 1 for i in instances) and len(instances) == 4
+
+
+@pytest.mark.postgres
+async def test_postgres_notifications_wake_another_processes_worker_and_waiter(
+    tmp_path: Path, postgres_url: str, fake: FakeBroker
+) -> None:
+    """An API without a worker and a worker of its own (two processes' worth of state on one
+    PostgreSQL, neither polling within the test): the worker is woken by the queued
+    operation's notification, and the API's waiter by the finished one's."""
+    db = create_pg_database(postgres_url)
+    try:
+        settings = platform_settings(tmp_path, db, run_worker=False, poll_interval=30.0)
+        app = create_app(settings, transport=httpx.ASGITransport(app=fake.app()))
+        worker_platform = Platform(
+            platform_settings(tmp_path, db, poll_interval=30.0),
+            transport=httpx.ASGITransport(app=fake.app()),
+        )
+        stop = asyncio.Event()
+        async with (
+            app.router.lifespan_context(app),
+            httpx.AsyncClient(
+                transport=httpx.ASGITransport(app=app),
+                base_url="http://platform.test",
+                headers={"Authorization": f"Bearer {ADMIN_TOKEN}"},
+            ) as client,
+        ):
+            await PlatformUnderTest(app, client, settings).register_fake()
+            await worker_platform.start()
+            working = asyncio.create_task(Worker(worker_platform).run(stop))
+            try:
+                await asyncio.sleep(0.5)  # the worker's first claim found nothing; it idles
+                started = time.monotonic()
+                body = {"service": "fake", "plan": "sync", "name": "n1"}
+                r = await client.post("/api/v1/instances", json=body, params={"wait": 20})
+                elapsed = time.monotonic() - started
+            finally:
+                stop.set()
+                await working
+                await worker_platform.close()
+        assert r.status_code == 202 and r.json()["operation"]["state"] == "succeeded", r.text
+        assert elapsed < 10  # neither side waited for its 30 s poll interval
+    finally:
+        drop_pg_database(postgres_url, db)

@@ -36,7 +36,7 @@ from servicebay.platform.broker_link import BrokerEndpoint, Reply, Verdict
 from servicebay.platform.services.catalog import as_text, endpoint_of, stored_plan
 from servicebay.platform.services.operations import audit, enqueue
 from servicebay.platform.services.records import operation_view
-from servicebay.platform.services.runtime import Platform
+from servicebay.platform.services.runtime import CHANGED, Platform
 from servicebay.platform.store import by_id_params, delete_by_id, tables, update_by_id, utcnow
 
 log = logging.getLogger("servicebay.platform.worker")
@@ -408,6 +408,7 @@ class Worker:
             "updated_at": now,
         }
         await self._guarded(conn, op["id"], values)
+        await self.platform.db.notify(conn, CHANGED, op["id"])  # waiters in other processes
         finished = {**op, "state": state, "description": description}
         self._results[op["id"]] = {**finished, "finished_at": now, "updated_at": now}
         target = f"{op['namespace']}/{op['binding_name'] or op['instance_name']}"

@@ -20,7 +20,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from servicebay.platform.services.errors import BadRequest, not_found
 from servicebay.platform.services.records import TERMINAL, operation_view, ts
-from servicebay.platform.services.runtime import Platform
+from servicebay.platform.services.runtime import QUEUED, Platform
 from servicebay.platform.store import tables, utcnow
 
 MAX_WAIT = 60.0
@@ -84,6 +84,8 @@ async def enqueue(
         if taken is not None:
             row.update(owner=taken[0], lease_until=taken[1], state="in progress", attempts=1)
     await conn.execute(_INSERT_OPERATION, row)
+    if row["state"] == "queued":
+        await platform.db.notify(conn, QUEUED)  # on commit, other processes' workers wake
     return row
 
 

@@ -3,13 +3,16 @@
 A :class:`Platform` is shared by the HTTP API and the worker of one process. An operation the
 API queues is leased at once to the in-process worker when it has a free slot (``local``), and
 handed to it by ``submit()`` after the transaction commits: no claim, no waiting. Otherwise
-``submit()`` wakes the worker's claim loop; workers in other processes find the operation by
-polling the database. Waiters on an operation are woken with its view by ``changed()``.
+``submit()`` wakes the worker's claim loop; on PostgreSQL a notification (``QUEUED``) wakes
+the workers of other processes too, which otherwise find it by polling the database. Waiters
+on an operation are woken with its view by ``changed()``, and on PostgreSQL by the ``CHANGED``
+notification of the process whose worker finished it.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
 import hmac
 from dataclasses import dataclass, field
@@ -34,6 +37,11 @@ class Actor:
     def of(cls, user: str) -> Actor:
         """The actor for a user name (``admin`` is the administrator)."""
         return cls(user=user, admin=user == "admin")
+
+
+# PostgreSQL notification channels between platform processes (see Database.listen).
+QUEUED = "servicebay_operation_queued"
+CHANGED = "servicebay_operation_finished"  # payload: the operation id
 
 
 class LocalWorker(Protocol):
@@ -75,16 +83,33 @@ class Platform:
         self.link = BrokerLink(timeout=settings.broker_timeout, transport=transport)
         self.wake = asyncio.Event()
         self.local: LocalWorker | None = None
+        self._closing = asyncio.Event()
+        self._listening: asyncio.Task[None] | None = None
         self._watchers: dict[str, set[OperationWatch]] = {}
 
     async def start(self) -> None:
-        """Apply migrations; call before serving or working."""
+        """Apply migrations, and on PostgreSQL listen for other processes' operations; call
+        before serving or working."""
         await self.db.migrate()
+        if self.db.is_postgres:
+            callbacks = {QUEUED: self._queued_elsewhere, CHANGED: self._changed_elsewhere}
+            self._listening = asyncio.create_task(self.db.listen(callbacks, self._closing))
 
     async def close(self) -> None:
         """Release connections."""
+        self._closing.set()
+        if self._listening is not None:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._listening, 5)  # cancelled if still connecting
         await self.link.close()
         await self.db.close()
+
+    def _queued_elsewhere(self, _payload: str) -> None:
+        self.wake.set()  # another process queued an operation: this one's worker may take it
+
+    def _changed_elsewhere(self, operation_id: str) -> None:
+        for watch in self._watchers.get(operation_id, ()):
+            watch.event.set()  # the waiter reads it again (a view set here stays)
 
     def authenticate(self, token: str) -> Actor | None:
         """The actor owning ``token``, or None; compared in constant time."""

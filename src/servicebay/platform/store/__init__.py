@@ -8,8 +8,10 @@ The schema is owned by Alembic migrations (``migrations/``), applied on every st
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
 import functools
+import logging
 import os
 import sqlite3
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
@@ -19,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import aiosqlite
+import asyncpg  # type: ignore[import-untyped]  # asyncpg ships no type information
 import sqlalchemy as sa
 from alembic import command
 from alembic.config import Config
@@ -29,7 +32,41 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_en
 
 from servicebay.platform.store import tables
 
+log = logging.getLogger("servicebay.platform.store")
+
 __all__ = ["Database", "by_id_params", "delete_by_id", "tables", "update_by_id", "utcnow"]
+
+_NOTIFY = sa.text("SELECT pg_notify(:channel, :payload)")
+
+
+async def _listen_once(
+    url: str, callbacks: dict[str, Callable[[str], None]], stop: asyncio.Event
+) -> None:
+    """Listen on one connection until ``stop`` is set or the connection is lost."""
+    connection = await asyncpg.connect(url, timeout=10)
+    lost = asyncio.Event()
+    connection.add_termination_listener(lambda _conn: lost.set())
+    try:
+        for channel, callback in callbacks.items():
+            await connection.add_listener(channel, _relay(callback))
+        waits = {asyncio.ensure_future(stop.wait()), asyncio.ensure_future(lost.wait())}
+        try:
+            await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for waiting in waits:
+                waiting.cancel()
+    finally:
+        # Closing a listener that is going away anyway: a failure changes nothing.
+        with contextlib.suppress(OSError, TimeoutError, asyncpg.PostgresError):
+            await connection.close(timeout=2)
+
+
+def _relay(callback: Callable[[str], None]) -> Callable[[Any, int, str, str], None]:
+    def on_notification(_conn: Any, _pid: int, _channel: str, payload: str) -> None:
+        callback(payload)
+
+    return on_notification
+
 
 # Any fixed number: the advisory lock that serialises migrations across platform processes.
 _MIGRATION_LOCK = 7_470_001
@@ -176,6 +213,27 @@ class Database:
         """A read-only transaction (on SQLite it does not queue behind writers)."""
         async with self._reader.begin() as conn:
             yield conn
+
+    async def notify(self, conn: AsyncConnection, channel: str, payload: str = "") -> None:
+        """On PostgreSQL, signal ``channel`` to every listening process when ``conn``'s
+        transaction commits (nothing on SQLite: there, other processes poll)."""
+        if self.is_postgres:
+            await conn.execute(_NOTIFY, {"channel": channel, "payload": payload})
+
+    async def listen(
+        self, callbacks: dict[str, Callable[[str], None]], stop: asyncio.Event
+    ) -> None:
+        """On PostgreSQL, call ``callbacks[channel](payload)`` for every notification until
+        ``stop`` is set, on a connection of its own that is reopened if it drops. A process
+        that misses notifications meanwhile still polls, so this only ever saves waiting."""
+        url = self._async_url.set(drivername="postgresql").render_as_string(hide_password=False)
+        while not stop.is_set():
+            try:
+                await _listen_once(url, callbacks, stop)
+            except (OSError, asyncpg.PostgresError) as exc:
+                log.warning("not listening for notifications (%s); polling", type(exc).__name__)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), 1.0)
 
     async def close(self) -> None:
         """Release every pooled connection."""
