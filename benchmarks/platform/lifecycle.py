@@ -295,11 +295,11 @@ Round = dict[str, float]
 def lifecycle_round(broker: ServedBroker, url: str, pid: int, args: argparse.Namespace) -> Round:
     """One direct run then one platform run: wall, p50 and CPU ms per lifecycle of each."""
     broker_pid, n = broker.process.pid, args.cycles
-    b0 = cpu_seconds(broker_pid)
+    b0, c0 = cpu_seconds(broker_pid), time.process_time()
     d_wall, d_lat = asyncio.run(direct(broker, n, args.concurrency))
-    b1, p0 = cpu_seconds(broker_pid), cpu_seconds(pid)
+    b1, p0, c1 = cpu_seconds(broker_pid), cpu_seconds(pid), time.process_time()
     p_wall, p_lat = asyncio.run(through_platform(url, n, args.concurrency, args.poll))
-    b2, p1 = cpu_seconds(broker_pid), cpu_seconds(pid)
+    b2, p1, c2 = cpu_seconds(broker_pid), cpu_seconds(pid), time.process_time()
     row = {
         "d_rate": n / d_wall,
         "d_p50": statistics.median(d_lat),
@@ -309,12 +309,14 @@ def lifecycle_round(broker: ServedBroker, url: str, pid: int, args: argparse.Nam
         "p_platform": (p1 - p0) * 1000 / n,
         "p_broker": (b2 - b1) * 1000 / n,
         "ratio": p_wall / d_wall,
+        "d_client": (c1 - c0) * 1000 / n,
+        "p_client": (c2 - c1) * 1000 / n,
     }
     print(
         f"  round: direct {row['d_rate']:6.1f}/s p50 {row['d_p50']:6.1f} ms broker CPU "
         f"{row['d_broker']:.1f} ms | platform {row['p_rate']:6.1f}/s p50 {row['p_p50']:6.1f} ms "
         f"CPU platform {row['p_platform']:.1f} + broker {row['p_broker']:.1f} ms | "
-        f"{row['ratio']:.2f}x",
+        f"{row['ratio']:.2f}x | client CPU {row['d_client']:.1f} / {row['p_client']:.1f} ms",
         flush=True,
     )
     return row
@@ -329,6 +331,10 @@ def report(rounds: list[Round], cycles: int) -> None:
     print(f"            broker CPU ms/lifecycle {span('d_broker')}")
     print(f"  platform: lifecycles/s {span('p_rate')}, cycle p50 ms {span('p_p50', '.0f')}")
     print(f"            CPU ms/lifecycle: platform {span('p_platform')}, broker {span('p_broker')}")
+    print(
+        f"  client (this process) CPU ms/lifecycle: direct {span('d_client')}, "
+        f"platform {span('p_client')}"
+    )
     print(f"  overhead: platform wall time / direct wall time {span('ratio', '.2f')}")
 
 
