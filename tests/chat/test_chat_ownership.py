@@ -266,3 +266,29 @@ async def test_sqlite_store_does_not_create_missing_directories(tmp_path: Path) 
     with pytest.raises(StoreNotOpened, match="does not exist"):
         await store.open()
     assert not (tmp_path / "no").exists()
+
+
+@pytest.mark.rabbitmq
+async def test_rabbitmq_append_failure_text_stays_in_the_log(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A batch that fails for an unexpected reason answers its senders "unavailable" without
+    the exception's words (they may name streams, URIs or data)."""
+    from servicebay.chat.stores.base import StoreUnavailable
+    from servicebay.chat.stores.rabbitmq import RabbitMQChatStore
+
+    async def broken(*args: object) -> None:
+        raise RuntimeError("internal detail amqp://user:pw@host")
+
+    store = open_store(chat_rabbitmq.store_url(tmp_path))
+    await store.open()
+    try:
+        await store.put_room("r")
+        await store.put_user("ann")
+        await store.join("r", "ann")
+        monkeypatch.setattr(RabbitMQChatStore, "_write_batch", broken)
+        with pytest.raises(StoreUnavailable) as failed:
+            await store.append("r", "ann", "k1", "hello")
+        assert str(failed.value) == "the append was not stored; retry"
+    finally:
+        await store.close()

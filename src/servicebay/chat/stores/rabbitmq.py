@@ -363,9 +363,13 @@ class RabbitMQChatStore:
                     if not item.fut.done():
                         item.fut.set_exception(exc)
             except BaseException as exc:  # cancelled or a bug: every caller hears it
+                if not isinstance(exc, asyncio.CancelledError):
+                    log.error("chat.rabbitmq.append_failed", room=room_id, exc_info=exc)
+                # The exception's words are in the log; callers (and clients) hear the code.
+                failure = StoreUnavailable("the append was not stored; retry")
                 for item in batch:
                     if not item.fut.done():
-                        item.fut.set_exception(StoreUnavailable(f"append failed: {exc!r}"))
+                        item.fut.set_exception(failure)
                 raise
 
     async def _write_batch(self, room_id: str, room: _RoomLog, batch: list[_Append]) -> None:
