@@ -37,7 +37,7 @@ from servicebay.platform.services.errors import (
 )
 from servicebay.platform.services.runtime import Platform
 from servicebay.platform.settings import PlatformSettings
-from servicebay.platform.web import WEB_DIR, index
+from servicebay.platform.web import WEB_DIR, SecurityHeaders, index
 from servicebay.platform.worker import Worker
 
 log = logging.getLogger("servicebay.platform.api")
@@ -139,7 +139,7 @@ def create_app(
 
     app = Starlette(
         routes=_routes(),
-        middleware=[Middleware(TokenAuth)],
+        middleware=[Middleware(SecurityHeaders), Middleware(TokenAuth)],
         exception_handlers={Exception: _error, HTTPException: _error, PlatformError: _error},
         lifespan=lifespan,
     )
