@@ -7,7 +7,8 @@ SKIP LOCKED`` on PostgreSQL, ``BEGIN IMMEDIATE`` on SQLite), performs exactly on
 first checks it still owns the row. The phase (``send`` → ``poll`` → ``fetch``), the broker's
 operation string and the polling deadline are stored, so a worker killed at any moment is
 replaced by any other: the lease expires, the next claim resumes at the stored phase, and no
-operation is driven by two workers at once.
+operation is driven by two workers at once. An operation queued by this process's API while a
+slot is free arrives already leased, through :meth:`Worker.deliver`, and skips the claim.
 
 Outcomes follow the spec's Orphan Mitigation table (classified in ``broker_link``): when the
 broker may have created something the platform cannot be sure of, the operation fails and a

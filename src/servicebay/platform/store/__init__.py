@@ -3,6 +3,10 @@
 The schema is owned by Alembic migrations (``migrations/``), applied on every start by
 :meth:`Database.migrate`; the tables are described in :mod:`.tables`. Services use
 :meth:`Database.begin` for one transaction per use case and never hold one across a broker call.
+On SQLite, statements run on the event loop and wait in a thread only for another process's
+write lock (:class:`_SQLiteCursor`); on PostgreSQL, :meth:`Database.notify` and
+:meth:`Database.listen` carry wake-ups between processes. Hot statements are built once per
+shape (:func:`update_by_id`, :func:`delete_by_id`).
 """
 
 from __future__ import annotations
