@@ -8,7 +8,7 @@ never more than ``WINDOW`` ahead of what the client acknowledged.
 
 Route table::
 
-    GET  /                         the web page          (web/)
+    GET  /  /chat.js  /chat.css    the web page          (web/)
     WS   /ws                       protocol v1           (docs/chat-protocol.md)
     *    /api/v1/...               HTTP API for apps     (http_api)
     GET  /healthz /readyz          public (liveness, readiness)
@@ -28,12 +28,14 @@ from typing import Any
 
 import structlog
 from starlette.applications import Starlette
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, Response
 from starlette.routing import BaseRoute, Route, WebSocketRoute
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from servicebay.chat import http_api
+from servicebay.chat.headers import SecurityHeaders
 from servicebay.chat.metrics import ChatMetrics
 from servicebay.chat.protocol import (
     VERSION,
@@ -454,6 +456,11 @@ async def page_script(request: Request) -> Response:
     return Response(_asset("chat.js"), media_type="text/javascript")
 
 
+async def page_style(request: Request) -> Response:
+    """The page's style sheet (a file, as the page's policy refuses inline style)."""
+    return Response(_asset("chat.css"), media_type="text/css")
+
+
 def _asset(name: str) -> str:
     return resources.files("servicebay.chat").joinpath("web", name).read_text()
 
@@ -508,13 +515,14 @@ def create_app(
     routes: list[BaseRoute] = [
         Route("/", page),
         Route("/chat.js", page_script),
+        Route("/chat.css", page_style),
         WebSocketRoute("/ws", chat_socket),
         Route("/healthz", healthz),
         Route("/readyz", readyz),
         Route("/metrics", metrics),
         *http_api.routes(),
     ]
-    app = Starlette(routes=routes, lifespan=lifespan)
+    app = Starlette(routes=routes, middleware=[Middleware(SecurityHeaders)], lifespan=lifespan)
     app.state.service = service
     app.state.settings = settings
     return app
