@@ -16,6 +16,7 @@ import pytest
 from cryptography.fernet import Fernet
 from sqlalchemy.engine import make_url
 
+from servicebay.broker import _sqlstore
 from servicebay.broker._store import (
     BindingRecord,
     InstanceRecord,
@@ -413,9 +414,13 @@ async def test_write_waits_for_another_process_without_blocking_the_loop(tmp_pat
         await store.close()
 
 
-async def test_sqlite_wal_stays_bounded_under_writes_that_never_pause(tmp_path: Path) -> None:
+async def test_sqlite_wal_stays_bounded_under_writes_that_never_pause(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """Writers that keep writing while checkpoints run (a loaded broker): the WAL is still
     started over, not grown by every write (a PASSIVE checkpoint alone never catches up)."""
+    # White-box: a 1 MB bound instead of 16 MB, so that a few MB of writes show it.
+    monkeypatch.setattr(_sqlstore, "_WAL_RESTART_FRAMES", 256)
     db = tmp_path / "broker.db"
     store = open_store(f"sqlite:///{db}")
     await store.open()

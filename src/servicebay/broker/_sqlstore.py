@@ -103,8 +103,9 @@ _SQLITE_BUSY_TIMEOUT_S = 30.0
 # WAL pages written before this process asks its thread for a checkpoint (SQLite's own default
 # would run it inside a commit, on the event loop, with an fsync).
 _CHECKPOINT_EVERY_WRITES = 500
-# A WAL larger than this after a checkpoint is started over (see _restart_wal).
-_WAL_RESTART_BYTES = 4 * 1024 * 1024
+# A WAL holding more frames than this (16 MB of 4 kB pages) after a checkpoint is started over
+# (see _restart_wal): rarely, since each time the writers wait for its fsync.
+_WAL_RESTART_FRAMES = 4096
 _IN_PROGRESS = "in progress"
 _NOT_OPEN = "the broker store is not open (call open() first)"
 T = TypeVar("T")
@@ -932,10 +933,13 @@ def _checkpoint(path: Path) -> None:
     # Its own short-lived connection: the writer stays free for the event loop meanwhile.
     conn = sqlite3.connect(path, timeout=_SQLITE_BUSY_TIMEOUT_S)
     try:
+        frames = 0
         with _busy_tolerated():
-            conn.execute("PRAGMA wal_checkpoint(PASSIVE)")
-        wal = Path(f"{path}-wal")
-        if wal.exists() and wal.stat().st_size > _WAL_RESTART_BYTES:
+            # (busy, frames in the WAL since it was last started over, frames checkpointed)
+            frames = conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()[1]
+        # The frame count, not the file's size: a WAL started over keeps its size and is
+        # written again from the start.
+        if frames > _WAL_RESTART_FRAMES:
             _restart_wal(conn, Path(f"{path}.writer-lock"))
     finally:
         conn.close()
