@@ -130,6 +130,8 @@ async def test_user_provisions_binds_unbinds_and_deprovisions_from_the_page(
     status = await page.text_content("#status")
     assert status is not None and "size" in status and "10" in status, status
     assert "size: size" not in status
+    # Said again inside the form, where the user is looking, not only at the top of the page.
+    assert status in (await page.text_content(f"{form} .form-error") or "")
     assert (await api.get("/api/v1/instances/orders-db")).status_code == 404
 
     await page.fill(f'{form} input[name="size"]', "3")
@@ -180,3 +182,22 @@ async def test_a_wrong_token_is_refused_and_the_form_asks_again(
     await page.wait_for_selector("#status:has-text('did not accept that token')")
     assert await page.is_visible("#login")
     assert await page.evaluate("sessionStorage.getItem('servicebay-token')") is None
+
+
+async def test_a_write_only_parameter_is_typed_hidden_and_never_shown_back(
+    platform_url: ServedPlatform, page: playwright_api.Page
+) -> None:
+    """The param plan's ``secret`` (writeOnly) is a password field; the instance shows ``***``."""
+    await _login(page, platform_url.url, ADMIN_TOKEN)
+    await page.click('[data-service="sandbox"] tr[data-name="param"] button.provision')
+    form = '[data-service="sandbox"] form.provision'
+    secret = f'{form} input[name="secret"]'
+    assert await page.get_attribute(secret, "type") == "password"
+    await page.fill(f'{form} input[name="instance-name"]', "vault")
+    await page.fill(secret, "hunter2-very-secret")
+    await page.click(f"{form} button[type=submit]")
+    ready = _row("instances", "vault") + ' td[data-state="ready"]'
+    await page.wait_for_selector(ready, timeout=WAIT_MS)
+    shown = await page.text_content(_row("instances", "vault"))
+    assert shown is not None and '"secret":"***"' in shown
+    assert "hunter2-very-secret" not in await page.content()

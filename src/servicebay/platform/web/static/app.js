@@ -165,13 +165,16 @@ const provisionForm = (service, plan) => {
     form.appendChild(row);
     return input;
   });
+  const failure = el("p", null, "form-error");
+  failure.setAttribute("role", "alert");
+  form.appendChild(failure);
   const submit = el("button", "Provision");
   submit.type = "submit";
   form.appendChild(submit);
   form.appendChild(button("Cancel", () => form.remove()));
   form.addEventListener("submit", async (event) => {
     event.preventDefault();
-    form.querySelectorAll(".problem").forEach((p) => { p.textContent = ""; });
+    form.querySelectorAll(".problem, .form-error").forEach((p) => { p.textContent = ""; });
     const parameters = {};
     fields.forEach((input) => { const v = paramValue(input); if (v !== undefined) parameters[input.name] = v; });
     const body = { service: service.name, plan: plan.name, name: nameInput.value.trim(), namespace: ns(), parameters };
@@ -185,7 +188,8 @@ const provisionForm = (service, plan) => {
         const row = form.querySelector('[data-param="' + CSS.escape(String(p.path).split(".")[0]) + '"] .problem');
         if (row) row.textContent = p.message;
       });
-      say("Not provisioned: " + explain(error), "error");
+      failure.textContent = "Not provisioned: " + explain(error);
+      say(failure.textContent, "error");
     } finally {
       submit.disabled = false;
     }
@@ -354,6 +358,7 @@ document.getElementById("login").addEventListener("submit", async (event) => {
 });
 document.getElementById("logout").addEventListener("click", () => { sessionStorage.removeItem(TOKEN_KEY); showLogin(); });
 document.getElementById("namespace").addEventListener("change", () => { say(""); render(); });
-window.addEventListener("hashchange", render);
+// An error belongs to the view it happened in; progress notes ("Provisioning x…") carry over.
+window.addEventListener("hashchange", () => { if (document.getElementById("status").className === "error") say(""); render(); });
 if (sessionStorage.getItem(TOKEN_KEY)) whoami();
 render();
