@@ -112,10 +112,9 @@ def _keep_hidden(target: dict[str, Any], shown_before: dict[str, Any]) -> None:
 
 
 def invalid(problems: list[dict[str, str]]) -> Unprocessable:
-    """The ``invalid_parameters`` error whose message lists every problem."""
-    text = "; ".join(
-        f"{p['path']}: {p['message']}" if p["path"] else p["message"] for p in problems
-    )
+    """The ``invalid_parameters`` error whose message lists every problem (each message names
+    its field already: ``size: must be <= 10 (got 50)``)."""
+    text = "; ".join(p["message"] for p in problems)
     return Unprocessable(text, code="invalid_parameters", problems=problems)
 
 
