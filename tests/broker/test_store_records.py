@@ -414,6 +414,30 @@ async def test_write_waits_for_another_process_without_blocking_the_loop(tmp_pat
         await store.close()
 
 
+async def test_writes_of_one_batch_commit_together_and_a_failing_one_fails_alone(
+    tmp_path: Path,
+) -> None:
+    """Writes issued together share a transaction; one that the database refuses (here a NOT
+    NULL column) fails on its own: the others are committed and answered as if alone."""
+    store = open_store(f"sqlite:///{tmp_path / 'broker.db'}")
+    await store.open()
+    try:
+        results = await asyncio.gather(
+            store.create_instance(_instance("first")),
+            store.put_instance(_instance("refused", service_id=None)),
+            store.create_instance(_instance("first")),  # the same id again: loses the race
+            store.create_instance(_instance("second")),
+            return_exceptions=True,
+        )
+        assert results[0] is True and results[2] is False and results[3] is True
+        assert isinstance(results[1], sqlite3.IntegrityError)
+        assert await store.get_instance("first") is not None
+        assert await store.get_instance("second") is not None
+        assert await store.get_instance("refused") is None
+    finally:
+        await store.close()
+
+
 async def test_sqlite_wal_stays_bounded_under_writes_that_never_pause(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
