@@ -194,7 +194,7 @@ def _long_lived_heap() -> Iterator[None]:
     ~20% less CPU per request and a lower p99. Undone when the last app of the process stops.
     """
     global _serving, _saved_thresholds
-    with _serving_lock:  # apps may run in several threads (servicebay.testing does)
+    with _serving_lock:  # an embedding program may serve apps from several threads
         if _serving == 0:
             _saved_thresholds = gc.get_threshold()
             gc.freeze()
