@@ -26,7 +26,7 @@ from servicebay.platform.services.records import (
     TERMINAL,
     binding_select,
     binding_view,
-    instance_select,
+    instance_by_name,
     operation_view,
     with_operation,
 )
@@ -39,14 +39,6 @@ def _binding_by_name() -> sa.Select[Any]:
     b = tables.bindings
     return binding_select().where(
         b.c.namespace == sa.bindparam("namespace"), b.c.name == sa.bindparam("name")
-    )
-
-
-@functools.cache
-def _instance_by_name() -> sa.Select[Any]:
-    i = tables.instances
-    return instance_select().where(
-        i.c.namespace == sa.bindparam("namespace"), i.c.name == sa.bindparam("name")
     )
 
 
@@ -102,7 +94,7 @@ async def bind(
     async with platform.db.begin() as conn:
         await require_namespace(conn, namespace)
         params = {"namespace": namespace, "name": instance}
-        inst = (await conn.execute(_instance_by_name(), params)).mappings().first()
+        inst = (await conn.execute(instance_by_name(), params)).mappings().first()
         if inst is None:
             raise not_found("instance", f"{namespace}/{instance}")
         service, plan = await _offering_of(conn, inst["plan_pk"])

@@ -16,7 +16,6 @@ redacted: a value ``writeOnly`` / ``x-sensitive`` under any plan the instance ha
 from __future__ import annotations
 
 import copy
-import functools
 import uuid
 from typing import Any
 
@@ -41,6 +40,7 @@ from servicebay.platform.services.namespaces import require_namespace
 from servicebay.platform.services.operations import audit, enqueue
 from servicebay.platform.services.records import (
     TERMINAL,
+    instance_by_name,
     instance_select,
     instance_view,
     operation_view,
@@ -122,14 +122,6 @@ def _context(namespace: str, name: str) -> dict[str, Any]:
     return {"platform": "servicebay", "namespace": namespace, "instance_name": name}
 
 
-@functools.cache
-def _instance_by_name() -> sa.Select[Any]:
-    i = tables.instances
-    return instance_select().where(
-        i.c.namespace == sa.bindparam("namespace"), i.c.name == sa.bindparam("name")
-    )
-
-
 _TAKEN = sa.select(tables.instances.c.id).where(
     tables.instances.c.namespace == sa.bindparam("namespace"),
     tables.instances.c.name == sa.bindparam("name"),
@@ -153,7 +145,7 @@ _BINDING_COUNT = (
 
 async def _require_instance(conn: AsyncConnection, namespace: str, name: str) -> Any:
     params = {"namespace": namespace, "name": name}
-    row = (await conn.execute(_instance_by_name(), params)).mappings().first()
+    row = (await conn.execute(instance_by_name(), params)).mappings().first()
     if row is None:
         raise not_found("instance", f"{namespace}/{name}")
     return row

@@ -87,6 +87,15 @@ def instance_select() -> sa.Select[Any]:
     )
 
 
+@functools.cache
+def instance_by_name() -> sa.Select[Any]:
+    """:func:`instance_select` of one instance, by ``namespace`` and ``name`` bind parameters."""
+    i = tables.instances
+    return instance_select().where(
+        i.c.namespace == sa.bindparam("namespace"), i.c.name == sa.bindparam("name")
+    )
+
+
 def with_operation(row: Mapping[Any, Any], op: Mapping[str, Any], **changes: Any) -> dict[str, Any]:
     """A joined row as it is after ``changes`` and with ``op`` as its last operation.
 
