@@ -35,6 +35,8 @@ from typing import TYPE_CHECKING, Annotated, Any, NoReturn
 
 import typer
 
+from servicebay.cli._sockets import bound_socket
+
 # servicebay.broker (starlette, SQLAlchemy, ...) is imported inside the commands: every `bay`
 # invocation imports this module, and most never serve a broker.
 if TYPE_CHECKING:
@@ -275,14 +277,7 @@ def _listening_socket(host: str, port: int, fd: int | None) -> socket.socket:
         # The caller keeps its own copy open, so a restarted broker listens on the same port.
         sock = socket.socket(fileno=os.dup(fd))
     else:
-        family = socket.AF_INET6 if ":" in host else socket.AF_INET
-        sock = socket.socket(family, socket.SOCK_STREAM)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            sock.bind((host, port))
-        except OSError as exc:
-            sock.close()
-            _fail(f"cannot listen on {host}:{port}: {exc.strerror}")
+        sock = bound_socket(host, port)
         sock.listen(2048)
     sock.set_inheritable(True)
     return sock

@@ -14,6 +14,8 @@ from typing import TYPE_CHECKING, Annotated, NoReturn
 
 import typer
 
+from servicebay.cli._sockets import bound_socket
+
 if TYPE_CHECKING:
     from servicebay.chat.settings import ChatSettings
 
@@ -100,15 +102,7 @@ def _loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
 
 def _listening_socket(host: str, port: int) -> socket.socket:
     """The server's socket, bound before the store is opened: a busy port touches nothing."""
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    try:
-        sock.bind((host, port))
-    except OSError as exc:
-        sock.close()
-        _fail(f"cannot listen on {host}:{port}: {exc.strerror}")
-    return sock
+    return bound_socket(host, port)
 
 
 async def _serve(settings: ChatSettings, sock: socket.socket, stops: list[int]) -> str | None:
