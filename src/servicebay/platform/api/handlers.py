@@ -103,7 +103,11 @@ async def _accepted(request: Request, view: dict[str, Any], wait: float | None) 
     as it is when the wait ends); the record is shown as it was accepted."""
     if wait is not None:
         view["operation"] = await operations.wait_operation(
-            _platform(request), view["operation"]["id"], wait, current=view["operation"]
+            _platform(request),
+            _actor(request),
+            view["operation"]["id"],
+            wait,
+            current=view["operation"],
         )
     return _json(view, 202)
 
@@ -177,6 +181,7 @@ async def create_namespace(request: Request) -> Response:
         visible_plans=body.visible_plans,
         constraints=body.constraints,
         max_instances=body.max_instances,
+        members=body.members,
     )
     return _json(view, 201)
 
@@ -193,6 +198,7 @@ async def replace_namespace(request: Request) -> Response:
         visible_plans=body.visible_plans,
         constraints=body.constraints,
         max_instances=body.max_instances,
+        members=body.members,
         if_match=request.headers.get("if-match"),
     )
     return JSONResponse(view, headers={"ETag": namespaces.etag(view)})
@@ -200,12 +206,12 @@ async def replace_namespace(request: Request) -> Response:
 
 async def list_namespaces(request: Request) -> Response:
     """Every namespace."""
-    return _json({"items": await namespaces.list_namespaces(_platform(request))})
+    return _json({"items": await namespaces.list_namespaces(_platform(request), _actor(request))})
 
 
 async def get_namespace(request: Request) -> Response:
     """One namespace, with its version as ``ETag`` (send it back in ``If-Match`` on PUT)."""
-    view = await namespaces.get_namespace(_platform(request), _path(request))
+    view = await namespaces.get_namespace(_platform(request), _actor(request), _path(request))
     return JSONResponse(view, headers={"ETag": namespaces.etag(view)})
 
 
@@ -220,14 +226,16 @@ async def delete_namespace(request: Request) -> Response:
 
 async def marketplace(request: Request) -> Response:
     """Services and the plans visible in a namespace."""
-    items = await catalog.marketplace(_platform(request), _namespace(request))
+    items = await catalog.marketplace(_platform(request), _actor(request), _namespace(request))
     return _json({"items": items})
 
 
 async def marketplace_service(request: Request) -> Response:
     """One service of the marketplace."""
     service = request.path_params["service"]
-    items = await catalog.marketplace(_platform(request), _namespace(request), service)
+    items = await catalog.marketplace(
+        _platform(request), _actor(request), _namespace(request), service
+    )
     return _json(items[0])
 
 
@@ -256,6 +264,7 @@ async def list_instances(request: Request) -> Response:
     """A page of instances."""
     page = await instances.list_instances(
         _platform(request),
+        _actor(request),
         namespace=_any_namespace(request),
         service=request.query_params.get("service") or None,
         limit=_int(request, "limit", 500, 1, 10000),
@@ -267,7 +276,7 @@ async def list_instances(request: Request) -> Response:
 async def get_instance(request: Request) -> Response:
     """One instance."""
     view = await instances.get_instance(
-        _platform(request), name=_path(request), namespace=_namespace(request)
+        _platform(request), _actor(request), name=_path(request), namespace=_namespace(request)
     )
     return _json(view)
 
@@ -334,6 +343,7 @@ async def list_bindings(request: Request) -> Response:
         raise BadRequest("kind: must be 'app' or 'key'")
     items = await bindings.list_bindings(
         _platform(request),
+        _actor(request),
         namespace=_any_namespace(request),
         instance=request.query_params.get("instance") or None,
         app=request.query_params.get("app") or None,
@@ -380,6 +390,7 @@ async def list_operations(request: Request) -> Response:
         _name(namespace, "namespace")
     items = await operations.list_operations(
         _platform(request),
+        _actor(request),
         namespace=None if namespace == "*" else namespace,
         instance=request.query_params.get("instance") or None,
         limit=_int(request, "limit", 100, 1, 1000),
@@ -392,14 +403,15 @@ async def get_operation(request: Request) -> Response:
     wait = _wait(request)
     op_id = request.path_params["id"]
     if wait is None:
-        return _json(await operations.get_operation(_platform(request), op_id))
-    return _json(await operations.wait_operation(_platform(request), op_id, wait))
+        return _json(await operations.get_operation(_platform(request), _actor(request), op_id))
+    return _json(await operations.wait_operation(_platform(request), _actor(request), op_id, wait))
 
 
 async def list_audit(request: Request) -> Response:
     """The audit trail, newest first."""
     items = await operations.list_audit(
         _platform(request),
+        _actor(request),
         target=request.query_params.get("target") or None,
         limit=_int(request, "limit", 100, 1, 1000),
     )

@@ -26,6 +26,8 @@ MAX_BODY = 1024 * 1024
 
 Name = Annotated[str, StringConstraints(pattern=NAME_PATTERN)]
 NonEmpty = Annotated[str, StringConstraints(min_length=1, max_length=255)]
+# A user name as tokens map to it (the same width as ``created_by``), no blanks.
+Member = Annotated[str, StringConstraints(pattern=r"^\S{1,63}$")]
 
 
 class _Body(BaseModel):
@@ -64,6 +66,8 @@ class NamespaceSettings(_Body):
     visible_plans: list[NonEmpty] | None = None
     constraints: dict[str, dict[str, Any]] = Field(default_factory=dict)
     max_instances: Annotated[int, Field(ge=0)] | None = None
+    # Who may use the namespace (user names); empty = every user. Left out of a PUT: kept.
+    members: Annotated[list[Member], Field(max_length=1000)] | None = None
 
 
 class NamespaceIn(NamespaceSettings):

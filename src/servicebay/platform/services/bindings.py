@@ -17,10 +17,10 @@ import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from servicebay.osb import Plan, Service, redact
+from servicebay.platform.services.access import require_namespace, visible_namespaces
 from servicebay.platform.services.catalog import as_text, stored_plan, stored_service
 from servicebay.platform.services.errors import BadRequest, Conflict, Unprocessable, not_found
 from servicebay.platform.services.instances import check_parameters, invalid
-from servicebay.platform.services.namespaces import require_namespace
 from servicebay.platform.services.operations import audit, enqueue
 from servicebay.platform.services.records import (
     TERMINAL,
@@ -47,7 +47,10 @@ _TAKEN = sa.select(tables.bindings.c.id).where(
     tables.bindings.c.name == sa.bindparam("name"),
 )
 _INSERT_BINDING = tables.bindings.insert()
+# Every operation on a binding carries the binding's instance: the instance's index narrows the
+# search to that instance's few operations (binding_id has no index; a scan grew with history).
 _BUSY = sa.select(tables.operations.c.id).where(
+    tables.operations.c.instance_id == sa.bindparam("instance_id"),
     tables.operations.c.binding_id == sa.bindparam("binding_id"),
     tables.operations.c.state.not_in(TERMINAL),
 )
@@ -92,7 +95,7 @@ async def bind(
         raise BadRequest("app: must not be given for a service key")
     name = name or (f"{instance}-{app}" if kind == "app" else f"{instance}-key-{_suffix()}")
     async with platform.db.begin() as conn:
-        await require_namespace(conn, namespace)
+        await require_namespace(conn, namespace, actor)
         params = {"namespace": namespace, "name": instance}
         inst = (await conn.execute(instance_by_name(), params)).mappings().first()
         if inst is None:
@@ -189,9 +192,11 @@ def _suffix() -> str:
 async def unbind(platform: Platform, actor: Actor, *, name: str, namespace: str) -> dict[str, Any]:
     """Queue an unbind (202)."""
     async with platform.db.begin() as conn:
-        await require_namespace(conn, namespace)
+        await require_namespace(conn, namespace, actor)
         row = await _require_binding(conn, namespace, name)
-        busy = await conn.scalar(_BUSY, {"binding_id": row["id"]})
+        busy = await conn.scalar(
+            _BUSY, {"instance_id": row["instance_id"], "binding_id": row["id"]}
+        )
         if busy is not None:
             raise Conflict(
                 f"binding {name!r} has an operation in progress", code="operation_in_progress"
@@ -240,12 +245,13 @@ async def get_binding(
 ) -> dict[str, Any]:
     """One binding; its credentials only for its creator or an admin."""
     async with platform.db.read() as conn:
-        await require_namespace(conn, namespace)
+        await require_namespace(conn, namespace, actor)
         return _with_credentials(platform, actor, await _require_binding(conn, namespace, name))
 
 
 async def list_bindings(
     platform: Platform,
+    actor: Actor,
     *,
     namespace: str,
     instance: str | None,
@@ -266,7 +272,9 @@ async def list_bindings(
         query = query.where(b.c.kind == kind)
     async with platform.db.read() as conn:
         if namespace != "*":
-            await require_namespace(conn, namespace)
+            await require_namespace(conn, namespace, actor)
+        elif (visible := await visible_namespaces(conn, actor)) is not None:
+            query = query.where(b.c.namespace.in_(visible))
         rows = (await conn.execute(query)).mappings().all()
     return [binding_view(r) for r in rows]
 
@@ -282,7 +290,7 @@ async def app_bindings(
         .order_by(b.c.name)
     )
     async with platform.db.read() as conn:
-        await require_namespace(conn, namespace)
+        await require_namespace(conn, namespace, actor)
         rows = (await conn.execute(query)).mappings().all()
     items = []
     for row in rows:

@@ -19,6 +19,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from servicebay.osb import Catalog, Plan, Service
 from servicebay.platform.broker_link import BrokerEndpoint, Verdict
+from servicebay.platform.services.access import require_namespace
 from servicebay.platform.services.errors import (
     BrokerFailure,
     Conflict,
@@ -463,11 +464,9 @@ def _plan_view(plan: Plan, service: Service, constraints: list[dict[str, Any]]) 
 
 
 async def marketplace(
-    platform: Platform, namespace_name: str, service_name: str | None = None
+    platform: Platform, actor: Actor, namespace_name: str, service_name: str | None = None
 ) -> list[dict[str, Any]]:
     """Services with the plans visible in a namespace (and that namespace's constraints)."""
-    from servicebay.platform.services.namespaces import require_namespace
-
     s, p, b = tables.services, tables.plans, tables.brokers
     query = (
         sa.select(s, b.c.name.label("broker_name"))
@@ -478,7 +477,7 @@ async def marketplace(
     if service_name is not None:
         query = query.where(s.c.name == service_name)
     async with platform.db.read() as conn:
-        namespace = await require_namespace(conn, namespace_name)
+        namespace = await require_namespace(conn, namespace_name, actor)
         services = (await conn.execute(query)).mappings().all()
         active = (await conn.execute(sa.select(p.c.plan_id, p.c.service_pk, p.c.active))).all()
     active_ids = {(r[1], r[0]) for r in active if r[2]}

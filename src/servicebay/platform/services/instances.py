@@ -29,6 +29,7 @@ from servicebay.osb import (
     redact,
     validate_parameters,
 )
+from servicebay.platform.services.access import require_namespace, visible_namespaces
 from servicebay.platform.services.catalog import (
     Offering,
     constraints_for,
@@ -36,7 +37,6 @@ from servicebay.platform.services.catalog import (
     resolve_offering,
 )
 from servicebay.platform.services.errors import Conflict, Unprocessable, not_found
-from servicebay.platform.services.namespaces import require_namespace
 from servicebay.platform.services.operations import audit, enqueue
 from servicebay.platform.services.records import (
     TERMINAL,
@@ -197,7 +197,7 @@ async def provision(
     """Check and queue a provision (202), or describe it without doing it (dry run, 200)."""
     instance_id = str(uuid.uuid4())
     async with platform.db.begin() as conn:
-        ns = await require_namespace(conn, namespace)
+        ns = await require_namespace(conn, namespace, actor)
         offering = await resolve_offering(conn, ns, service, plan)
         schema = offering.plan.instance_create_schema()
         full, problems = check_parameters(
@@ -310,7 +310,7 @@ async def update(
 ) -> tuple[int, dict[str, Any]]:
     """Check and queue an update of plan and/or parameters (202), or dry-run it (200)."""
     async with platform.db.begin() as conn:
-        ns = await require_namespace(conn, namespace)
+        ns = await require_namespace(conn, namespace, actor)
         row = await _require_instance(conn, namespace, name)
         target_plan = plan or row["plan_name"]
         offering = await resolve_offering(conn, ns, row["service_name"], target_plan)
@@ -422,7 +422,7 @@ async def deprovision(
 ) -> dict[str, Any]:
     """Queue a deprovision; refused while bindings exist or another operation runs."""
     async with platform.db.begin() as conn:
-        await require_namespace(conn, namespace)
+        await require_namespace(conn, namespace, actor)
         row = await _require_instance(conn, namespace, name)
         await _check_idle(conn, row["last_operation_id"], f"instance {name!r}")
         if await _busy_orphan_mitigation(conn, row["id"]):
@@ -468,7 +468,7 @@ async def purge(platform: Platform, actor: Actor, *, name: str, namespace: str) 
     operations of the instance are ended as failed so no worker acts on them afterwards.
     """
     async with platform.db.begin() as conn:
-        await require_namespace(conn, namespace)
+        await require_namespace(conn, namespace, actor)
         row = await _require_instance(conn, namespace, name)
         b, o = tables.bindings, tables.operations
         bindings = (
@@ -537,15 +537,18 @@ async def _set_instance(conn: AsyncConnection, instance_id: str, **values: Any) 
     await conn.execute(update, by_id_params(instance_id, values))
 
 
-async def get_instance(platform: Platform, *, name: str, namespace: str) -> dict[str, Any]:
+async def get_instance(
+    platform: Platform, actor: Actor, *, name: str, namespace: str
+) -> dict[str, Any]:
     """One instance with its last operation."""
     async with platform.db.read() as conn:
-        await require_namespace(conn, namespace)
+        await require_namespace(conn, namespace, actor)
         return instance_view(await _require_instance(conn, namespace, name))
 
 
 async def list_instances(
     platform: Platform,
+    actor: Actor,
     *,
     namespace: str,
     service: str | None,
@@ -573,7 +576,9 @@ async def list_instances(
         query = query.where(tables.services.c.name == service)
     async with platform.db.read() as conn:
         if namespace != "*":
-            await require_namespace(conn, namespace)
+            await require_namespace(conn, namespace, actor)
+        elif (visible := await visible_namespaces(conn, actor)) is not None:
+            query = query.where(i.c.namespace.in_(visible))
         rows = (await conn.execute(query.limit(limit + 1))).mappings().all()
     items = [instance_view(r) for r in rows[:limit]]
     following = None

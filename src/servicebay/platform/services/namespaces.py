@@ -2,7 +2,9 @@
 
 Each namespace says which plans its users may see (``visible_plans``; ``None`` = all), which
 extra JSON-schema constraints parameters must meet on top of the plan's schema (keyed
-``service`` or ``service/plan``), and how many instances it may hold. ``default`` always exists.
+``service`` or ``service/plan``), how many instances it may hold, and who may use it
+(``members``; none listed = every user, see :mod:`servicebay.platform.services.access`).
+``default`` always exists.
 
 Settings are replaced whole, so a client edits them read-modify-write; the version it read
 (``ETag``: the quoted ``updated_at``) goes back in ``If-Match``, and the replace happens only
@@ -19,11 +21,15 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from servicebay.osb import BadRequest as SchemaError
 from servicebay.osb import check_schema
+from servicebay.platform.services.access import (
+    may_enter,
+    require_namespace,
+    visible_namespaces,
+)
 from servicebay.platform.services.errors import (
     BadRequest,
     Conflict,
     PreconditionFailed,
-    not_found,
 )
 from servicebay.platform.services.operations import audit
 from servicebay.platform.services.records import ts
@@ -47,15 +53,7 @@ def _check_settings(visible_plans: list[str] | None, constraints: dict[str, Any]
             raise BadRequest(f"constraints.{key}: {exc.description}") from None
 
 
-_NAMESPACE = sa.select(tables.namespaces).where(tables.namespaces.c.name == sa.bindparam("name"))
-
-
-async def require_namespace(conn: AsyncConnection, name: str) -> Any:
-    """The namespace row, or ``namespace_not_found``."""
-    row = (await conn.execute(_NAMESPACE, {"name": name})).mappings().first()
-    if row is None:
-        raise not_found("namespace", name)
-    return row
+__all__ = ["may_enter", "require_namespace", "visible_namespaces"]
 
 
 async def _view(conn: AsyncConnection, row: Any) -> dict[str, Any]:
@@ -69,6 +67,7 @@ async def _view(conn: AsyncConnection, row: Any) -> dict[str, Any]:
         "visible_plans": row["visible_plans"],
         "constraints": row["constraints"],
         "max_instances": row["max_instances"],
+        "members": row["members"] or [],
         "instance_count": count or 0,
         "created_at": ts(row["created_at"]),
         "updated_at": ts(row["updated_at"]),
@@ -95,6 +94,7 @@ async def create_namespace(
     visible_plans: list[str] | None,
     constraints: dict[str, Any],
     max_instances: int | None,
+    members: list[str] | None = None,
 ) -> dict[str, Any]:
     """Create a namespace (409 ``namespace_exists`` if taken)."""
     _check_settings(visible_plans, constraints)
@@ -110,6 +110,7 @@ async def create_namespace(
                 visible_plans=visible_plans,
                 constraints=constraints,
                 max_instances=max_instances,
+                members=sorted(set(members or [])),
                 created_at=now,
                 updated_at=now,
             )
@@ -117,7 +118,7 @@ async def create_namespace(
         await audit(
             conn, user=actor.user, action="namespace.create", target=name, outcome="succeeded"
         )
-        return await _view(conn, await require_namespace(conn, name))
+        return await _view(conn, await require_namespace(conn, name, actor))
 
 
 async def replace_namespace(
@@ -129,15 +130,18 @@ async def replace_namespace(
     visible_plans: list[str] | None,
     constraints: dict[str, Any],
     max_instances: int | None,
+    members: list[str] | None = None,
     if_match: str | None = None,
 ) -> dict[str, Any]:
     """Replace a namespace's settings (existing instances are not re-validated).
 
     With ``if_match``, only if the namespace is still the version the caller read (else 412).
+    ``members`` left out (``None``) keeps the current members, so a settings file written before
+    membership existed cannot open a members-only namespace to everyone; ``[]`` clears them.
     """
     _check_settings(visible_plans, constraints)
     async with platform.db.begin() as conn:
-        row = await require_namespace(conn, name)
+        row = await require_namespace(conn, name, actor)
         n = tables.namespaces
         if if_match is not None and not _matches(
             if_match, etag({"updated_at": ts(row["updated_at"])})
@@ -156,6 +160,7 @@ async def replace_namespace(
                 visible_plans=visible_plans,
                 constraints=constraints,
                 max_instances=max_instances,
+                members=row["members"] if members is None else sorted(set(members)),
                 updated_at=utcnow(),
             )
         )
@@ -164,7 +169,7 @@ async def replace_namespace(
         await audit(
             conn, user=actor.user, action="namespace.update", target=name, outcome="succeeded"
         )
-        return await _view(conn, await require_namespace(conn, name))
+        return await _view(conn, await require_namespace(conn, name, actor))
 
 
 def _changed(name: str) -> PreconditionFailed:
@@ -178,7 +183,7 @@ async def delete_namespace(platform: Platform, actor: Actor, name: str) -> None:
     if name == DEFAULT:
         raise BadRequest("the default namespace cannot be deleted")
     async with platform.db.begin() as conn:
-        view = await _view(conn, await require_namespace(conn, name))
+        view = await _view(conn, await require_namespace(conn, name, actor))
         if view["instance_count"]:
             raise Conflict(
                 f"namespace {name!r} still has {view['instance_count']} instance(s)",
@@ -190,15 +195,15 @@ async def delete_namespace(platform: Platform, actor: Actor, name: str) -> None:
         )
 
 
-async def get_namespace(platform: Platform, name: str) -> dict[str, Any]:
-    """One namespace."""
+async def get_namespace(platform: Platform, actor: Actor, name: str) -> dict[str, Any]:
+    """One namespace (``namespace_not_found`` if ``actor`` may not use it)."""
     async with platform.db.read() as conn:
-        return await _view(conn, await require_namespace(conn, name))
+        return await _view(conn, await require_namespace(conn, name, actor))
 
 
-async def list_namespaces(platform: Platform) -> list[dict[str, Any]]:
-    """Every namespace."""
+async def list_namespaces(platform: Platform, actor: Actor) -> list[dict[str, Any]]:
+    """Every namespace ``actor`` may use."""
     n = tables.namespaces
     async with platform.db.read() as conn:
         rows = (await conn.execute(sa.select(n).order_by(n.c.name))).mappings().all()
-        return [await _view(conn, r) for r in rows]
+        return [await _view(conn, r) for r in rows if may_enter(actor, r["members"])]

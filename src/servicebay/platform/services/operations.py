@@ -18,9 +18,10 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from servicebay.platform.services.access import visible_namespaces
 from servicebay.platform.services.errors import BadRequest, not_found
 from servicebay.platform.services.records import TERMINAL, operation_view, ts
-from servicebay.platform.services.runtime import QUEUED, Platform
+from servicebay.platform.services.runtime import QUEUED, Actor, Platform
 from servicebay.platform.store import tables, utcnow
 
 MAX_WAIT = 60.0
@@ -114,10 +115,15 @@ async def audit(
     )
 
 
-async def get_operation(platform: Platform, operation_id: str) -> dict[str, Any]:
-    """One operation, or ``operation_not_found``."""
+async def get_operation(platform: Platform, actor: Actor, operation_id: str) -> dict[str, Any]:
+    """One operation, or ``operation_not_found`` (also when it is in a namespace ``actor`` may
+    not use)."""
     async with platform.db.read() as conn:
         row = (await conn.execute(_OPERATION, {"op_id": operation_id})).mappings().first()
+        if row is not None and not actor.admin:
+            visible = await visible_namespaces(conn, actor)
+            if visible is not None and row["namespace"] not in visible:
+                row = None
     view = operation_view(row) if row is not None else None
     if view is None:
         raise not_found("operation", operation_id)
@@ -128,6 +134,7 @@ async def get_operation(platform: Platform, operation_id: str) -> dict[str, Any]
 
 async def wait_operation(
     platform: Platform,
+    actor: Actor,
     operation_id: str,
     seconds: float,
     *,
@@ -148,7 +155,7 @@ async def wait_operation(
     try:
         while True:
             watch.clear()
-            view = current or await get_operation(platform, operation_id)
+            view = current or await get_operation(platform, actor, operation_id)
             current = None
             if view["state"] in TERMINAL or time.monotonic() >= deadline:
                 return view
@@ -164,9 +171,10 @@ async def wait_operation(
 
 
 async def list_operations(
-    platform: Platform, *, namespace: str | None, instance: str | None, limit: int
+    platform: Platform, actor: Actor, *, namespace: str | None, instance: str | None, limit: int
 ) -> list[dict[str, Any]]:
-    """Operations newest first, optionally of one namespace and instance name."""
+    """Operations newest first, optionally of one namespace and instance name; only of the
+    namespaces ``actor`` may use."""
     o = tables.operations
     query = sa.select(o).order_by(o.c.created_at.desc(), o.c.id).limit(limit)
     if namespace:
@@ -174,17 +182,31 @@ async def list_operations(
     if instance:
         query = query.where(o.c.instance_name == instance)
     async with platform.db.read() as conn:
+        if (visible := await visible_namespaces(conn, actor)) is not None:
+            query = query.where(o.c.namespace.in_(visible))
         rows = (await conn.execute(query)).mappings().all()
     return [v for v in (operation_view(r) for r in rows) if v is not None]
 
 
-async def list_audit(platform: Platform, *, target: str | None, limit: int) -> list[dict[str, Any]]:
-    """Audit entries newest first."""
+async def list_audit(
+    platform: Platform, actor: Actor, *, target: str | None, limit: int
+) -> list[dict[str, Any]]:
+    """Audit entries newest first. A user who is not the admin sees only the entries of the
+    namespaces they may use (targets ``namespace`` and ``namespace/...``) and broker entries
+    (brokers are the same for everyone)."""
     a = tables.audit
     query = sa.select(a).order_by(a.c.id.desc()).limit(limit)
     if target:
         query = query.where(a.c.target == target)
     async with platform.db.read() as conn:
+        if (visible := await visible_namespaces(conn, actor)) is not None:
+            query = query.where(
+                sa.or_(
+                    a.c.action.startswith("broker.", autoescape=True),
+                    a.c.target.in_(visible),
+                    *(a.c.target.startswith(f"{n}/", autoescape=True) for n in visible),
+                )
+            )
         rows = (await conn.execute(query)).mappings().all()
     return [
         {

@@ -7,7 +7,8 @@ Stored fields, and which of them are secret:
 - ``services`` / ``plans``: the catalog broken out so names resolve with an index; ``schemas`` and
   ``maintenance_info`` are JSON. A plan removed from a catalog but still used is kept ``active=0``.
 - ``namespaces``: plan visibility (``visible_plans`` JSON list or NULL = all), ``constraints``
-  (JSON schemas keyed ``service`` or ``service/plan``), ``max_instances``.
+  (JSON schemas keyed ``service`` or ``service/plan``), ``max_instances``, ``members`` (JSON list
+  of user names; NULL or empty = open to every user, see ``services.access``).
 - ``instances`` / ``bindings``: ``parameters`` encrypted, ``parameters_shown`` the redacted copy
   (sensitive values replaced by ``***``); binding ``credentials`` encrypted.
 - ``operations``: the work queue and its history. ``request`` (encrypted) holds what a worker needs
@@ -78,6 +79,7 @@ namespaces = sa.Table(
     sa.Column("max_instances", sa.Integer, nullable=True),
     sa.Column("created_at", sa.DateTime, nullable=False),
     sa.Column("updated_at", sa.DateTime, nullable=False),
+    sa.Column("members", sa.JSON, nullable=True),
 )
 
 instances = sa.Table(
