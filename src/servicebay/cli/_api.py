@@ -50,7 +50,8 @@ class Namespace(TypedDict):
     """A namespace: which plans its users see, extra parameter rules, an instance quota.
 
     ``visible_plans`` None means every plan; ``constraints`` maps ``service`` or
-    ``service/plan`` to a JSON schema that parameters must also meet.
+    ``service/plan`` to a JSON schema that parameters must also meet. ``members`` are the
+    users who may use it besides the admin (empty: every user).
     """
 
     name: str
@@ -58,6 +59,7 @@ class Namespace(TypedDict):
     visible_plans: list[str] | None
     constraints: dict[str, JSON]
     max_instances: int | None
+    members: list[str]
     instance_count: int
     created_at: str
     updated_at: str

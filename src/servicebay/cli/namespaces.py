@@ -41,7 +41,7 @@ from servicebay.cli.output import (
 # The API's rule for names (platform/api/models.py NAME_PATTERN), checked here as well so that a
 # name with a '/' is refused as a name instead of reaching another route.
 _NAME = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
-SETTINGS = ("description", "visible_plans", "constraints", "max_instances")
+SETTINGS = ("description", "visible_plans", "constraints", "max_instances", "members")
 # Fields `bay namespace show -o yaml` prints that a file may carry back; the platform sets them.
 _READ_ONLY = ("instance_count", "created_at", "updated_at")
 
@@ -74,13 +74,20 @@ MaxInstancesOption = Annotated[
     int | None,
     typer.Option("--max-instances", min=0, help="Most instances the namespace may hold."),
 ]
+MemberOption = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--member",
+        help="Let USER use the namespace; once it has members, only they (and admin) may.",
+    ),
+]
 FromFileOption = Annotated[
     Path | None,
     typer.Option(
         "--from-file",
         "-f",
-        help="JSON or YAML with description, visible_plans, constraints, max_instances; "
-        "flags apply on top.",
+        help="JSON or YAML with description, visible_plans, constraints, max_instances, "
+        "members; flags apply on top.",
     ),
 ]
 
@@ -92,14 +99,20 @@ def create_namespace(
     visible_plan: VisiblePlanOption = None,
     constraint: ConstraintOption = None,
     max_instances: MaxInstancesOption = None,
+    member: MemberOption = None,
     from_file: FromFileOption = None,
     output: OutputOption = OutputFormat.table,
 ) -> None:
-    """Create a namespace, optionally with visible plans, constraints and an instance quota.
+    """Create a namespace, optionally with visible plans, constraints, an instance quota and
+    members (without members, every user may use it).
 
-    Example: bay namespace create test --visible-plan 'sandbox/*' --constraint 'sandbox:size<=3'
+    Example: bay namespace create staging --member alice --constraint 'sandbox:size<=3'
     """
-    run(_create(name, description, visible_plan, constraint, max_instances, from_file, output))
+    run(
+        _create(
+            name, description, visible_plan, constraint, max_instances, member, from_file, output
+        )
+    )
 
 
 async def _create(
@@ -108,6 +121,7 @@ async def _create(
     visible_plan: list[str] | None,
     constraint: list[str] | None,
     max_instances: int | None,
+    member: list[str] | None,
     from_file: Path | None,
     output: OutputFormat,
 ) -> None:
@@ -123,6 +137,8 @@ async def _create(
         settings["description"] = description
     if max_instances is not None:
         settings["max_instances"] = max_instances
+    if member:
+        settings["members"] = _added(settings.get("members") or [], member)
     await _write(name, settings, output, create=True)
 
 
@@ -149,6 +165,13 @@ def update_namespace(
     unlimited: Annotated[
         bool, typer.Option("--unlimited", help="Remove the instance quota.")
     ] = False,
+    member: MemberOption = None,
+    remove_member: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--remove-member", help="Take USER off the members (none left: open to every user)."
+        ),
+    ] = None,
     from_file: FromFileOption = None,
     output: OutputOption = OutputFormat.table,
 ) -> None:
@@ -161,7 +184,7 @@ def update_namespace(
     """
     changes = _Changes(
         description, visible_plan, hide_plan, all_plans, constraint, remove_constraint,
-        max_instances, unlimited,
+        max_instances, unlimited, member, remove_member,
     )  # fmt: skip
     run(_update(name, from_file, changes, output))
 
@@ -179,6 +202,8 @@ class _Changes:
         remove_constraint: list[str] | None,
         max_instances: int | None,
         unlimited: bool,
+        member: list[str] | None = None,
+        remove_member: list[str] | None = None,
     ) -> None:
         self.description = description
         self.show = visible_plan or []
@@ -188,6 +213,8 @@ class _Changes:
         self.removed = remove_constraint or []
         self.max_instances = max_instances
         self.unlimited = unlimited
+        self.members = member or []
+        self.removed_members = remove_member or []
 
     def check(self, *, given_file: bool) -> None:
         """Refuse flags that say nothing, or contradict each other."""
@@ -209,6 +236,8 @@ class _Changes:
             or self.removed
             or self.max_instances is not None
             or self.unlimited
+            or self.members
+            or self.removed_members
         )
 
     def applied(self, settings: JSON) -> JSON:
@@ -237,6 +266,14 @@ class _Changes:
             result["max_instances"] = None
         elif self.max_instances is not None:
             result["max_instances"] = self.max_instances
+        if self.members or self.removed_members:
+            members = _added(result.get("members") or [], self.members)
+            for user in self.removed_members:
+                if user not in members:
+                    fail(f"--remove-member {user}: not a member (members: "
+                         f"{', '.join(members) or 'none'})")  # fmt: skip
+                members.remove(user)
+            result["members"] = members
         return result
 
 
@@ -300,11 +337,14 @@ async def _update(
             "visible_plans": current["visible_plans"],
             "constraints": current["constraints"],
             "max_instances": current["max_instances"],
+            "members": current.get("members") or [],
         }
         read_at = current["updated_at"]  # the write is refused if someone changed it since
     await _write(name, changes.applied(base), output, create=False, read_at=read_at)
     if changes.show and base.get("visible_plans") is None:
         note(f"every other plan is now hidden (visible: {', '.join(changes.show)})")
+    if changes.removed_members and not changes.applied(base).get("members"):
+        note(f"namespace {name} has no members left: every user may use it now")
 
 
 async def _warn_unmatched(api: PlatformAPI, namespace: Namespace) -> None:
@@ -406,6 +446,7 @@ def namespace_view(namespace: Namespace) -> Group:
             ("name", namespace["name"]),
             ("description", namespace["description"] or None),
             ("visible plans", _visible_text(namespace["visible_plans"])),
+            ("members", _members_text(namespace.get("members") or [])),
             ("instances", _count_text(namespace)),
             ("created", namespace["created_at"]),
             ("updated", namespace["updated_at"]),
@@ -428,6 +469,10 @@ def _rules(target: str, schema: JSON) -> list[tuple[str, Any, Any]]:
     if rest or not described:
         described.append((target, None, rest or schema))
     return described
+
+
+def _members_text(members: list[str]) -> str:
+    return ", ".join(members) if members else "none (open to every user)"
 
 
 def _visible_text(visible: list[str] | None) -> str:
