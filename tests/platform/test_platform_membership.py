@@ -233,8 +233,8 @@ async def test_a_hidden_namespace_answers_like_one_that_does_not_exist(
 
 
 async def test_the_admin_manages_members_and_a_new_member_gets_in(staging: Staging) -> None:
-    """Replacing the settings with alice among the members opens staging to her; removing
-    every member opens it to all again."""
+    """Replacing the settings with alice among the members opens staging to her; settings
+    without ``members`` keep them; an empty list opens the namespace to all again."""
     admin = staging.platform.client
     read = await admin.get("/api/v1/namespaces/staging")
     r = await admin.put(
@@ -253,3 +253,11 @@ async def test_the_admin_manages_members_and_a_new_member_gets_in(staging: Stagi
         assert r.status_code == 404, r.text
     bad = await admin.put("/api/v1/namespaces/staging", json={"members": ["has space"]})
     assert bad.status_code == 400, bad.text
+    # Settings sent without members (a file from before membership) keep them: fail closed.
+    kept = await admin.put("/api/v1/namespaces/staging", json={"description": "old file"})
+    assert kept.status_code == 200 and kept.json()["members"] == ["bob"], kept.text
+    opened = await admin.put("/api/v1/namespaces/staging", json={"members": []})
+    assert opened.json()["members"] == [], opened.text
+    async with staging.platform.as_user(ALICE_TOKEN) as alice:
+        r = await alice.get("/api/v1/instances/db1", params={"namespace": "staging"})
+        assert r.status_code == 200, r.text  # no members listed: open to every user
