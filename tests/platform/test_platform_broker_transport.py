@@ -5,6 +5,7 @@ classifies."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
@@ -161,3 +162,29 @@ async def test_malformed_answer_is_a_protocol_error() -> None:
     async with tcp_server(handler) as url:
         with pytest.raises(httpx.RemoteProtocolError):
             await BrokerTransport().handle_async_request(get(url))
+
+
+async def test_header_with_line_break_is_refused_before_anything_is_sent() -> None:
+    """A header value carrying CR/LF (a bearer token pasted with a newline, say) would split
+    into extra headers or a second request: it is refused, and the error names the header but
+    never quotes the value (it may be a credential)."""
+    heads: list[bytes] = []
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        with contextlib.suppress(asyncio.IncompleteReadError):
+            heads.append((await read_request(reader))[0])
+            writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n{}")
+            await writer.drain()
+        writer.close()
+
+    transport = BrokerTransport()
+    async with tcp_server(handler) as url:
+        request = get(url + "/x")
+        request.headers["Authorization"] = "Bearer s3cret\r\nX-Injected: 1"
+        with pytest.raises(httpx.LocalProtocolError) as caught:
+            await transport.handle_async_request(request)
+        await asyncio.sleep(0.05)
+    await transport.aclose()
+    assert heads == []
+    assert "Authorization" in str(caught.value)
+    assert "s3cret" not in str(caught.value)

@@ -18,12 +18,15 @@ closed the connection before answering, as a broker that drops a kept-alive conn
 from __future__ import annotations
 
 import asyncio
+import re
 import time
 from typing import Any, cast
 
 import httptools  # the C parser uvicorn[standard] ships
 import httpx
 
+_BAD_NAME = re.compile(rb"[^!#$%&'*+.^_`|~0-9A-Za-z-]")  # a header name is an RFC 9110 token
+_BAD_VALUE = re.compile(rb"[\r\n\0]")
 _MAX_IDLE = 64  # kept-alive connections per broker address
 # A connection idle longer than this is not reused: servers drop idle connections (uvicorn after
 # 5 s), and one dropped just as a request is written fails that request.
@@ -229,7 +232,12 @@ def _serialise(request: httpx.Request) -> bytes:
     if "host" not in headers:
         lines.append(b"Host: " + url.netloc)
     body = request.content
-    lines.extend(name + b": " + value for name, value in headers.raw)
+    for name, value in headers.raw:
+        # httpx leaves validation to its transport: a CR, LF or NUL would end the header early
+        # (an injected header or request). The value may be a credential: name the header only.
+        if not name or _BAD_NAME.search(name) or _BAD_VALUE.search(value):
+            raise httpx.LocalProtocolError(f"invalid header {name.decode('latin-1')!r}")
+        lines.append(name + b": " + value)
     if body and "content-length" not in headers:
         lines.append(b"Content-Length: " + str(len(body)).encode())
     return b"\r\n".join(lines) + b"\r\n\r\n" + body
