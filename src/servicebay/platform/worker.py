@@ -194,6 +194,10 @@ class Worker:
         self._reserved[operation_id] = time.monotonic()
         return utcnow() + dt.timedelta(seconds=self.settings.lease_seconds)
 
+    def release(self, operation_id: str) -> None:
+        """Give back the slot reserved for an operation whose transaction rolled back."""
+        self._reserved.pop(operation_id, None)
+
     def deliver(self, operation: dict[str, Any]) -> None:
         """Start driving an operation leased with :meth:`reserve` (after its commit)."""
         if self._reserved.pop(operation["id"], None) is not None and self._accepting:

@@ -84,6 +84,15 @@ async def enqueue(
         taken = platform.lease_for_local(row["id"])
         if taken is not None:
             row.update(owner=taken[0], lease_until=taken[1], state="in progress", attempts=1)
+            # No submit() follows a transaction that fails: give the slot back on rollback,
+            # or the worker keeps it reserved (and claims less) until the lease would end.
+            op_id = row["id"]
+            sa.event.listen(
+                conn.sync_connection,
+                "rollback",
+                lambda _conn: platform.release_local(op_id),
+                once=True,
+            )
     await conn.execute(_INSERT_OPERATION, row)
     if row["state"] == "queued":
         await platform.db.notify(conn, QUEUED)  # on commit, other processes' workers wake

@@ -55,6 +55,9 @@ class LocalWorker(Protocol):
     def deliver(self, operation: dict[str, Any]) -> None:
         """Start driving a committed operation leased with :meth:`reserve`."""
 
+    def release(self, operation_id: str) -> None:
+        """Give back the slot of an operation whose transaction rolled back."""
+
 
 @dataclass(eq=False)
 class OperationWatch:
@@ -130,6 +133,12 @@ class Platform:
             return None
         lease = local.reserve(operation_id)
         return None if lease is None else (local.id, lease)
+
+    def release_local(self, operation_id: str) -> None:
+        """The transaction that was to queue ``operation_id`` rolled back: free its slot."""
+        local = self.local
+        if local is not None:
+            local.release(operation_id)
 
     def submit(self, operation: dict[str, Any]) -> None:
         """After the commit: hand a locally leased operation over, or wake the claim loop."""
