@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import asyncio
 from pathlib import Path
+from typing import Any
 
+import asyncpg
 import pytest
 
 from conftest import platform_settings
-from servicebay.platform import Worker
+from servicebay.platform import Worker, store
 from servicebay.platform.services.operations import enqueue
 from servicebay.platform.services.runtime import Platform
 
@@ -71,3 +73,31 @@ async def test_slot_reserved_for_a_rolled_back_queueing_is_given_back(
         stop.set()
         await running
         await platform.close()
+
+
+async def test_listening_survives_an_unexpected_driver_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An asyncpg ``InterfaceError`` (not a ``PostgresError``: "connection is closed" as a
+    listener is added) must not end listening for good, nor make ``close`` raise."""
+    calls = 0
+
+    async def flaky(url: str, callbacks: dict[str, Any], stop: asyncio.Event) -> None:
+        nonlocal calls
+        calls += 1
+        if calls == 1:
+            raise asyncpg.InterfaceError("connection is closed")
+        await stop.wait()
+
+    monkeypatch.setattr(store, "_listen_once", flaky)
+    db = store.Database(f"sqlite+aiosqlite:///{tmp_path / 'x.db'}")
+    stop = asyncio.Event()
+    listening = asyncio.create_task(db.listen({}, stop))
+    for _ in range(300):
+        if calls >= 2:
+            break
+        await asyncio.sleep(0.01)
+    stop.set()
+    await asyncio.wait_for(listening, 5)
+    await db.close()
+    assert calls == 2

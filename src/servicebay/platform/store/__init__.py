@@ -61,7 +61,7 @@ async def _listen_once(
                 waiting.cancel()
     finally:
         # Closing a listener that is going away anyway: a failure changes nothing.
-        with contextlib.suppress(OSError, TimeoutError, asyncpg.PostgresError):
+        with contextlib.suppress(OSError, asyncpg.PostgresError, asyncpg.InterfaceError):
             await connection.close(timeout=2)
 
 
@@ -234,7 +234,7 @@ class Database:
         while not stop.is_set():
             try:
                 await _listen_once(url, callbacks, stop)
-            except (OSError, asyncpg.PostgresError) as exc:
+            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
                 log.warning("not listening for notifications (%s); polling", type(exc).__name__)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), 1.0)
