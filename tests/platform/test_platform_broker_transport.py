@@ -188,3 +188,29 @@ async def test_header_with_line_break_is_refused_before_anything_is_sent() -> No
     assert heads == []
     assert "Authorization" in str(caught.value)
     assert "s3cret" not in str(caught.value)
+
+
+async def test_interim_1xx_answer_is_skipped_for_the_final_one() -> None:
+    """An interim answer (103 Early Hints, 100 Continue) precedes the real one: the request's
+    answer is the final one, and the next request on the connection gets its own answer."""
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await read_request(reader)
+        writer.write(b"HTTP/1.1 103 Early Hints\r\nLink: </a>\r\n\r\n")
+        await writer.drain()
+        await asyncio.sleep(0.05)
+        writer.write(b'HTTP/1.1 200 OK\r\nContent-Length: 8\r\n\r\n{"n": 1}')
+        await writer.drain()
+        await read_request(reader)
+        writer.write(b'HTTP/1.1 200 OK\r\nContent-Length: 8\r\n\r\n{"n": 2}')
+        await writer.drain()
+        writer.close()
+
+    transport = BrokerTransport()
+    async with tcp_server(handler) as url:
+        first = await transport.handle_async_request(get(url + "/x"))
+        second = await transport.handle_async_request(get(url + "/x"))
+    await transport.aclose()
+    assert (first.status_code, first.json()) == (200, {"n": 1})
+    assert "link" not in first.headers
+    assert (second.status_code, second.json()) == (200, {"n": 2})

@@ -93,6 +93,10 @@ class _Connection(asyncio.Protocol):
 
     def on_message_complete(self) -> None:
         self._until_close = False
+        if 100 <= self._parser.get_status_code() < 200:
+            # An interim answer (100 Continue, 103 Early Hints): the final one follows.
+            self._headers, self._body = [], []
+            return
         # Read now: the parser forgets both once it is ready for the next message.
         self._keep_alive = bool(self._parser.should_keep_alive())
         self._status = int(self._parser.get_status_code())
