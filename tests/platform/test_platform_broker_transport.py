@@ -214,3 +214,16 @@ async def test_interim_1xx_answer_is_skipped_for_the_final_one() -> None:
     assert (first.status_code, first.json()) == (200, {"n": 1})
     assert "link" not in first.headers
     assert (second.status_code, second.json()) == (200, {"n": 2})
+
+
+async def test_request_refused_before_sending_needs_no_orphan_mitigation() -> None:
+    """A provision whose headers cannot be sent never reached the broker: it fails without
+    orphan mitigation (which would fail the same way, again and again) and without quoting
+    the credential."""
+    link = BrokerLink(timeout=2)
+    broker = BrokerEndpoint("http://127.0.0.1:9", None, None, "s3cret\r\nX-Injected: 1")
+    reply = await link.provision(broker, "i-1", {"service_id": "s", "plan_id": "p"}, "alice")
+    await link.close()
+    assert reply.verdict is Verdict.FAILED
+    assert not reply.orphan_mitigation
+    assert "s3cret" not in reply.description

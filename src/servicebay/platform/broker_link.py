@@ -286,6 +286,10 @@ class BrokerLink:
                 response = await self._request(method, url, body, params, headers)
         except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
             return Reply(Verdict.RETRY, f"broker unreachable ({type(exc).__name__})")
+        except httpx.LocalProtocolError as exc:
+            # Refused before anything was sent (a header that cannot be sent as given): the
+            # broker never saw it, so there is nothing to mitigate.
+            return Reply(Verdict.FAILED, f"request not sent: {exc}")
         except httpx.TimeoutException:
             # spec: Orphan Mitigation, row "Timeout": only provisioning and binding.
             return Reply(
