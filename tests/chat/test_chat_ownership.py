@@ -292,3 +292,27 @@ async def test_rabbitmq_append_failure_text_stays_in_the_log(
         assert str(failed.value) == "the append was not stored; retry"
     finally:
         await store.close()
+
+
+def test_owner_lock_not_written_is_not_kept(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Recording the owner's pid fails (a full disk): the open is refused as ``StoreNotOpened``,
+    and neither the descriptor nor the lock stays behind to refuse the next open."""
+    from servicebay.chat.stores import _owner
+
+    real_pwrite = os.pwrite
+
+    def full_disk(fd: int, data: bytes, offset: int) -> int:
+        raise OSError(28, "No space left on device")
+
+    lock = _owner.OwnerLock(tmp_path / "chat.db")
+    monkeypatch.setattr(_owner.os, "pwrite", full_disk)
+    before = len(os.listdir("/proc/self/fd"))
+    with pytest.raises(StoreNotOpened, match="No space left"):
+        lock.acquire()
+    assert len(os.listdir("/proc/self/fd")) == before
+    monkeypatch.setattr(_owner.os, "pwrite", real_pwrite)
+    again = _owner.OwnerLock(tmp_path / "chat.db")
+    again.acquire()  # not StoreInUse: the failed attempt kept no lock
+    again.release()

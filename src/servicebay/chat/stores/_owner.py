@@ -45,8 +45,14 @@ class OwnerLock:
                 f"the store {self.store} is in use by another chat server "
                 f"(pid {owner}, lock {self.path}): one server per store"
             ) from None
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        try:
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        except OSError as exc:
+            os.close(fd)  # the lock goes with it: no half-taken ownership stays behind
+            raise StoreNotOpened(
+                f"cannot write the lock file {self.path}: {exc.strerror}"
+            ) from None
         self._fd = fd
 
     def release(self) -> None:
