@@ -316,3 +316,27 @@ def test_owner_lock_not_written_is_not_kept(
     again = _owner.OwnerLock(tmp_path / "chat.db")
     again.acquire()  # not StoreInUse: the failed attempt kept no lock
     again.release()
+
+
+async def test_sqlite_store_failing_to_open_closes_what_it_opened(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The reader's connection fails after the writer's opened: the writer is closed too (no
+    descriptor of the database stays open in a process that goes on without the store)."""
+    from servicebay.chat.stores import sqlite as sqlite_store
+
+    opened: list[sqlite3.Connection] = []
+    real_connect = sqlite_store._connect
+
+    def second_fails(path: str, synchronous: str) -> sqlite3.Connection:
+        if opened:
+            raise sqlite3.OperationalError("unable to open database file")
+        opened.append(real_connect(path, synchronous))
+        return opened[-1]
+
+    monkeypatch.setattr(sqlite_store, "_connect", second_fails)
+    store = sqlite_store.SQLiteChatStore(tmp_path / "chat.db")
+    with pytest.raises(StoreNotOpened):
+        await store.open()
+    with pytest.raises(sqlite3.ProgrammingError):  # closed
+        opened[0].execute("SELECT 1")

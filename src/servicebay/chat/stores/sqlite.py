@@ -167,6 +167,7 @@ class SQLiteChatStore:
         if not folder.is_dir():
             raise StoreNotOpened(f"the directory {folder} of the SQLite store does not exist")
         self._owner.acquire()
+        writer: sqlite3.Connection | None = None
         try:
             # Messages and token digests are the owner's only: SQLite would create the file 0644
             # (less the umask), and its -wal/-shm files copy the database's mode.
@@ -177,6 +178,8 @@ class SQLiteChatStore:
                 writer.execute("INSERT INTO schema_version VALUES (1)")
             reader = _connect(self.path, self.synchronous)
         except (OSError, sqlite3.Error) as exc:
+            if writer is not None:
+                writer.close()
             self._owner.release()
             why = exc.strerror if isinstance(exc, OSError) else exc
             raise StoreNotOpened(f"cannot open the SQLite store {self.path}: {why}") from None
