@@ -51,3 +51,24 @@ async def test_broker_url_without_secret_still_reaches_the_broker(
     response = await platform.post("/api/v1/brokers", json=body)
     assert response.status_code != 400, response.text
     assert SECRET not in response.text
+
+
+@pytest.mark.parametrize(
+    "auth",
+    [
+        {"bearer_token": f"{SECRET}\r\nX-Injected: 1"},
+        {"bearer_token": f"{SECRET} two words"},
+        {"username": "ad\nmin", "password": SECRET},
+        {"username": "ad:min", "password": SECRET},
+    ],
+)
+async def test_broker_credentials_that_would_break_headers_are_refused(
+    platform: httpx.AsyncClient, auth: dict[str, str]
+) -> None:
+    """Credentials travel in an HTTP header: CR/LF or other control characters (extra headers),
+    spaces in a bearer token, or ':' in a Basic user are refused (400), never echoed."""
+    body = {"name": "b", "url": "http://127.0.0.1:1", **auth}
+    response = await platform.post("/api/v1/brokers", json=body)
+    assert response.status_code == 400, response.text
+    assert SECRET not in response.text
+    assert (await platform.get("/api/v1/brokers")).json()["items"] == []

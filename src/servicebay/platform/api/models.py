@@ -39,9 +39,10 @@ class BrokerIn(_Body):
 
     name: Name
     url: Annotated[str, StringConstraints(pattern=r"^https?://\S+$", max_length=2048)]
-    username: NonEmpty | None = None
+    # Sent in HTTP headers: no control characters (CR/LF would add headers), no ':' in a Basic user.
+    username: Annotated[str, StringConstraints(pattern=r"^[^\x00-\x1f\x7f:]{1,255}$")] | None = None
     password: Annotated[str, StringConstraints(max_length=1024)] | None = None
-    bearer_token: Annotated[str, StringConstraints(min_length=1, max_length=4096)] | None = None
+    bearer_token: Annotated[str, StringConstraints(pattern=r"^[\x21-\x7e]{1,4096}$")] | None = None
 
     @model_validator(mode="after")
     def _one_kind_of_auth(self) -> BrokerIn:
