@@ -126,13 +126,13 @@ def platform_settings(tmp_path: Path, db_url: str, **overrides: Any) -> Platform
     return PlatformSettings(**values)
 
 
-@pytest.fixture
-async def platform(
-    tmp_path: Path, db_url: str, fake: FakeBroker
+@contextlib.asynccontextmanager
+async def running_platform(
+    settings: PlatformSettings, transport: httpx.AsyncBaseTransport | None = None
 ) -> AsyncIterator[PlatformUnderTest]:
-    """The platform (app lifespan and in-process worker running) talking to the fake broker."""
-    settings = platform_settings(tmp_path, db_url)
-    app = create_app(settings, transport=httpx.ASGITransport(app=fake.app()))
+    """The platform app (lifespan and in-process worker running), brokers reached through
+    ``transport`` (real HTTP when None), and an admin client for it."""
+    app = create_app(settings, transport=transport)
     async with (
         app.router.lifespan_context(app),
         httpx.AsyncClient(
@@ -142,6 +142,16 @@ async def platform(
         ) as client,
     ):
         yield PlatformUnderTest(app, client, settings)
+
+
+@pytest.fixture
+async def platform(
+    tmp_path: Path, db_url: str, fake: FakeBroker
+) -> AsyncIterator[PlatformUnderTest]:
+    """The platform (app lifespan and in-process worker running) talking to the fake broker."""
+    settings = platform_settings(tmp_path, db_url)
+    async with running_platform(settings, httpx.ASGITransport(app=fake.app())) as platform:
+        yield platform
 
 
 @contextlib.asynccontextmanager

@@ -10,11 +10,9 @@ import os
 import stat
 from pathlib import Path
 
-import httpx
 import pytest
 
-from conftest import ADMIN_TOKEN, platform_settings
-from servicebay.platform import create_app
+from conftest import platform_settings, running_platform
 
 
 def _mode(path: Path) -> int:
@@ -28,15 +26,8 @@ async def test_home_created_0700_and_database_files_0600(tmp_path: Path, mask: i
     settings = platform_settings(tmp_path, f"sqlite:///{home / 'platform.db'}", home=home)
     previous = os.umask(mask)
     try:
-        app = create_app(settings)
-        async with (
-            app.router.lifespan_context(app),
-            httpx.AsyncClient(
-                transport=httpx.ASGITransport(app=app),
-                base_url="http://platform.test",
-                headers={"Authorization": f"Bearer {ADMIN_TOKEN}"},
-            ) as client,
-        ):
+        async with running_platform(settings) as platform:
+            client = platform.client
             answer = await client.post("/api/v1/namespaces", json={"name": "modes"})
             assert answer.status_code == 201, answer.text
             files = sorted(home.glob("platform.db*"))

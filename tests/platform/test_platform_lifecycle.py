@@ -14,14 +14,14 @@ import pytest
 from platform_fake_broker import FakeBroker
 
 from conftest import (
-    ADMIN_TOKEN,
     ALICE_TOKEN,
     PlatformUnderTest,
     create_pg_database,
     drop_pg_database,
     platform_settings,
+    running_platform,
 )
-from servicebay.platform import Worker, create_app
+from servicebay.platform import Worker
 from servicebay.platform.services.runtime import Platform
 
 
@@ -245,16 +245,8 @@ async def test_operations_beyond_the_worker_slots_wait_for_a_free_slot(
     finish, each sent once: the first is handed over, the others are claimed as the slot
     frees."""
     settings = platform_settings(tmp_path, db_url, worker_concurrency=1, poll_interval=30.0)
-    app = create_app(settings, transport=httpx.ASGITransport(app=fake.app()))
-    async with (
-        app.router.lifespan_context(app),
-        httpx.AsyncClient(
-            transport=httpx.ASGITransport(app=app),
-            base_url="http://platform.test",
-            headers={"Authorization": f"Bearer {ADMIN_TOKEN}"},
-        ) as client,
-    ):
-        platform = PlatformUnderTest(app, client, settings)
+    async with running_platform(settings, httpx.ASGITransport(app=fake.app())) as platform:
+        client = platform.client
         await platform.register_fake()
 
         async def provision(n: int) -> dict[str, Any]:
@@ -279,21 +271,14 @@ async def test_postgres_notifications_wake_another_processes_worker_and_waiter(
     db = create_pg_database(postgres_url)
     try:
         settings = platform_settings(tmp_path, db, run_worker=False, poll_interval=30.0)
-        app = create_app(settings, transport=httpx.ASGITransport(app=fake.app()))
         worker_platform = Platform(
             platform_settings(tmp_path, db, poll_interval=30.0),
             transport=httpx.ASGITransport(app=fake.app()),
         )
         stop = asyncio.Event()
-        async with (
-            app.router.lifespan_context(app),
-            httpx.AsyncClient(
-                transport=httpx.ASGITransport(app=app),
-                base_url="http://platform.test",
-                headers={"Authorization": f"Bearer {ADMIN_TOKEN}"},
-            ) as client,
-        ):
-            await PlatformUnderTest(app, client, settings).register_fake()
+        async with running_platform(settings, httpx.ASGITransport(app=fake.app())) as platform:
+            client = platform.client
+            await platform.register_fake()
             await worker_platform.start()
             working = asyncio.create_task(Worker(worker_platform).run(stop))
             try:

@@ -17,8 +17,13 @@ import httpx
 import pytest
 from platform_fake_broker import FakeBroker
 
-from conftest import ADMIN_TOKEN, ALICE_TOKEN, PlatformUnderTest, platform_settings
-from servicebay.platform import create_app
+from conftest import (
+    ADMIN_TOKEN,
+    ALICE_TOKEN,
+    PlatformUnderTest,
+    platform_settings,
+    running_platform,
+)
 from servicebay.platform.api.openapi import ROUTES
 
 BOB_TOKEN = "bob-token-0123456789"
@@ -41,16 +46,8 @@ async def staging(tmp_path: Path, db_url: str, fake: FakeBroker) -> AsyncIterato
     settings = platform_settings(
         tmp_path, db_url, tokens={ADMIN_TOKEN: "admin", ALICE_TOKEN: "alice", BOB_TOKEN: "bob"}
     )
-    app = create_app(settings, transport=httpx.ASGITransport(app=fake.app()))
-    async with (
-        app.router.lifespan_context(app),
-        httpx.AsyncClient(
-            transport=httpx.ASGITransport(app=app),
-            base_url="http://platform.test",
-            headers={"Authorization": f"Bearer {ADMIN_TOKEN}"},
-        ) as client,
-    ):
-        platform = PlatformUnderTest(app, client, settings)
+    async with running_platform(settings, httpx.ASGITransport(app=fake.app())) as platform:
+        client = platform.client
         await platform.register_fake()
         r = await client.post("/api/v1/namespaces", json={"name": "staging", "members": ["bob"]})
         assert r.status_code == 201, r.text

@@ -10,18 +10,16 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 from platform_fake_broker import PASSWORD, USERNAME, FakeBroker
 
 from conftest import (
-    ADMIN_TOKEN,
     FAKE_URL,
     PlatformUnderTest,
     platform_settings,
+    running_platform,
     served,
 )
-from servicebay.platform import create_app
 
 
 async def _provision(platform: PlatformUnderTest, plan: str, name: str) -> dict[str, Any]:
@@ -66,16 +64,8 @@ async def test_provision_timeout_is_mitigated(tmp_path: Path, db_url: str) -> No
     fake = FakeBroker(slow_seconds=2.5)
     async with served(fake.app()) as url:
         settings = platform_settings(tmp_path, db_url, broker_timeout=0.5)
-        app = create_app(settings)
-        async with (
-            app.router.lifespan_context(app),
-            httpx.AsyncClient(
-                transport=httpx.ASGITransport(app=app),
-                base_url="http://platform.test",
-                headers={"Authorization": f"Bearer {ADMIN_TOKEN}"},
-            ) as client,
-        ):
-            platform = PlatformUnderTest(app, client, settings)
+        async with running_platform(settings) as platform:
+            client = platform.client
             r = await client.post(
                 "/api/v1/brokers",
                 json={"name": "fake", "url": url, "username": USERNAME, "password": PASSWORD},

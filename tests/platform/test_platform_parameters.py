@@ -10,8 +10,7 @@ import httpx
 import pytest
 from platform_fake_broker import PASSWORD, FakeBroker
 
-from conftest import ADMIN_TOKEN, PlatformUnderTest, platform_settings
-from servicebay.platform import create_app
+from conftest import PlatformUnderTest, platform_settings, running_platform
 
 SECRET = "hunter2-very-secret-value"
 
@@ -121,16 +120,8 @@ async def test_secrets_never_in_clear_text_anywhere(
     caplog.set_level(logging.DEBUG)
     db = tmp_path / "platform.db"
     settings = platform_settings(tmp_path, f"sqlite:///{db}")
-    app = create_app(settings, transport=httpx.ASGITransport(app=fake.app()))
-    async with (
-        app.router.lifespan_context(app),
-        httpx.AsyncClient(
-            transport=httpx.ASGITransport(app=app),
-            base_url="http://platform.test",
-            headers={"Authorization": f"Bearer {ADMIN_TOKEN}"},
-        ) as c,
-    ):
-        platform = PlatformUnderTest(app, c, settings)
+    async with running_platform(settings, httpx.ASGITransport(app=fake.app())) as platform:
+        c = platform.client
         await platform.register_fake()
         r = await c.post(
             "/api/v1/instances",
@@ -180,15 +171,8 @@ async def test_secrets_never_in_clear_text_anywhere(
 async def test_unreachable_broker_is_502(tmp_path: Path) -> None:
     """Registering a broker nobody listens for → 502 broker_unreachable, nothing stored."""
     settings = platform_settings(tmp_path, f"sqlite:///{tmp_path / 'p.db'}")
-    app = create_app(settings)
-    async with (
-        app.router.lifespan_context(app),
-        httpx.AsyncClient(
-            transport=httpx.ASGITransport(app=app),
-            base_url="http://platform.test",
-            headers={"Authorization": f"Bearer {ADMIN_TOKEN}"},
-        ) as c,
-    ):
+    async with running_platform(settings) as platform:
+        c = platform.client
         r = await c.post("/api/v1/brokers", json={"name": "b", "url": "http://127.0.0.1:9"})
         assert r.status_code == 502 and r.json()["error"] == "broker_unreachable"
         assert (await c.get("/api/v1/brokers")).json()["items"] == []

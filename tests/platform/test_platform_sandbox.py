@@ -5,11 +5,9 @@ from __future__ import annotations
 from collections.abc import Iterator
 from pathlib import Path
 
-import httpx
 import pytest
 
-from conftest import ADMIN_TOKEN, PlatformUnderTest, platform_settings
-from servicebay.platform import create_app
+from conftest import platform_settings, running_platform
 from servicebay.testing import ServedBroker, serve_broker
 
 
@@ -27,16 +25,8 @@ async def test_sandbox_lifecycle(
 ) -> None:
     """register → marketplace → provision → bind (credentials) → unbind → deprovision."""
     settings = platform_settings(tmp_path, db_url, broker_timeout=10.0, default_retry_after=0.2)
-    app = create_app(settings)
-    async with (
-        app.router.lifespan_context(app),
-        httpx.AsyncClient(
-            transport=httpx.ASGITransport(app=app),
-            base_url="http://platform.test",
-            headers={"Authorization": f"Bearer {ADMIN_TOKEN}"},
-        ) as c,
-    ):
-        platform = PlatformUnderTest(app, c, settings)
+    async with running_platform(settings) as platform:
+        c = platform.client
         r = await c.post(
             "/api/v1/brokers",
             json={
@@ -79,16 +69,8 @@ async def test_sandbox_failure_is_mitigated(
 ) -> None:
     """fail=true on the async plan: last_operation failed → orphan mitigation → deleted."""
     settings = platform_settings(tmp_path, db_url, broker_timeout=10.0, default_retry_after=0.2)
-    app = create_app(settings)
-    async with (
-        app.router.lifespan_context(app),
-        httpx.AsyncClient(
-            transport=httpx.ASGITransport(app=app),
-            base_url="http://platform.test",
-            headers={"Authorization": f"Bearer {ADMIN_TOKEN}"},
-        ) as c,
-    ):
-        platform = PlatformUnderTest(app, c, settings)
+    async with running_platform(settings) as platform:
+        c = platform.client
         await c.post(
             "/api/v1/brokers",
             json={
