@@ -270,7 +270,7 @@ async def list_instances(request: Request) -> Response:
         limit=_int(request, "limit", 500, 1, 10000),
         after=request.query_params.get("after") or None,
     )
-    return _json(page)
+    return Response(page, media_type="application/json")
 
 
 async def get_instance(request: Request) -> Response:

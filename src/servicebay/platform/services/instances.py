@@ -16,6 +16,7 @@ redacted: a value ``writeOnly`` / ``x-sensitive`` under any plan the instance ha
 from __future__ import annotations
 
 import copy
+import json
 import uuid
 from typing import Any
 
@@ -41,13 +42,14 @@ from servicebay.platform.services.operations import audit, enqueue
 from servicebay.platform.services.records import (
     TERMINAL,
     instance_by_name,
+    instance_json,
     instance_select,
     instance_view,
     operation_view,
     with_operation,
 )
 from servicebay.platform.services.runtime import Actor, Platform
-from servicebay.platform.store import by_id_params, tables, update_by_id, utcnow
+from servicebay.platform.store import Statement, by_id_params, tables, update_by_id, utcnow
 
 
 def check_parameters(
@@ -122,30 +124,34 @@ def _context(namespace: str, name: str) -> dict[str, Any]:
     return {"platform": "servicebay", "namespace": namespace, "instance_name": name}
 
 
-_TAKEN = sa.select(tables.instances.c.id).where(
-    tables.instances.c.namespace == sa.bindparam("namespace"),
-    tables.instances.c.name == sa.bindparam("name"),
+_TAKEN = Statement(
+    sa.select(tables.instances.c.id).where(
+        tables.instances.c.namespace == sa.bindparam("namespace"),
+        tables.instances.c.name == sa.bindparam("name"),
+    )
 )
-_INSERT_INSTANCE = tables.instances.insert()
-_OPERATION_STATE = sa.select(tables.operations.c.state).where(
-    tables.operations.c.id == sa.bindparam("op_id")
+_INSERT_INSTANCE = Statement(tables.instances.insert())
+_OPERATION_STATE = Statement(
+    sa.select(tables.operations.c.state).where(tables.operations.c.id == sa.bindparam("op_id"))
 )
-_BUSY_MITIGATION = sa.select(tables.operations.c.id).where(
-    tables.operations.c.instance_id == sa.bindparam("instance_id"),
-    tables.operations.c.binding_id.is_(None),
-    tables.operations.c.kind == "orphan_mitigation",
-    tables.operations.c.state.not_in(TERMINAL),
+_BUSY_MITIGATION = Statement(
+    sa.select(tables.operations.c.id).where(
+        tables.operations.c.instance_id == sa.bindparam("instance_id"),
+        tables.operations.c.binding_id.is_(None),
+        tables.operations.c.kind == "orphan_mitigation",
+        *(tables.operations.c.state != state for state in TERMINAL),
+    )
 )
-_BINDING_COUNT = (
+_BINDING_COUNT = Statement(
     sa.select(sa.func.count())
     .select_from(tables.bindings)
     .where(tables.bindings.c.instance_id == sa.bindparam("instance_id"))
 )
+_INSTANCE = Statement(instance_by_name())
 
 
 async def _require_instance(conn: AsyncConnection, namespace: str, name: str) -> Any:
-    params = {"namespace": namespace, "name": name}
-    row = (await conn.execute(instance_by_name(), params)).mappings().first()
+    row = await _INSTANCE.first(conn, {"namespace": namespace, "name": name})
     if row is None:
         raise not_found("instance", f"{namespace}/{name}")
     return row
@@ -214,7 +220,7 @@ async def provision(
         if maintenance_info is not None:
             body["maintenance_info"] = maintenance_info
         await _check_quota(conn, ns)
-        taken = await conn.scalar(_TAKEN, {"namespace": namespace, "name": name})
+        taken = await _TAKEN.scalar(conn, {"namespace": namespace, "name": name})
         if taken is not None:
             raise Conflict(f"instance '{namespace}/{name}' already exists", code="instance_exists")
         if dry_run:
@@ -251,7 +257,7 @@ async def provision(
             "created_at": now,
             "updated_at": now,
         }
-        await conn.execute(_INSERT_INSTANCE, record)
+        await _INSERT_INSTANCE.run(conn, record)
         await audit(
             conn,
             user=actor.user,
@@ -287,13 +293,13 @@ async def _check_quota(conn: AsyncConnection, ns: Any) -> None:
 async def _check_idle(conn: AsyncConnection, operation_id: str | None, what: str) -> None:
     if operation_id is None:
         return
-    state = await conn.scalar(_OPERATION_STATE, {"op_id": operation_id})
+    state = await _OPERATION_STATE.scalar(conn, {"op_id": operation_id})
     if state is not None and state not in TERMINAL:
         raise Conflict(f"{what} has an operation in progress", code="operation_in_progress")
 
 
 async def _busy_orphan_mitigation(conn: AsyncConnection, instance_id: str) -> bool:
-    found = await conn.scalar(_BUSY_MITIGATION, {"instance_id": instance_id})
+    found = await _BUSY_MITIGATION.scalar(conn, {"instance_id": instance_id})
     return found is not None
 
 
@@ -408,7 +414,7 @@ async def update(
 
 
 async def _check_unbound(conn: AsyncConnection, instance_id: str, name: str, plan: str) -> None:
-    count = await conn.scalar(_BINDING_COUNT, {"instance_id": instance_id})
+    count = await _BINDING_COUNT.scalar(conn, {"instance_id": instance_id})
     if count:
         raise Conflict(
             f"plan {plan!r} is not bindable and instance {name!r} still has {count} "
@@ -429,7 +435,7 @@ async def deprovision(
             raise Conflict(
                 f"instance {name!r} is under orphan mitigation", code="operation_in_progress"
             )
-        count = await conn.scalar(_BINDING_COUNT, {"instance_id": row["id"]})
+        count = await _BINDING_COUNT.scalar(conn, {"instance_id": row["id"]})
         if count:
             raise Conflict(
                 f"instance {name!r} still has {count} binding(s) or key(s); unbind them first",
@@ -533,8 +539,7 @@ async def purge(platform: Platform, actor: Actor, *, name: str, namespace: str) 
 
 async def _set_instance(conn: AsyncConnection, instance_id: str, **values: Any) -> None:
     values["updated_at"] = utcnow()
-    update = update_by_id(tables.instances, tuple(values))
-    await conn.execute(update, by_id_params(instance_id, values))
+    await update_by_id(tables.instances, tuple(values)).run(conn, by_id_params(instance_id, values))
 
 
 async def get_instance(
@@ -554,10 +559,14 @@ async def list_instances(
     service: str | None,
     limit: int,
     after: str | None,
-) -> dict[str, Any]:
-    """A page of instances sorted by (namespace,) name; ``next`` continues after the last."""
+) -> str:
+    """A page of instances sorted by (namespace,) name, as the JSON text of ``{"items": [...],
+    "next": ...}``; ``next`` continues after the last. Each item is rendered by the database
+    (:func:`instance_json`), so a page of 10,000 never becomes Python objects."""
     i = tables.instances
-    query = instance_select()
+    query = instance_select().with_only_columns(
+        i.c.namespace, i.c.name, instance_json(platform.db.is_postgres)
+    )
     if namespace == "*":
         query = query.order_by(i.c.namespace, i.c.name)
         if after:
@@ -579,10 +588,10 @@ async def list_instances(
             await require_namespace(conn, namespace, actor)
         elif (visible := await visible_namespaces(conn, actor)) is not None:
             query = query.where(i.c.namespace.in_(visible))
-        rows = (await conn.execute(query.limit(limit + 1))).mappings().all()
-    items = [instance_view(r) for r in rows[:limit]]
+        rows = (await conn.execute(query.limit(limit + 1))).all()
     following = None
-    if len(rows) > limit and items:
-        last = items[-1]
-        following = f"{last['namespace']}/{last['name']}" if namespace == "*" else last["name"]
-    return {"items": items, "next": following}
+    if len(rows) > limit:
+        last = rows[limit - 1]
+        following = f"{last.namespace}/{last.name}" if namespace == "*" else last.name
+    items = ",".join(row.view_json for row in rows[:limit])
+    return f'{{"items":[{items}],"next":{json.dumps(following)}}}'

@@ -129,6 +129,77 @@ def instance_view(row: Mapping[Any, Any]) -> dict[str, Any]:
     }
 
 
+def _ts_sql(column: Any, postgres: bool) -> sa.ColumnElement[str]:
+    """SQL rendering a stored naive-UTC timestamp exactly as :func:`ts` does: six fraction
+    digits, none when they are all zero. SQLite holds it as text with six fraction digits."""
+    if postgres:
+        text = sa.func.to_char(column, 'YYYY-MM-DD"T"HH24:MI:SS.US')
+    else:
+        text = sa.func.replace(sa.cast(column, sa.Text), " ", "T")
+    return sa.func.replace(text, ".000000", "").concat("Z")
+
+
+@functools.cache
+def instance_json(postgres: bool) -> sa.ColumnElement[str]:
+    """One instance of :func:`instance_select` as the text of its API view, built by the
+    database: what :func:`instance_view` would encode, without a Python object per field.
+
+    A listing of 10,000 instances then costs one text per row instead of some thirty values
+    decoded, turned into a dict and encoded again. The tests hold it equal to
+    :func:`instance_view` on both databases.
+    """
+    i, p, s, b = tables.instances, tables.plans, tables.services, tables.brokers
+    lo = instance_select().selected_columns
+
+    def obj(fields: dict[str, Any]) -> Any:
+        pairs = [part for key, value in fields.items() for part in (sa.literal(key), value)]
+        return (sa.func.json_build_object if postgres else sa.func.json_object)(*pairs)
+
+    def embedded(column: Any) -> Any:  # a JSON value as JSON, not as a string holding it
+        return column if postgres else sa.func.json(column)
+
+    def tsq(column: Any) -> Any:
+        return _ts_sql(column, postgres)
+
+    operation = obj(
+        {
+            "id": lo.lo_id,
+            "kind": lo.lo_kind,
+            "state": lo.lo_state,
+            "description": lo.lo_description,
+            "namespace": lo.lo_namespace,
+            "instance": lo.lo_instance_name,
+            "binding": lo.lo_binding_name,
+            "created_by": lo.lo_created_by,
+            "created_at": tsq(lo.lo_created_at),
+            "updated_at": tsq(lo.lo_updated_at),
+            "finished_at": tsq(lo.lo_finished_at),
+            "attempts": lo.lo_attempts,
+            "orphan_mitigation": lo.lo_orphan_mitigation_id,
+            "parent": lo.lo_parent_id,
+        }
+    )
+    view = obj(
+        {
+            "id": i.c.id,
+            "name": i.c.name,
+            "namespace": i.c.namespace,
+            "service": s.c.name,
+            "plan": p.c.name,
+            "broker": b.c.name,
+            "state": i.c.state,
+            "parameters": embedded(i.c.parameters_shown),
+            "dashboard_url": i.c.dashboard_url,
+            "maintenance_info": embedded(i.c.maintenance_info),
+            "created_by": i.c.created_by,
+            "created_at": tsq(i.c.created_at),
+            "updated_at": tsq(i.c.updated_at),
+            "last_operation": embedded(sa.case((lo.lo_id.is_(None), sa.null()), else_=operation)),
+        }
+    )
+    return sa.cast(view, sa.Text).label("view_json")
+
+
 @functools.cache
 def binding_select() -> sa.Select[Any]:
     """Bindings with their instance, plan/service/broker names and last operation (built once)."""
