@@ -221,7 +221,9 @@ def register(url: str, broker: ServedBroker) -> None:
 
 
 def insert_instances(db: str, count: int) -> None:
-    """Put ``count`` ready instances of sandbox/sync straight into the platform database."""
+    """Put ``count`` ready instances of sandbox/sync straight into the platform database, each
+    with the succeeded provision as its last operation (as the API leaves them); then refresh
+    the planner's statistics, as autovacuum would after a bulk load."""
     url = make_url(db)
     if url.get_backend_name() == "postgresql":
         url = url.set(drivername="postgresql+psycopg")
@@ -229,25 +231,53 @@ def insert_instances(db: str, count: int) -> None:
     now = dt.datetime.now(dt.UTC).replace(tzinfo=None)
     with engine.begin() as conn:
         plan_pk = conn.scalar(sa.select(tables.plans.c.id).where(tables.plans.c.name == "sync"))
-        rows = [
-            {
-                "id": str(uuid.uuid4()),
-                "namespace": "default",
-                "name": f"listed-{n:05d}",
-                "plan_pk": plan_pk,
-                "state": "ready",
-                "parameters": None,
-                "parameters_shown": {"size": 1},
-                "dashboard_url": None,
-                "maintenance_info": None,
-                "last_operation_id": None,
-                "created_by": "admin",
-                "created_at": now,
-                "updated_at": now,
-            }
-            for n in range(count)
-        ]
-        conn.execute(tables.instances.insert(), rows)
+        instances, operations = [], []
+        for n in range(count):
+            instance_id, operation_id, name = (
+                str(uuid.uuid4()),
+                str(uuid.uuid4()),
+                f"listed-{n:05d}",
+            )
+            operations.append(
+                {
+                    "id": operation_id,
+                    "kind": "provision",
+                    "state": "succeeded",
+                    "description": "provisioned",
+                    "namespace": "default",
+                    "instance_id": instance_id,
+                    "instance_name": name,
+                    "phase": "send",
+                    "attempts": 1,
+                    "next_attempt_at": now,
+                    "created_by": "admin",
+                    "created_at": now,
+                    "updated_at": now,
+                    "finished_at": now,
+                }
+            )
+            instances.append(
+                {
+                    "id": instance_id,
+                    "namespace": "default",
+                    "name": name,
+                    "plan_pk": plan_pk,
+                    "state": "ready",
+                    "parameters": None,
+                    "parameters_shown": {"size": 1},
+                    "dashboard_url": None,
+                    "maintenance_info": None,
+                    "last_operation_id": operation_id,
+                    "created_by": "admin",
+                    "created_at": now,
+                    "updated_at": now,
+                }
+            )
+        conn.execute(tables.operations.insert(), operations)
+        conn.execute(tables.instances.insert(), instances)
+    with engine.connect() as conn:
+        conn.execute(sa.text("ANALYZE"))
+        conn.commit()
     engine.dispose()
 
 
