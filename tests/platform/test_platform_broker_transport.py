@@ -9,6 +9,7 @@ import contextlib
 import json
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
+from typing import cast
 
 import httpx
 import pytest
@@ -227,3 +228,78 @@ async def test_request_refused_before_sending_needs_no_orphan_mitigation() -> No
     assert reply.verdict is Verdict.FAILED
     assert not reply.orphan_mitigation
     assert "s3cret" not in reply.description
+
+
+@pytest.mark.parametrize("framing", ["length", "chunked", "until-close", "headers"])
+async def test_answer_past_its_bound_fails_and_is_not_kept(framing: str) -> None:
+    """A broker that sends more than the bound (a body of any framing, or headers without end)
+    fails the request with RemoteProtocolError as soon as the bound is passed: the platform
+    stops reading instead of holding the answer in memory, and the connection is not reused."""
+    sent = 0
+    closed = asyncio.Event()
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        nonlocal sent
+        await read_request(reader)
+        heads = {
+            "length": b"HTTP/1.1 200 OK\r\nContent-Length: 100000000\r\n\r\n",
+            "chunked": b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n",
+            "until-close": b"HTTP/1.1 200 OK\r\nConnection: close\r\n\r\n",
+            "headers": b"HTTP/1.1 200 OK\r\n",
+        }
+        writer.write(heads[framing])
+        piece = b"x" * 4096
+        try:
+            while sent < 50_000_000:  # far past the bound; the client must hang up first
+                if framing == "chunked":
+                    writer.write(b"1000\r\n" + piece + b"\r\n")
+                elif framing == "headers":
+                    writer.write(b"X-Filler: " + piece + b"\r\n")
+                else:
+                    writer.write(piece)
+                sent += len(piece)
+                await writer.drain()
+        except ConnectionError:
+            pass
+        finally:
+            closed.set()
+            writer.close()
+
+    transport = BrokerTransport(max_body_bytes=64 * 1024)
+    async with tcp_server(handler) as url:
+        with pytest.raises(httpx.RemoteProtocolError) as caught:
+            await transport.handle_async_request(get(url + "/x"))
+        await asyncio.wait_for(closed.wait(), 10)
+    await transport.aclose()
+    assert "bytes" in str(caught.value)
+    assert sent < 5_000_000  # stopped near the bound, not after the broker's 50 MB
+
+
+async def test_https_answers_have_the_same_bound() -> None:
+    """``https`` goes through httpx's own transport; its streamed answer is read up to the same
+    bound (stand-in for the TLS transport: an endless stream, counted as it is pulled)."""
+    pulled = 0
+
+    class EndlessStream(httpx.AsyncByteStream):
+        async def __aiter__(self) -> AsyncIterator[bytes]:
+            nonlocal pulled
+            while True:
+                pulled += 4096
+                yield b"x" * 4096
+
+    class Endless(httpx.AsyncBaseTransport):
+        async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+            return httpx.Response(200, stream=EndlessStream())
+
+    transport = BrokerTransport(max_body_bytes=64 * 1024)
+    transport._tls = cast(httpx.AsyncHTTPTransport, Endless())
+    with pytest.raises(httpx.RemoteProtocolError):
+        await transport.handle_async_request(get("https://broker.example/v2/catalog"))
+    assert 64 * 1024 < pulled <= 64 * 1024 + 4096
+
+    small = BrokerTransport()
+    small._tls = cast(
+        httpx.AsyncHTTPTransport, httpx.MockTransport(lambda _: httpx.Response(200, json={"ok": 1}))
+    )
+    answer = await small.handle_async_request(get("https://broker.example/v2/catalog"))
+    assert answer.status_code == 200 and answer.json() == {"ok": 1}

@@ -10,6 +10,9 @@ platform's CPU. Here a request is one write, and the answer is parsed by ``httpt
 parser uvicorn uses) as it arrives. Connections are reused while the broker keeps them open.
 
 ``https`` URLs go to httpx's transport, which owns TLS settings and certificate stores.
+Either way an answer is read into memory only up to a bound (headers 64 KiB, body 16 MiB by
+default, far above any catalog seen): a broker that streams without end fails its request with
+``RemoteProtocolError`` instead of filling the platform's memory.
 Failures are raised as the httpx exceptions ``broker_link`` classifies: ``ConnectError``,
 ``ConnectTimeout``, ``ReadTimeout``, ``WriteError`` and ``RemoteProtocolError`` (the broker
 closed the connection before answering, as a broker that drops a kept-alive connection does).
@@ -31,12 +34,17 @@ _MAX_IDLE = 64  # kept-alive connections per broker address
 # A connection idle longer than this is not reused: servers drop idle connections (uvicorn after
 # 5 s), and one dropped just as a request is written fails that request.
 _IDLE_SECONDS = 2.0
+MAX_HEAD_BYTES = 64 * 1024
+MAX_BODY_BYTES = 16 * 1024 * 1024
 
 
 class _Connection(asyncio.Protocol):
     """One TCP connection to a broker, carrying one request at a time."""
 
-    def __init__(self) -> None:
+    def __init__(self, max_body: int = MAX_BODY_BYTES) -> None:
+        self._max_body = max_body
+        self._head_bytes = 0
+        self._body_bytes = 0
         self.transport: asyncio.Transport | None = None
         self.closed = False
         self._parser: Any = None
@@ -82,6 +90,10 @@ class _Connection(asyncio.Protocol):
     # -- httptools callbacks ----------------------------------------------------------------
 
     def on_header(self, name: bytes, value: bytes) -> None:
+        self._head_bytes += len(name) + len(value) + 4
+        if self._head_bytes > MAX_HEAD_BYTES:
+            self._refuse(f"the broker's answer has more than {MAX_HEAD_BYTES} bytes of headers")
+            return
         self._headers.append((name, value))
 
     def on_headers_complete(self) -> None:
@@ -89,6 +101,10 @@ class _Connection(asyncio.Protocol):
         self._until_close = not names & {b"content-length", b"transfer-encoding"}
 
     def on_body(self, body: bytes) -> None:
+        self._body_bytes += len(body)
+        if self._body_bytes > self._max_body:
+            self._refuse(f"the broker's answer is larger than {self._max_body} bytes")
+            return
         self._body.append(body)
 
     def on_message_complete(self) -> None:
@@ -109,11 +125,18 @@ class _Connection(asyncio.Protocol):
         if self._answer is not None and not self._answer.done():
             self._answer.set_exception(exc)
 
+    def _refuse(self, reason: str) -> None:
+        """Stop reading an answer past its bound: fail the exchange, drop what came, close."""
+        self._body, self._headers = [], []
+        self._fail(httpx.RemoteProtocolError(reason))
+        self.close()
+
     async def exchange(self, data: bytes, read_timeout: float | None) -> httpx.Response:
         """Send one serialised request and read its whole answer."""
         assert self.transport is not None
         self._parser = httptools.HttpResponseParser(self)
         self._headers, self._body, self._until_close = [], [], False
+        self._head_bytes = self._body_bytes = 0
         self._received = False
         self._answer = asyncio.get_running_loop().create_future()
         try:
@@ -149,15 +172,16 @@ class _Connection(asyncio.Protocol):
 class BrokerTransport(httpx.AsyncBaseTransport):
     """Plain-HTTP/1.1 transport with a keep-alive pool per broker address (see module doc)."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, max_body_bytes: int = MAX_BODY_BYTES) -> None:
         self._idle: dict[tuple[str, int], list[_Connection]] = {}
         self._tls: httpx.AsyncHTTPTransport | None = None
+        self._max_body = max_body_bytes
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
         if request.url.scheme != "http":
             if self._tls is None:
                 self._tls = httpx.AsyncHTTPTransport()
-            return await self._tls.handle_async_request(request)
+            return await self._bounded(await self._tls.handle_async_request(request))
         timeouts = request.extensions.get("timeout", {})
         address = (request.url.host, request.url.port or 80)
         data = _serialise(request)
@@ -183,6 +207,25 @@ class BrokerTransport(httpx.AsyncBaseTransport):
         response.request = request
         return response
 
+    async def _bounded(self, response: httpx.Response) -> httpx.Response:
+        """httpx's streamed answer read whole, up to the same bound as ours."""
+        body = bytearray()
+        try:
+            async for chunk in cast(httpx.AsyncByteStream, response.stream):
+                body += chunk
+                if len(body) > self._max_body:
+                    raise httpx.RemoteProtocolError(
+                        f"the broker's answer is larger than {self._max_body} bytes"
+                    )
+        finally:
+            await response.aclose()
+        return httpx.Response(
+            response.status_code,
+            headers=response.headers,
+            content=bytes(body),
+            extensions=response.extensions,
+        )
+
     async def _checkout(
         self, address: tuple[str, int], connect_timeout: float | None
     ) -> _Connection:
@@ -203,7 +246,9 @@ class BrokerTransport(httpx.AsyncBaseTransport):
         loop = asyncio.get_running_loop()
         try:
             async with asyncio.timeout(connect_timeout):
-                _, protocol = await loop.create_connection(_Connection, *address)
+                _, protocol = await loop.create_connection(
+                    lambda: _Connection(self._max_body), *address
+                )
         except TimeoutError:
             raise httpx.ConnectTimeout(f"no connection to {address[0]}:{address[1]}") from None
         except OSError as exc:
