@@ -12,8 +12,8 @@ from urllib.parse import quote
 import httpx
 import pytest
 
-from servicebay.chat.stores import Retention, StoreUnavailable, open_store
-from servicebay.chat.stores._rabbitmq_log import StreamLog, chat_message
+from servicebay.chat.stores import Retention, StoreNotOpened, StoreUnavailable, open_store
+from servicebay.chat.stores._rabbitmq_log import StreamLog, chat_entry
 from servicebay.chat.stores.rabbitmq import RabbitMQChatStore
 from support import chat_rabbitmq
 from support.rabbitmq_node import RabbitMQNode
@@ -68,7 +68,7 @@ async def test_message_stored_without_confirm_is_adopted_once(tmp_path: Path) ->
     await store.close()
     # What the crashed server had published: seq 2, never recorded in the metadata.
     log = StreamLog(chat_rabbitmq.store_uri())
-    await log.publish(stream, [chat_message(2, "ann", "k2", "two", 1.0)])
+    await log.publish(stream, [chat_entry(2, [("ann", "k2", "two", 1.0)])])
     await log.close()
 
     again = await _opened(url)
@@ -82,6 +82,75 @@ async def test_message_stored_without_confirm_is_adopted_once(tmp_path: Path) ->
         assert [m.body for m in await again.read("r", 0)] == ["one", "two", "three"]
     finally:
         await again.close()
+
+
+async def test_concurrent_appends_share_one_entry_and_read_back_from_its_middle(
+    tmp_path: Path,
+) -> None:
+    """Appends waiting together are published as one stream entry; a read may start inside an
+    entry (and across entries split by size), before and after a restart."""
+    url = chat_rabbitmq.store_url(tmp_path)
+    store = await _opened(url)
+    await _room(store)
+    await store.append("r", "ann", "k0", "zero")
+    batches = store.batches
+    bodies = [f"m{i}" for i in range(1, 41)] + ["x" * 16_000] * 40  # 640,000 chars: 3+ entries
+    appended = await asyncio.gather(
+        *(store.append("r", "ann", f"k{i + 1}", b) for i, b in enumerate(bodies))
+    )
+    assert [a.seq for a in appended] == list(range(2, 82))
+    assert store.batches - batches <= 2  # the first append of the gather may go alone
+    assert store._rooms["r"].next_offset <= 1 + 1 + 1 + 5  # marker, k0, then a few entries
+    try:
+        assert [m.seq for m in await store.read("r", 5, limit=3)] == [6, 7, 8]
+        assert [m.body for m in await store.read("r", 60, limit=2)] == ["x" * 16_000] * 2
+    finally:
+        await store.close()
+    again = await _opened(url)
+    try:
+        assert [m.seq for m in await again.read("r", 20)] == list(range(21, 82))
+        assert (await again.append("r", "ann", "k40", "again")).duplicate
+        assert (await again.append("r", "ann", "new", "new")).seq == 82
+    finally:
+        await again.close()
+
+
+async def test_a_stored_but_unrecorded_entry_is_adopted_whole(tmp_path: Path) -> None:
+    """An entry of three messages that reached the stream but not the metadata: all three are
+    adopted with their seqs, and a read starting at the second finds it."""
+    url = chat_rabbitmq.store_url(tmp_path)
+    store = await _opened(url)
+    await _room(store)
+    await store.append("r", "ann", "k1", "one")
+    stream = store._rooms["r"].segments[-1].stream
+    await store.close()
+    log = StreamLog(chat_rabbitmq.store_uri())
+    lost = [("ann", f"k{seq}", f"body{seq}", 1.0) for seq in (2, 3, 4)]
+    await log.publish(stream, [chat_entry(2, lost)])
+    await log.close()
+
+    again = await _opened(url)
+    try:
+        assert (await again.get_room("r")).head == 4  # type: ignore[union-attr]
+        assert [m.body for m in await again.read("r", 2)] == ["body3", "body4"]
+        assert (await again.append("r", "ann", "k3", "body3")).seq == 3
+        assert (await again.append("r", "ann", "k5", "five")).seq == 5
+    finally:
+        await again.close()
+
+
+async def test_metadata_from_before_packing_is_refused(tmp_path: Path) -> None:
+    """A metadata file whose segments were written one message per entry cannot be read with
+    the packed layout: opening it is refused with one line, not misread."""
+    url = chat_rabbitmq.store_url(tmp_path)
+    store = await _opened(url)
+    await _room(store)
+    await store.append("r", "ann", "k1", "one")
+    await store.close()
+    with sqlite3.connect(tmp_path / "chat-meta.db") as conn:
+        conn.execute("DELETE FROM rmq_settings WHERE name = 'format'")
+    with pytest.raises(StoreNotOpened, match="older servicebay"):
+        await _opened(url)
 
 
 async def test_compaction_deletes_streams_wholly_below_the_floor(tmp_path: Path) -> None:

@@ -3,16 +3,20 @@
 Where it sits: ``stores.rabbitmq`` keeps every chat message in RabbitMQ streams and everything
 else here, in one SQLite file (WAL, synchronous=FULL, group-committed by the SQLite store's writer
 thread): users, token digests, rooms (with ``head`` and ``floor``), members with their cursors,
-the idempotency keys (room, sender, key) → (seq, sent_at), and the *segments* that map a seq to
-a stream offset. Its messages table stays empty.
+the idempotency keys (room, sender, key) → (seq, sent_at), and the index from a seq to the
+stream entry that holds it. Its messages table stays empty.
 
 Stored fields added to the SQLite store's schema:
 
-- ``rmq_segments(room, first_seq, stream, first_offset, gen)``: from ``first_seq`` on, seq ``s``
-  of ``room`` sits at offset ``first_offset + s - first_seq`` of ``stream`` (generation ``gen``
-  of the room's streams) until the next segment begins. A new segment starts after every resync
+- ``rmq_segments(room, first_seq, stream, first_offset, gen)``: from ``first_seq`` on, the
+  room's entries sit in ``stream`` (generation ``gen`` of the room's streams) from offset
+  ``first_offset`` on, until the next segment begins. A new segment starts after every resync
   marker and at every new generation.
-- ``rmq_settings(name, value)``: ``store_id``, the random prefix of this store's stream names.
+- ``rmq_entries(room, first_seq, gen, offset)``: the packed entry at ``offset`` of generation
+  ``gen``'s stream holds seqs ``first_seq`` up to the next row's ``first_seq`` - 1 (or the head).
+  One row per published entry, written in the transaction that records its keys.
+- ``rmq_settings(name, value)``: ``store_id``, the random prefix of this store's stream names;
+  ``format``, how entries are laid out (``packed``; files from before packing are refused).
 """
 
 from __future__ import annotations
@@ -21,15 +25,18 @@ import secrets
 import sqlite3
 from dataclasses import dataclass
 
-from servicebay.chat.stores.base import UnknownRoom
+from servicebay.chat.stores.base import StoreNotOpened, UnknownRoom
 from servicebay.chat.stores.sqlite import KEY_GRACE_SECONDS, SQLiteChatStore
 
 _TABLES = (
     "CREATE TABLE IF NOT EXISTS rmq_segments (room TEXT NOT NULL, first_seq INTEGER NOT NULL, "
     "stream TEXT NOT NULL, first_offset INTEGER NOT NULL, gen INTEGER NOT NULL, "
     "PRIMARY KEY (room, first_seq)) WITHOUT ROWID",
+    "CREATE TABLE IF NOT EXISTS rmq_entries (room TEXT NOT NULL, first_seq INTEGER NOT NULL, "
+    "gen INTEGER NOT NULL, offset INTEGER NOT NULL, PRIMARY KEY (room, first_seq)) WITHOUT ROWID",
     "CREATE TABLE IF NOT EXISTS rmq_settings (name TEXT PRIMARY KEY, value TEXT NOT NULL)",
 )
+FORMAT = "packed"
 
 
 @dataclass(frozen=True)
@@ -42,9 +49,14 @@ class Segment:
     first_offset: int
     gen: int
 
-    def offset_of(self, seq: int) -> int:
-        """The stream offset of ``seq`` (which must lie in this segment)."""
-        return self.first_offset + seq - self.first_seq
+
+@dataclass(frozen=True)
+class Placed:
+    """Where a stored entry sits: its first seq, its stream's generation, its offset there."""
+
+    first_seq: int
+    gen: int
+    offset: int
 
 
 @dataclass(frozen=True)
@@ -70,14 +82,26 @@ class MetaStore(SQLiteChatStore):
     """The SQLite store with the tables and queries the RabbitMQ store needs."""
 
     async def open(self) -> None:
-        """Open the SQLite store and add the log's index tables."""
+        """Open the SQLite store and add the log's index tables (refusing an older layout)."""
         await super().open()
 
-        def op(c: sqlite3.Connection) -> None:
+        def op(c: sqlite3.Connection) -> bool:
             for sql in _TABLES:
                 c.execute(sql)
+            row = c.execute("SELECT value FROM rmq_settings WHERE name = 'format'").fetchone()
+            if row is not None:
+                return bool(row[0] == FORMAT)
+            if c.execute("SELECT 1 FROM rmq_segments LIMIT 1").fetchone() is not None:
+                return False  # written before packing: one entry per message, offsets differ
+            c.execute("INSERT INTO rmq_settings VALUES ('format', ?)", (FORMAT,))
+            return True
 
-        await self._write(op)
+        if not await self._write(op):
+            await self.close()
+            raise StoreNotOpened(
+                f"the metadata file {self.path} was written by an older servicebay (one stream "
+                "entry per message); start with a new state file"
+            )
 
     async def store_id(self) -> str:
         """This store's random stream-name prefix, created on first use."""
@@ -126,15 +150,33 @@ class MetaStore(SQLiteChatStore):
 
         return await self._read(op)
 
+    async def entry_at(self, room_id: str, seq: int) -> Placed | None:
+        """The recorded entry holding ``seq`` (None: none recorded at or before it)."""
+        sql = (
+            "SELECT first_seq, gen, offset FROM rmq_entries WHERE room = ? AND first_seq <= ? "
+            "ORDER BY first_seq DESC LIMIT 1"
+        )
+        row = await self._read(lambda c: c.execute(sql, (room_id, seq)).fetchone())
+        return None if row is None else Placed(int(row[0]), int(row[1]), int(row[2]))
+
     async def record(
-        self, room_id: str, rows: list[Recorded], head: int, segment: Segment | None = None
+        self,
+        room_id: str,
+        rows: list[Recorded],
+        head: int,
+        entries: list[Placed],
+        segment: Segment | None = None,
     ) -> None:
-        """Durably record published messages' keys, the new head and (after a resync) a segment."""
+        """Durably record published messages' keys and entries, the new head and a segment."""
 
         def op(c: sqlite3.Connection) -> None:
             c.executemany(
                 "INSERT OR IGNORE INTO keys VALUES (?, ?, ?, ?, ?)",
                 [(room_id, r.sender, r.key, r.seq, r.sent_at) for r in rows],
+            )
+            c.executemany(
+                "INSERT OR REPLACE INTO rmq_entries VALUES (?, ?, ?, ?)",
+                [(room_id, e.first_seq, e.gen, e.offset) for e in entries],
             )
             c.execute("UPDATE rooms SET head = max(head, ?) WHERE id = ?", (head, room_id))
             # The SQLite store's writer caches heads for ack/join; only the writer thread (where
@@ -148,10 +190,14 @@ class MetaStore(SQLiteChatStore):
 
         await self._write(op)
 
-    async def drop_stream(self, room_id: str, stream: str) -> None:
-        """Forget the segments of a deleted stream."""
-        sql = "DELETE FROM rmq_segments WHERE room = ? AND stream = ?"
-        await self._write(lambda c: c.execute(sql, (room_id, stream)))
+    async def drop_stream(self, room_id: str, gen: int) -> None:
+        """Forget the segments and entries of a deleted stream (generation ``gen``)."""
+
+        def op(c: sqlite3.Connection) -> None:
+            c.execute("DELETE FROM rmq_segments WHERE room = ? AND gen = ?", (room_id, gen))
+            c.execute("DELETE FROM rmq_entries WHERE room = ? AND gen = ?", (room_id, gen))
+
+        await self._write(op)
 
     async def advance_floors(self, now: float) -> dict[str, tuple[int, int]]:
         """Raise each room's floor as far as retention allows: room → (deleted, new floor)."""

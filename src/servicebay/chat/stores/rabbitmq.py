@@ -4,22 +4,23 @@ Where it sits: a ``ChatStore`` chosen with ``--store rabbitmq[:BINDING]``; it fi
 through a servicebinding.io binding of type ``rabbitmq`` (entry ``uri``). The mapping, and why
 (figures in docs/chat-rabbitmq.md):
 
-- **A message is stored once**, as one persistent message in its room's stream, published with a
-  publisher confirm; the server fans it out (one queue message per recipient would multiply the
-  durable writes by the room size).
+- **A message is stored once**, in its room's stream, published with a publisher confirm; the
+  server fans it out (one queue message per recipient would multiply the durable writes by the
+  room size).
 - **Seqs are assigned here**, by one writer task per room: it takes every append waiting for the
   room (a batch), checks membership and keys, numbers the new ones head+1, head+2, ..., publishes
-  them in order on one channel, awaits all confirms together (group commit), records their keys
-  and the new head in SQLite, and only then answers. Seqs are consecutive and become visible in
-  order. The seq travels in the message's headers, so the stream alone tells what was stored.
-- **Seq → offset** is a formula per *segment* (``_rabbitmq_meta``): the writer is the stream's
-  only publisher, so consecutive seqs land at consecutive offsets. When a room is first written
-  after a start, or after a failed publish, it is *resynced*: a marker is published and the
-  stream is read from the first unrecorded seq up to that marker; messages the broker stored but
-  whose confirm never arrived are adopted (their keys recorded, so a resend gets their seq and
-  stores nothing), and a new segment starts after the marker. A resend of an adopted message is
-  answered once with ``duplicate=False``: its sender never heard of it, and the server publishes
-  only non-duplicates to its rooms.
+  them as ONE stream entry (a packed entry; more only past ``ENTRY_CHARS``), awaits its confirm
+  (group commit), records the keys, the entry's offset and the new head in SQLite, and only then
+  answers. Seqs are consecutive and become visible in order. The first seq and the count travel
+  in the entry's headers, so the stream alone tells what was stored.
+- **Seq → offset**: the writer is the stream's only publisher, so it knows the offset each entry
+  gets (the next one); ``rmq_entries`` maps a seq to the entry holding it (``_rabbitmq_meta``).
+  When a room is first written after a start, or after a failed publish, it is *resynced*: a
+  marker is published and the stream is read from the first unrecorded entry up to that marker;
+  messages the broker stored but whose confirm never arrived are adopted (their keys recorded, so
+  a resend gets their seq and stores nothing), and a new segment starts after the marker. A
+  resend of an adopted message is answered once with ``duplicate=False``: its sender never heard
+  of it, and the server publishes only non-duplicates to its rooms.
 - **Metadata** (users, token digests, rooms, members and cursors, keys, segments) lives in SQLite:
   cursors are the busiest writes (every receiver acks), and a SQLite group commit is an order of
   magnitude cheaper than a confirmed publish; keys must be looked up before each append, which a
@@ -51,10 +52,10 @@ from servicebay.chat.stores._rabbitmq_log import (
     Entry,
     OwnedElsewhere,
     StreamLog,
-    chat_message,
+    chat_entry,
     marker_message,
 )
-from servicebay.chat.stores._rabbitmq_meta import MetaStore, Recorded, Segment
+from servicebay.chat.stores._rabbitmq_meta import MetaStore, Placed, Recorded, Segment
 from servicebay.chat.stores.base import (
     Appended,
     ChatStore,
@@ -75,6 +76,9 @@ from servicebay.chat.stores.base import (
 log = structlog.get_logger("servicebay.chat.rabbitmq")
 
 MAX_BATCH = 1000
+# An entry holds whole messages up to about this many body characters (a batch of big messages
+# becomes several entries; RabbitMQ's own limit on a message is far above).
+ENTRY_CHARS = 256 * 1024
 ROTATE_EVERY = 100_000
 # How long open() waits for a SIGKILLed predecessor's owner queue to go (RabbitMQ drops it when
 # it notices the dead connection, at once when the kernel closed the socket).
@@ -132,6 +136,7 @@ class _RoomLog:
     unanswered: set[tuple[str, str]] = field(default_factory=set)
     head: int = 0
     floor: int = 0
+    next_offset: int = 0  # where the current stream's next entry lands (known once synced)
 
     def segment_of(self, seq: int) -> Segment:
         """The segment holding ``seq``."""
@@ -141,6 +146,19 @@ class _RoomLog:
         """The last seq stored in ``segment``'s stream, or None for the current stream."""
         later = [s.first_seq for s in self.segments if s.gen > segment.gen]
         return min(later) - 1 if later else None
+
+
+def _pack(rows: list[Recorded], bodies: list[str]) -> list[list[tuple[Recorded, str]]]:
+    """Split a numbered batch into entries of at most ~ENTRY_CHARS body characters (one mostly)."""
+    packs: list[list[tuple[Recorded, str]]] = [[]]
+    size = 0
+    for row, body in zip(rows, bodies, strict=True):
+        if packs[-1] and size + len(body) > ENTRY_CHARS:
+            packs.append([])
+            size = 0
+        packs[-1].append((row, body))
+        size += len(body)
+    return packs
 
 
 def _stream_name(store_id: str, room_id: str, gen: int) -> str:
@@ -319,24 +337,31 @@ class RabbitMQChatStore:
             gen = last.gen + 1 if last is not None else 1
             stream, offset = _stream_name(self._store_id, room_id, gen), 0
         else:
-            gen, stream, offset = last.gen, last.stream, last.offset_of(head + 1)
+            gen, stream, offset = last.gen, last.stream, last.first_offset
+            held = await self.meta.entry_at(room_id, head) if head else None
+            if held is not None and held.first_seq >= last.first_seq:
+                offset = held.offset + 1  # right after the last recorded entry
         await self.log.declare(stream)
         nonce = secrets.token_hex(8)
         await self.log.publish(stream, [marker_message(nonce)])
         entries = await self.log.read(stream, offset, lambda e: e.marker == nonce)
         adopted: list[Recorded] = []
+        placed: list[Placed] = []
         for entry in entries:
             if entry.marker:
                 continue
             if entry.seq != head + len(adopted) + 1:
                 raise StoreUnavailable(f"stream {stream} does not match its index at {entry.seq}")
+            if not placed or placed[-1].offset != entry.offset:
+                placed.append(Placed(entry.seq, gen, entry.offset))
             adopted.append(Recorded(entry.sender, entry.key, entry.seq, entry.sent_at))
         head += len(adopted)
         room.unanswered.update((r.sender, r.key) for r in adopted)
         segment = Segment(room_id, head + 1, stream, entries[-1].offset + 1, gen)
-        await self.meta.record(room_id, adopted, head, segment)
+        await self.meta.record(room_id, adopted, head, placed, segment)
         room.segments = [s for s in room.segments if s.first_seq != segment.first_seq]
         room.segments.append(segment)
+        room.next_offset = segment.first_offset
         room.head, room.floor, room.synced = head, floor, True
         self.resyncs += 1
         if adopted:
@@ -417,17 +442,21 @@ class RabbitMQChatStore:
             async with room.lock:
                 await self._resync(room_id, room, rotate=True)
             current = room.segments[-1]
-        messages = [
-            chat_message(r.seq, r.sender, r.key, body, r.sent_at)
-            for r, body in zip(rows, bodies, strict=True)
+        packs = _pack(rows, bodies)
+        at = room.next_offset
+        placed = [Placed(pack[0][0].seq, current.gen, at + i) for i, pack in enumerate(packs)]
+        entries = [
+            chat_entry(pack[0][0].seq, [(r.sender, r.key, body, r.sent_at) for r, body in pack])
+            for pack in packs
         ]
         try:
-            await self.log.publish(current.stream, messages)
-            await self.meta.record(room_id, rows, rows[-1].seq)
+            await self.log.publish(current.stream, entries)
+            await self.meta.record(room_id, rows, rows[-1].seq, placed)
         except BaseException:
             # Part of the batch may be stored: the next write reads the stream to find out.
             room.synced = False
             raise
+        room.next_offset += len(entries)
         room.head = rows[-1].seq
         self.batches += 1
 
@@ -455,8 +484,11 @@ class RabbitMQChatStore:
         def done(entry: Entry) -> bool:
             return not entry.marker and entry.seq >= last
 
+        held = await self.meta.entry_at(room_id, first)
+        if held is None or held.gen != segment.gen:
+            raise StoreUnavailable(f"no entry of stream {segment.stream} is recorded for {first}")
         prefetch = min(1000, last - first + 16)
-        entries = await self.log.read(segment.stream, segment.offset_of(first), done, prefetch)
+        entries = await self.log.read(segment.stream, held.offset, done, prefetch)
         found = [
             Message(room_id, e.seq, e.sender, e.key, e.body, e.sent_at)
             for e in entries
@@ -491,5 +523,5 @@ class RabbitMQChatStore:
                 # freeing the space until the next compaction, which tries again.
                 log.warning("chat.rabbitmq.drop_deferred", stream=segment.stream, error=str(exc))
                 return
-            await self.meta.drop_stream(room_id, segment.stream)
+            await self.meta.drop_stream(room_id, gen)
             room.segments = [s for s in room.segments if s.gen != gen]
