@@ -34,10 +34,10 @@ import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from servicebay.platform.broker_link import BrokerEndpoint, Reply, Verdict
-from servicebay.platform.services.catalog import as_text, endpoint_of, stored_plan
+from servicebay.platform.services.catalog import broker_columns, handoff_of
 from servicebay.platform.services.operations import audit, enqueue
 from servicebay.platform.services.records import operation_view
-from servicebay.platform.services.runtime import CHANGED, Platform
+from servicebay.platform.services.runtime import CHANGED, Handoff, Platform
 from servicebay.platform.store import by_id_params, delete_by_id, tables, update_by_id, utcnow
 
 log = logging.getLogger("servicebay.platform.worker")
@@ -61,11 +61,7 @@ def _job_query() -> sa.Select[Any]:
         sa.select(
             o,
             i.c.id.label("target_instance"),
-            p.c.plan_id.label("broker_plan_id"),
-            as_text(p.c.definition, "plan_definition"),
-            s.c.service_id.label("broker_service_id"),
-            b.c.url.label("broker_url"),
-            b.c.credentials.label("broker_credentials"),
+            *broker_columns(),
             bi.c.kind.label("binding_kind"),
         )
         .select_from(o)
@@ -198,10 +194,14 @@ class Worker:
         """Give back the slot reserved for an operation whose transaction rolled back."""
         self._reserved.pop(operation_id, None)
 
-    def deliver(self, operation: dict[str, Any]) -> None:
-        """Start driving an operation leased with :meth:`reserve` (after its commit)."""
+    def deliver(self, operation: dict[str, Any], handoff: Handoff | None = None) -> None:
+        """Start driving an operation leased with :meth:`reserve` (after its commit); with a
+        ``handoff``, without reading anything back."""
         if self._reserved.pop(operation["id"], None) is not None and self._accepting:
-            self._start(self._take(operation))
+            if handoff is None:
+                self._start(self._take(operation))
+            else:
+                self._start(self.drive(self._job_with(dict(operation), handoff)))
 
     def _expire_reservations(self) -> None:
         limit = time.monotonic() - self.settings.lease_seconds
@@ -300,20 +300,24 @@ class Worker:
             return None  # not ours after all (another worker claimed it first), or gone
         op = {column.name: row[column.name] for column in tables.operations.columns}
         request = self.platform.cipher.open(op["request"]) or {}
+        target = handoff_of(
+            row, request, instance_id=row["target_instance"], binding_kind=row["binding_kind"]
+        )
+        return self._job_with(op, target)
+
+    def _job_with(self, op: dict[str, Any], handoff: Handoff) -> Job:
         # An update to another plan polls and deprovisions with the plan it is moving to.
-        plan_id = request.get("body", {}).get("plan_id") or row["broker_plan_id"]
+        plan_id = handoff.request.get("body", {}).get("plan_id") or handoff.plan_id
         return Job(
             op=op,
-            request=request,
-            endpoint=endpoint_of(
-                self.platform, {"url": row["broker_url"], "credentials": row["broker_credentials"]}
-            ),
-            instance_id=row["target_instance"],
-            service_id=row["broker_service_id"],
+            request=handoff.request,
+            endpoint=self.platform.endpoint(handoff.broker_url, handoff.broker_credentials),
+            instance_id=handoff.instance_id,
+            service_id=handoff.service_id,
             plan_id=plan_id,
-            max_polling=stored_plan(row["plan_definition"]).maximum_polling_duration,
+            max_polling=handoff.max_polling,
             binding_id=op["binding_id"],
-            binding_kind=row["binding_kind"],
+            binding_kind=handoff.binding_kind,
         )
 
     # -- driving ----------------------------------------------------------------------------
@@ -396,8 +400,7 @@ class Worker:
     async def _guarded(self, conn: AsyncConnection, op_id: str, values: dict[str, Any]) -> None:
         """Update an active operation this worker owns, or raise ``LeaseLost``."""
         update = update_by_id(tables.operations, tuple(values), ("state", ACTIVE))
-        result = await conn.execute(update, by_id_params(op_id, values, owner=self.id))
-        if result.rowcount != 1:
+        if await update.run(conn, by_id_params(op_id, values, owner=self.id)) != 1:
             raise LeaseLost(op_id)
 
     async def _finish(
@@ -431,12 +434,12 @@ class Worker:
         table = tables.bindings if job.binding_id else tables.instances
         values["updated_at"] = utcnow()
         key = job.binding_id or job.instance_id
-        await conn.execute(update_by_id(table, tuple(values)), by_id_params(key, values))
+        await update_by_id(table, tuple(values)).run(conn, by_id_params(key, values))
 
     async def _delete_target(self, conn: AsyncConnection, job: Job) -> None:
         table = tables.bindings if job.binding_id else tables.instances
         key = job.binding_id or job.instance_id
-        await conn.execute(delete_by_id(table), by_id_params(key, {}))
+        await delete_by_id(table).run(conn, by_id_params(key, {}))
 
     async def _orphan_mitigation(
         self, conn: AsyncConnection, job: Job, reason: str, *, then: str

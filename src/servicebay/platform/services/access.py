@@ -20,9 +20,11 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from servicebay.platform.services.errors import not_found
 from servicebay.platform.services.runtime import Actor
-from servicebay.platform.store import tables
+from servicebay.platform.store import Statement, tables
 
-_NAMESPACE = sa.select(tables.namespaces).where(tables.namespaces.c.name == sa.bindparam("name"))
+_NAMESPACE = Statement(
+    sa.select(tables.namespaces).where(tables.namespaces.c.name == sa.bindparam("name"))
+)
 _MEMBERSHIPS = sa.select(tables.namespaces.c.name, tables.namespaces.c.members)
 
 
@@ -34,7 +36,7 @@ def may_enter(actor: Actor, members: list[str] | None) -> bool:
 async def require_namespace(conn: AsyncConnection, name: str, actor: Actor) -> Any:
     """The namespace row, or ``namespace_not_found`` if it does not exist *or* ``actor`` is
     not one of its members (the two answers are the same on purpose)."""
-    row = (await conn.execute(_NAMESPACE, {"name": name})).mappings().first()
+    row = await _NAMESPACE.first(conn, {"name": name})
     if row is None or not may_enter(actor, row["members"]):
         raise not_found("namespace", name)
     return row

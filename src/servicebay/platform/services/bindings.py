@@ -18,7 +18,13 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from servicebay.osb import Plan, Service, redact
 from servicebay.platform.services.access import require_namespace, visible_namespaces
-from servicebay.platform.services.catalog import as_text, stored_plan, stored_service
+from servicebay.platform.services.catalog import (
+    as_text,
+    broker_columns,
+    handoff_of,
+    stored_plan,
+    stored_service,
+)
 from servicebay.platform.services.errors import BadRequest, Conflict, Unprocessable, not_found
 from servicebay.platform.services.instances import check_parameters, invalid
 from servicebay.platform.services.operations import audit, enqueue
@@ -31,50 +37,58 @@ from servicebay.platform.services.records import (
     with_operation,
 )
 from servicebay.platform.services.runtime import Actor, Platform
-from servicebay.platform.store import by_id_params, tables, update_by_id, utcnow
+from servicebay.platform.store import Statement, by_id_params, tables, update_by_id, utcnow
 
 
 @functools.cache
-def _binding_by_name() -> sa.Select[Any]:
+def _binding_by_name(target: bool = False) -> Statement:
+    """A binding by namespace and name; with ``target``, with its broker's columns too."""
     b = tables.bindings
-    return binding_select().where(
+    query = binding_select().where(
         b.c.namespace == sa.bindparam("namespace"), b.c.name == sa.bindparam("name")
     )
+    return Statement(query.add_columns(*broker_columns()) if target else query)
 
 
-_TAKEN = sa.select(tables.bindings.c.id).where(
-    tables.bindings.c.namespace == sa.bindparam("namespace"),
-    tables.bindings.c.name == sa.bindparam("name"),
+_TAKEN = Statement(
+    sa.select(tables.bindings.c.id).where(
+        tables.bindings.c.namespace == sa.bindparam("namespace"),
+        tables.bindings.c.name == sa.bindparam("name"),
+    )
 )
-_INSERT_BINDING = tables.bindings.insert()
+_INSERT_BINDING = Statement(tables.bindings.insert())
 # Every operation on a binding carries the binding's instance: the instance's index narrows the
 # search to that instance's few operations (binding_id has no index; a scan grew with history).
-_BUSY = sa.select(tables.operations.c.id).where(
-    tables.operations.c.instance_id == sa.bindparam("instance_id"),
-    tables.operations.c.binding_id == sa.bindparam("binding_id"),
-    tables.operations.c.state.not_in(TERMINAL),
-)
-_OFFERING = (
-    sa.select(
-        as_text(tables.plans.c.definition, "plan"), as_text(tables.services.c.definition, "service")
+_BUSY = Statement(
+    sa.select(tables.operations.c.id).where(
+        tables.operations.c.instance_id == sa.bindparam("instance_id"),
+        tables.operations.c.binding_id == sa.bindparam("binding_id"),
+        *(tables.operations.c.state != state for state in TERMINAL),
     )
+)
+_OFFERING = Statement(
+    sa.select(as_text(tables.services.c.definition, "service"), *broker_columns())
     .join(tables.services, tables.services.c.id == tables.plans.c.service_pk)
+    .join(tables.brokers, tables.brokers.c.id == tables.services.c.broker_id)
     .where(tables.plans.c.id == sa.bindparam("plan_pk"))
 )
+_INSTANCE = Statement(instance_by_name())
 
 
-async def _require_binding(conn: AsyncConnection, namespace: str, name: str) -> Any:
-    params = {"namespace": namespace, "name": name}
-    row = (await conn.execute(_binding_by_name(), params)).mappings().first()
+async def _require_binding(
+    conn: AsyncConnection, namespace: str, name: str, target: bool = False
+) -> Any:
+    row = await _binding_by_name(target).first(conn, {"namespace": namespace, "name": name})
     if row is None:
         raise not_found("binding", f"{namespace}/{name}")
     return row
 
 
-async def _offering_of(conn: AsyncConnection, plan_pk: str) -> tuple[Service, Plan]:
-    row = (await conn.execute(_OFFERING, {"plan_pk": plan_pk})).first()
+async def _offering_of(conn: AsyncConnection, plan_pk: str) -> tuple[Service, Plan, Any]:
+    """The service and plan of an instance's plan, and the row with its broker's columns."""
+    row = await _OFFERING.first(conn, {"plan_pk": plan_pk})
     assert row is not None
-    return stored_service(row[1]), stored_plan(row[0])
+    return stored_service(row["service"]), stored_plan(row["plan_definition"]), row
 
 
 async def bind(
@@ -97,10 +111,10 @@ async def bind(
     async with platform.db.begin() as conn:
         await require_namespace(conn, namespace, actor)
         params = {"namespace": namespace, "name": instance}
-        inst = (await conn.execute(instance_by_name(), params)).mappings().first()
+        inst = await _INSTANCE.first(conn, params)
         if inst is None:
             raise not_found("instance", f"{namespace}/{instance}")
-        service, plan = await _offering_of(conn, inst["plan_pk"])
+        service, plan, broker = await _offering_of(conn, inst["plan_pk"])
         if not plan.effective_bindable(service):
             raise Unprocessable(
                 f"plan {service.name}/{plan.name} is not bindable", code="not_bindable"
@@ -113,7 +127,7 @@ async def bind(
             raise Conflict(
                 f"instance {instance!r} is {inst['state']}, not ready", code="instance_not_ready"
             )
-        taken = await conn.scalar(_TAKEN, {"namespace": namespace, "name": name})
+        taken = await _TAKEN.scalar(conn, {"namespace": namespace, "name": name})
         if taken is not None:
             raise Conflict(f"binding '{namespace}/{name}' already exists", code="binding_exists")
         binding_id = str(uuid.uuid4())
@@ -131,6 +145,7 @@ async def bind(
         if app:
             body["bind_resource"] = {"app_guid": app}
         shown = redact(schema, full)
+        request = {"body": body}
         op = await enqueue(
             conn,
             platform,
@@ -141,7 +156,7 @@ async def bind(
             instance_name=instance,
             binding_id=binding_id,
             binding_name=name,
-            request={"body": body},
+            request=request,
             handoff=True,
         )
         now = utcnow()
@@ -161,7 +176,7 @@ async def bind(
             "created_at": now,
             "updated_at": now,
         }
-        await conn.execute(_INSERT_BINDING, record)
+        await _INSERT_BINDING.run(conn, record)
         await audit(
             conn,
             user=actor.user,
@@ -171,7 +186,7 @@ async def bind(
             operation_id=op["id"],
             details={"instance": instance, "app": app, "parameters": shown},
         )
-    platform.submit(op)
+    platform.submit(op, handoff_of(broker, request, instance_id=inst["id"], binding_kind=kind))
     view = binding_view(
         with_operation(
             record,
@@ -193,14 +208,15 @@ async def unbind(platform: Platform, actor: Actor, *, name: str, namespace: str)
     """Queue an unbind (202)."""
     async with platform.db.begin() as conn:
         await require_namespace(conn, namespace, actor)
-        row = await _require_binding(conn, namespace, name)
-        busy = await conn.scalar(
-            _BUSY, {"instance_id": row["instance_id"], "binding_id": row["id"]}
+        row = await _require_binding(conn, namespace, name, target=True)
+        busy = await _BUSY.scalar(
+            conn, {"instance_id": row["instance_id"], "binding_id": row["id"]}
         )
         if busy is not None:
             raise Conflict(
                 f"binding {name!r} has an operation in progress", code="operation_in_progress"
             )
+        request = {"previous_state": row["state"]}
         op = await enqueue(
             conn,
             platform,
@@ -211,12 +227,13 @@ async def unbind(platform: Platform, actor: Actor, *, name: str, namespace: str)
             instance_name=row["instance_name"],
             binding_id=row["id"],
             binding_name=name,
-            request={"previous_state": row["state"]},
+            request=request,
             handoff=True,
         )
         values = {"state": "unbinding", "last_operation_id": op["id"], "updated_at": utcnow()}
-        update = update_by_id(tables.bindings, tuple(values))
-        await conn.execute(update, by_id_params(row["id"], values))
+        await update_by_id(tables.bindings, tuple(values)).run(
+            conn, by_id_params(row["id"], values)
+        )
         await audit(
             conn,
             user=actor.user,
@@ -225,7 +242,8 @@ async def unbind(platform: Platform, actor: Actor, *, name: str, namespace: str)
             outcome="accepted",
             operation_id=op["id"],
         )
-    platform.submit(op)
+    handoff = handoff_of(row, request, instance_id=row["instance_id"], binding_kind=row["kind"])
+    platform.submit(op, handoff)
     view = binding_view(with_operation(row, op, state="unbinding"))
     return {"binding": view, "operation": operation_view(op)}
 

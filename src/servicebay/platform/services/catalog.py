@@ -29,8 +29,8 @@ from servicebay.platform.services.errors import (
 )
 from servicebay.platform.services.operations import audit
 from servicebay.platform.services.records import broker_view
-from servicebay.platform.services.runtime import Actor, Platform
-from servicebay.platform.store import tables, utcnow
+from servicebay.platform.services.runtime import Actor, Handoff, Platform
+from servicebay.platform.store import Statement, tables, utcnow
 
 
 @dataclass(frozen=True)
@@ -43,6 +43,8 @@ class Offering:
     plan_pk: str
     service: Service
     plan: Plan
+    broker_url: str
+    broker_credentials: str | None  # encrypted, as stored
 
 
 @functools.lru_cache(maxsize=512)
@@ -84,15 +86,38 @@ def plan_of(definition: dict[str, Any]) -> Plan:
     return plan_of_json(json.dumps(definition, sort_keys=True))
 
 
+def broker_columns() -> tuple[sa.Label[Any], ...]:
+    """What the worker needs to call a plan's broker, as columns of a query that joins the
+    ``plans``, ``services`` and ``brokers`` tables (read by :func:`handoff_of`)."""
+    p, s, b = tables.plans, tables.services, tables.brokers
+    return (
+        p.c.plan_id.label("broker_plan_id"),
+        s.c.service_id.label("broker_service_id"),
+        as_text(p.c.definition, "plan_definition"),
+        b.c.url.label("broker_url"),
+        b.c.credentials.label("broker_credentials"),
+    )
+
+
+def handoff_of(
+    row: Any, request: dict[str, Any], *, instance_id: str, binding_kind: str | None = None
+) -> Handoff:
+    """The worker's :class:`Handoff` from a row with the :func:`broker_columns`."""
+    return Handoff(
+        request=request,
+        instance_id=instance_id,
+        service_id=row["broker_service_id"],
+        plan_id=row["broker_plan_id"],
+        max_polling=stored_plan(row["plan_definition"]).maximum_polling_duration,
+        broker_url=row["broker_url"],
+        broker_credentials=row["broker_credentials"],
+        binding_kind=binding_kind,
+    )
+
+
 def endpoint_of(platform: Platform, broker: Any) -> BrokerEndpoint:
     """The broker's endpoint with its decrypted credentials (kept in memory only)."""
-    creds = platform.cipher.open(broker["credentials"]) or {}
-    return BrokerEndpoint(
-        url=broker["url"],
-        username=creds.get("username"),
-        password=creds.get("password"),
-        bearer_token=creds.get("bearer_token"),
-    )
+    return platform.endpoint(broker["url"], broker["credentials"])
 
 
 def _stored_catalog(catalog: Catalog) -> dict[str, Any]:
@@ -383,19 +408,21 @@ def constraints_for(namespace: Any, service: str, plan: str) -> list[dict[str, A
 
 
 @functools.cache
-def _offering_query() -> sa.Select[Any]:
+def _offering_query() -> Statement:
     """The service by name, and its plan by name if it exists (built once).
 
     One query: the plan is an outer join, so a missing plan and a missing service are told
     apart without a second round trip.
     """
     s, p, b = tables.services, tables.plans, tables.brokers
-    return (
+    query = (
         sa.select(
             s.c.id,
             s.c.broker_id,
             as_text(s.c.definition, "definition"),
             b.c.name.label("broker_name"),
+            b.c.url.label("broker_url"),
+            b.c.credentials.label("broker_credentials"),
             p.c.id.label("plan_pk"),
             as_text(p.c.definition, "plan_definition"),
         )
@@ -410,6 +437,7 @@ def _offering_query() -> sa.Select[Any]:
         )
         .where(s.c.name == sa.bindparam("service_name"), s.c.active.is_(True))
     )
+    return Statement(query)
 
 
 async def resolve_offering(
@@ -417,7 +445,7 @@ async def resolve_offering(
 ) -> Offering:
     """The active, visible plan ``service_name/plan_name``, or a 404/403 naming what is wrong."""
     params = {"service_name": service_name, "plan_name": plan_name}
-    row = (await conn.execute(_offering_query(), params)).mappings().first()
+    row = await _offering_query().first(conn, params)
     if row is None:
         raise not_found("service", service_name)
     if row["plan_pk"] is None:
@@ -434,6 +462,8 @@ async def resolve_offering(
         plan_pk=row["plan_pk"],
         service=stored_service(row["definition"]),
         plan=stored_plan(row["plan_definition"]),
+        broker_url=row["broker_url"],
+        broker_credentials=row["broker_credentials"],
     )
 
 

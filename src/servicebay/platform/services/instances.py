@@ -33,7 +33,9 @@ from servicebay.osb import (
 from servicebay.platform.services.access import require_namespace, visible_namespaces
 from servicebay.platform.services.catalog import (
     Offering,
+    broker_columns,
     constraints_for,
+    handoff_of,
     plan_of,
     resolve_offering,
 )
@@ -48,7 +50,7 @@ from servicebay.platform.services.records import (
     operation_view,
     with_operation,
 )
-from servicebay.platform.services.runtime import Actor, Platform
+from servicebay.platform.services.runtime import Actor, Handoff, Platform
 from servicebay.platform.store import Statement, by_id_params, tables, update_by_id, utcnow
 
 
@@ -148,10 +150,13 @@ _BINDING_COUNT = Statement(
     .where(tables.bindings.c.instance_id == sa.bindparam("instance_id"))
 )
 _INSTANCE = Statement(instance_by_name())
+_INSTANCE_TARGET = Statement(instance_by_name().add_columns(*broker_columns()))
 
 
-async def _require_instance(conn: AsyncConnection, namespace: str, name: str) -> Any:
-    row = await _INSTANCE.first(conn, {"namespace": namespace, "name": name})
+async def _require_instance(
+    conn: AsyncConnection, namespace: str, name: str, query: Statement = _INSTANCE
+) -> Any:
+    row = await query.first(conn, {"namespace": namespace, "name": name})
     if row is None:
         raise not_found("instance", f"{namespace}/{name}")
     return row
@@ -231,6 +236,7 @@ async def provision(
             raise invalid(problems)
         now = utcnow()
         shown_params = redact(schema, full)
+        request = {"body": body}
         op = await enqueue(
             conn,
             platform,
@@ -239,7 +245,7 @@ async def provision(
             user=actor.user,
             instance_id=instance_id,
             instance_name=name,
-            request={"body": body},
+            request=request,
             handoff=True,
         )
         record: dict[str, Any] = {
@@ -267,7 +273,18 @@ async def provision(
             operation_id=op["id"],
             details={"service": service, "plan": plan, "parameters": shown_params},
         )
-    platform.submit(op)
+    platform.submit(
+        op,
+        Handoff(
+            request=request,
+            instance_id=instance_id,
+            service_id=offering.service.id,
+            plan_id=offering.plan.id,
+            max_polling=offering.plan.maximum_polling_duration,
+            broker_url=offering.broker_url,
+            broker_credentials=offering.broker_credentials,
+        ),
+    )
     view = instance_view(
         with_operation(
             record, op, plan_name=plan, service_name=service, broker_name=offering.broker_name
@@ -429,7 +446,7 @@ async def deprovision(
     """Queue a deprovision; refused while bindings exist or another operation runs."""
     async with platform.db.begin() as conn:
         await require_namespace(conn, namespace, actor)
-        row = await _require_instance(conn, namespace, name)
+        row = await _require_instance(conn, namespace, name, _INSTANCE_TARGET)
         await _check_idle(conn, row["last_operation_id"], f"instance {name!r}")
         if await _busy_orphan_mitigation(conn, row["id"]):
             raise Conflict(
@@ -441,6 +458,7 @@ async def deprovision(
                 f"instance {name!r} still has {count} binding(s) or key(s); unbind them first",
                 code="instance_has_bindings",
             )
+        request = {"previous_state": row["state"]}
         op = await enqueue(
             conn,
             platform,
@@ -449,7 +467,7 @@ async def deprovision(
             user=actor.user,
             instance_id=row["id"],
             instance_name=name,
-            request={"previous_state": row["state"]},
+            request=request,
             handoff=True,
         )
         await _set_instance(conn, row["id"], state="deprovisioning", last_operation_id=op["id"])
@@ -461,7 +479,7 @@ async def deprovision(
             outcome="accepted",
             operation_id=op["id"],
         )
-    platform.submit(op)
+    platform.submit(op, handoff_of(row, request, instance_id=row["id"]))
     view = instance_view(with_operation(row, op, state="deprovisioning"))
     return {"instance": view, "operation": operation_view(op)}
 

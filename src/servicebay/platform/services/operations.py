@@ -22,13 +22,14 @@ from servicebay.platform.services.access import visible_namespaces
 from servicebay.platform.services.errors import BadRequest, not_found
 from servicebay.platform.services.records import TERMINAL, operation_view, ts
 from servicebay.platform.services.runtime import QUEUED, Actor, Platform
-from servicebay.platform.store import tables, utcnow
+from servicebay.platform.store import Statement, tables, utcnow
 
 MAX_WAIT = 60.0
-# Built once: executing the same statement object skips rebuilding and re-keying it.
-_INSERT_OPERATION = tables.operations.insert()
-_INSERT_AUDIT = tables.audit.insert()
-_OPERATION = sa.select(tables.operations).where(tables.operations.c.id == sa.bindparam("op_id"))
+_INSERT_OPERATION = Statement(tables.operations.insert())
+_INSERT_AUDIT = Statement(tables.audit.insert())
+_OPERATION = Statement(
+    sa.select(tables.operations).where(tables.operations.c.id == sa.bindparam("op_id"))
+)
 
 
 async def enqueue(
@@ -93,7 +94,7 @@ async def enqueue(
                 lambda _conn: platform.release_local(op_id),
                 once=True,
             )
-    await conn.execute(_INSERT_OPERATION, row)
+    await _INSERT_OPERATION.run(conn, row)
     if row["state"] == "queued":
         await platform.db.notify(conn, QUEUED)  # on commit, other processes' workers wake
     return row
@@ -110,8 +111,8 @@ async def audit(
     details: dict[str, Any] | None = None,
 ) -> None:
     """Append one audit entry (``details`` must already be redacted)."""
-    await conn.execute(
-        _INSERT_AUDIT,
+    await _INSERT_AUDIT.run(
+        conn,
         {
             "at": utcnow(),
             "user": user,
@@ -128,7 +129,7 @@ async def get_operation(platform: Platform, actor: Actor, operation_id: str) -> 
     """One operation, or ``operation_not_found`` (also when it is in a namespace ``actor`` may
     not use)."""
     async with platform.db.read() as conn:
-        row = (await conn.execute(_OPERATION, {"op_id": operation_id})).mappings().first()
+        row = await _OPERATION.first(conn, {"op_id": operation_id})
         if row is not None and not actor.admin:
             visible = await visible_namespaces(conn, actor)
             if visible is not None and row["namespace"] not in visible:

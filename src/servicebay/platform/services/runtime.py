@@ -20,7 +20,7 @@ from typing import Any, Protocol
 
 import httpx
 
-from servicebay.platform.broker_link import BrokerLink
+from servicebay.platform.broker_link import BrokerEndpoint, BrokerLink
 from servicebay.platform.keys import Cipher, load_key, load_tokens
 from servicebay.platform.settings import PlatformSettings
 from servicebay.platform.store import Database
@@ -42,6 +42,24 @@ class Actor:
 # PostgreSQL notification channels between platform processes (see Database.listen).
 QUEUED = "servicebay_operation_queued"
 CHANGED = "servicebay_operation_finished"  # payload: the operation id
+_ENDPOINTS_KEPT = 256  # decrypted broker endpoints (see Platform.endpoint)
+
+
+@dataclass(frozen=True)
+class Handoff:
+    """What the worker needs besides the operation's row, as the use case that queued it has
+    just read and checked it in its transaction: the decrypted request, the target record, the
+    broker's ids for service and plan, and where the broker is. Handed over with the operation,
+    it spares the worker reading back what was just written."""
+
+    request: dict[str, Any]
+    instance_id: str
+    service_id: str
+    plan_id: str
+    max_polling: float | None
+    broker_url: str
+    broker_credentials: str | None
+    binding_kind: str | None = None
 
 
 class LocalWorker(Protocol):
@@ -52,7 +70,7 @@ class LocalWorker(Protocol):
     def reserve(self, operation_id: str) -> dt.datetime | None:
         """Keep a slot for an operation about to be queued; the lease's end, or None if full."""
 
-    def deliver(self, operation: dict[str, Any]) -> None:
+    def deliver(self, operation: dict[str, Any], handoff: Handoff | None = None) -> None:
         """Start driving a committed operation leased with :meth:`reserve`."""
 
     def release(self, operation_id: str) -> None:
@@ -89,6 +107,7 @@ class Platform:
         self._closing = asyncio.Event()
         self._listening: asyncio.Task[None] | None = None
         self._watchers: dict[str, set[OperationWatch]] = {}
+        self._endpoints: dict[tuple[str, str | None], BrokerEndpoint] = {}
 
     async def start(self) -> None:
         """Apply migrations, and on PostgreSQL listen for other processes' operations; call
@@ -122,6 +141,28 @@ class Platform:
                 found = user
         return Actor.of(found) if found is not None else None
 
+    def endpoint(self, url: str, credentials: str | None) -> BrokerEndpoint:
+        """The broker at ``url`` with its stored ``credentials`` decrypted (in memory only).
+
+        Decrypted once per stored value: every broker call needs them, and a refresh that
+        changes them stores a new value (Fernet tokens differ each time), so a stale entry is
+        never used.
+        """
+        key = (url, credentials)
+        found = self._endpoints.get(key)
+        if found is None:
+            creds = self.cipher.open(credentials) or {}
+            found = BrokerEndpoint(
+                url=url,
+                username=creds.get("username"),
+                password=creds.get("password"),
+                bearer_token=creds.get("bearer_token"),
+            )
+            if len(self._endpoints) >= _ENDPOINTS_KEPT:
+                self._endpoints.clear()
+            self._endpoints[key] = found
+        return found
+
     def notify(self) -> None:
         """Tell the in-process worker there is work."""
         self.wake.set()
@@ -140,11 +181,12 @@ class Platform:
         if local is not None:
             local.release(operation_id)
 
-    def submit(self, operation: dict[str, Any]) -> None:
-        """After the commit: hand a locally leased operation over, or wake the claim loop."""
+    def submit(self, operation: dict[str, Any], handoff: Handoff | None = None) -> None:
+        """After the commit: hand a locally leased operation over (with what the worker needs,
+        if given), or wake the claim loop."""
         local = self.local
         if local is not None and operation["owner"] == local.id:
-            local.deliver(operation)
+            local.deliver(operation, handoff)
         else:
             self.notify()
 

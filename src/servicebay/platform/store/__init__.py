@@ -35,10 +35,19 @@ from sqlalchemy.engine import URL, make_url
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
 from servicebay.platform.store import tables
+from servicebay.platform.store.statements import Statement, busy
 
 log = logging.getLogger("servicebay.platform.store")
 
-__all__ = ["Database", "by_id_params", "delete_by_id", "tables", "update_by_id", "utcnow"]
+__all__ = [
+    "Database",
+    "Statement",
+    "by_id_params",
+    "delete_by_id",
+    "tables",
+    "update_by_id",
+    "utcnow",
+]
 
 _NOTIFY = sa.text("SELECT pg_notify(:channel, :payload)")
 
@@ -102,7 +111,7 @@ def _urls(url: str) -> tuple[URL, URL]:
 @functools.lru_cache(maxsize=256)
 def update_by_id(
     table: sa.Table, columns: tuple[str, ...], guard: tuple[str, tuple[str, ...]] | None = None
-) -> sa.Update:
+) -> Statement:
     """``UPDATE table SET col = :_col ... WHERE id = :_key`` (built once per shape).
 
     ``guard`` = (column, states) adds ``AND owner = :_owner AND <column> IN states`` (the
@@ -115,13 +124,15 @@ def update_by_id(
         where.append(c.owner == sa.bindparam("_owner", type_=c.owner.type))
         where.append(sa.or_(*(c[column] == state for state in states)))
     values = {name: sa.bindparam("_" + name, type_=c[name].type) for name in columns}
-    return table.update().where(*where).values(values)
+    return Statement(table.update().where(*where).values(values))
 
 
 @functools.lru_cache(maxsize=32)
-def delete_by_id(table: sa.Table) -> sa.Delete:
+def delete_by_id(table: sa.Table) -> Statement:
     """``DELETE FROM table WHERE id = :_key`` (built once)."""
-    return table.delete().where(table.c.id == sa.bindparam("_key", type_=table.c.id.type))
+    return Statement(
+        table.delete().where(table.c.id == sa.bindparam("_key", type_=table.c.id.type))
+    )
 
 
 def by_id_params(key: str, values: dict[str, Any], owner: str | None = None) -> dict[str, Any]:
@@ -284,11 +295,6 @@ _BUSY_TIMEOUT_MS = 30000
 _CHECKPOINT_EVERY = 200
 
 
-def _busy(exc: sqlite3.OperationalError) -> bool:
-    text = str(exc).lower()
-    return "locked" in text or "busy" in text
-
-
 class _SQLiteCursor(aiosqlite.Cursor):
     """An aiosqlite cursor that runs its statement on the event loop unless SQLite is busy.
 
@@ -309,7 +315,7 @@ class _SQLiteCursor(aiosqlite.Cursor):
         try:
             self._rows = self._run(sql, values)
         except sqlite3.OperationalError as exc:
-            if not _busy(exc):
+            if not busy(exc):
                 raise
             hand_off: Callable[..., Awaitable[list[Any] | None]] = self._execute  # untyped
             self._rows = await hand_off(self._run_waiting, sql, values)
@@ -340,6 +346,11 @@ class _SQLiteConnection(aiosqlite.Connection):
     """An aiosqlite connection whose statements run on the loop (see :class:`_SQLiteCursor`)."""
 
     commits = 0  # of every connection of the process, for the checkpoint cadence
+
+    @property
+    def sqlite(self) -> sqlite3.Connection:
+        """The driver's own connection, on which :class:`.statements.Statement` runs."""
+        return self._conn
 
     def cursor(self) -> Any:  # a plain call: no hand-off needed
         return _SQLiteCursor(self, self._conn.cursor())
