@@ -113,6 +113,60 @@ async def test_failing_write_does_not_undo_its_batch_neighbours(chat_store: Chat
     assert [m.body for m in await chat_store.read("r", 0)] == ["1", "3"]
 
 
+async def test_refused_write_between_appends_keeps_the_head_exact(tmp_path: Path) -> None:
+    """A write rolled back to its savepoint amid appends of one commit keeps heads and seqs."""
+    store = SQLiteChatStore(tmp_path / "h.db")
+    await store.open()
+    try:
+        await _room_with(store, "ann")
+        outcomes = await asyncio.gather(
+            store.append("r", "ann", "a", "1"),
+            store.issue_token("ghost"),  # refused inside the transaction (its own savepoint)
+            store.append("r", "ann", "b", "2"),
+            return_exceptions=True,
+        )
+        assert isinstance(outcomes[1], UnknownUser)
+        assert [o.seq for o in (outcomes[0], outcomes[2])] == [1, 2]  # type: ignore[union-attr]
+        assert (await store.get_room("r")).head == 2  # type: ignore[union-attr]
+    finally:
+        await store.close()
+    again = SQLiteChatStore(tmp_path / "h.db")
+    await again.open()
+    try:
+        assert (await again.append("r", "ann", "c", "3")).seq == 3
+    finally:
+        await again.close()
+
+
+async def test_sqlite_append_many_is_append_in_order(tmp_path: Path) -> None:
+    """Several sends in one write: consecutive seqs, known and repeated keys are duplicates."""
+    store = SQLiteChatStore(tmp_path / "m.db")
+    await store.open()
+    try:
+        await _room_with(store, "ann")
+        first = await store.append("r", "ann", "k0", "zero")
+        items = [("k1", "one"), ("k0", "again"), ("k2", "two"), ("k1", "one again")]
+        outcomes = await store.append_many("r", "ann", items)
+        assert [(o.seq, o.duplicate) for o in outcomes] == [
+            (2, False),
+            (1, True),
+            (3, False),
+            (2, True),
+        ]
+        assert outcomes[1].sent_at == first.sent_at
+        stored = await store.read("r", 0)
+        assert [(m.seq, m.key, m.body) for m in stored] == [
+            (1, "k0", "zero"),
+            (2, "k1", "one"),
+            (3, "k2", "two"),
+        ]
+        assert (await store.get_room("r")).head == 3  # type: ignore[union-attr]
+        with pytest.raises(NotMember):
+            await store.append_many("r", "eve", [("k", "x")])
+    finally:
+        await store.close()
+
+
 async def test_ack_moves_cursor_forward_only_and_not_past_head(chat_store: ChatStore) -> None:
     """Acks are cumulative: never backwards, never beyond the newest message."""
     await _room_with(chat_store, "ann")

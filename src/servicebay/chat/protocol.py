@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 from typing import Annotated, Any, Literal
 
+import orjson
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 VERSION = 1
@@ -160,6 +161,10 @@ def parse_message(raw: str | bytes) -> list[ClientFrame | ProtocolError]:
 
 def _load(raw: str | bytes) -> Any:
     try:
+        return orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        pass  # the standard parser decides (and words the error): it also admits lone surrogates
+    try:
         return json.loads(raw)
     except (ValueError, UnicodeDecodeError) as exc:
         raise ProtocolError("bad_frame", f"not JSON: {exc}") from None
@@ -216,5 +221,24 @@ def message_frame(
 
 
 def encode(frame: dict[str, Any]) -> str:
-    """Compact JSON text of a frame."""
-    return json.dumps(frame, separators=(",", ":"), ensure_ascii=False)
+    """Compact JSON text of a frame (orjson: the server encodes every frame it sends)."""
+    try:
+        return orjson.dumps(frame).decode()
+    except TypeError:  # orjson refuses lone surrogates, which json.loads lets into a body
+        return json.dumps(frame, separators=(",", ":"), ensure_ascii=False)
+
+
+def encode_many(frames: list[dict[str, Any]]) -> str:
+    """Frames encoded at once: one frame's text, or several as ``Frames`` (an array's inside)."""
+    if len(frames) == 1:
+        return encode(frames[0])
+    try:
+        return Frames(orjson.dumps(frames).decode()[1:-1])
+    except TypeError:
+        return Frames(",".join(encode(frame) for frame in frames))
+
+
+class Frames(str):
+    """Several encoded frames joined by commas: the inside of one JSON array message."""
+
+    __slots__ = ()

@@ -41,6 +41,7 @@ from servicebay.chat.protocol import (
     VERSION,
     Ack,
     ClientFrame,
+    Frames,
     Hello,
     Join,
     Leave,
@@ -49,12 +50,20 @@ from servicebay.chat.protocol import (
     Send,
     Typing,
     encode,
+    encode_many,
     error_frame,
     parse_message,
 )
-from servicebay.chat.service import Backoff, ChatService, Frames, RoomHub, reap
+from servicebay.chat.service import Backoff, ChatService, RoomHub, reap
 from servicebay.chat.settings import ChatSettings
-from servicebay.chat.stores import ChatStore, ChatStoreError, StoreUnavailable, User, open_store
+from servicebay.chat.stores import (
+    Appended,
+    ChatStore,
+    ChatStoreError,
+    StoreUnavailable,
+    User,
+    open_store,
+)
 
 log = structlog.get_logger("servicebay.chat")
 
@@ -198,19 +207,64 @@ class Session:
             frames = parse_message(raw)
         except ProtocolError as exc:
             return self._error(exc.code, exc.message, exc.ref)
+        run: list[Send] = []  # consecutive sends to one loaded room: stored as one write
         for frame in frames:
+            if run and (not isinstance(frame, Send) or frame.room != run[0].room):
+                self._submit(run)
+                run = []
             if isinstance(frame, ProtocolError):
                 self._error(frame.code, frame.message, frame.ref)
             elif isinstance(frame, Send) and self.user is not None:
                 # Sends run concurrently so that one connection can keep the group commit
                 # busy; the semaphore bounds them (and pushes back on a client that floods).
+                if self.inflight.locked() and run:
+                    self._submit(run)  # what waits for a slot must not hold others back
+                    run = []
                 await self.inflight.acquire()
+                hub = self.service.loaded(frame.room)
+                if hub is not None and self.user.id in hub.cursors:
+                    run.append(frame)  # the usual case: no task, callbacks
+                    continue
                 task = asyncio.create_task(self._guard(frame, self._send(self.user, frame)))
                 self.sends.add(task)
                 task.add_done_callback(self._send_done)
             else:
                 await self._guard(frame, self._dispatch(frame))
+        if run:
+            self._submit(run)
         return None
+
+    def _submit(self, sends: list[Send]) -> None:
+        """Store a member's sends to one loaded room; ``sent`` (or errors) follow by callback."""
+        hub = self.service.loaded(sends[0].room)
+        assert hub is not None and self.user is not None  # checked by _handle, nothing awaited
+        items = [(frame.key, frame.body) for frame in sends]
+        try:
+            stored = self.service.submit_many(hub, self.user, items)
+        except ChatStoreError as exc:  # refused at once (a closed store)
+            stored = asyncio.get_running_loop().create_future()
+            stored.set_exception(exc)
+        stored.add_done_callback(functools.partial(self._stored, sends))
+
+    def _stored(self, sends: list[Send], stored: asyncio.Future[list[Any]]) -> None:
+        for _ in sends:
+            self.inflight.release()
+        if stored.cancelled():
+            return
+        if (failure := stored.exception()) is not None:
+            outcomes: list[Any] = [failure] * len(sends)
+        else:
+            outcomes = stored.result()
+        replies = []
+        for frame, outcome in zip(sends, outcomes, strict=True):
+            if isinstance(outcome, Appended):
+                replies.append(_sent_frame(frame, outcome))
+            elif isinstance(outcome, ChatStoreError):
+                self._error(outcome.code, str(outcome), frame.key)
+            else:  # a bug: logged; the client resends the key after reconnecting
+                log.error("chat.send_failed", room=frame.room, exc_info=outcome)
+        if replies:
+            self.push(encode_many(replies))
 
     def _send_done(self, task: asyncio.Task[None]) -> None:
         self.sends.discard(task)
@@ -394,16 +448,7 @@ class Session:
 
     async def _send(self, user: User, frame: Send) -> None:
         appended = await self.service.send(frame.room, user, frame.key, frame.body)
-        self.reply(
-            {
-                "type": "sent",
-                "room": frame.room,
-                "key": frame.key,
-                "seq": appended.seq,
-                "ts": appended.sent_at,
-                "duplicate": appended.duplicate,
-            }
-        )
+        self.reply(_sent_frame(frame, appended))
 
     async def _ack(self, user: User, frame: Ack) -> None:
         hub = await self.service.hub(frame.room)
@@ -430,6 +475,17 @@ class Session:
         if user.id not in hub.cursors:
             raise ProtocolError("not_member", f"not a member of room {room!r}")
         hub.broadcast(encode({"type": "typing", "room": room, "user": user.id}), skip=self)
+
+
+def _sent_frame(frame: Send, appended: Appended) -> dict[str, Any]:
+    return {
+        "type": "sent",
+        "room": frame.room,
+        "key": frame.key,
+        "seq": appended.seq,
+        "ts": appended.sent_at,
+        "duplicate": appended.duplicate,
+    }
 
 
 # the app ---------------------------------------------------------------------------------------

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import random
 from collections import deque
 from collections.abc import Callable, Coroutine
@@ -23,7 +24,7 @@ from typing import Any
 import structlog
 
 from servicebay.chat.metrics import ChatMetrics
-from servicebay.chat.protocol import encode, message_frame
+from servicebay.chat.protocol import Frames, encode, message_frame
 from servicebay.chat.stores import (
     Appended,
     ChatStore,
@@ -59,12 +60,6 @@ class Entry:
         return cls(msg.seq, msg.sender, encode(frame))
 
 
-class Frames(str):
-    """Several encoded frames joined by commas: the inside of one JSON array message."""
-
-    __slots__ = ()
-
-
 @dataclass(frozen=True)
 class Batch:
     """Consecutive published messages as one encoded text, shared by every receiver."""
@@ -86,7 +81,7 @@ BATCHES_KEPT = 64  # shared batches kept per room (receivers at a few distinct p
 BATCH_CHARS_KEPT = 4_000_000  # and at most this much text (256 big messages are 4 MB)
 
 
-def reap(task: asyncio.Task[Any]) -> None:
+def reap(task: asyncio.Future[Any]) -> None:
     """Done callback of a background task: its failure is logged, never left unretrieved.
 
     Background tasks handle what they expect (``StoreUnavailable``: retry); anything else is a
@@ -95,7 +90,8 @@ def reap(task: asyncio.Task[Any]) -> None:
     if task.cancelled():
         return
     if (exc := task.exception()) is not None:
-        log.error("chat.task_failed", task=task.get_name(), exc_info=exc)
+        name = task.get_name() if isinstance(task, asyncio.Task) else "chat.append"
+        log.error("chat.task_failed", task=name, exc_info=exc)
 
 
 class Backoff:
@@ -245,6 +241,7 @@ class ChatService:
         self._tasks: set[asyncio.Task[None]] = set()
         self._compactor: asyncio.Task[None] | None = None
         self._out: dict[str, Any] = {}  # per room: its messages_out counter (labels() is slow)
+        self._in: dict[str, Any] = {}  # per room: its messages_in counter
 
     async def start(self) -> None:
         """Open the store and start compaction."""
@@ -318,6 +315,10 @@ class ChatService:
             # Locks exist only while loading: unknown room names must not accumulate.
             self._loading.pop(room_id, None)
 
+    def loaded(self, room_id: str) -> RoomHub | None:
+        """The room's hub if it is loaded already (no wait)."""
+        return self._hubs.get(room_id)
+
     def hubs(self) -> list[RoomHub]:
         """Rooms loaded so far."""
         return list(self._hubs.values())
@@ -354,28 +355,69 @@ class ChatService:
         """Store a message durably, publish it, and return its seq (same key → same seq)."""
         hub = await self.hub(room_id)
         await self.ensure_member(room_id, user)
-        # Shielded: a sender that disconnects mid-send must not leave a stored message
-        # unpublished (the hub would wait for it). The append then finishes on its own, and
-        # its failure is logged (nobody else is left to hear it).
-        append = asyncio.ensure_future(self._append(hub, user, key, body))
+        stored = self.submit(hub, user, key, body)
         try:
-            appended = await asyncio.shield(append)
+            # Shielded: the append finishes (and is published) even if this caller goes.
+            return await asyncio.shield(stored)
         except asyncio.CancelledError:
-            append.add_done_callback(reap)
+            stored.add_done_callback(reap)  # its failure is logged: nobody is left to hear it
             raise
-        if appended.duplicate:
-            self.metrics.duplicate_sends.labels(room_id).inc()
-        return appended
 
-    async def _append(self, hub: RoomHub, user: User, key: str, body: str) -> Appended:
-        appended = await self.store.append(hub.room, user.id, key, body)
-        if not appended.duplicate:
-            self.metrics.messages_in.labels(hub.room).inc()
-            msg = Message(hub.room, appended.seq, user.id, key, body, appended.sent_at)
+    def submit(self, hub: RoomHub, user: User, key: str, body: str) -> asyncio.Future[Appended]:
+        """Start storing a member's message; the future settles once it is durable.
+
+        The message is published by a callback on the store's future before any other
+        callback runs, whoever waits for it (or not): a sender that disconnects mid-send
+        cannot leave a stored message unpublished (the hub would wait for it).
+        """
+        stored = asyncio.ensure_future(self.store.append(hub.room, user.id, key, body))
+        stored.add_done_callback(functools.partial(self._stored, hub, user.id, [(key, body)]))
+        return stored
+
+    def submit_many(
+        self, hub: RoomHub, user: User, items: list[tuple[str, str]]
+    ) -> asyncio.Future[list[Appended | BaseException]]:
+        """``submit`` for several ``(key, body)`` of one member: one future for the lot.
+
+        A WebSocket client packs its sends into arrays; a store with ``append_many`` (SQLite)
+        writes them as one operation, others get one ``append`` each. Each item's outcome is
+        an ``Appended`` or the error that refused it.
+        """
+        many = getattr(self.store, "append_many", None)
+        stored: asyncio.Future[list[Appended | BaseException]]
+        if many is not None:
+            stored = asyncio.ensure_future(many(hub.room, user.id, items))
+        else:
+            appends = (self.store.append(hub.room, user.id, k, b) for k, b in items)
+            stored = asyncio.gather(*appends, return_exceptions=True)
+        stored.add_done_callback(functools.partial(self._stored, hub, user.id, items))
+        return stored
+
+    def _stored(
+        self,
+        hub: RoomHub,
+        sender: str,
+        items: list[tuple[str, str]],
+        stored: asyncio.Future[Any],
+    ) -> None:
+        """Publish what a ``submit`` stored (failures are for its caller, or ``reap``)."""
+        if stored.cancelled() or stored.exception() is not None:
+            return
+        outcome = stored.result()
+        outcomes = outcome if isinstance(outcome, list) else [outcome]
+        for (key, body), appended in zip(items, outcomes, strict=True):
+            if not isinstance(appended, Appended):
+                continue
+            if appended.duplicate:
+                self.metrics.duplicate_sends.labels(hub.room).inc()
+                continue
+            if (counter := self._in.get(hub.room)) is None:
+                counter = self._in[hub.room] = self.metrics.messages_in.labels(hub.room)
+            counter.inc()
+            msg = Message(hub.room, appended.seq, sender, key, body, appended.sent_at)
             if hub.publish(Entry.of(msg)) and not hub.filling:
                 hub.filling = True
                 self._spawn(self._fill(hub), f"chat.fill:{hub.room}")
-        return appended
 
     async def _fill(self, hub: RoomHub) -> None:
         """Read a hole in the published sequence back from the store (visibility rule).

@@ -19,6 +19,7 @@ Errors::
 
 from __future__ import annotations
 
+from collections.abc import Awaitable
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -205,8 +206,12 @@ class ChatStore(Protocol):
     async def membership(self, user_id: str) -> list[Member]:
         """The user's memberships with their cursors."""
 
-    async def append(self, room_id: str, sender: str, key: str, body: str) -> Appended:
-        """Store a message durably and return its seq; a known key returns the first seq."""
+    def append(self, room_id: str, sender: str, key: str, body: str) -> Awaitable[Appended]:
+        """Store a message durably and return its seq; a known key returns the first seq.
+
+        An ``async def`` or a plain method returning a future (no task per message: the
+        server attaches callbacks to it); either way the result comes only once it is durable.
+        """
 
     async def read(self, room_id: str, after: int, limit: int = 500) -> list[Message]:
         """Retained messages with seq > after, ascending."""

@@ -1,14 +1,17 @@
 """The embedded chat store: an SQLite log in WAL mode with group commit.
 
 Where it sits: the default ``ChatStore`` behind the chat server. One writer thread owns the only
-writing connection. Every write (append, ack, join, ...) is queued to it; the writer drains all
-queued writes, runs them in ONE transaction (each in its own savepoint, so one failing write does
-not undo its neighbours), commits, and only then answers each caller. Concurrent senders thus
-share one fsync while "durable before acknowledged" still holds. Reads run on a second thread with
-its own connection, which WAL lets proceed while the writer commits.
+writing connection. Every write (append, ack, join, ...) is staged on the event loop and the
+writes of one loop turn go to the writer together (one thread hand-off per turn, not one per
+write: a wake-up of another thread costs syscalls); the writer drains all queued writes, runs them
+in ONE transaction (each in its own savepoint, so one failing write does not undo its
+neighbours), commits, and only then answers each caller, one wake-up per event loop. Concurrent
+senders thus share one fsync while "durable before acknowledged" still holds. Reads run on a
+second thread with its own connection, which WAL lets proceed while the writer commits.
 
-Seqs are assigned inside the writer's transaction from ``rooms.head``, so they are consecutive
-per room and become visible in seq order (the visibility rule of the store interface).
+Seqs are assigned inside the writer's transaction from the cached ``rooms.head``, so they are
+consecutive per room and become visible in seq order (the visibility rule of the store
+interface); ``rooms.head`` is written once per room per transaction, before its commit.
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ import secrets
 import sqlite3
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -143,7 +146,8 @@ class SQLiteChatStore:
             raise ValueError(f"unsupported synchronous mode {synchronous!r}")
         self.path = str(path)
         self.synchronous = synchronous.upper()
-        self._writes: queue.Queue[_Pending | None] = queue.Queue()
+        self._writes: queue.Queue[list[_Pending] | None] = queue.Queue()
+        self._staged: list[_Pending] = []  # this loop turn's writes, handed over together
         self._reads: queue.Queue[_Pending | None] = queue.Queue()
         self._threads: list[threading.Thread] = []
         self._closed = True
@@ -151,6 +155,7 @@ class SQLiteChatStore:
         self.batches = 0
         # Writer-thread caches (only the writer writes, so they stay true; cleared on rollback).
         self._heads: dict[str, int] = {}
+        self._dirty_heads: dict[str, int] = {}  # appended this transaction, not yet in rooms
         self._members: set[tuple[str, str]] = set()
         self.batched_writes = 0
 
@@ -196,6 +201,7 @@ class SQLiteChatStore:
         if self._closed:
             return
         self._closed = True
+        self._hand_off()  # staged writes finish first
         self._writes.put(None)
         self._reads.put(None)
         for thread in self._threads:
@@ -208,23 +214,33 @@ class SQLiteChatStore:
 
     # the two threads ---------------------------------------------------------------------------
 
-    def _submit(
-        self, target: queue.Queue[_Pending | None], op: Op, checked: bool = False
-    ) -> asyncio.Future[Any]:
+    def _stage(self, op: Op, checked: bool = False) -> asyncio.Future[Any]:
+        """Queue a write for the writer; this loop turn's writes are handed over together."""
         if self._closed:
             raise StoreUnavailable("the chat store is closed")
         loop = asyncio.get_running_loop()
         fut: asyncio.Future[Any] = loop.create_future()
-        target.put(_Pending(op, loop, fut, checked))
+        self._staged.append(_Pending(op, loop, fut, checked))
+        if len(self._staged) == 1:
+            loop.call_soon(self._hand_off)
         return fut
 
+    def _hand_off(self) -> None:
+        if self._staged:
+            staged, self._staged = self._staged, []
+            self._writes.put(staged)
+
     async def _write(self, op: Callable[[sqlite3.Connection], T], checked: bool = False) -> T:
-        result: T = await self._submit(self._writes, op, checked)
+        result: T = await self._stage(op, checked)
         return result
 
     async def _read(self, op: Callable[[sqlite3.Connection], T]) -> T:
-        result: T = await self._submit(self._reads, op)
-        return result
+        if self._closed:
+            raise StoreUnavailable("the chat store is closed")
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future[T] = loop.create_future()
+        self._reads.put(_Pending(op, loop, fut, False))
+        return await fut
 
     def _write_loop(self, conn: sqlite3.Connection) -> None:
         running = True
@@ -232,16 +248,16 @@ class SQLiteChatStore:
             first = self._writes.get()
             if first is None:
                 break
-            batch = [first]
+            batch = list(first)
             while len(batch) < MAX_BATCH:
                 try:
-                    item = self._writes.get_nowait()
+                    more = self._writes.get_nowait()
                 except queue.Empty:
                     break
-                if item is None:
+                if more is None:
                     running = False
                     break
-                batch.append(item)
+                batch.extend(more)
             self._commit_batch(conn, batch)
         conn.close()
 
@@ -251,12 +267,14 @@ class SQLiteChatStore:
             conn.execute("BEGIN IMMEDIATE")
             for item in batch:
                 results.append(self._apply(conn, item))
+            self._write_heads(conn)
             conn.execute("COMMIT")
         except Exception as exc:
             # Nothing of this batch is durable: every caller hears so and may retry.
             if conn.in_transaction:
                 conn.execute("ROLLBACK")
             self._heads.clear()
+            self._dirty_heads.clear()
             self._members.clear()
             # The database's words go to the log; callers (and so clients) hear "unavailable".
             log.warning("chat.store.commit_failed", error=f"{type(exc).__name__}: {exc}")
@@ -272,6 +290,8 @@ class SQLiteChatStore:
                 return item.op(conn), None
             except ChatStoreError as exc:  # raised before any write: nothing to undo
                 return None, exc
+        # Its rollback must not undo the heads of appends before it (nor read stale ones).
+        self._write_heads(conn)
         conn.execute("SAVEPOINT op")
         try:
             result = item.op(conn)
@@ -283,6 +303,13 @@ class SQLiteChatStore:
             return None, exc
         conn.execute("RELEASE op")
         return result, None
+
+    def _write_heads(self, conn: sqlite3.Connection) -> None:
+        """Write the heads of the rooms appended to since the last call (writer thread only)."""
+        if self._dirty_heads:
+            sql = "UPDATE rooms SET head = ? WHERE id = ?"
+            conn.executemany(sql, [(seq, room) for room, seq in self._dirty_heads.items()])
+            self._dirty_heads.clear()
 
     def _read_loop(self, conn: sqlite3.Connection) -> None:
         while (item := self._reads.get()) is not None:
@@ -445,32 +472,46 @@ class SQLiteChatStore:
 
     # the log -----------------------------------------------------------------------------------
 
-    async def append(self, room_id: str, sender: str, key: str, body: str) -> Appended:
-        """Append durably (group-committed with concurrent appends)."""
+    def append(self, room_id: str, sender: str, key: str, body: str) -> asyncio.Future[Appended]:
+        """Append durably (group-committed with concurrent appends): a future, no task."""
+        return self._stage(lambda c: self._append(c, room_id, sender, [(key, body)])[0], True)
 
-        def op(c: sqlite3.Connection) -> Appended:
-            head = self._head(c, room_id)
-            self._check_member(c, room_id, sender)
-            seq, now = head + 1, time.time()
-            inserted = c.execute(
-                "INSERT OR IGNORE INTO keys VALUES (?, ?, ?, ?, ?)",
-                (room_id, sender, key, seq, now),
-            ).rowcount
-            if not inserted:
-                known = c.execute(
-                    "SELECT seq, sent_at FROM keys WHERE room = ? AND sender = ? AND key = ?",
-                    (room_id, sender, key),
-                ).fetchone()
-                return Appended(int(known[0]), float(known[1]), True)
-            c.execute(
-                "INSERT INTO messages VALUES (?, ?, ?, ?, ?, ?)",
-                (room_id, seq, sender, key, body, now),
-            )
-            c.execute("UPDATE rooms SET head = ? WHERE id = ?", (seq, room_id))
-            self._heads[room_id] = seq
-            return Appended(seq, now, False)
+    def append_many(
+        self, room_id: str, sender: str, items: Sequence[tuple[str, str]]
+    ) -> asyncio.Future[list[Appended]]:
+        """``append`` for several ``(key, body)`` of one sender, in order, in one write.
 
-        return await self._write(op, checked=True)
+        One future and a few statements for the lot: what a client's array of sends costs.
+        A key repeated within ``items`` is a duplicate of its first occurrence.
+        """
+        items = list(items)
+        return self._stage(lambda c: self._append(c, room_id, sender, items), True)
+
+    def _append(
+        self, c: sqlite3.Connection, room_id: str, sender: str, items: list[tuple[str, str]]
+    ) -> list[Appended]:
+        """Assign seqs after the cached head; known keys answer their first seq (writer only)."""
+        head = self._head(c, room_id)
+        self._check_member(c, room_id, sender)
+        now = time.time()
+        known = _known_keys(c, room_id, sender, [key for key, _ in items])
+        results: list[Appended] = []
+        keys: list[tuple[str, str, str, int, float]] = []
+        rows: list[tuple[str, int, str, str, str, float]] = []
+        for key, body in items:
+            if (first := known.get(key)) is not None:
+                results.append(first)
+                continue
+            head += 1
+            keys.append((room_id, sender, key, head, now))
+            rows.append((room_id, head, sender, key, body, now))
+            known[key] = Appended(head, now, True)
+            results.append(Appended(head, now, False))
+        if rows:
+            c.executemany("INSERT INTO keys VALUES (?, ?, ?, ?, ?)", keys)
+            c.executemany("INSERT INTO messages VALUES (?, ?, ?, ?, ?, ?)", rows)
+            self._heads[room_id] = self._dirty_heads[room_id] = head
+        return results
 
     def _head(self, c: sqlite3.Connection, room_id: str) -> int:
         """The room's head, from the writer's cache (writer thread only)."""
@@ -542,6 +583,21 @@ class SQLiteChatStore:
         """Delete acknowledged messages that retention no longer keeps."""
         moment = time.time() if now is None else now
         return await self._write(lambda c: _compact(c, moment))
+
+
+def _known_keys(
+    c: sqlite3.Connection, room_id: str, sender: str, keys: list[str]
+) -> dict[str, Appended]:
+    """The seqs already stored for some of ``keys`` (as duplicates)."""
+    known: dict[str, Appended] = {}
+    for at in range(0, len(keys), 500):  # SQLite's bound-parameter limit
+        chunk = keys[at : at + 500]
+        marks = ",".join("?" * len(chunk))
+        where = f"room = ? AND sender = ? AND key IN ({marks})"  # placeholders only
+        sql = "SELECT key, seq, sent_at FROM keys WHERE " + where  # noqa: S608
+        for key, seq, sent_at in c.execute(sql, (room_id, sender, *chunk)):
+            known[key] = Appended(int(seq), float(sent_at), True)
+    return known
 
 
 def _head(c: sqlite3.Connection, room_id: str) -> int:
