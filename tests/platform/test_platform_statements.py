@@ -91,3 +91,34 @@ async def test_statement_with_an_in_list_is_refused_on_sqlite(tmp_path: Any) -> 
                 await Statement(sa.select(o.c.id).where(o.c.state.in_(("a", "b")))).rows(conn)
     finally:
         await db.close()
+
+
+@pytest.mark.parametrize("through_sqlalchemy", [False, True])
+async def test_a_failed_transaction_stores_nothing_and_runs_its_rollback_hooks(
+    db_url: str, through_sqlalchemy: bool
+) -> None:
+    """A transaction that raises keeps none of its writes, whether they ran as Statements only
+    or also through SQLAlchemy, and calls what was registered with ``on_rollback``; the next
+    transaction then commits normally, and its hooks are not called."""
+    db = Database(db_url)
+    await db.migrate()
+    calls: list[str] = []
+    lost, kept = _operation(), _operation()
+    try:
+        with pytest.raises(RuntimeError):
+            async with db.begin() as conn:
+                await Statement(o.insert()).run(conn, lost)
+                if through_sqlalchemy:
+                    await conn.execute(o.update().where(o.c.id == lost["id"]).values(kind="x"))
+                db.on_rollback(conn, lambda: calls.append("rolled back"))
+                raise RuntimeError("the use case failed")
+        assert calls == ["rolled back"]
+        async with db.begin() as conn:
+            await Statement(o.insert()).run(conn, kept)
+            db.on_rollback(conn, lambda: calls.append("not expected"))
+        async with db.read() as conn:
+            stored = (await conn.execute(sa.select(o.c.id))).scalars().all()
+        assert stored == [kept["id"]]
+        assert calls == ["rolled back"]
+    finally:
+        await db.close()

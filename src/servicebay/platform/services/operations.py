@@ -13,6 +13,7 @@ import contextlib
 import datetime as dt
 import time
 import uuid
+from functools import partial
 from typing import Any
 
 import sqlalchemy as sa
@@ -87,13 +88,7 @@ async def enqueue(
             row.update(owner=taken[0], lease_until=taken[1], state="in progress", attempts=1)
             # No submit() follows a transaction that fails: give the slot back on rollback,
             # or the worker keeps it reserved (and claims less) until the lease would end.
-            op_id = row["id"]
-            sa.event.listen(
-                conn.sync_connection,
-                "rollback",
-                lambda _conn: platform.release_local(op_id),
-                once=True,
-            )
+            platform.db.on_rollback(conn, partial(platform.release_local, row["id"]))
     await _INSERT_OPERATION.run(conn, row)
     if row["state"] == "queued":
         await platform.db.notify(conn, QUEUED)  # on commit, other processes' workers wake

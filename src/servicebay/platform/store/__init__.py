@@ -4,9 +4,11 @@ The schema is owned by Alembic migrations (``migrations/``), applied on every st
 :meth:`Database.migrate`; the tables are described in :mod:`.tables`. Services use
 :meth:`Database.begin` for one transaction per use case and never hold one across a broker call.
 On SQLite, statements run on the event loop and wait in a thread only for another process's
-write lock (:class:`_SQLiteCursor`); on PostgreSQL, :meth:`Database.notify` and
-:meth:`Database.listen` carry wake-ups between processes. Hot statements are built once per
-shape (:func:`update_by_id`, :func:`delete_by_id`).
+write lock (:class:`_SQLiteCursor`), write transactions take turns on one kept connection and
+begin and end on the driver (:meth:`Database.begin`); on PostgreSQL, :meth:`Database.notify`
+and :meth:`Database.listen` carry wake-ups between processes. Hot statements are built once
+(:mod:`.statements`, :func:`update_by_id`, :func:`delete_by_id`) and on SQLite run straight on
+the driver.
 """
 
 from __future__ import annotations
@@ -172,6 +174,9 @@ class Database:
         self.engine: AsyncEngine = create_async_engine(self._async_url, **kwargs)
         self._reader = self.engine
         self._write_lock: asyncio.Lock | None = None
+        # SQLite: the one connection every write transaction of the process uses (see begin).
+        self._writer: AsyncConnection | None = None
+        self._rollback_hooks: list[Callable[[], None]] = []
         if not self.is_postgres:
             # SQLite has one writer at a time; its busy handler makes waiters sleep up to
             # 100 ms between tries. Queueing this process's writers on an asyncio lock hands
@@ -215,13 +220,52 @@ class Database:
 
     @asynccontextmanager
     async def begin(self) -> AsyncIterator[AsyncConnection]:
-        """One transaction: committed when the block ends, rolled back if it raises."""
+        """One transaction: committed when the block ends, rolled back if it raises.
+
+        On SQLite the process's write transactions take turns on one kept connection, and the
+        transaction is begun and ended on the driver: SQLAlchemy's own begin and commit (pool
+        checkout, a greenlet switch each way, events) cost more than the transaction's
+        :class:`Statement` s. A statement run through SQLAlchemy joins the transaction, which
+        SQLAlchemy then commits or rolls back itself.
+        """
         if self._write_lock is None:
             async with self.engine.begin() as conn:
                 yield conn
             return
-        async with self._write_lock, self.engine.begin() as conn:
-            yield conn
+        async with self._write_lock:
+            conn = self._writer or await self._open_writer()
+            driver = _driver(conn)
+            await driver.begin_immediate()
+            self._rollback_hooks = []
+            try:
+                yield conn
+                await (conn.commit() if conn.in_transaction() else driver.commit())
+            except BaseException:
+                await self._rollback(conn, driver)
+                raise
+
+    async def _open_writer(self) -> AsyncConnection:
+        """The kept writer connection of SQLite (see :meth:`begin`)."""
+        self._writer = await self.engine.connect()
+        return self._writer
+
+    async def _rollback(self, conn: AsyncConnection, driver: _SQLiteConnection) -> None:
+        hooks, self._rollback_hooks = self._rollback_hooks, []
+        try:
+            await (conn.rollback() if conn.in_transaction() else driver.rollback())
+        except BaseException:
+            self._writer = None  # not reused in an unknown state; the next begin opens one
+            raise
+        finally:
+            for hook in hooks:
+                hook()
+
+    def on_rollback(self, conn: AsyncConnection, hook: Callable[[], None]) -> None:
+        """Call ``hook`` if the transaction of :meth:`begin` that ``conn`` is in rolls back."""
+        if self._write_lock is None:
+            event.listen(conn.sync_connection, "rollback", lambda _conn: hook(), once=True)
+        else:
+            self._rollback_hooks.append(hook)
 
     @asynccontextmanager
     async def read(self) -> AsyncIterator[AsyncConnection]:
@@ -252,6 +296,9 @@ class Database:
 
     async def close(self) -> None:
         """Release every pooled connection."""
+        if self._writer is not None:
+            writer, self._writer = self._writer, None
+            await writer.close()
         await self.engine.dispose()
         if self._reader is not self.engine:
             await self._reader.dispose()
@@ -271,7 +318,10 @@ def _sqlite_immediate(engine: AsyncEngine) -> None:
 
     @event.listens_for(engine.sync_engine, "begin")
     def _on_begin(conn: Any) -> None:
-        conn.exec_driver_sql("BEGIN IMMEDIATE")
+        # Database.begin has begun the transaction on the driver already, and a statement run
+        # through SQLAlchemy inside it only opens SQLAlchemy's view of that same transaction.
+        if not conn.connection.driver_connection.sqlite.in_transaction:
+            conn.exec_driver_sql("BEGIN IMMEDIATE")
 
 
 def _sqlite_pragmas(engine: AsyncEngine) -> None:
@@ -293,6 +343,22 @@ def _sqlite_pragmas(engine: AsyncEngine) -> None:
 _BUSY_TIMEOUT_MS = 30000
 # Commits (of the process) between two WAL checkpoints (run in the thread: they fsync).
 _CHECKPOINT_EVERY = 200
+
+
+def _driver(conn: AsyncConnection) -> _SQLiteConnection:
+    """The aiosqlite connection under a SQLite ``conn``."""
+    driver = conn.sync_connection.connection.driver_connection if conn.sync_connection else None
+    assert isinstance(driver, _SQLiteConnection)
+    return driver
+
+
+def _waiting(connection: sqlite3.Connection, run: Callable[[], Any]) -> Any:
+    """``run()`` with SQLite's busy timeout on (in aiosqlite's thread: it may sleep)."""
+    connection.execute(f"PRAGMA busy_timeout={_BUSY_TIMEOUT_MS}")
+    try:
+        return run()
+    finally:
+        connection.execute("PRAGMA busy_timeout=0")
 
 
 class _SQLiteCursor(aiosqlite.Cursor):
@@ -326,12 +392,10 @@ class _SQLiteCursor(aiosqlite.Cursor):
         return self._cursor.fetchall() if self._cursor.description else None
 
     def _run_waiting(self, sql: str, parameters: Any) -> list[Any] | None:
-        connection = self._cursor.connection
-        connection.execute(f"PRAGMA busy_timeout={_BUSY_TIMEOUT_MS}")
-        try:
-            return self._run(sql, parameters)
-        finally:
-            connection.execute("PRAGMA busy_timeout=0")
+        rows: list[Any] | None = _waiting(
+            self._cursor.connection, partial(self._run, sql, parameters)
+        )
+        return rows
 
     async def fetchall(self) -> Iterable[sqlite3.Row]:
         rows, self._rows = self._rows, None
@@ -354,6 +418,16 @@ class _SQLiteConnection(aiosqlite.Connection):
 
     def cursor(self) -> Any:  # a plain call: no hand-off needed
         return _SQLiteCursor(self, self._conn.cursor())
+
+    async def begin_immediate(self) -> None:
+        """Begin a write transaction: at once, or in the thread while another process writes."""
+        try:
+            self._conn.execute("BEGIN IMMEDIATE")
+        except sqlite3.OperationalError as exc:
+            if not busy(exc):
+                raise
+            hand_off: Callable[..., Awaitable[Any]] = self._execute  # untyped upstream
+            await hand_off(_waiting, self._conn, partial(self._conn.execute, "BEGIN IMMEDIATE"))
 
     async def commit(self) -> None:
         if not self._conn.in_transaction:
