@@ -1,8 +1,9 @@
 """`create_app`: a `Broker` becomes an ASGI application that speaks OSB v2.17.
 
-The whole wire surface is on this page: the route table, the middleware list (outermost
-first) and the lifespan. Handlers live in `_endpoints`, decisions in `_lifecycle`, background
-work in `_operations`, durable state behind the `Store`.
+The whole wire surface is on this page: the OSB route table, the gate every request passes
+first (`BrokerGate`: identity, metrics, error boundary, auth, version, originating identity),
+the other routes and the lifespan. Handlers live in `_endpoints`, decisions in `_lifecycle`,
+background work in `_operations`, durable state behind the `Store`.
 """
 
 from __future__ import annotations
@@ -10,30 +11,25 @@ from __future__ import annotations
 import contextlib
 import gc
 import threading
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Iterator
 
 import structlog
 from starlette.applications import Starlette
-from starlette.convertors import Convertor, register_url_convertor
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import Response
-from starlette.routing import Route
+from starlette.routing import Route as StarletteRoute
 
 from servicebay.broker import _endpoints as ep
 from servicebay.broker._auth import Authenticator
 from servicebay.broker._author import Broker
-from servicebay.broker._errors import ErrorBoundary, error_response
+from servicebay.broker._errors import error_response
 from servicebay.broker._lifecycle import Lifecycle
-from servicebay.broker._metrics import BrokerMetrics, RequestMetrics, metrics_endpoint
-from servicebay.broker._middleware import (
-    APIVersion,
-    Authentication,
-    OriginatingIdentity,
-    RequestIdentity,
-)
+from servicebay.broker._metrics import BrokerMetrics, metrics_endpoint
+from servicebay.broker._middleware import BrokerGate
 from servicebay.broker._operations import Operations, owner_id
+from servicebay.broker._routing import Route, RouteTable
 from servicebay.broker._settings import BrokerSettings
 from servicebay.broker._store import Store, open_store
 from servicebay.broker._validation import CatalogIndex
@@ -43,49 +39,30 @@ __all__ = ["create_app"]
 log = structlog.get_logger("servicebay.broker")
 
 
-class _OSBId(Convertor[str]):
-    """A path id that may be empty, so that an empty id is answered 400 rather than 404."""
-
-    regex = "[^/]*"
-
-    def convert(self, value: str) -> str:
-        """The id as matched (percent-decoding already happened)."""
-        return value
-
-    def to_string(self, value: str) -> str:
-        """The id as put back into a path."""
-        return value
-
-
-register_url_convertor("osb_id", _OSBId())
-
 _INSTANCE = "/v2/service_instances/{instance_id:osb_id}"
 _BINDING = _INSTANCE + "/service_bindings/{binding_id:osb_id}"
 
+#: The OSB routes, answered by `BrokerGate` once the shared checks passed.
+ROUTES = RouteTable(
+    [
+        Route(
+            _INSTANCE,
+            PUT=ep.provision,
+            PATCH=ep.update,
+            DELETE=ep.deprovision,
+            GET=ep.fetch_instance,
+        ),
+        Route(_BINDING, PUT=ep.bind, DELETE=ep.unbind, GET=ep.fetch_binding),
+        Route(_INSTANCE + "/last_operation", GET=ep.instance_last_operation),
+        Route(_BINDING + "/last_operation", GET=ep.binding_last_operation),
+        Route("/v2/catalog", GET=ep.catalog),
+    ]
+)
 
-def _route(path: str, **handlers: Callable[[Request], Awaitable[Response]]) -> Route:
-    """One route per path, dispatching on the method: a request is matched against the path
-    once, not once per method (405 for a method the path does not offer)."""
-    if "GET" in handlers:
-        handlers["HEAD"] = handlers["GET"]
-
-    async def dispatch(request: Request) -> Response:
-        return await handlers[request.method](request)
-
-    dispatch.__doc__ = ", ".join(f"{method} {path}" for method in handlers)
-    return Route(path, dispatch, methods=list(handlers))
-
-
-ROUTES = [
-    _route(
-        _INSTANCE, PUT=ep.provision, PATCH=ep.update, DELETE=ep.deprovision, GET=ep.fetch_instance
-    ),
-    _route(_BINDING, PUT=ep.bind, DELETE=ep.unbind, GET=ep.fetch_binding),
-    _route(_INSTANCE + "/last_operation", GET=ep.instance_last_operation),
-    _route(_BINDING + "/last_operation", GET=ep.binding_last_operation),
-    _route("/v2/catalog", GET=ep.catalog),
-    _route("/metrics", GET=metrics_endpoint),
-    _route("/healthz", GET=ep.healthz),
+#: The rest, behind the same gate: Starlette routes them (404 and 405 included).
+OTHER_ROUTES = [
+    StarletteRoute("/metrics", metrics_endpoint, methods=["GET", "HEAD"]),
+    StarletteRoute("/healthz", ep.healthz, methods=["GET", "HEAD"]),
 ]
 
 
@@ -154,17 +131,16 @@ def create_app(
             await operations.close(0)
             await store.close()
 
-    middleware = [
-        Middleware(RequestIdentity),
-        Middleware(RequestMetrics, metrics=metrics),
-        Middleware(ErrorBoundary),
-        Middleware(Authentication, authenticator=authenticator),
-        Middleware(APIVersion),
-        Middleware(OriginatingIdentity),
-    ]
-    app = Starlette(
+    gate = Middleware(
+        BrokerGate,
         routes=ROUTES,
-        middleware=middleware,
+        lifecycle=lifecycle,
+        metrics=metrics,
+        authenticator=authenticator,
+    )
+    app = Starlette(
+        routes=OTHER_ROUTES,
+        middleware=[gate],
         exception_handlers={HTTPException: _http_error},
         lifespan=lifespan,
     )

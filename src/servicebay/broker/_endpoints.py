@@ -1,9 +1,11 @@
 """HTTP endpoints: read the request's path, query and body, hand them to the lifecycle.
 
 Each endpoint is a few lines: shared checks (auth, version, identity) already ran in the
-middleware, errors are rendered by the error boundary, and the decisions live in
-`_lifecycle`. Endpoints note which operation they serve in the scope (`KIND_KEY`) so the error
-renderer knows whether `instance_usable` / `update_repeatable` may appear.
+gate (`_middleware`), errors are rendered by its error boundary, and the decisions live in
+`_lifecycle`. An endpoint takes an `OSBRequest` and answers a `Reply`, which the gate sends.
+Endpoints note which operation they serve in the scope (`KIND_KEY`) so the error renderer
+knows whether `instance_usable` / `update_repeatable` may appear. `/healthz` is a plain
+Starlette endpoint: it is not an OSB route.
 """
 
 from __future__ import annotations
@@ -13,8 +15,9 @@ from starlette.responses import Response
 
 from servicebay.broker._author import OperationKind
 from servicebay.broker._errors import KIND_KEY, json_response
-from servicebay.broker._lifecycle import Caller, Lifecycle, Reply
+from servicebay.broker._lifecycle import Caller, Reply
 from servicebay.broker._middleware import IDENTITY_KEY, REQUEST_ID_KEY
+from servicebay.broker._routing import OSBRequest
 from servicebay.broker._validation import (
     accepts_incomplete,
     optional_query_id,
@@ -38,85 +41,77 @@ __all__ = [
 ]
 
 
-def _lifecycle(request: Request) -> Lifecycle:
-    lifecycle: Lifecycle = request.app.state.lifecycle
-    return lifecycle
+def _caller(request: OSBRequest, kind: OperationKind | None) -> Caller:
+    scope = request.scope
+    scope[KIND_KEY] = kind
+    return Caller(scope.get(IDENTITY_KEY), scope.get(REQUEST_ID_KEY))
 
 
-def _caller(request: Request, kind: OperationKind | None) -> Caller:
-    request.scope[KIND_KEY] = kind
-    return Caller(request.scope.get(IDENTITY_KEY), request.scope.get(REQUEST_ID_KEY))
-
-
-def _respond(reply: Reply) -> Response:
-    return json_response(reply.status, reply.body, dict(reply.headers) if reply.headers else None)
-
-
-async def catalog(request: Request) -> Response:
+async def catalog(request: OSBRequest) -> Reply:
     """GET /v2/catalog."""
-    return json_response(200, _lifecycle(request).catalog.body)
+    return Reply(200, request.lifecycle.catalog.body)
 
 
-async def provision(request: Request) -> Response:
+async def provision(request: OSBRequest) -> Reply:
     """PUT /v2/service_instances/{instance_id}."""
     caller = _caller(request, OperationKind.PROVISION)
     instance_id = require_path_id(request, "instance_id")
     incomplete = accepts_incomplete(request)
     data = await read_json(request)
-    return _respond(await _lifecycle(request).provision(instance_id, data, incomplete, caller))
+    return await request.lifecycle.provision(instance_id, data, incomplete, caller)
 
 
-async def update(request: Request) -> Response:
+async def update(request: OSBRequest) -> Reply:
     """PATCH /v2/service_instances/{instance_id}."""
     caller = _caller(request, OperationKind.UPDATE)
     instance_id = require_path_id(request, "instance_id")
     incomplete = accepts_incomplete(request)
     data = await read_json(request)
-    return _respond(await _lifecycle(request).update(instance_id, data, incomplete, caller))
+    return await request.lifecycle.update(instance_id, data, incomplete, caller)
 
 
-async def deprovision(request: Request) -> Response:
+async def deprovision(request: OSBRequest) -> Reply:
     """DELETE /v2/service_instances/{instance_id}."""
     caller = _caller(request, OperationKind.DEPROVISION)
     instance_id = require_path_id(request, "instance_id")
     service_id = require_query_id(request, "service_id")
     plan_id = require_query_id(request, "plan_id")
     incomplete = accepts_incomplete(request)
-    reply = await _lifecycle(request).deprovision(
+    reply = await request.lifecycle.deprovision(
         instance_id, service_id, plan_id, incomplete, caller
     )
-    return _respond(reply)
+    return reply
 
 
-async def fetch_instance(request: Request) -> Response:
+async def fetch_instance(request: OSBRequest) -> Reply:
     """GET /v2/service_instances/{instance_id}."""
     instance_id = require_path_id(request, "instance_id")
     optional_query_id(request, "service_id")
     optional_query_id(request, "plan_id")
-    return _respond(await _lifecycle(request).fetch_instance(instance_id))
+    return await request.lifecycle.fetch_instance(instance_id)
 
 
-async def instance_last_operation(request: Request) -> Response:
+async def instance_last_operation(request: OSBRequest) -> Reply:
     """GET /v2/service_instances/{instance_id}/last_operation."""
     instance_id = require_path_id(request, "instance_id")
     optional_query_id(request, "service_id")
     optional_query_id(request, "plan_id")
     operation = optional_query_id(request, "operation")
-    return _respond(await _lifecycle(request).last_operation(instance_id, None, operation))
+    return await request.lifecycle.last_operation(instance_id, None, operation)
 
 
-async def bind(request: Request) -> Response:
+async def bind(request: OSBRequest) -> Reply:
     """PUT /v2/service_instances/{instance_id}/service_bindings/{binding_id}."""
     caller = _caller(request, OperationKind.BIND)
     instance_id = require_path_id(request, "instance_id")
     binding_id = require_path_id(request, "binding_id")
     incomplete = accepts_incomplete(request)
     data = await read_json(request)
-    reply = await _lifecycle(request).bind(instance_id, binding_id, data, incomplete, caller)
-    return _respond(reply)
+    reply = await request.lifecycle.bind(instance_id, binding_id, data, incomplete, caller)
+    return reply
 
 
-async def unbind(request: Request) -> Response:
+async def unbind(request: OSBRequest) -> Reply:
     """DELETE /v2/service_instances/{instance_id}/service_bindings/{binding_id}."""
     caller = _caller(request, OperationKind.UNBIND)
     instance_id = require_path_id(request, "instance_id")
@@ -124,29 +119,29 @@ async def unbind(request: Request) -> Response:
     service_id = require_query_id(request, "service_id")
     plan_id = require_query_id(request, "plan_id")
     incomplete = accepts_incomplete(request)
-    reply = await _lifecycle(request).unbind(
+    reply = await request.lifecycle.unbind(
         instance_id, binding_id, service_id, plan_id, incomplete, caller
     )
-    return _respond(reply)
+    return reply
 
 
-async def fetch_binding(request: Request) -> Response:
+async def fetch_binding(request: OSBRequest) -> Reply:
     """GET /v2/service_instances/{instance_id}/service_bindings/{binding_id}."""
     instance_id = require_path_id(request, "instance_id")
     binding_id = require_path_id(request, "binding_id")
     optional_query_id(request, "service_id")
     optional_query_id(request, "plan_id")
-    return _respond(await _lifecycle(request).fetch_binding(instance_id, binding_id))
+    return await request.lifecycle.fetch_binding(instance_id, binding_id)
 
 
-async def binding_last_operation(request: Request) -> Response:
+async def binding_last_operation(request: OSBRequest) -> Reply:
     """GET /v2/service_instances/{instance_id}/service_bindings/{binding_id}/last_operation."""
     instance_id = require_path_id(request, "instance_id")
     binding_id = require_path_id(request, "binding_id")
     optional_query_id(request, "service_id")
     optional_query_id(request, "plan_id")
     operation = optional_query_id(request, "operation")
-    return _respond(await _lifecycle(request).last_operation(instance_id, binding_id, operation))
+    return await request.lifecycle.last_operation(instance_id, binding_id, operation)
 
 
 async def healthz(request: Request) -> Response:

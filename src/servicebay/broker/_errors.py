@@ -1,8 +1,9 @@
 """The one place where a failure becomes an HTTP response.
 
 Everything below the error boundary — auth, version and identity checks, validation, the
-lifecycle and the author's own code — signals failure by raising. `ErrorBoundary` (an ASGI
-middleware near the top of the stack) catches it and `error_response` renders it:
+lifecycle and the author's own code — signals failure by raising. The boundary is in
+`BrokerGate` (`_middleware`, at the top of the stack): it catches the exception and
+`rendered_error` renders it:
 
     osb.OSBError (and OperationFailed) -> its status, spec error body
     starlette HTTPException (no route)  -> 404 / 405 with an OSB error body
@@ -22,18 +23,17 @@ from typing import Any
 import structlog
 from starlette.exceptions import HTTPException
 from starlette.responses import Response
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from servicebay import osb
 from servicebay.broker._author import OperationKind
 
 __all__ = [
     "KIND_KEY",
-    "ErrorBoundary",
     "MethodNotAllowed",
     "error_response",
     "json_response",
     "log_crash",
+    "rendered_error",
 ]
 
 #: ASGI scope key where a handler notes which operation it serves.
@@ -56,8 +56,11 @@ def json_response(status: int, body: bytes, headers: dict[str, str] | None = Non
     return Response(body, status_code=status, headers=headers, media_type=_JSON)
 
 
-def error_response(error: BaseException, kind: OperationKind | None = None) -> Response:
-    """Render any failure as the spec's error response (see the module docstring)."""
+def rendered_error(
+    error: BaseException, kind: OperationKind | None = None
+) -> tuple[int, bytes, dict[str, str] | None]:
+    """Any failure as the spec's error response: status, encoded body, extra headers (see the
+    module docstring)."""
     if isinstance(error, HTTPException):
         error = _from_http(error)
     if not isinstance(error, osb.OSBError):
@@ -71,7 +74,12 @@ def error_response(error: BaseException, kind: OperationKind | None = None) -> R
     if kind is not OperationKind.UPDATE:
         body.pop("update_repeatable", None)
     headers = {"WWW-Authenticate": 'Basic realm="servicebay"'} if error.http_status == 401 else None
-    return json_response(error.http_status, _dumps(body), headers)
+    return error.http_status, _dumps(body), headers
+
+
+def error_response(error: BaseException, kind: OperationKind | None = None) -> Response:
+    """`rendered_error` as a Starlette response (for Starlette's own 404 and 405)."""
+    return json_response(*rendered_error(error, kind))
 
 
 def log_crash(logger: Any, event: str, error: BaseException) -> None:
@@ -100,31 +108,3 @@ def _from_http(error: HTTPException) -> osb.OSBError:
 
 def _dumps(body: dict[str, Any]) -> bytes:
     return json.dumps(body, separators=(",", ":"), ensure_ascii=False).encode()
-
-
-class ErrorBoundary:
-    """ASGI middleware: every exception raised below it becomes one spec error response."""
-
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        """Run the app; render a failure unless the response had already started."""
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        started = False
-
-        async def tracking_send(message: Message) -> None:
-            nonlocal started
-            if message["type"] == "http.response.start":
-                started = True
-            await send(message)
-
-        try:
-            await self.app(scope, receive, tracking_send)
-        except Exception as error:
-            if started:
-                raise
-            response = error_response(error, scope.get(KIND_KEY))
-            await response(scope, receive, send)

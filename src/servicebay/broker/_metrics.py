@@ -20,9 +20,8 @@ from prometheus_client import (
 )
 from starlette.requests import Request
 from starlette.responses import Response
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-__all__ = ["BrokerMetrics", "RequestMetrics", "metrics_endpoint"]
+__all__ = ["BrokerMetrics", "metrics_endpoint"]
 
 _OPERATION_BUCKETS = (0.01, 0.05, 0.1, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900, 3600)
 
@@ -89,37 +88,6 @@ class BrokerMetrics:
     def render(self) -> bytes:
         """The registry in Prometheus text exposition format."""
         return bytes(generate_latest(self.registry))
-
-
-class RequestMetrics:
-    """ASGI middleware counting requests by route template and status."""
-
-    def __init__(self, app: ASGIApp, metrics: BrokerMetrics) -> None:
-        self.app = app
-        self.metrics = metrics
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        """Time the request and count its final status."""
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        status = 500
-        started = time.perf_counter()
-
-        async def recording_send(message: Message) -> None:
-            nonlocal status
-            if message["type"] == "http.response.start":
-                status = int(message["status"])
-            await send(message)
-
-        self.metrics.requests_in_flight.inc()
-        try:
-            await self.app(scope, receive, recording_send)
-        finally:
-            self.metrics.requests_in_flight.dec()
-            route = scope.get("route")
-            endpoint = str(getattr(route, "path", "unmatched"))
-            self.metrics.count_request(endpoint, scope["method"], status, started)
 
 
 async def metrics_endpoint(request: Request) -> Response:

@@ -1,38 +1,44 @@
-"""The checks every OSB request passes once, before any handler runs (pure ASGI middleware).
+"""`BrokerGate`: the checks every request passes once, then the OSB routes (pure ASGI).
 
-In stack order (outermost first, see `create_app`):
+What a middleware list would do, in one place and in this order (outermost first):
 
-- `RequestIdentity` — echoes `X-Broker-API-Request-Identity` on the response and binds it into
+- request identity — echoes `X-Broker-API-Request-Identity` on the response and binds it into
   every structlog log line of the request, background operations included (spec "Request
   Identity");
-- `Authentication` — basic / bearer, 401 otherwise (on `/v2/*` and `/metrics`);
-- `APIVersion` — `X-Broker-API-Version` missing, empty or unsupported → 412 naming 2.17
+- metrics — counts the request by route template, method and final status, and times it;
+- the error boundary — whatever is raised below becomes one spec error response
+  (`_errors.rendered_error`), unless the response had already started;
+- authentication — basic / bearer, 401 otherwise (everything but `/healthz`);
+- API version — `X-Broker-API-Version` missing, empty or unsupported → 412 naming 2.17
   (on `/v2/*`);
-- `OriginatingIdentity` — decodes `X-Broker-API-Originating-Identity` for the author, 400 when
+- originating identity — `X-Broker-API-Originating-Identity` decoded for the author, 400 when
   malformed (on `/v2/*`).
 
-They raise `osb` errors; `ErrorBoundary` (in `_errors`) renders them.
+Then a request for a route of the OSB `RouteTable` goes straight to its endpoint, whose `Reply`
+is sent as one response start and one body; anything else (`/metrics`, `/healthz`, an unknown
+path) goes on to the Starlette app below. Six middleware classes and Starlette's router did the
+same with a call frame, an await and a wrapped ``send`` per layer and message (and a Request
+and Response object per request); on the OSB hot path that was ~0.1 ms of CPU per request on
+the build machine, a tenth of a served lifecycle request.
 """
 
 from __future__ import annotations
+
+import time
 
 import structlog
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from servicebay import osb
 from servicebay.broker._auth import Authenticator
+from servicebay.broker._errors import KIND_KEY, MethodNotAllowed, rendered_error
+from servicebay.broker._lifecycle import Lifecycle, Reply
+from servicebay.broker._metrics import BrokerMetrics
+from servicebay.broker._routing import OSBRequest, RouteTable, route_path
 
-__all__ = [
-    "IDENTITY_KEY",
-    "REQUEST_ID_KEY",
-    "APIVersion",
-    "Authentication",
-    "OriginatingIdentity",
-    "RequestIdentity",
-    "header",
-]
+__all__ = ["IDENTITY_KEY", "REQUEST_ID_KEY", "BrokerGate", "header"]
 
-#: ASGI scope keys where the middleware leaves what it decoded.
+#: ASGI scope keys where the gate leaves what it decoded.
 IDENTITY_KEY = "servicebay.identity"
 REQUEST_ID_KEY = "servicebay.request_id"
 
@@ -40,6 +46,7 @@ _REQUEST_ID = osb.REQUEST_IDENTITY_HEADER.lower().encode()
 _VERSION = osb.API_VERSION_HEADER.lower().encode()
 _ORIGIN = osb.ORIGINATING_IDENTITY_HEADER.lower().encode()
 _AUTHORIZATION = b"authorization"
+_JSON = (b"content-type", b"application/json")
 
 
 def header(scope: Scope, name: bytes) -> str | None:
@@ -50,78 +57,137 @@ def header(scope: Scope, name: bytes) -> str | None:
     return None
 
 
-def _is_osb(scope: Scope) -> bool:
-    return scope["type"] == "http" and str(scope["path"]).startswith("/v2/")
+class _Answer:
+    """What the metrics need to know of a request once it is answered."""
+
+    __slots__ = ("endpoint", "status")
+
+    def __init__(self) -> None:
+        self.endpoint = "unmatched"
+        self.status = 500
 
 
-class RequestIdentity:
-    """Binds the request identity into logs and echoes it on the response."""
+class BrokerGate:
+    """Runs the shared checks, answers the OSB routes, passes the rest on (see module doc)."""
 
-    def __init__(self, app: ASGIApp) -> None:
+    def __init__(
+        self,
+        app: ASGIApp,
+        *,
+        routes: RouteTable,
+        lifecycle: Lifecycle,
+        metrics: BrokerMetrics,
+        authenticator: Authenticator,
+    ) -> None:
         self.app = app
+        self.routes = routes
+        self.lifecycle = lifecycle
+        self.metrics = metrics
+        self.authenticator = authenticator
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        """Run the request with `request_id` bound in structlog's context."""
+        """Answer one request (lifespan and other scopes go straight on)."""
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
         given = header(scope, _REQUEST_ID)
         scope[REQUEST_ID_KEY] = given
-        if not given:
-            await self.app(scope, receive, send)
-            return
-        echo = (_REQUEST_ID, given.encode("latin-1"))
+        answer = _Answer()
+        started = time.perf_counter()
+        self.metrics.requests_in_flight.inc()
+        try:
+            if not given:
+                await self._answer(scope, receive, send, answer, None)
+                return
+            tokens = structlog.contextvars.bind_contextvars(request_id=given)
+            try:
+                echo = (_REQUEST_ID, given.encode("latin-1"))
+                await self._answer(scope, receive, send, answer, echo)
+            finally:
+                structlog.contextvars.reset_contextvars(**tokens)
+        finally:
+            self.metrics.requests_in_flight.dec()
+            self.metrics.count_request(answer.endpoint, scope["method"], answer.status, started)
 
-        async def echoing_send(message: Message) -> None:
+    async def _answer(
+        self,
+        scope: Scope,
+        receive: Receive,
+        send: Send,
+        answer: _Answer,
+        echo: tuple[bytes, bytes] | None,
+    ) -> None:
+        try:
+            reply = await self._checked(scope, receive, answer)
+        except Exception as error:
+            reply = Reply(*rendered_error(error, scope.get(KIND_KEY)))
+        if reply is None:
+            await self._pass_on(scope, receive, send, answer, echo)
+        else:
+            await _respond(send, reply, answer, echo)
+
+    async def _pass_on(
+        self,
+        scope: Scope,
+        receive: Receive,
+        send: Send,
+        answer: _Answer,
+        echo: tuple[bytes, bytes] | None,
+    ) -> None:
+        """Not an OSB route: the Starlette app below answers, with the same echo, metrics and
+        error boundary."""
+        responded = False
+
+        async def passing_send(message: Message) -> None:
+            nonlocal responded
             if message["type"] == "http.response.start":
-                message["headers"] = [*message.get("headers", ()), echo]
+                responded = True
+                answer.status = int(message["status"])
+                if echo is not None:
+                    message["headers"] = [*message.get("headers", ()), echo]
             await send(message)
 
-        tokens = structlog.contextvars.bind_contextvars(request_id=given)
         try:
-            await self.app(scope, receive, echoing_send)
+            await self.app(scope, receive, passing_send)
+        except Exception as error:
+            if responded:
+                raise
+            await _respond(send, Reply(*rendered_error(error, scope.get(KIND_KEY))), answer, echo)
         finally:
-            structlog.contextvars.reset_contextvars(**tokens)
+            answer.endpoint = str(getattr(scope.get("route"), "path", "unmatched"))
 
-
-class Authentication:
-    """Rejects requests to OSB endpoints and `/metrics` without valid credentials (401)."""
-
-    def __init__(self, app: ASGIApp, authenticator: Authenticator) -> None:
-        self.app = app
-        self.authenticator = authenticator
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        """Check credentials, then pass the request on."""
-        if scope["type"] == "http" and scope["path"] != "/healthz":
+    async def _checked(self, scope: Scope, receive: Receive, answer: _Answer) -> Reply | None:
+        """The checks, then the OSB route's reply; None when the request is not for one."""
+        path = scope["path"]
+        if path != "/healthz":
             self.authenticator.check(header(scope, _AUTHORIZATION))
-        await self.app(scope, receive, send)
+        if not path.startswith("/v2/"):
+            return None
+        # The spec allows 400 for a missing header; 412 is what platforms and conformance
+        # checkers expect, so every failure here is 412 naming the version to use.
+        osb.check_api_version(header(scope, _VERSION))
+        origin = header(scope, _ORIGIN)
+        scope[IDENTITY_KEY] = None if origin is None else osb.OriginatingIdentity.parse(origin)
+        found = self.routes.match(route_path(scope))
+        if found is None:
+            return None
+        route, ids = found
+        answer.endpoint = route.path
+        endpoint = route.handlers.get(scope["method"])
+        if endpoint is None:
+            raise MethodNotAllowed("method not allowed on this endpoint")
+        return await endpoint(OSBRequest(scope, receive, ids, self.lifecycle))
 
 
-class APIVersion:
-    """Rejects OSB requests whose `X-Broker-API-Version` this broker does not speak (412)."""
-
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        """Check the version header, then pass the request on."""
-        if _is_osb(scope):
-            # The spec allows 400 for a missing header; 412 is what platforms and conformance
-            # checkers expect, so every failure here is 412 naming the version to use.
-            osb.check_api_version(header(scope, _VERSION))
-        await self.app(scope, receive, send)
-
-
-class OriginatingIdentity:
-    """Decodes `X-Broker-API-Originating-Identity` into `scope[IDENTITY_KEY]` (400 if bad)."""
-
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        """Decode the header when present, then pass the request on."""
-        if _is_osb(scope):
-            value = header(scope, _ORIGIN)
-            scope[IDENTITY_KEY] = None if value is None else osb.OriginatingIdentity.parse(value)
-        await self.app(scope, receive, send)
+async def _respond(
+    send: Send, reply: Reply, answer: _Answer, echo: tuple[bytes, bytes] | None
+) -> None:
+    answer.status = reply.status
+    headers = [_JSON, (b"content-length", b"%d" % len(reply.body))]
+    extra = reply.headers
+    if extra:
+        headers += [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in extra.items()]
+    if echo is not None:
+        headers.append(echo)
+    await send({"type": "http.response.start", "status": reply.status, "headers": headers})
+    await send({"type": "http.response.body", "body": reply.body})

@@ -16,9 +16,10 @@ from collections.abc import Mapping
 from typing import Any, TypeVar
 
 from pydantic import BaseModel
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect
 
 from servicebay import osb
+from servicebay.broker._routing import OSBRequest
 
 __all__ = [
     "MAX_BODY",
@@ -112,13 +113,9 @@ class CatalogIndex:
         return service, plan or placeholder
 
 
-async def read_json(request: Request) -> dict[str, Any]:
+async def read_json(request: OSBRequest) -> dict[str, Any]:
     """The request body as a JSON object; 400 when it is too large, not JSON or not an object."""
-    body = bytearray()
-    async for chunk in request.stream():
-        body += chunk
-        if len(body) > MAX_BODY:
-            raise osb.BadRequest(f"request body exceeds {MAX_BODY} bytes")
+    body = await _read_body(request)
     if not body.strip():
         raise osb.BadRequest("request body is empty; a JSON object is required")
     try:
@@ -128,6 +125,25 @@ async def read_json(request: Request) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise osb.BadRequest("request body must be a JSON object")
     return data
+
+
+async def _read_body(request: OSBRequest) -> bytes:
+    message = await request.receive()
+    if message["type"] == "http.request" and not message.get("more_body", False):
+        body = bytes(message.get("body", b""))  # the usual case: the whole body at once
+    else:
+        parts = bytearray()
+        while message["type"] == "http.request":
+            parts += message.get("body", b"")
+            if len(parts) > MAX_BODY or not message.get("more_body", False):
+                break
+            message = await request.receive()
+        if message["type"] == "http.disconnect":
+            raise ClientDisconnect
+        body = bytes(parts)
+    if len(body) > MAX_BODY:
+        raise osb.BadRequest(f"request body exceeds {MAX_BODY} bytes")
+    return body
 
 
 def _not_json(token: str) -> Any:
@@ -140,7 +156,7 @@ def parse_body(model: type[M], data: Mapping[str, Any]) -> M:
     return osb.parse(model, dict(data))
 
 
-def accepts_incomplete(request: Request) -> bool:
+def accepts_incomplete(request: OSBRequest) -> bool:
     """The `accepts_incomplete` query parameter: true, or false when absent."""
     value = request.query_params.get("accepts_incomplete")
     if value is None or value.lower() == "false":
@@ -150,7 +166,7 @@ def accepts_incomplete(request: Request) -> bool:
     raise osb.BadRequest(f"accepts_incomplete: must be true or false (got {value!r})")
 
 
-def require_path_id(request: Request, name: str) -> str:
+def require_path_id(request: OSBRequest, name: str) -> str:
     """A path id (instance_id, binding_id); 400 when empty."""
     value = str(request.path_params.get(name, ""))
     if not value:
@@ -158,7 +174,7 @@ def require_path_id(request: Request, name: str) -> str:
     return value
 
 
-def require_query_id(request: Request, name: str) -> str:
+def require_query_id(request: OSBRequest, name: str) -> str:
     """A mandatory query id (deprovision/unbind `service_id`, `plan_id`); 400 if missing/empty."""
     value = request.query_params.get(name)
     if not value:
@@ -166,7 +182,7 @@ def require_query_id(request: Request, name: str) -> str:
     return value
 
 
-def optional_query_id(request: Request, name: str) -> str | None:
+def optional_query_id(request: OSBRequest, name: str) -> str | None:
     """An optional query id; if present it MUST be non-empty (400 otherwise)."""
     value = request.query_params.get(name)
     if value is not None and not value:
