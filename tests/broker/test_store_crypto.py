@@ -257,3 +257,21 @@ def test_only_the_empty_object_shares_its_token_across_fields() -> None:
 def _raw_parameters(db: Path) -> list[str]:
     with sqlite3.connect(db) as raw:
         return [row[0] for row in raw.execute("SELECT parameters FROM broker_instances")]
+
+
+def test_tokens_of_older_stores_still_open() -> None:
+    """A field an older servicebay sealed as a Fernet token opens with the same key; what this
+    version seals is an AES-GCM token that shows nothing of its value."""
+    key = Fernet.generate_key().decode()
+    older = Fernet(key.encode()).encrypt(b'{"password":"' + SECRET.encode() + b'"}').decode()
+    assert FieldCipher(key).decrypt(older) == {"password": SECRET}
+    token = FieldCipher(key).encrypt({"password": SECRET}, "b/i/b/r")
+    assert token.startswith("sb2:") and SECRET not in token
+    assert FieldCipher(key).decrypt(token) == {"password": SECRET}
+
+
+def test_a_token_sealed_with_another_key_is_refused() -> None:
+    """A token no configured key opens is a key error, never a value."""
+    token = FieldCipher(Fernet.generate_key().decode()).encrypt({"password": SECRET})
+    with pytest.raises(EncryptionKeyError, match="different key"):
+        FieldCipher(Fernet.generate_key().decode()).decrypt(token)

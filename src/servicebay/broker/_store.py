@@ -44,9 +44,9 @@ platform polls with):
   heartbeat is older than ``stale_after`` seconds, so two processes never run one operation twice.
 - ``created_at``, ``updated_at``.
 
-**Encrypted** fields are JSON encrypted with Fernet (``_crypto``) before they reach the database,
-so credentials never sit there in clear text. Record ``repr`` leaves them out, so logging a record
-leaks nothing either.
+**Encrypted** fields are JSON encrypted with AES-256-GCM (``_crypto``) before they reach the
+database, so credentials never sit there in clear text. Record ``repr`` leaves them out, so
+logging a record leaks nothing either.
 """
 
 from __future__ import annotations
