@@ -13,10 +13,13 @@ What it measures (one run, same machine, so the figures share its load):
 3. The chat server (a real ``python -m servicebay.cli.chat serve --store rabbitmq:...`` process),
    1 sender → N receivers in one room over WebSocket, acks included: saturated (256 sends in
    flight; delivered msg/s = messages that reached EVERY receiver per second) and paced at
-   ``--rate`` msg/s; p50/p99 send→receive latency; CPU per message of the chat server process
-   and of this process (the sender and the N receivers: the load generator), from /proc, since
-   on two shared cores the load generator can be the bottleneck (RabbitMQ's own CPU is in
-   neither).
+   ``--rate`` msg/s. The N receivers run in a process of their own (``--receivers-in same``: in
+   this one, as before 2026-12-01 05:00), so that their work neither delays the sender's pacing
+   nor stamps arrival times late in the sender's event loop. Reported: p50/p99 send→receive
+   latency over all deliveries; p50/p99 send→``sent`` (the sender's answer: the server's append,
+   publisher confirm and metadata commit included); CPU per message of the chat server, of the
+   sender, of the receivers and of RabbitMQ (``beam.smp``, when it runs on this machine), from
+   /proc, since on two shared cores any of them can be the bottleneck.
 
 It uses the RabbitMQ at ``--amqp`` (default the machine's, guest/guest), in a vhost of its own
 created through the management API (``--management``) and deleted afterwards.
@@ -36,7 +39,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
@@ -187,9 +190,12 @@ class Run:
     msgs_per_s: float = 0.0
     p50_ms: float = 0.0
     p99_ms: float = 0.0
+    sent_p50_ms: float = 0.0
+    sent_p99_ms: float = 0.0
     server_cpu: float = 0.0
-    bench_cpu: float = 0.0
-    latencies: list[float] = field(default_factory=list, repr=False)
+    sender_cpu: float = 0.0
+    receivers_cpu: float = 0.0
+    rabbitmq_cpu: float | None = None
 
 
 def cpu_of(pid: int) -> float:
@@ -198,12 +204,25 @@ def cpu_of(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def rabbitmq_pid() -> int | None:
+    """The local RabbitMQ node's Erlang VM (``beam.smp`` running ``rabbit``), if there is one."""
+    for entry in Path("/proc").iterdir():
+        try:
+            cmdline = (entry / "cmdline").read_bytes()
+        except OSError:
+            continue
+        if b"beam.smp" in cmdline and b"rabbit" in cmdline and b"-sname" not in cmdline:
+            return int(entry.name)
+    return None
+
+
 class Receiver:
     """A lean protocol client: records arrival times, acks like servicebay.chat.client."""
 
     def __init__(self, url: str, token: str, total: int) -> None:
         self.url, self.token, self.total = url, token, total
         self.latencies: list[float] = []
+        self.arrivals: list[float] = []  # per seq (index seq - 1)
         self.last = 0
         self.done = asyncio.Event()
         self.ready = asyncio.Event()
@@ -222,12 +241,30 @@ class Receiver:
                         assert frame["seq"] == self.last + 1, "gap or duplicate"
                         self.last = frame["seq"]
                         self.latencies.append(now - float(frame["body"]))
+                        self.arrivals.append(now)
                 if self.last > acked and (now - acked_at >= ACK_EVERY or self.last >= self.total):
                     await ws.send(json.dumps({"type": "ack", "room": "b", "seq": self.last}))
                     acked, acked_at = self.last, now
                 if self.last >= self.total:
                     self.done.set()
                     return
+
+
+async def receive(url: str, tokens: list[str], total: int) -> dict[str, Any]:
+    """Run the receivers; say ``ready`` on stdout once all joined; return their figures."""
+    rs = [Receiver(url, t, total) for t in tokens]
+    tasks = [asyncio.create_task(r.run()) for r in rs]
+    await asyncio.gather(*(r.ready.wait() for r in rs))
+    print("ready", flush=True)
+    await asyncio.wait_for(asyncio.gather(*tasks), 600)
+    cpu = time.process_time()
+    latencies = [lat for r in rs for lat in r.latencies]
+    return {
+        "p50": pct(latencies, 50),
+        "p99": pct(latencies, 99),
+        "last_arrival": max(r.arrivals[-1] for r in rs),
+        "cpu": cpu,
+    }
 
 
 async def seed(url: str, receivers: int) -> tuple[str, list[str]]:
@@ -243,14 +280,17 @@ async def seed(url: str, receivers: int) -> tuple[str, list[str]]:
     return tokens[0], tokens[1:]
 
 
-async def send_all(sender: ChatClient, messages: int, rate: float) -> None:
-    """Saturated (rate 0: 256 in flight) or paced at ``rate`` per second."""
+async def send_all(sender: ChatClient, messages: int, rate: float) -> list[float]:
+    """Saturated (rate 0: 256 in flight) or paced at ``rate`` per second; send→sent seconds."""
     gate = asyncio.Semaphore(256)
     start = time.perf_counter()
+    answered: list[float] = []
 
     async def one(i: int) -> None:
         try:
-            await sender.send("b", repr(time.perf_counter()), key=f"k{i}")
+            at = time.perf_counter()
+            await sender.send("b", repr(at), key=f"k{i}")
+            answered.append(time.perf_counter() - at)
         finally:
             gate.release()
 
@@ -261,10 +301,48 @@ async def send_all(sender: ChatClient, messages: int, rate: float) -> None:
         await gate.acquire()
         tasks.append(asyncio.create_task(one(i)))
     await asyncio.gather(*tasks)
+    return answered
 
 
-async def scenario(uri: str, receivers: int, mode: str, messages: int, rate: float) -> Run:
+def read_tokens(path: str) -> list[str]:
+    """The receivers' tokens, as the parent wrote them."""
+    tokens: list[str] = json.loads(Path(path).read_text())
+    return tokens
+
+
+class ReceiverProcess:
+    """The receivers in a child process (this script with ``--receive``)."""
+
+    def __init__(self, url: str, tokens: list[str], total: int, folder: str) -> None:
+        self.args = [url, str(total), str(Path(folder) / "tokens.json")]
+        Path(self.args[2]).write_text(json.dumps(tokens))
+        self.proc: asyncio.subprocess.Process | None = None
+
+    async def start(self) -> int:
+        """Start it; return its pid once every receiver joined."""
+        self.proc = await asyncio.create_subprocess_exec(
+            sys.executable, __file__, "--receive", *self.args, stdout=subprocess.PIPE
+        )
+        assert self.proc.stdout is not None
+        line = await asyncio.wait_for(self.proc.stdout.readline(), 120)
+        if line.strip() != b"ready":
+            raise RuntimeError(f"receivers did not start: {line!r}")
+        return self.proc.pid
+
+    async def figures(self) -> dict[str, Any]:
+        """Wait for every receiver to have every message; their figures."""
+        assert self.proc is not None and self.proc.stdout is not None
+        line = await asyncio.wait_for(self.proc.stdout.readline(), 600)
+        await self.proc.wait()
+        figures: dict[str, Any] = json.loads(line)
+        return figures
+
+
+async def scenario(
+    uri: str, receivers: int, mode: str, messages: int, rate: float, same_process: bool
+) -> Run:
     run = Run(receivers, mode, messages)
+    beam = rabbitmq_pid()
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp) / "bindings"
         root.mkdir()
@@ -283,25 +361,39 @@ async def scenario(uri: str, receivers: int, mode: str, messages: int, rate: flo
         try:
             await ready(port)
             ws = f"ws://127.0.0.1:{port}/ws"
-            rs = [Receiver(ws, t, messages) for t in tokens]
-            tasks = [asyncio.create_task(r.run()) for r in rs]
-            await asyncio.gather(*(r.ready.wait() for r in rs))
+            child = ReceiverProcess(ws, tokens, messages, tmp)
+            if same_process:
+                rs = [Receiver(ws, t, messages) for t in tokens]
+                tasks = [asyncio.create_task(r.run()) for r in rs]
+                await asyncio.gather(*(r.ready.wait() for r in rs))
+                receivers_pid = os.getpid()
+            else:
+                receivers_pid = await child.start()
             async with ChatClient(ws, sender_token) as sender:
                 await sender.ready.wait()
-                start, cpu0, srv0 = time.perf_counter(), time.process_time(), cpu_of(proc.pid)
-                await send_all(sender, messages, rate)
-                await asyncio.wait_for(asyncio.gather(*(r.done.wait() for r in rs)), 300)
-                run.seconds = time.perf_counter() - start
-                run.bench_cpu = time.process_time() - cpu0
+                start = time.perf_counter()
+                cpu0, srv0, rcv0 = time.process_time(), cpu_of(proc.pid), cpu_of(receivers_pid)
+                beam0 = cpu_of(beam) if beam else 0.0
+                answered = await send_all(sender, messages, rate)
+                run.sender_cpu = time.process_time() - cpu0
+                if same_process:
+                    await asyncio.wait_for(asyncio.gather(*tasks), 600)
+                    run.seconds = time.perf_counter() - start
+                    run.receivers_cpu = run.sender_cpu  # one process: both in one figure
+                    lats = [lat for r in rs for lat in r.latencies]
+                    got = {"p50": pct(lats, 50), "p99": pct(lats, 99)}
+                else:
+                    got = await child.figures()
+                    run.seconds = got["last_arrival"] - start
+                    run.receivers_cpu = got["cpu"] - rcv0
                 run.server_cpu = cpu_of(proc.pid) - srv0
-            await asyncio.gather(*tasks)
+                run.rabbitmq_cpu = cpu_of(beam) - beam0 if beam else None
         finally:
             proc.terminate()
             await proc.wait()
-    run.latencies = [lat for r in rs for lat in r.latencies]
     run.msgs_per_s = messages / run.seconds
-    run.p50_ms = pct(run.latencies, 50) * 1000
-    run.p99_ms = pct(run.latencies, 99) * 1000
+    run.p50_ms, run.p99_ms = got["p50"] * 1000, got["p99"] * 1000
+    run.sent_p50_ms, run.sent_p99_ms = pct(answered, 50) * 1000, pct(answered, 99) * 1000
     return run
 
 
@@ -327,7 +419,24 @@ async def main() -> None:
     parser.add_argument("--ceiling-messages", type=int, default=5000)
     parser.add_argument("--saturated-messages", type=int, default=3000)
     parser.add_argument("--paced-seconds", type=float, default=6.0)
+    parser.add_argument(
+        "--mappings",
+        default="stream,quorum,classic,fanout",
+        help="raw ceilings to measure (the chat is compared with the stream's)",
+    )
+    parser.add_argument(
+        "--receivers-in",
+        choices=["process", "same"],
+        default="process",
+        help="the receivers' own process (default) or this one, with the sender",
+    )
+    parser.add_argument("--receive", nargs=3, help=argparse.SUPPRESS)  # the child's mode
     args = parser.parse_args()
+    if args.receive:
+        url, total, tokens = args.receive
+        figures = await receive(url, read_tokens(tokens), int(total))
+        print(json.dumps(figures), flush=True)
+        return
 
     vhost = f"bench-chat-{secrets.token_hex(3)}"
     api = f"{args.management}/api"
@@ -346,14 +455,17 @@ async def main() -> None:
 
 async def report(uri: str, args: argparse.Namespace) -> None:
     n = args.ceiling_messages
-    ceilings: dict[str, list[float]] = {"stream": [], "quorum": [], "classic": [], "fanout": []}
+    ceilings: dict[str, list[float]] = {k: [] for k in args.mappings.split(",")}
+    ceilings.setdefault("stream", [])
+    same = args.receivers_in == "same"
 
     async def measure_ceilings() -> None:
-        # Measured around every scenario: the shared machine's load swings widely.
-        ceilings["stream"].append(await ceiling(uri, "stream", n))
-        ceilings["quorum"].append(await ceiling(uri, "quorum", n))
-        ceilings["classic"].append(await ceiling(uri, "classic", n))
-        ceilings["fanout"].append(await ceiling(uri, "classic", n // 5, copies=10))
+        # Measured around every pair of scenarios: the shared machine's load swings widely.
+        for kind in ceilings:
+            if kind == "fanout":
+                ceilings[kind].append(await ceiling(uri, "classic", n // 5, copies=10))
+            else:
+                ceilings[kind].append(await ceiling(uri, kind, n))
 
     await measure_ceilings()
     with tempfile.TemporaryDirectory() as tmp:
@@ -365,15 +477,18 @@ async def report(uri: str, args: argparse.Namespace) -> None:
         p50, p99 = await append_latency(url, args.rate, args.paced_seconds)
     runs: list[Run] = []
     for receivers in [int(x) for x in args.receivers.split(",")]:
-        runs.append(await scenario(uri, receivers, "saturated", args.saturated_messages, 0))
-        paced = int(args.rate * args.paced_seconds)
-        runs.append(await scenario(uri, receivers, f"paced {args.rate:g}/s", paced, args.rate))
+        saturated = args.saturated_messages
+        runs.append(await scenario(uri, receivers, "saturated", saturated, 0, same))
+        paced, mode = int(args.rate * args.paced_seconds), f"paced {args.rate:g}/s"
+        runs.append(await scenario(uri, receivers, mode, paced, args.rate, same))
         await measure_ceilings()
 
     def median(xs: list[float]) -> float:
         return sorted(xs)[len(xs) // 2]
 
+    where = "with the sender" if same else "in a process of their own"
     print(f"\nmachine: {os.cpu_count()} cores, load avg {os.getloadavg()[0]:.1f}")
+    print(f"receivers {where}")
     print("| raw ceiling (publish-with-confirm + consume-with-ack) | median msg/s | runs |")
     print("|---|---|---|")
     for kind, values in ceilings.items():
@@ -384,15 +499,21 @@ async def report(uri: str, args: argparse.Namespace) -> None:
     print(f"RabbitMQChatStore.append alone at {args.rate:g}/s: p50 {p50:.1f} ms, p99 {p99:.1f} ms")
     stream = median(ceilings["stream"])
     print(
-        "\n| receivers | mode | msgs | delivered msg/s | % of stream ceiling | p50 ms | p99 ms "
-        "| server CPU µs/msg | clients CPU µs/msg |"
+        "\n| receivers | mode | msgs | delivered msg/s | % of stream ceiling | p50 / p99 ms "
+        "| send→sent p50 / p99 ms | CPU µs/msg: server / sender / receivers / RabbitMQ |"
     )
-    print("|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|")
+
+    def per_msg(cpu: float | None, r: Run) -> str:
+        return "—" if cpu is None else f"{1e6 * cpu / r.messages:,.0f}"
+
     for r in runs:
+        cpus = [r.server_cpu, r.sender_cpu, None if same else r.receivers_cpu, r.rabbitmq_cpu]
         print(
             f"| {r.receivers} | {r.mode} | {r.messages} | {r.msgs_per_s:,.0f} | "
-            f"{100 * r.msgs_per_s / stream:.0f}% | {r.p50_ms:.1f} | {r.p99_ms:.1f} | "
-            f"{1e6 * r.server_cpu / r.messages:,.0f} | {1e6 * r.bench_cpu / r.messages:,.0f} |"
+            f"{100 * r.msgs_per_s / stream:.0f}% | {r.p50_ms:.1f} / {r.p99_ms:.1f} | "
+            f"{r.sent_p50_ms:.1f} / {r.sent_p99_ms:.1f} | "
+            f"{' / '.join(per_msg(c, r) for c in cpus)} |"
         )
 
 

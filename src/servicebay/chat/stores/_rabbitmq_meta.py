@@ -1,10 +1,10 @@
 """The RabbitMQ chat store's local metadata: the SQLite store plus the log's index.
 
 Where it sits: ``stores.rabbitmq`` keeps every chat message in RabbitMQ streams and everything
-else here, in one SQLite file (WAL, synchronous=FULL, group-committed by the SQLite store's writer
-thread): users, token digests, rooms (with ``head`` and ``floor``), members with their cursors,
-the idempotency keys (room, sender, key) → (seq, sent_at), and the index from a seq to the
-stream entry that holds it. Its messages table stays empty.
+else here, in one SQLite file (WAL, synchronous=NORMAL as chosen there, group-committed by the
+SQLite store's writer thread): users, token digests, rooms (with ``head`` and ``floor``),
+members with their cursors, the idempotency keys (room, sender, key) → (seq, sent_at), and the
+index from a seq to the stream entry that holds it. Its messages table stays empty.
 
 Stored fields added to the SQLite store's schema:
 
