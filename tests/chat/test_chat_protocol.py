@@ -10,8 +10,9 @@ from typing import Any
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from pydantic import TypeAdapter, ValidationError
 
-from servicebay.chat.protocol import ProtocolError, parse_frame
+from servicebay.chat.protocol import MAX_BODY_CHARS, Ack, ProtocolError, Send, parse_frame
 from servicebay.chat.service import Entry, RoomHub
 from servicebay.chat.stores import Retention
 from servicebay.chat.stores.sqlite import SQLiteChatStore
@@ -99,3 +100,39 @@ async def _check_store(steps: list[tuple[str, str, int]]) -> None:
                 assert kept == list(range(room.floor + 1, room.head + 1))
         finally:
             await store.close()
+
+
+_TEXT = st.one_of(
+    st.sampled_from(["lobby", "a", "x" * 64, "x" * 65, "lob by", "lobby\n", "-a", ""]),
+    st.text(max_size=70),
+)
+_VALUE = st.one_of(_TEXT, st.integers(-2, 2**70), st.booleans(), st.floats(), st.none())
+
+
+@settings(max_examples=400, deadline=None)
+@given(
+    kind=st.sampled_from(["send", "ack"]),
+    room=_VALUE,
+    key=st.one_of(_VALUE, st.text(min_size=120, max_size=140)),
+    body=st.one_of(_VALUE, st.just("b" * MAX_BODY_CHARS), st.just("b" * (MAX_BODY_CHARS + 1))),
+    seq=_VALUE,
+    extra=st.booleans(),
+)
+def test_sends_and_acks_are_judged_as_their_models_judge_them(
+    kind: str, room: Any, key: Any, body: Any, seq: Any, extra: bool
+) -> None:
+    """The quick path for sends and acks accepts exactly what the pydantic models accept."""
+    data = {"type": kind, "room": room}
+    data.update({"key": key, "body": body} if kind == "send" else {"seq": seq})
+    if extra:
+        data["extra"] = 1
+    model = TypeAdapter(Send if kind == "send" else Ack)
+    try:
+        expected: Any = model.validate_python(data)
+    except ValidationError:
+        expected = ProtocolError
+    try:
+        got: Any = parse_frame(json.dumps(data))
+    except ProtocolError:
+        got = ProtocolError
+    assert got == expected
