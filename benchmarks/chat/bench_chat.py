@@ -2,18 +2,22 @@
 
 What it measures (all on this machine, in one run, so the figures share its load):
 
-1. The raw ceiling of SQLite as the chat uses it: batched append (one transaction per batch,
-   WAL, synchronous=FULL) + read back + delete, by plain ``sqlite3`` in one thread.
+1. The raw ceiling of SQLite as the chat uses it: batched append (one transaction per batch of
+   200, WAL, synchronous=FULL) + read back + delete, by plain ``sqlite3`` in one thread; its own
+   CPU per message is printed too (the rest of its time is fsync waits).
 2. The chat server (a real ``python -m servicebay.cli.chat serve`` process on the embedded
-   store), 1 sender → N receivers in one room over WebSocket, acks included (sender and
-   receivers share this process: measured faster than a separate receivers process on the
-   shared 2-core machine, and it can only slow the chat down, never flatter it):
-   - saturated: the sender keeps up to 256 sends in flight; delivered messages/s is messages that
-     reached EVERY receiver per second, plus deliveries/s, p50/p99 send→receive latency;
+   store), 1 sender -> N receivers in one room over WebSocket, acks included. Three processes:
+   the server, the sender (this process) and the N receivers (a child process), so that no
+   one Python process does the work of all sides:
+   - saturated: the sender keeps up to 256 sends unanswered, in arrays as the client packs
+     them; delivered messages/s is messages that reached EVERY receiver per second, plus
+     deliveries/s, p50/p99 send->receive latency (CLOCK_MONOTONIC across processes);
    - paced: the sender offers a fixed rate (500 msg/s) and we report p50/p99 latency;
-   - CPU of the server process and of this process (the sender and the N receivers: the load
-     generator) separately, from /proc: on two shared cores the load generator can be the
-     bottleneck, and the table says which one it was.
+   - receivers decode every frame (orjson), check each seq follows the previous one, and ack
+     cumulatively every 50 ms like ``servicebay.chat.client``; the sender is a member too and
+     acks its own copies the same way;
+   - CPU of the server, the sender and the receivers separately (/proc, process_time): on two
+     shared cores the load generator can be the bottleneck, and the table says which one was.
 
 Usage: python benchmarks/chat/bench_chat.py [--receivers 10,100] [--rate 500] [--json out.json]
 """
@@ -35,9 +39,10 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+import orjson
 from websockets.asyncio.client import connect
 
-from servicebay.chat.client import ACK_EVERY, ChatClient
+from servicebay.chat.client import ACK_EVERY
 from servicebay.chat.stores import Retention
 from servicebay.chat.stores.sqlite import SQLiteChatStore
 
@@ -52,7 +57,18 @@ def pct(values: list[float], p: float) -> float:
 # 1. raw ceiling ---------------------------------------------------------------------------------
 
 
-def sqlite_ceiling(path: Path, messages: int = 20_000, batch: int = 200) -> float:
+CEILING_BATCH = 200
+
+
+@dataclass
+class Ceiling:
+    """One measurement of the raw ceiling: its rate, and its own CPU per message."""
+
+    msgs_per_s: float
+    cpu_us: float
+
+
+def sqlite_ceiling(path: Path, messages: int = 20_000, batch: int = CEILING_BATCH) -> Ceiling:
     """Messages/s through batched append + read + delete, synchronous=FULL, WAL."""
     conn = sqlite3.connect(path, isolation_level=None)
     conn.execute("PRAGMA journal_mode=WAL")
@@ -62,7 +78,7 @@ def sqlite_ceiling(path: Path, messages: int = 20_000, batch: int = 200) -> floa
         " PRIMARY KEY (room, seq)) WITHOUT ROWID"
     )
     body = "x" * 64
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), time.process_time()
     for first in range(0, messages, batch):
         rows = [("r", s, "s", f"k{s}", body, time.time()) for s in range(first, first + batch)]
         conn.execute("BEGIN")
@@ -72,9 +88,9 @@ def sqlite_ceiling(path: Path, messages: int = 20_000, batch: int = 200) -> floa
         conn.execute("BEGIN")
         conn.execute("DELETE FROM m WHERE room = 'r' AND seq < ?", (first + batch,))
         conn.execute("COMMIT")
-    elapsed = time.perf_counter() - start
+    elapsed, cpu = time.perf_counter() - start, time.process_time() - cpu
     conn.close()
-    return messages / elapsed
+    return Ceiling(messages / elapsed, 1e6 * cpu / messages)
 
 
 async def store_ceiling(path: Path, messages: int = 10_000, concurrency: int = 256) -> float:
@@ -113,7 +129,8 @@ class Run:
     p50_ms: float = 0.0
     p99_ms: float = 0.0
     server_cpu: float = 0.0
-    bench_cpu: float = 0.0
+    bench_cpu: float = 0.0  # the sender's process
+    receivers_cpu: float = 0.0  # the receivers' process
     latencies: list[float] = field(default_factory=list, repr=False)
 
 
@@ -156,39 +173,125 @@ async def wait_up(port: int) -> None:
 
 
 class Receiver:
-    """A lean protocol client: records arrival latency, acks like ``servicebay.chat.client``."""
+    """A lean protocol client: checks order, records arrival latency, acks like the client.
+
+    A real client decodes every frame; this one does it with orjson (as a fast client would)
+    and keeps nothing but the order check and the latency of each ``msg``.
+    """
 
     def __init__(self, url: str, token: str, total: int) -> None:
         self.url, self.token, self.total = url, token, total
         self.latencies: list[float] = []
         self.last = 0
-        self.done = asyncio.Event()
+        self.done_at = 0.0
         self.ready = asyncio.Event()
 
     async def run(self) -> None:
         async with connect(self.url, max_size=None, compression=None) as ws:
             hello = {"type": "hello", "token": self.token, "rooms": {"bench": 0}}
-            await ws.send(json.dumps(hello))
-            acked, acked_at = 0, 0.0
+            await ws.send(orjson.dumps(hello).decode())
+            acked, acked_at, last, lat = 0, 0.0, 0, self.latencies
             async for raw in ws:
                 now = time.perf_counter()
-                data = json.loads(raw)
-                for frame in data if isinstance(data, list) else [data]:
-                    if frame["type"] == "joined":
-                        self.ready.set()
-                    elif frame["type"] == "msg":
+                data = orjson.loads(raw)
+                for frame in data if type(data) is list else [data]:
+                    if frame["type"] == "msg":
                         seq = frame["seq"]
-                        assert seq == self.last + 1, "gap or duplicate"
-                        self.last = seq
-                        self.latencies.append(now - float(frame["body"]))
+                        if seq != last + 1:
+                            raise AssertionError(f"gap or duplicate: {seq} after {last}")
+                        last = seq
+                        lat.append(now - float(frame["body"]))
+                    elif frame["type"] == "joined":
+                        self.ready.set()
                 # Cumulative acks at most every ACK_EVERY, as servicebay.chat.client sends them
                 # (checked on arrival: no timer per receiver), and one for the last message.
-                if self.last > acked and (now - acked_at >= ACK_EVERY or self.last >= self.total):
-                    await ws.send(json.dumps({"type": "ack", "room": "bench", "seq": self.last}))
-                    acked, acked_at = self.last, now
-                if self.last >= self.total:
+                if last > acked and (now - acked_at >= ACK_EVERY or last >= self.total):
+                    ack = {"type": "ack", "room": "bench", "seq": last}
+                    await ws.send(orjson.dumps(ack).decode())
+                    acked, acked_at = last, now
+                if last >= self.total:
                     break
-            self.done.set()
+            self.last, self.done_at = last, time.perf_counter()
+
+
+async def receivers_process(url: str, tokens: list[str], total: int, out: Path) -> None:
+    """The receivers' side (a process of its own): say "ready", receive, write the figures."""
+    rs = [Receiver(url, t, total) for t in tokens]
+    tasks = [asyncio.create_task(r.run()) for r in rs]
+    await asyncio.gather(*(r.ready.wait() for r in rs))
+    print("ready", flush=True)
+    cpu0 = time.process_time()
+    await asyncio.gather(*tasks)
+    figures = {
+        "done_at": max(r.done_at for r in rs),
+        "cpu": time.process_time() - cpu0,
+        "latencies": [lat for r in rs for lat in r.latencies],
+    }
+    await asyncio.to_thread(out.write_bytes, orjson.dumps(figures))
+
+
+class Sender:
+    """A lean sender: batches of ``send`` frames, at most ``WINDOW`` unanswered, or paced.
+
+    It sends exactly what ``servicebay.chat.client`` would (arrays of ``send`` frames, one key
+    each) and counts the ``sent`` answers; the body is the send time for the receivers.
+    """
+
+    WINDOW = 256
+
+    def __init__(self, url: str, token: str) -> None:
+        self.url, self.token = url, token
+        self.answered = 0
+        self.moved = asyncio.Event()
+
+    async def run(self, messages: int, rate: float, started: asyncio.Event) -> None:
+        async with connect(self.url, max_size=None, compression=None) as ws:
+            await ws.send(orjson.dumps({"type": "hello", "token": self.token}).decode())
+            reader = asyncio.create_task(self._read(ws))
+            await started.wait()
+            start, sent = time.perf_counter(), 0
+            while sent < messages:
+                if rate:
+                    due = min(messages, int((time.perf_counter() - start) * rate) + 1)
+                    if due <= sent:
+                        await asyncio.sleep(start + sent / rate - time.perf_counter())
+                        continue
+                else:
+                    due = min(messages, self.answered + self.WINDOW)
+                    if due <= sent:
+                        self.moved.clear()
+                        await self.moved.wait()
+                        continue
+                body = repr(time.perf_counter())
+                frames = [
+                    {"type": "send", "room": "bench", "key": f"k{i}", "body": body}
+                    for i in range(sent, due)
+                ]
+                await ws.send(orjson.dumps(frames[0] if len(frames) == 1 else frames).decode())
+                sent = due
+            while self.answered < messages:
+                self.moved.clear()
+                await self.moved.wait()
+            reader.cancel()
+
+    async def _read(self, ws: Any) -> None:
+        # The sender is a member too: it gets its own messages and acks them like the client.
+        last, acked, acked_at = 0, 0, 0.0
+        async for raw in ws:
+            data = orjson.loads(raw)
+            for frame in data if type(data) is list else [data]:
+                kind = frame["type"]
+                if kind == "sent":
+                    self.answered += 1
+                    self.moved.set()
+                elif kind == "msg":
+                    last = frame["seq"]
+                elif kind == "error":
+                    raise RuntimeError(f"the server refused a frame: {frame}")
+            now = time.perf_counter()
+            if last > acked and now - acked_at >= ACK_EVERY:
+                await ws.send(orjson.dumps({"type": "ack", "room": "bench", "seq": last}).decode())
+                acked, acked_at = last, now
 
 
 async def scenario(receivers: int, mode: str, messages: int, rate: float) -> Run:
@@ -201,52 +304,47 @@ async def scenario(receivers: int, mode: str, messages: int, rate: float) -> Run
         port = sock.getsockname()[1]
         sock.close()
         proc = start_server(db, port)
+        rproc: asyncio.subprocess.Process | None = None
         try:
             await wait_up(port)
             url = f"ws://127.0.0.1:{port}/ws"
-            rs = [Receiver(url, t, messages) for t in tokens]
-            tasks = [asyncio.create_task(r.run()) for r in rs]
-            await asyncio.gather(*(r.ready.wait() for r in rs))
-            async with ChatClient(url, sender_token) as sender:
-                await sender.ready.wait()
-                start, cpu0, srv0 = time.perf_counter(), time.process_time(), cpu_of(proc.pid)
-                await send_all(sender, messages, rate)
-                await asyncio.wait_for(asyncio.gather(*(r.done.wait() for r in rs)), 300)
-                run.seconds = time.perf_counter() - start
-                run.bench_cpu = time.process_time() - cpu0
-                run.server_cpu = cpu_of(proc.pid) - srv0
-            await asyncio.gather(*tasks)
+            out = Path(tmp) / "receivers.json"
+            (Path(tmp) / "tokens.json").write_bytes(orjson.dumps(tokens))
+            rproc = await asyncio.create_subprocess_exec(
+                *[sys.executable, __file__, "--role", "receivers", "--url", url],
+                *["--tokens", str(Path(tmp) / "tokens.json"), "--out", str(out)],
+                *["--total", str(messages)],
+                stdout=asyncio.subprocess.PIPE,
+            )
+            assert rproc.stdout is not None
+            if (await asyncio.wait_for(rproc.stdout.readline(), 120)).strip() != b"ready":
+                raise RuntimeError("the receivers did not start")
+            sender, started = Sender(url, sender_token), asyncio.Event()
+            sending = asyncio.create_task(sender.run(messages, rate, started))
+            await asyncio.sleep(0.2)  # the sender's hello is answered
+            start, cpu0 = time.perf_counter(), time.process_time()
+            srv0 = cpu_of(proc.pid)
+            started.set()
+            await asyncio.wait_for(sending, 300)
+            run.bench_cpu = time.process_time() - cpu0
+            if await asyncio.wait_for(rproc.wait(), 300) != 0:
+                raise RuntimeError("the receivers failed")
+            run.server_cpu = cpu_of(proc.pid) - srv0  # includes the receivers' final acks
+            figures = orjson.loads(out.read_bytes())
+            run.seconds = figures["done_at"] - start
+            run.receivers_cpu = figures["cpu"]
         finally:
+            if rproc is not None and rproc.returncode is None:
+                rproc.kill()
+                await rproc.wait()
             proc.terminate()
             proc.wait()
-    run.latencies = [lat for r in rs for lat in r.latencies]
+    run.latencies = figures["latencies"]
     run.msgs_per_s = messages / run.seconds
     run.deliveries_per_s = messages * receivers / run.seconds
     run.p50_ms = pct(run.latencies, 50) * 1000
     run.p99_ms = pct(run.latencies, 99) * 1000
     return run
-
-
-async def send_all(sender: ChatClient, messages: int, rate: float) -> None:
-    """Send ``messages``; saturated (rate 0: 256 in flight) or paced at ``rate`` per second."""
-    gate = asyncio.Semaphore(256)
-    start = time.perf_counter()
-
-    async def one(i: int) -> None:
-        try:
-            await sender.send("bench", repr(time.perf_counter()), key=f"k{i}")
-        finally:
-            gate.release()
-
-    tasks = []
-    for i in range(messages):
-        if rate:
-            delay = start + i / rate - time.perf_counter()
-            if delay > 0:
-                await asyncio.sleep(delay)
-        await gate.acquire()
-        tasks.append(asyncio.create_task(one(i)))
-    await asyncio.gather(*tasks)
 
 
 async def main() -> None:
@@ -256,9 +354,18 @@ async def main() -> None:
     parser.add_argument("--saturated-messages", type=int, default=3000)
     parser.add_argument("--paced-seconds", type=float, default=6.0)
     parser.add_argument("--json", type=Path)
+    parser.add_argument("--only", choices=["saturated", "paced"], help="one mode (iterating)")
+    parser.add_argument("--role", default="main", help=argparse.SUPPRESS)
+    parser.add_argument("--url", help=argparse.SUPPRESS)
+    parser.add_argument("--tokens", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument("--out", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument("--total", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.role == "receivers":
+        tokens = orjson.loads(args.tokens.read_bytes())
+        return await receivers_process(args.url, tokens, args.total, args.out)
 
-    raws: list[float] = []
+    raws: list[Ceiling] = []
     stores: list[float] = []
 
     async def ceilings() -> None:
@@ -268,42 +375,52 @@ async def main() -> None:
             stores.append(await store_ceiling(Path(tmp) / "store.db"))
 
     runs: list[Run] = []
+    loads = [os.getloadavg()[0]]
     await ceilings()
     for n in [int(x) for x in args.receivers.split(",")]:
-        runs.append(await scenario(n, "saturated", args.saturated_messages, 0))
-        paced = int(args.rate * args.paced_seconds)
-        runs.append(await scenario(n, f"paced {args.rate:g}/s", paced, args.rate))
+        if args.only != "paced":
+            runs.append(await scenario(n, "saturated", args.saturated_messages, 0))
+        if args.only != "saturated":
+            paced = int(args.rate * args.paced_seconds)
+            runs.append(await scenario(n, f"paced {args.rate:g}/s", paced, args.rate))
+        loads.append(os.getloadavg()[0])
         await ceilings()
-    raw, store = statistics.median(raws), statistics.median(stores)
+    raw = statistics.median(c.msgs_per_s for c in raws)
+    store = statistics.median(stores)
 
-    cpu = os.cpu_count()
-    print(f"\nmachine: {cpu} cores, load avg {os.getloadavg()[0]:.1f}")
-    spread = ", ".join(f"{r:,.0f}" for r in raws)
     print(
-        f"SQLite raw ceiling (batched append+read+delete, FULL): median {raw:,.0f} msg/s ({spread})"
+        f"\nmachine: {os.cpu_count()} cores, load avg (1 min) {min(loads):.1f} to {max(loads):.1f}"
+        f" during the run, {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}"
+    )
+    spread = ", ".join(f"{c.msgs_per_s:,.0f}" for c in raws)
+    cpu = statistics.median(c.cpu_us for c in raws)
+    print(
+        f"SQLite raw ceiling (batches of {CEILING_BATCH}: append+read+delete, WAL, FULL): median"
+        f" {raw:,.0f} msg/s ({spread}); its CPU {cpu:.1f} µs/msg, the rest is fsync waits"
     )
     spread = ", ".join(f"{r:,.0f}" for r in stores)
     print(f"SQLiteChatStore.append, 256 concurrent (group commit): median {store:,.0f} ({spread})")
     print(
         "| receivers | mode | msgs | delivered msg/s | deliveries/s | % of raw "
-        "| p50 ms | p99 ms | server CPU µs/msg | server CPU-bound msg/s | clients CPU µs/msg |"
+        "| p50 ms | p99 ms | server CPU µs/msg | server CPU-bound msg/s "
+        "| sender CPU µs/msg | receivers CPU µs/msg |"
     )
-    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
     for r in runs:
         print(
             f"| {r.receivers} | {r.mode} | {r.messages} | {r.msgs_per_s:,.0f} | "
             f"{r.deliveries_per_s:,.0f} | {100 * r.msgs_per_s / raw:.0f}% | "
             f"{r.p50_ms:.1f} | {r.p99_ms:.1f} | {1e6 * r.server_cpu / r.messages:,.0f} | "
-            f"{r.messages / max(r.server_cpu, 1e-9):,.0f} | {1e6 * r.bench_cpu / r.messages:,.0f} |"
+            f"{r.messages / max(r.server_cpu, 1e-9):,.0f} | "
+            f"{1e6 * r.bench_cpu / r.messages:,.0f} | {1e6 * r.receivers_cpu / r.messages:,.0f} |"
         )
     if args.json:
         out: dict[str, Any] = {
             "sqlite_raw_msgs_per_s": raw,
+            "sqlite_raw_runs": [asdict(c) for c in raws],
             "store_append_msgs_per_s": store,
+            "load_avg": loads,
             "runs": [{k: v for k, v in asdict(r).items() if k != "latencies"} for r in runs],
-            "median_latency_ms": {
-                f"{r.receivers}/{r.mode}": statistics.median(r.latencies) * 1000 for r in runs
-            },
         }
         args.json.write_text(json.dumps(out, indent=2))
 
