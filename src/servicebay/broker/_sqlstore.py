@@ -21,10 +21,13 @@ Its SQLite driver runs prepared SQL on two stdlib connections (WAL mode, ``synch
 commit survives a process crash, which is what a killed broker needs). A WAL read never waits
 for a writer and a primary-key lookup costs tens of microseconds, less than handing it to a
 thread (which, on a busy machine, costs milliseconds: the thread waits for the GIL and a CPU),
-so reads run on the event loop. Writes run on the loop too while this process can take the
-writer lock (an ``flock`` on ``<db>.writer-lock`` shared by every process on the database) at
-once; when another process holds it, the write waits for it in a thread, so the event loop never
-waits for another process. The fsync-heavy WAL checkpoint also runs in a thread.
+so reads run on the event loop: on the writer connection while it is free (its page cache
+survives its own commits, while the reader's is dropped after every commit and read again), on
+the reader while a batch waits in our thread for another process. Writes run on the loop too
+while this process can take the writer lock (an ``flock`` on ``<db>.writer-lock`` shared by
+every process on the database) at once; when another process holds it, the write waits for it
+in a thread, so the event loop never waits for another process. The fsync-heavy WAL checkpoint
+also runs in a thread.
 
 Writes are group-committed: a write is queued, and the writes queued during one turn of the event
 loop (the requests in flight) run at the next turn as one transaction, each caller answered with
@@ -226,8 +229,8 @@ def open_sql_store(url: str, key: str | None = None) -> Store:
     return SqlStore(database_url(url), key)
 
 
-def _dumps(value: Any) -> str:
-    return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+# One encoder for every call: json.dumps with options builds a new one each time.
+_dumps = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
 
 
 def _dumps_opt(value: Any) -> str | None:
@@ -555,13 +558,15 @@ class SqlStore:
 # -- SQLite ------------------------------------------------------------------------------------
 
 
-def _sqlite_value(value: Any) -> Any:
-    # The same text SQLAlchemy writes for a DateTime, so that its lexical order is time order
-    # (the lease compares heartbeat_at in SQL).
-    if isinstance(value, datetime):
-        utc = value.astimezone(UTC).replace(tzinfo=None)
-        return utc.isoformat(sep=" ", timespec="microseconds")
-    return value
+def _sqlite_values(values: Sequence[Any]) -> list[Any]:
+    # Timestamps as the text SQLAlchemy writes for a DateTime, so that its lexical order is
+    # time order (the lease compares heartbeat_at in SQL); other values as they are.
+    return [_sqlite_time(v) if isinstance(v, datetime) else v for v in values]
+
+
+def _sqlite_time(value: datetime) -> str:
+    utc = value.astimezone(UTC).replace(tzinfo=None)
+    return utc.isoformat(sep=" ", timespec="microseconds")
 
 
 class _WriterLock:
@@ -691,11 +696,15 @@ class _SQLite:
                 thread.shutdown(wait=False)
 
     async def read(self, table: _TableSQL, sql: str, params: Sequence[Any]) -> list[dict[str, Any]]:
-        if self._reader is None:
-            raise StoreError(_NOT_OPEN)
         if self._pending and self._in_thread is None:
             await self._written()
-        rows = self._reader.execute(sql, [_sqlite_value(p) for p in params]).fetchall()
+        # The writer's page cache survives its own commits; the reader's is dropped after each
+        # commit of another connection, this process's writer included, and read again. The
+        # writer is free unless a batch waits in our thread for another process.
+        conn = self._writer if self._in_thread is None else self._reader
+        if conn is None:
+            raise StoreError(_NOT_OPEN)
+        rows = conn.execute(sql, _sqlite_values(params)).fetchall()
         return [self._restore(table, row) for row in rows]
 
     @staticmethod
@@ -710,7 +719,7 @@ class _SQLite:
         return values
 
     async def write(self, sql: str, params: Sequence[Any]) -> int:
-        bound = [_sqlite_value(p) for p in params]
+        bound = _sqlite_values(params)
 
         def run(conn: sqlite3.Connection) -> int:
             return conn.execute(sql, bound).rowcount
@@ -719,7 +728,7 @@ class _SQLite:
         return rowcount
 
     async def write_together(self, statements: Sequence[tuple[str, Sequence[Any]]]) -> None:
-        bound = [(sql, [_sqlite_value(p) for p in params]) for sql, params in statements]
+        bound = [(sql, _sqlite_values(params)) for sql, params in statements]
 
         def run(conn: sqlite3.Connection) -> None:
             # Inside the batch's transaction: the statements commit together or not at all.

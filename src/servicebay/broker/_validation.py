@@ -217,5 +217,8 @@ def validated_parameters(
 
 def fingerprint(request: Mapping[str, Any]) -> str:
     """A stable digest of the attributes that make two requests "the same" (idempotency)."""
-    canonical = json.dumps(request, sort_keys=True, separators=(",", ":"), default=str)
-    return hashlib.sha256(canonical.encode()).hexdigest()
+    return hashlib.sha256(_canonical(request).encode()).hexdigest()
+
+
+# One encoder for every call: json.dumps with options builds a new one each time.
+_canonical = json.JSONEncoder(sort_keys=True, separators=(",", ":"), default=str).encode
