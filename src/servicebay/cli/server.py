@@ -43,6 +43,7 @@ def server(
     import uvicorn
 
     from servicebay.platform import create_app
+    from servicebay.platform.api.serving import OneWriteHttpProtocol
 
     settings = _settings(
         host=host,
@@ -57,7 +58,14 @@ def server(
     if settings.tokens is None:
         typer.echo(f"API token: {settings.home / TOKEN_FILE}", err=True)
     app = create_app(settings)
-    uvicorn.run(app, host=host, port=port, log_level=log_level, access_log=False)
+    uvicorn.run(
+        app,
+        host=host,
+        port=port,
+        log_level=log_level,
+        access_log=False,
+        http=OneWriteHttpProtocol,
+    )
 
 
 def worker(
