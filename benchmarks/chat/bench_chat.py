@@ -123,6 +123,7 @@ class Run:
     receivers: int
     mode: str
     messages: int
+    receiver_procs: int
     seconds: float = 0.0
     msgs_per_s: float = 0.0
     deliveries_per_s: float = 0.0
@@ -294,8 +295,9 @@ class Sender:
                 acked, acked_at = last, now
 
 
-async def scenario(receivers: int, mode: str, messages: int, rate: float) -> Run:
-    run = Run(receivers, mode, messages)
+async def scenario(receivers: int, mode: str, messages: int, rate: float, procs: int) -> Run:
+    """One server, one sender, ``receivers`` receivers spread over ``procs`` processes."""
+    run = Run(receivers, mode, messages, procs)
     with tempfile.TemporaryDirectory() as tmp:
         db = Path(tmp) / "chat.db"
         sender_token, tokens = await seed(db, receivers)
@@ -304,21 +306,25 @@ async def scenario(receivers: int, mode: str, messages: int, rate: float) -> Run
         port = sock.getsockname()[1]
         sock.close()
         proc = start_server(db, port)
-        rproc: asyncio.subprocess.Process | None = None
+        rprocs: list[asyncio.subprocess.Process] = []
         try:
             await wait_up(port)
             url = f"ws://127.0.0.1:{port}/ws"
-            out = Path(tmp) / "receivers.json"
-            (Path(tmp) / "tokens.json").write_bytes(orjson.dumps(tokens))
-            rproc = await asyncio.create_subprocess_exec(
-                *[sys.executable, __file__, "--role", "receivers", "--url", url],
-                *["--tokens", str(Path(tmp) / "tokens.json"), "--out", str(out)],
-                *["--total", str(messages)],
-                stdout=asyncio.subprocess.PIPE,
-            )
-            assert rproc.stdout is not None
-            if (await asyncio.wait_for(rproc.stdout.readline(), 120)).strip() != b"ready":
-                raise RuntimeError("the receivers did not start")
+            outs = [Path(tmp) / f"receivers{i}.json" for i in range(procs)]
+            for i, out in enumerate(outs):
+                (Path(tmp) / f"tokens{i}.json").write_bytes(orjson.dumps(tokens[i::procs]))
+                rprocs.append(
+                    await asyncio.create_subprocess_exec(
+                        *[sys.executable, __file__, "--role", "receivers", "--url", url],
+                        *["--tokens", str(Path(tmp) / f"tokens{i}.json"), "--out", str(out)],
+                        *["--total", str(messages)],
+                        stdout=asyncio.subprocess.PIPE,
+                    )
+                )
+            for rproc in rprocs:
+                assert rproc.stdout is not None
+                if (await asyncio.wait_for(rproc.stdout.readline(), 120)).strip() != b"ready":
+                    raise RuntimeError("the receivers did not start")
             sender, started = Sender(url, sender_token), asyncio.Event()
             sending = asyncio.create_task(sender.run(messages, rate, started))
             await asyncio.sleep(0.2)  # the sender's hello is answered
@@ -327,19 +333,21 @@ async def scenario(receivers: int, mode: str, messages: int, rate: float) -> Run
             started.set()
             await asyncio.wait_for(sending, 300)
             run.bench_cpu = time.process_time() - cpu0
-            if await asyncio.wait_for(rproc.wait(), 300) != 0:
-                raise RuntimeError("the receivers failed")
+            for rproc in rprocs:
+                if await asyncio.wait_for(rproc.wait(), 300) != 0:
+                    raise RuntimeError("the receivers failed")
             run.server_cpu = cpu_of(proc.pid) - srv0  # includes the receivers' final acks
-            figures = orjson.loads(out.read_bytes())
-            run.seconds = figures["done_at"] - start
-            run.receivers_cpu = figures["cpu"]
+            figures = [orjson.loads(out.read_bytes()) for out in outs]
+            run.seconds = max(f["done_at"] for f in figures) - start
+            run.receivers_cpu = sum(f["cpu"] for f in figures)
         finally:
-            if rproc is not None and rproc.returncode is None:
-                rproc.kill()
-                await rproc.wait()
+            for rproc in rprocs:
+                if rproc.returncode is None:
+                    rproc.kill()
+                    await rproc.wait()
             proc.terminate()
             proc.wait()
-    run.latencies = figures["latencies"]
+    run.latencies = [lat for f in figures for lat in f["latencies"]]
     run.msgs_per_s = messages / run.seconds
     run.deliveries_per_s = messages * receivers / run.seconds
     run.p50_ms = pct(run.latencies, 50) * 1000
@@ -355,6 +363,12 @@ async def main() -> None:
     parser.add_argument("--paced-seconds", type=float, default=6.0)
     parser.add_argument("--json", type=Path)
     parser.add_argument("--only", choices=["saturated", "paced"], help="one mode (iterating)")
+    parser.add_argument(
+        "--receivers-per-process",
+        type=int,
+        default=50,
+        help="receivers share processes of at most this many (100 receivers: 2 processes)",
+    )
     parser.add_argument("--role", default="main", help=argparse.SUPPRESS)
     parser.add_argument("--url", help=argparse.SUPPRESS)
     parser.add_argument("--tokens", type=Path, help=argparse.SUPPRESS)
@@ -378,11 +392,12 @@ async def main() -> None:
     loads = [os.getloadavg()[0]]
     await ceilings()
     for n in [int(x) for x in args.receivers.split(",")]:
+        procs = -(-n // args.receivers_per_process)
         if args.only != "paced":
-            runs.append(await scenario(n, "saturated", args.saturated_messages, 0))
+            runs.append(await scenario(n, "saturated", args.saturated_messages, 0, procs))
         if args.only != "saturated":
             paced = int(args.rate * args.paced_seconds)
-            runs.append(await scenario(n, f"paced {args.rate:g}/s", paced, args.rate))
+            runs.append(await scenario(n, f"paced {args.rate:g}/s", paced, args.rate, procs))
         loads.append(os.getloadavg()[0])
         await ceilings()
     raw = statistics.median(c.msgs_per_s for c in raws)
@@ -401,14 +416,15 @@ async def main() -> None:
     spread = ", ".join(f"{r:,.0f}" for r in stores)
     print(f"SQLiteChatStore.append, 256 concurrent (group commit): median {store:,.0f} ({spread})")
     print(
-        "| receivers | mode | msgs | delivered msg/s | deliveries/s | % of raw "
+        "| receivers (processes) | mode | msgs | delivered msg/s | deliveries/s | % of raw "
         "| p50 ms | p99 ms | server CPU µs/msg | server CPU-bound msg/s "
         "| sender CPU µs/msg | receivers CPU µs/msg |"
     )
     print("|---|---|---|---|---|---|---|---|---|---|---|---|")
     for r in runs:
         print(
-            f"| {r.receivers} | {r.mode} | {r.messages} | {r.msgs_per_s:,.0f} | "
+            f"| {r.receivers} ({r.receiver_procs}) | {r.mode} | {r.messages} | "
+            f"{r.msgs_per_s:,.0f} | "
             f"{r.deliveries_per_s:,.0f} | {100 * r.msgs_per_s / raw:.0f}% | "
             f"{r.p50_ms:.1f} | {r.p99_ms:.1f} | {1e6 * r.server_cpu / r.messages:,.0f} | "
             f"{r.messages / max(r.server_cpu, 1e-9):,.0f} | "
