@@ -215,6 +215,20 @@ async def test_requests_are_counted_by_endpoint_and_status(db: str) -> None:
     assert "i-1" not in metrics
 
 
+async def test_request_durations_and_requests_in_flight_are_exposed(db: str) -> None:
+    """Each answered request is timed into its endpoint's histogram; the scrape itself is the
+    one request in flight."""
+    async with running(SampleBroker(), db) as client:
+        await client.put(INSTANCE, json=provision_body("plan-sync"))
+        await client.put(INSTANCE, json=provision_body("plan-sync"))
+        metrics = (await client.get("/metrics")).text
+    route = "/v2/service_instances/{instance_id:osb_id}"
+    duration = "servicebay_broker_request_duration_seconds"
+    assert f'{duration}_count{{endpoint="{route}"}} 2.0' in metrics
+    assert f'{duration}_bucket{{endpoint="{route}",le="+Inf"}} 2.0' in metrics
+    assert "servicebay_broker_requests_in_flight 1.0" in metrics
+
+
 async def test_lost_lease_stops_the_run_and_the_operation_is_taken_over(db: str) -> None:
     """A lost lease stops this process's run; the stale operation is later adopted again."""
     broker = SampleBroker()

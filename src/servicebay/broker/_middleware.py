@@ -94,7 +94,7 @@ class BrokerGate:
         scope[REQUEST_ID_KEY] = given
         answer = _Answer()
         started = time.perf_counter()
-        self.metrics.requests_in_flight.inc()
+        self.metrics.request_started()
         try:
             if not given:
                 await self._answer(scope, receive, send, answer, None)
@@ -106,8 +106,8 @@ class BrokerGate:
             finally:
                 structlog.contextvars.reset_contextvars(**tokens)
         finally:
-            self.metrics.requests_in_flight.dec()
-            self.metrics.count_request(answer.endpoint, scope["method"], answer.status, started)
+            took = time.perf_counter() - started
+            self.metrics.count_request(answer.endpoint, scope["method"], answer.status, took)
 
     async def _answer(
         self,

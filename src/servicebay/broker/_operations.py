@@ -149,7 +149,7 @@ class Operations:
         lease = _Lease()
         heartbeat = asyncio.create_task(self._heartbeat(op, this, lease))
         budget = asyncio.timeout(_remaining(op.deadline))
-        self.metrics.operations_in_flight.inc()
+        self.metrics.operation_started()
         try:
             async with budget:
                 await job.run(ctx)
@@ -168,7 +168,7 @@ class Operations:
             await self._finish(op, job, None, logger, started)
         finally:
             heartbeat.cancel()
-            self.metrics.operations_in_flight.dec()
+            self.metrics.operation_stopped()
 
     async def _finish(
         self,
