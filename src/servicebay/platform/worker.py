@@ -111,6 +111,9 @@ class Worker:
         self._starved = False
         # What each step committed last, as the API shows it: handed to waiters by drive().
         self._results: dict[str, dict[str, Any]] = {}
+        # Operations being driven now, whose leases _renew_leases keeps alive.
+        self._driving: set[str] = set()
+        self._renewing: asyncio.Task[None] | None = None
 
     async def run(self, stop: asyncio.Event) -> None:
         """Work until ``stop`` is set, driving up to ``concurrency`` operations at once.
@@ -324,7 +327,10 @@ class Worker:
 
     async def drive(self, job: Job) -> None:
         """Run one step of a claimed operation, keeping its lease alive meanwhile."""
-        heartbeat = asyncio.create_task(self._heartbeat(job.op["id"]))
+        op_id = job.op["id"]
+        self._driving.add(op_id)
+        if self._renewing is None:
+            self._renewing = asyncio.create_task(self._renew_leases())
         result: dict[str, Any] | None = None
         try:
             step = _STEPS[(job.op["kind"], job.op["phase"])]
@@ -343,26 +349,30 @@ class Worker:
                     )
         finally:
             self._results.pop(job.op["id"], None)  # a result not committed is no result
-            heartbeat.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await heartbeat
-            self.platform.changed(job.op["id"], result)
+            self._driving.discard(op_id)
+            if not self._driving and self._renewing is not None:
+                self._renewing.cancel()
+                self._renewing = None
+            self.platform.changed(op_id, result)
 
-    async def _heartbeat(self, op_id: str) -> None:
+    async def _renew_leases(self) -> None:
+        """Keep the leases of the operations being driven alive, all in one update, for as
+        long as any is (one task for them all, not one per step)."""
         o = tables.operations
         interval = self.settings.lease_seconds / 3
         while True:
             await asyncio.sleep(interval)
+            driving = sorted(self._driving)
             lease = utcnow() + dt.timedelta(seconds=self.settings.lease_seconds)
             try:
                 async with self.platform.db.begin() as conn:
                     await conn.execute(
                         o.update()
-                        .where(o.c.id == op_id, o.c.owner == self.id)
+                        .where(o.c.id.in_(driving), o.c.owner == self.id)
                         .values(lease_until=lease)
                     )
             except Exception:
-                log.exception("heartbeat failed", extra={"op": op_id})
+                log.exception("renewing leases failed", extra={"ops": driving})
 
     @contextlib.asynccontextmanager
     async def _owned(self, job: Job) -> AsyncIterator[AsyncConnection]:

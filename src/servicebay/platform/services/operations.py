@@ -165,9 +165,8 @@ async def wait_operation(
             if view["state"] in TERMINAL or time.monotonic() >= deadline:
                 return view
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(
-                    watch.event.wait(), min(delay, max(0.0, deadline - time.monotonic()))
-                )
+                async with asyncio.timeout(min(delay, max(0.0, deadline - time.monotonic()))):
+                    await watch.event.wait()
             if watch.view is not None and watch.view["state"] in TERMINAL:
                 return watch.view
             delay = min(delay * 2, 1.0)
