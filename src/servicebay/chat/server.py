@@ -114,7 +114,8 @@ class Session:
         self.position: dict[str, int] = {}  # per room: last seq queued for the socket
         self.ack_moved: dict[str, asyncio.Event] = {}
         self.sends: set[asyncio.Task[None]] = set()
-        self.inflight = asyncio.Semaphore(MAX_INFLIGHT_SENDS)
+        self.unanswered = 0  # sends not yet answered (at most MAX_INFLIGHT_SENDS)
+        self.answered = asyncio.Event()  # set when one is answered
         self._writer: asyncio.Task[None] | None = None
         self.close_code: int | None = None
 
@@ -216,11 +217,14 @@ class Session:
                 self._error(frame.code, frame.message, frame.ref)
             elif isinstance(frame, Send) and self.user is not None:
                 # Sends run concurrently so that one connection can keep the group commit
-                # busy; the semaphore bounds them (and pushes back on a client that floods).
-                if self.inflight.locked() and run:
-                    self._submit(run)  # what waits for a slot must not hold others back
-                    run = []
-                await self.inflight.acquire()
+                # busy; at most MAX_INFLIGHT_SENDS unanswered (pushing back on a flood).
+                while self.unanswered >= MAX_INFLIGHT_SENDS:
+                    if run:
+                        self._submit(run)  # what waits for a slot must not hold others back
+                        run = []
+                    self.answered.clear()
+                    await self.answered.wait()
+                self.unanswered += 1
                 hub = self.service.loaded(frame.room)
                 if hub is not None and self.user.id in hub.cursors:
                     run.append(frame)  # the usual case: no task, callbacks
@@ -247,8 +251,7 @@ class Session:
         stored.add_done_callback(functools.partial(self._stored, sends))
 
     def _stored(self, sends: list[Send], stored: asyncio.Future[list[Any]]) -> None:
-        for _ in sends:
-            self.inflight.release()
+        self._answered(len(sends))
         if stored.cancelled():
             return
         if (failure := stored.exception()) is not None:
@@ -268,8 +271,12 @@ class Session:
 
     def _send_done(self, task: asyncio.Task[None]) -> None:
         self.sends.discard(task)
-        self.inflight.release()
+        self._answered(1)
         reap(task)
+
+    def _answered(self, count: int) -> None:
+        self.unanswered -= count
+        self.answered.set()
 
     async def _guard(self, frame: ClientFrame, work: Coroutine[Any, Any, None]) -> None:
         try:
