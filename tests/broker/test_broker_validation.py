@@ -185,6 +185,24 @@ async def test_schema_defaults_reach_the_author(
     assert broker.calls[0][1].parameters == {"size": 1}
 
 
+async def test_repeated_parameter_sets_are_checked_and_defaulted_each_time(
+    env: tuple[SampleBroker, httpx.AsyncClient],
+) -> None:
+    """The same parameters again are refused again, or accepted with fresh defaults that no
+    earlier author call could have changed."""
+    broker, client = env
+    for _ in range(2):
+        response = await client.put(INSTANCE, json=provision_body(size=50))
+        assert response.status_code == 400 and "size" in _description(response)
+    for n in (1, 2):
+        response = await client.put(f"/v2/service_instances/i-{n}", json=provision_body())
+        assert response.status_code == 201
+        broker.calls[-1][1].parameters["size"] = 99  # an author mutating what it was given
+    assert [call[1].parameters for call in broker.calls] == [{"size": 99}, {"size": 99}]
+    record = await _store(client).get_instance("i-2")
+    assert record is not None and record.parameters == {"size": 1}
+
+
 async def test_bind_parameters_are_validated(env: tuple[SampleBroker, httpx.AsyncClient]) -> None:
     """Bind parameters are checked against the plan's binding schema."""
     broker, client = env

@@ -207,12 +207,37 @@ def check_maintenance_info(requested: osb.MaintenanceInfo | None, plan: osb.Plan
 def validated_parameters(
     schema: dict[str, Any] | None, parameters: Mapping[str, Any] | None, *, defaults: bool
 ) -> dict[str, Any]:
-    """Parameters checked against the plan's schema (400 naming the field), defaults applied."""
+    """Parameters checked against the plan's schema (400 naming the field), defaults applied.
+
+    Platforms send the same few parameter sets again and again, and checking one against its
+    schema cost more than the rest of a provision's logic: the outcome for a valid set is
+    remembered per schema (bounded), keyed by the set's exact JSON, and handed out as a copy.
+    """
     given = dict(parameters or {})
+    if schema is None:
+        osb.validate_parameters(schema, given)  # still refuses a non-object
+        return given
+    try:
+        key = (id(schema), defaults, _exact(given))
+    except (TypeError, ValueError):  # not plain JSON (never from a request): check it anew
+        osb.validate_parameters(schema, given)
+        return osb.apply_defaults(schema, given) if defaults else given
+    known = _VALIDATED.get(key)
+    if known is not None and known[0] is schema:
+        result: dict[str, Any] = json.loads(known[1])
+        return result
     osb.validate_parameters(schema, given)
-    if defaults and schema is not None:
-        return osb.apply_defaults(schema, given)
-    return given
+    result = osb.apply_defaults(schema, given) if defaults else given
+    if len(_VALIDATED) >= _VALIDATED_KEPT:
+        _VALIDATED.pop(next(iter(_VALIDATED)))
+    # The schema is kept alongside, so its id cannot be reused by another dict meanwhile.
+    _VALIDATED[key] = (schema, _exact(result))
+    return result
+
+
+_VALIDATED: dict[tuple[int, bool, str], tuple[dict[str, Any], str]] = {}
+_VALIDATED_KEPT = 1024
+_exact = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode
 
 
 def fingerprint(request: Mapping[str, Any]) -> str:
