@@ -38,7 +38,14 @@ from servicebay.platform.services.catalog import broker_columns, handoff_of
 from servicebay.platform.services.operations import audit, enqueue
 from servicebay.platform.services.records import operation_view
 from servicebay.platform.services.runtime import CHANGED, Handoff, Platform
-from servicebay.platform.store import by_id_params, delete_by_id, tables, update_by_id, utcnow
+from servicebay.platform.store import (
+    Statement,
+    by_id_params,
+    delete_by_id,
+    tables,
+    update_by_id,
+    utcnow,
+)
 
 log = logging.getLogger("servicebay.platform.worker")
 
@@ -72,6 +79,20 @@ def _job_query() -> sa.Select[Any]:
         .outerjoin(bi, bi.c.id == o.c.binding_id)
         .where(o.c.id == sa.bindparam("op_id"))
     )
+
+
+_ANY_DUE = Statement(
+    sa.select(tables.operations.c.id)
+    .where(
+        sa.or_(*(tables.operations.c.state == state for state in ACTIVE)),
+        tables.operations.c.next_attempt_at <= sa.bindparam("now"),
+        sa.or_(
+            tables.operations.c.lease_until.is_(None),
+            tables.operations.c.lease_until < sa.bindparam("now"),
+        ),
+    )
+    .limit(1)
+)
 
 
 class LeaseLost(Exception):
@@ -249,7 +270,7 @@ class Worker:
         if not self.platform.db.is_postgres:
             # Look before taking SQLite's one write lock: most wake-ups find nothing due.
             async with self.platform.db.read() as conn:
-                if await conn.scalar(pick) is None:
+                if await _ANY_DUE.scalar(conn, {"now": now}) is None:
                     return []
         async with self.platform.db.begin() as conn:
             ids = list((await conn.scalars(pick)).all())
