@@ -565,6 +565,8 @@ def _sqlite_values(values: Sequence[Any]) -> list[Any]:
 
 
 def _sqlite_time(value: datetime) -> str:
+    if value.tzinfo is UTC:  # utcnow()'s: the text is its isoformat less "+00:00"
+        return value.isoformat(sep=" ", timespec="microseconds")[:-6]
     utc = value.astimezone(UTC).replace(tzinfo=None)
     return utc.isoformat(sep=" ", timespec="microseconds")
 
