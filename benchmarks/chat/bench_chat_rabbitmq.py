@@ -46,7 +46,11 @@ from urllib.parse import quote
 
 import aio_pika
 import httpx
-from websockets.asyncio.client import connect
+import orjson
+from websockets.client import ClientProtocol
+from websockets.frames import Frame, Opcode
+from websockets.http11 import Response
+from websockets.uri import parse_uri
 
 from servicebay import bindings
 from servicebay.chat.client import ACK_EVERY, ChatClient
@@ -196,12 +200,24 @@ class Run:
     sender_cpu: float = 0.0
     receivers_cpu: float = 0.0
     rabbitmq_cpu: float | None = None
+    server_waited: float = 0.0
 
 
 def cpu_of(pid: int) -> float:
     """User + system CPU seconds of a process (Linux /proc)."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def waited_of(pid: int) -> float:
+    """Seconds the process's threads spent runnable but waiting for a CPU (/proc schedstat)."""
+    total = 0
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            total += int((task / "schedstat").read_text().split()[1])
+        except (OSError, IndexError, ValueError):
+            continue  # a thread that ended meanwhile
+    return total / 1e9
 
 
 def rabbitmq_pid() -> int | None:
@@ -216,38 +232,85 @@ def rabbitmq_pid() -> int | None:
     return None
 
 
-class Receiver:
-    """A lean protocol client: records arrival times, acks like servicebay.chat.client."""
+class Receiver(asyncio.Protocol):
+    """A lean protocol client: records arrival times, acks like servicebay.chat.client.
+
+    Written on websockets' sans-I/O protocol over an asyncio ``Protocol`` (no task, future or
+    queue per WebSocket message), so that 100 of them in one process cost the machine little
+    next to the server they measure.
+    """
 
     def __init__(self, url: str, token: str, total: int) -> None:
         self.url, self.token, self.total = url, token, total
+        self.ws = ClientProtocol(parse_uri(url), max_size=None)
+        self.transport: asyncio.Transport | None = None
         self.latencies: list[float] = []
         self.arrivals: list[float] = []  # per seq (index seq - 1)
         self.last = 0
+        self.acked, self.acked_at = 0, 0.0
         self.done = asyncio.Event()
         self.ready = asyncio.Event()
+        self.failure: Exception | None = None
 
     async def run(self) -> None:
-        async with connect(self.url, max_size=None, compression=None) as ws:
-            await ws.send(json.dumps({"type": "hello", "token": self.token, "rooms": {"b": 0}}))
-            acked, acked_at = 0, 0.0
-            async for raw in ws:
-                now = time.perf_counter()
-                data = json.loads(raw)
-                for frame in data if isinstance(data, list) else [data]:
-                    if frame["type"] == "joined":
-                        self.ready.set()
-                    elif frame["type"] == "msg":
-                        assert frame["seq"] == self.last + 1, "gap or duplicate"
-                        self.last = frame["seq"]
-                        self.latencies.append(now - float(frame["body"]))
-                        self.arrivals.append(now)
-                if self.last > acked and (now - acked_at >= ACK_EVERY or self.last >= self.total):
-                    await ws.send(json.dumps({"type": "ack", "room": "b", "seq": self.last}))
-                    acked, acked_at = self.last, now
-                if self.last >= self.total:
-                    self.done.set()
-                    return
+        uri = parse_uri(self.url)
+        loop = asyncio.get_running_loop()
+        transport, _ = await loop.create_connection(lambda: self, uri.host, uri.port)
+        try:
+            await self.done.wait()
+        finally:
+            transport.close()
+        if self.failure is not None:
+            raise self.failure
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+        self.ws.send_request(self.ws.connect())
+        self._flush()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if not self.done.is_set():
+            self.failure = RuntimeError(f"receiver lost its connection at seq {self.last}: {exc}")
+            self.done.set()
+
+    def _flush(self) -> None:
+        assert self.transport is not None
+        for data in self.ws.data_to_send():
+            if data:
+                self.transport.write(data)
+
+    def _send(self, frame: dict[str, Any]) -> None:
+        self.ws.send_text(orjson.dumps(frame))
+
+    def data_received(self, data: bytes) -> None:
+        now = time.perf_counter()
+        self.ws.receive_data(data)
+        for event in self.ws.events_received():
+            if isinstance(event, Response):
+                if self.ws.handshake_exc is not None:
+                    raise self.ws.handshake_exc
+                self._send({"type": "hello", "v": 1, "token": self.token, "rooms": {"b": 0}})
+            elif isinstance(event, Frame) and event.opcode == Opcode.TEXT:
+                assert event.fin, "the server sends whole messages"
+                self._on_text(event.data, now)
+        if self.last > self.acked and (now - self.acked_at >= ACK_EVERY or self.last >= self.total):
+            self._send({"type": "ack", "room": "b", "seq": self.last})
+            self.acked, self.acked_at = self.last, now
+        self._flush()
+        if self.last >= self.total:
+            self.done.set()
+
+    def _on_text(self, text: bytes | bytearray | memoryview, now: float) -> None:
+        data = orjson.loads(text)
+        for frame in data if isinstance(data, list) else [data]:
+            if frame["type"] == "joined":
+                self.ready.set()
+            elif frame["type"] == "msg":
+                assert frame["seq"] == self.last + 1, "gap or duplicate"
+                self.last = frame["seq"]
+                self.latencies.append(now - float(frame["body"]))
+                self.arrivals.append(now)
 
 
 async def receive(url: str, tokens: list[str], total: int) -> dict[str, Any]:
@@ -374,6 +437,7 @@ async def scenario(
                 start = time.perf_counter()
                 cpu0, srv0, rcv0 = time.process_time(), cpu_of(proc.pid), cpu_of(receivers_pid)
                 beam0 = cpu_of(beam) if beam else 0.0
+                waited0 = waited_of(proc.pid)
                 answered = await send_all(sender, messages, rate)
                 run.sender_cpu = time.process_time() - cpu0
                 if same_process:
@@ -387,6 +451,7 @@ async def scenario(
                     run.seconds = got["last_arrival"] - start
                     run.receivers_cpu = got["cpu"] - rcv0
                 run.server_cpu = cpu_of(proc.pid) - srv0
+                run.server_waited = waited_of(proc.pid) - waited0
                 run.rabbitmq_cpu = cpu_of(beam) - beam0 if beam else None
         finally:
             proc.terminate()
@@ -500,9 +565,10 @@ async def report(uri: str, args: argparse.Namespace) -> None:
     stream = median(ceilings["stream"])
     print(
         "\n| receivers | mode | msgs | delivered msg/s | % of stream ceiling | p50 / p99 ms "
-        "| send→sent p50 / p99 ms | CPU µs/msg: server / sender / receivers / RabbitMQ |"
+        "| send→sent p50 / p99 ms | CPU µs/msg: server / sender / receivers / RabbitMQ "
+        "| server runnable, no CPU |"
     )
-    print("|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|")
 
     def per_msg(cpu: float | None, r: Run) -> str:
         return "—" if cpu is None else f"{1e6 * cpu / r.messages:,.0f}"
@@ -513,7 +579,8 @@ async def report(uri: str, args: argparse.Namespace) -> None:
             f"| {r.receivers} | {r.mode} | {r.messages} | {r.msgs_per_s:,.0f} | "
             f"{100 * r.msgs_per_s / stream:.0f}% | {r.p50_ms:.1f} / {r.p99_ms:.1f} | "
             f"{r.sent_p50_ms:.1f} / {r.sent_p99_ms:.1f} | "
-            f"{' / '.join(per_msg(c, r) for c in cpus)} |"
+            f"{' / '.join(per_msg(c, r) for c in cpus)} | "
+            f"{100 * r.server_waited / r.seconds:.0f}% of the run |"
         )
 
 

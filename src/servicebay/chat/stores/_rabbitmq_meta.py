@@ -130,25 +130,7 @@ class MetaStore(SQLiteChatStore):
 
     async def check(self, room_id: str, pairs: list[tuple[str, str]]) -> BatchCheck:
         """Head, the senders that are members, and which (sender, key) pairs are known."""
-        senders = sorted({sender for sender, _ in pairs})
-
-        def op(c: sqlite3.Connection) -> BatchCheck:
-            row = c.execute("SELECT head FROM rooms WHERE id = ?", (room_id,)).fetchone()
-            if row is None:
-                raise UnknownRoom(room_id)
-            sql = "SELECT 1 FROM members WHERE room = ? AND user = ?"
-            members = [s for s in senders if c.execute(sql, (room_id, s)).fetchone()]
-            known: dict[tuple[str, str], tuple[int, float]] = {}
-            for sender, key in pairs:
-                hit = c.execute(
-                    "SELECT seq, sent_at FROM keys WHERE room = ? AND sender = ? AND key = ?",
-                    (room_id, sender, key),
-                ).fetchone()
-                if hit is not None:
-                    known[(sender, key)] = (int(hit[0]), float(hit[1]))
-            return BatchCheck(int(row[0]), frozenset(members), known)
-
-        return await self._read(op)
+        return await self._read(lambda c: _check(c, room_id, pairs))
 
     async def entry_at(self, room_id: str, seq: int) -> Placed | None:
         """The recorded entry holding ``seq`` (None: none recorded at or before it)."""
@@ -165,11 +147,16 @@ class MetaStore(SQLiteChatStore):
         rows: list[Recorded],
         head: int,
         entries: list[Placed],
+        then_check: list[tuple[str, str]] | None = None,
         segment: Segment | None = None,
-    ) -> None:
-        """Durably record published messages' keys and entries, the new head and a segment."""
+    ) -> BatchCheck | None:
+        """Durably record published messages' keys and entries, the new head and a segment.
 
-        def op(c: sqlite3.Connection) -> None:
+        With ``then_check``, the next batch's ``check`` runs in the same transaction, after the
+        record (so it sees these keys): one hand-off to the writer thread instead of two.
+        """
+
+        def op(c: sqlite3.Connection) -> BatchCheck | None:
             c.executemany(
                 "INSERT OR IGNORE INTO keys VALUES (?, ?, ?, ?, ?)",
                 [(room_id, r.sender, r.key, r.seq, r.sent_at) for r in rows],
@@ -187,8 +174,9 @@ class MetaStore(SQLiteChatStore):
                     "INSERT OR REPLACE INTO rmq_segments VALUES (?, ?, ?, ?, ?)",
                     (room_id, segment.first_seq, segment.stream, segment.first_offset, segment.gen),
                 )
+            return _check(c, room_id, then_check) if then_check else None
 
-        await self._write(op)
+        return await self._write(op)
 
     async def drop_stream(self, room_id: str, gen: int) -> None:
         """Forget the segments and entries of a deleted stream (generation ``gen``)."""
@@ -202,6 +190,23 @@ class MetaStore(SQLiteChatStore):
     async def advance_floors(self, now: float) -> dict[str, tuple[int, int]]:
         """Raise each room's floor as far as retention allows: room → (deleted, new floor)."""
         return await self._write(lambda c: _advance(c, now))
+
+
+def _check(c: sqlite3.Connection, room_id: str, pairs: list[tuple[str, str]]) -> BatchCheck:
+    row = c.execute("SELECT head FROM rooms WHERE id = ?", (room_id,)).fetchone()
+    if row is None:
+        raise UnknownRoom(room_id)
+    sql = "SELECT 1 FROM members WHERE room = ? AND user = ?"
+    members = [s for s in sorted({s for s, _ in pairs}) if c.execute(sql, (room_id, s)).fetchone()]
+    known: dict[tuple[str, str], tuple[int, float]] = {}
+    for sender, key in pairs:
+        hit = c.execute(
+            "SELECT seq, sent_at FROM keys WHERE room = ? AND sender = ? AND key = ?",
+            (room_id, sender, key),
+        ).fetchone()
+        if hit is not None:
+            known[(sender, key)] = (int(hit[0]), float(hit[1]))
+    return BatchCheck(int(row[0]), frozenset(members), known)
 
 
 def _advance(c: sqlite3.Connection, now: float) -> dict[str, tuple[int, int]]:

@@ -55,7 +55,7 @@ from servicebay.chat.stores._rabbitmq_log import (
     chat_entry,
     marker_message,
 )
-from servicebay.chat.stores._rabbitmq_meta import MetaStore, Placed, Recorded, Segment
+from servicebay.chat.stores._rabbitmq_meta import BatchCheck, MetaStore, Placed, Recorded, Segment
 from servicebay.chat.stores.base import (
     Appended,
     ChatStore,
@@ -152,6 +152,21 @@ class _RoomLog:
         """The last seq stored in ``segment``'s stream, or None for the current stream."""
         later = [s.first_seq for s in self.segments if s.gen > segment.gen]
         return min(later) - 1 if later else None
+
+
+def _take(room: _RoomLog) -> list[_Append]:
+    """The appends waiting for the room (at most MAX_BATCH), in arrival order."""
+    return [room.waiting.popleft() for _ in range(min(MAX_BATCH, len(room.waiting)))]
+
+
+def _pairs(batch: list[_Append]) -> list[tuple[str, str]]:
+    return [(a.sender, a.key) for a in batch]
+
+
+def _fail(batch: list[_Append], exc: BaseException) -> None:
+    for item in batch:
+        if not item.fut.done():
+            item.fut.set_exception(exc)
 
 
 def _pack(rows: list[Recorded], bodies: list[str]) -> list[list[tuple[Recorded, str]]]:
@@ -364,7 +379,7 @@ class RabbitMQChatStore:
         head += len(adopted)
         room.unanswered.update((r.sender, r.key) for r in adopted)
         segment = Segment(room_id, head + 1, stream, entries[-1].offset + 1, gen)
-        await self.meta.record(room_id, adopted, head, placed, segment)
+        await self.meta.record(room_id, adopted, head, placed, segment=segment)
         room.segments = [s for s in room.segments if s.first_seq != segment.first_seq]
         room.segments.append(segment)
         room.next_offset = segment.first_offset
@@ -375,37 +390,45 @@ class RabbitMQChatStore:
 
     # the log ---------------------------------------------------------------------------------
 
-    async def append(self, room_id: str, sender: str, key: str, body: str) -> Appended:
-        """Queue the message for its room's writer; return once confirmed and recorded."""
+    def append(self, room_id: str, sender: str, key: str, body: str) -> asyncio.Future[Appended]:
+        """Queue the message for its room's writer; the future settles once confirmed and recorded.
+
+        (A future rather than a coroutine: the server attaches its callbacks to it directly.)
+        """
         fut: asyncio.Future[Appended] = asyncio.get_running_loop().create_future()
         room = self._room(room_id)
         room.waiting.append(_Append(sender, key, body, fut))
         if room.writer is None or room.writer.done():
             room.writer = asyncio.create_task(self._write_loop(room_id, room))
-        return await fut
+        return fut
 
     async def _write_loop(self, room_id: str, room: _RoomLog) -> None:
-        while room.waiting:
-            batch = [room.waiting.popleft() for _ in range(min(MAX_BATCH, len(room.waiting)))]
+        """Write batches until none waits; each batch's check comes with the previous record."""
+        batch, check = _take(room), None
+        while batch:
             try:
-                await self._write_batch(room_id, room, batch)
+                if check is None:
+                    await self._synced(room_id)
+                    check = await self.meta.check(room_id, _pairs(batch))
+                batch, check = await self._write_batch(room_id, room, batch, check)
             except ChatStoreError as exc:
-                for item in batch:
-                    if not item.fut.done():
-                        item.fut.set_exception(exc)
+                _fail(batch, exc)
+                batch, check = _take(room), None
             except BaseException as exc:  # cancelled or a bug: every caller hears it
                 if not isinstance(exc, asyncio.CancelledError):
                     log.error("chat.rabbitmq.append_failed", room=room_id, exc_info=exc)
                 # The exception's words are in the log; callers (and clients) hear the code.
-                failure = StoreUnavailable("the append was not stored; retry")
-                for item in batch:
-                    if not item.fut.done():
-                        item.fut.set_exception(failure)
+                _fail(batch, StoreUnavailable("the append was not stored; retry"))
                 raise
 
-    async def _write_batch(self, room_id: str, room: _RoomLog, batch: list[_Append]) -> None:
-        await self._synced(room_id)
-        check = await self.meta.check(room_id, [(a.sender, a.key) for a in batch])
+    async def _write_batch(
+        self, room_id: str, room: _RoomLog, batch: list[_Append], check: BatchCheck
+    ) -> tuple[list[_Append], BatchCheck | None]:
+        """Store one checked batch and answer it; return the next batch (checked if it could be).
+
+        The next batch is taken when this one's record is written and checked in the same
+        SQLite transaction (one hand-off to the writer thread per batch, not two).
+        """
         head = check.head
         fresh: list[tuple[_Append, Recorded]] = []
         answers: list[tuple[_Append, Appended | ChatStoreError]] = []
@@ -428,8 +451,12 @@ class RabbitMQChatStore:
                 fresh.append((item, Recorded(item.sender, item.key, head, now)))
                 assigned[pair] = Appended(head, now, duplicate=True)
                 answers.append((item, Appended(head, now, duplicate=False)))
+        nxt: tuple[list[_Append], BatchCheck | None] = ([], None)
         if fresh:
-            await self._store(room_id, room, [r for _, r in fresh], [a.body for a, _ in fresh])
+            rows, bodies = [r for _, r in fresh], [a.body for a, _ in fresh]
+            nxt = await self._store(room_id, room, rows, bodies)
+        else:
+            nxt = (_take(room), None)
         for item, answer in answers:
             if item.fut.done():
                 continue
@@ -437,11 +464,15 @@ class RabbitMQChatStore:
                 item.fut.set_exception(answer)
             else:
                 item.fut.set_result(answer)
+        return nxt
 
     async def _store(
         self, room_id: str, room: _RoomLog, rows: list[Recorded], bodies: list[str]
-    ) -> None:
-        """Publish (confirmed) and record a numbered batch; on failure the room resyncs."""
+    ) -> tuple[list[_Append], BatchCheck | None]:
+        """Publish (confirmed) and record a numbered batch; on failure the room resyncs.
+
+        Returns the next batch, taken when the record is written, with its check.
+        """
         current = room.segments[-1]
         first_of_gen = min(s.first_seq for s in room.segments if s.gen == current.gen)
         if rows[0].seq - first_of_gen >= self.rotate_every:
@@ -455,16 +486,20 @@ class RabbitMQChatStore:
             chat_entry(pack[0][0].seq, [(r.sender, r.key, body, r.sent_at) for r, body in pack])
             for pack in packs
         ]
+        nxt: list[_Append] = []
         try:
             await self.log.publish(current.stream, entries)
-            await self.meta.record(room_id, rows, rows[-1].seq, placed)
+            nxt = _take(room)
+            check = await self.meta.record(room_id, rows, rows[-1].seq, placed, _pairs(nxt))
         except BaseException:
             # Part of the batch may be stored: the next write reads the stream to find out.
             room.synced = False
+            room.waiting.extendleft(reversed(nxt))  # unchecked: back to the front, in order
             raise
         room.next_offset += len(entries)
         room.head = rows[-1].seq
         self.batches += 1
+        return nxt, check
 
     async def read(self, room_id: str, after: int, limit: int = 500) -> list[Message]:
         """Retained messages after ``after``, read from the room's streams.
