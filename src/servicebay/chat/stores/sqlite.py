@@ -148,6 +148,7 @@ class SQLiteChatStore:
         self.synchronous = synchronous.upper()
         self._writes: queue.Queue[list[_Pending] | None] = queue.Queue()
         self._staged: list[_Pending] = []  # this loop turn's writes, handed over together
+        self._hand_off_on: asyncio.AbstractEventLoop | None = None  # the loop that will
         self._reads: queue.Queue[_Pending | None] = queue.Queue()
         self._threads: list[threading.Thread] = []
         self._closed = True
@@ -221,11 +222,13 @@ class SQLiteChatStore:
         loop = asyncio.get_running_loop()
         fut: asyncio.Future[Any] = loop.create_future()
         self._staged.append(_Pending(op, loop, fut, checked))
-        if len(self._staged) == 1:
+        if self._hand_off_on is not loop:  # (a loop that stopped before it ran: ask this one)
+            self._hand_off_on = loop
             loop.call_soon(self._hand_off)
         return fut
 
     def _hand_off(self) -> None:
+        self._hand_off_on = None
         if self._staged:
             staged, self._staged = self._staged, []
             self._writes.put(staged)
