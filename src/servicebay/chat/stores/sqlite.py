@@ -17,6 +17,7 @@ interface); ``rooms.head`` is written once per room per transaction, before its 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import os
 import queue
@@ -134,7 +135,8 @@ def _answer(batch: list[_Pending], results: list[tuple[Any, BaseException | None
     for item, (result, error) in zip(batch, results, strict=True):
         by_loop.setdefault(item.loop, []).append((item.fut, result, error))
     for loop, outcomes in by_loop.items():
-        loop.call_soon_threadsafe(_settle, outcomes)
+        with contextlib.suppress(RuntimeError):  # that loop is closed: nobody waits there
+            loop.call_soon_threadsafe(_settle, outcomes)
 
 
 class SQLiteChatStore:
