@@ -15,11 +15,15 @@ What it measures (one run, same machine, so the figures share its load):
    flight; delivered msg/s = messages that reached EVERY receiver per second) and paced at
    ``--rate`` msg/s. The N receivers run in a process of their own (``--receivers-in same``: in
    this one, as before 2026-12-01 05:00), so that their work neither delays the sender's pacing
-   nor stamps arrival times late in the sender's event loop. Reported: p50/p99 send→receive
-   latency over all deliveries; p50/p99 send→``sent`` (the sender's answer: the server's append,
-   publisher confirm and metadata commit included); CPU per message of the chat server, of the
-   sender, of the receivers and of RabbitMQ (``beam.smp``, when it runs on this machine), from
-   /proc, since on two shared cores any of them can be the bottleneck.
+   nor stamps arrival times late in the sender's event loop; sender and receivers are lean
+   protocol clients (websockets' sans-I/O protocol, orjson) that send and ack what
+   ``servicebay.chat.client`` would, so that the load generator takes little of the two cores.
+   Reported: p50/p99 send→receive latency over all deliveries; p50/p99 send→``sent`` (the
+   sender's answer: the server's append, publisher confirm and metadata commit included); CPU
+   per message of the chat server, of the sender, of the receivers and of RabbitMQ
+   (``beam.smp``, when it runs on this machine), from /proc, since on two shared cores any of
+   them can be the bottleneck; and the share of the run the server's threads spent runnable
+   but without a CPU (/proc schedstat: the machine's other load).
 
 It uses the RabbitMQ at ``--amqp`` (default the machine's, guest/guest), in a vhost of its own
 created through the management API (``--management``) and deleted afterwards.
@@ -53,7 +57,7 @@ from websockets.http11 import Response
 from websockets.uri import parse_uri
 
 from servicebay import bindings
-from servicebay.chat.client import ACK_EVERY, ChatClient
+from servicebay.chat.client import ACK_EVERY
 from servicebay.chat.stores import Retention, open_store
 
 BODY = "x" * 64
@@ -251,6 +255,7 @@ class Receiver(asyncio.Protocol):
         self.done = asyncio.Event()
         self.ready = asyncio.Event()
         self.failure: Exception | None = None
+        self.done_with_all = True  # stop once every message arrived
 
     async def run(self) -> None:
         uri = parse_uri(self.url)
@@ -280,7 +285,7 @@ class Receiver(asyncio.Protocol):
             if data:
                 self.transport.write(data)
 
-    def _send(self, frame: dict[str, Any]) -> None:
+    def _send(self, frame: dict[str, Any] | list[dict[str, Any]]) -> None:
         self.ws.send_text(orjson.dumps(frame))
 
     def data_received(self, data: bytes) -> None:
@@ -298,7 +303,7 @@ class Receiver(asyncio.Protocol):
             self._send({"type": "ack", "room": "b", "seq": self.last})
             self.acked, self.acked_at = self.last, now
         self._flush()
-        if self.last >= self.total:
+        if self.last >= self.total and self.done_with_all:
             self.done.set()
 
     def _on_text(self, text: bytes | bytearray | memoryview, now: float) -> None:
@@ -343,28 +348,66 @@ async def seed(url: str, receivers: int) -> tuple[str, list[str]]:
     return tokens[0], tokens[1:]
 
 
-async def send_all(sender: ChatClient, messages: int, rate: float) -> list[float]:
-    """Saturated (rate 0: 256 in flight) or paced at ``rate`` per second; send→sent seconds."""
-    gate = asyncio.Semaphore(256)
-    start = time.perf_counter()
-    answered: list[float] = []
+class Sender(Receiver):
+    """A lean sender: what ``servicebay.chat.client`` sends, without its bookkeeping.
 
-    async def one(i: int) -> None:
-        try:
-            at = time.perf_counter()
-            await sender.send("b", repr(at), key=f"k{i}")
-            answered.append(time.perf_counter() - at)
-        finally:
-            gate.release()
+    Saturated: at most ``WINDOW`` sends unanswered, the due ones as one array frame; paced: the
+    sends due at each moment (one, mostly). The body is the send time for the receivers. It is
+    a member of the room, so it also gets every message and acks it, like the client.
+    """
 
-    tasks = []
-    for i in range(messages):
-        if rate and (delay := start + i / rate - time.perf_counter()) > 0:
-            await asyncio.sleep(delay)
-        await gate.acquire()
-        tasks.append(asyncio.create_task(one(i)))
-    await asyncio.gather(*tasks)
-    return answered
+    WINDOW = 256
+
+    def __init__(self, url: str, token: str, total: int) -> None:
+        super().__init__(url, token, total)
+        self.done_with_all = False  # the scenario stops it, once every send was answered
+        self.sent_at: dict[str, float] = {}
+        self.answered: list[float] = []
+        self.moved = asyncio.Event()
+
+    async def send_all(self, rate: float) -> list[float]:
+        """Send ``total`` messages (saturated when ``rate`` is 0); send→sent seconds."""
+        start, sent = time.perf_counter(), 0
+        while sent < self.total:
+            if rate:
+                due = min(self.total, int((time.perf_counter() - start) * rate) + 1)
+                if due <= sent:
+                    await asyncio.sleep(start + sent / rate - time.perf_counter())
+                    continue
+            else:
+                due = min(self.total, len(self.answered) + self.WINDOW)
+                if due <= sent:
+                    self.moved.clear()
+                    await self.moved.wait()
+                    continue
+            now = time.perf_counter()
+            frames = [
+                {"type": "send", "room": "b", "key": f"k{i}", "body": repr(now)}
+                for i in range(sent, due)
+            ]
+            for frame in frames:
+                self.sent_at[frame["key"]] = now
+            self._send(frames[0] if len(frames) == 1 else frames)
+            self._flush()
+            sent = due
+        while len(self.answered) < self.total:
+            self.moved.clear()
+            await self.moved.wait()
+        return self.answered
+
+    def _on_text(self, text: bytes | bytearray | memoryview, now: float) -> None:
+        data = orjson.loads(text)
+        for frame in data if isinstance(data, list) else [data]:
+            kind = frame["type"]
+            if kind == "sent":
+                self.answered.append(now - self.sent_at.pop(frame["key"]))
+                self.moved.set()
+            elif kind == "joined":
+                self.ready.set()
+            elif kind == "msg":
+                self.last = frame["seq"]
+            elif kind == "error":
+                raise RuntimeError(f"the server refused a frame: {frame}")
 
 
 def read_tokens(path: str) -> list[str]:
@@ -432,27 +475,30 @@ async def scenario(
                 receivers_pid = os.getpid()
             else:
                 receivers_pid = await child.start()
-            async with ChatClient(ws, sender_token) as sender:
-                await sender.ready.wait()
-                start = time.perf_counter()
-                cpu0, srv0, rcv0 = time.process_time(), cpu_of(proc.pid), cpu_of(receivers_pid)
-                beam0 = cpu_of(beam) if beam else 0.0
-                waited0 = waited_of(proc.pid)
-                answered = await send_all(sender, messages, rate)
-                run.sender_cpu = time.process_time() - cpu0
-                if same_process:
-                    await asyncio.wait_for(asyncio.gather(*tasks), 600)
-                    run.seconds = time.perf_counter() - start
-                    run.receivers_cpu = run.sender_cpu  # one process: both in one figure
-                    lats = [lat for r in rs for lat in r.latencies]
-                    got = {"p50": pct(lats, 50), "p99": pct(lats, 99)}
-                else:
-                    got = await child.figures()
-                    run.seconds = got["last_arrival"] - start
-                    run.receivers_cpu = got["cpu"] - rcv0
-                run.server_cpu = cpu_of(proc.pid) - srv0
-                run.server_waited = waited_of(proc.pid) - waited0
-                run.rabbitmq_cpu = cpu_of(beam) - beam0 if beam else None
+            sender = Sender(ws, sender_token, messages)
+            sending = asyncio.create_task(sender.run())
+            await sender.ready.wait()
+            start = time.perf_counter()
+            cpu0, srv0, rcv0 = time.process_time(), cpu_of(proc.pid), cpu_of(receivers_pid)
+            beam0 = cpu_of(beam) if beam else 0.0
+            waited0 = waited_of(proc.pid)
+            answered = await sender.send_all(rate)
+            run.sender_cpu = time.process_time() - cpu0
+            if same_process:
+                await asyncio.wait_for(asyncio.gather(*tasks), 600)
+                run.seconds = time.perf_counter() - start
+                run.receivers_cpu = run.sender_cpu  # one process: both in one figure
+                lats = [lat for r in rs for lat in r.latencies]
+                got = {"p50": pct(lats, 50), "p99": pct(lats, 99)}
+            else:
+                got = await child.figures()
+                run.seconds = got["last_arrival"] - start
+                run.receivers_cpu = got["cpu"] - rcv0
+            run.server_cpu = cpu_of(proc.pid) - srv0
+            run.server_waited = waited_of(proc.pid) - waited0
+            run.rabbitmq_cpu = cpu_of(beam) - beam0 if beam else None
+            sender.done.set()
+            await sending
         finally:
             proc.terminate()
             await proc.wait()
