@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import socket
@@ -41,6 +42,7 @@ from typing import Any
 
 import orjson
 from websockets.asyncio.client import connect
+from websockets.exceptions import ConnectionClosed
 
 from servicebay.chat.client import ACK_EVERY
 from servicebay.chat.stores import Retention
@@ -173,6 +175,46 @@ async def wait_up(port: int) -> None:
     raise RuntimeError("chat server did not start")
 
 
+class Acker:
+    """Cumulative acks as ``servicebay.chat.client`` sends them: ACK_EVERY after the first
+    unacknowledged message, never more often (a timer, not "on the next arrival": a receiver
+    whose window is full gets no next arrival, and would stall until some other frame came).
+    """
+
+    def __init__(self, ws: Any) -> None:
+        self.ws = ws
+        self.last = self.acked = 0
+        self._timer: asyncio.TimerHandle | None = None
+        self._sends: set[asyncio.Task[None]] = set()
+
+    def shown(self, seq: int) -> None:
+        """Messages up to ``seq`` were handled; ack them within ACK_EVERY."""
+        self.last = seq
+        if self._timer is None and seq > self.acked:
+            self._timer = asyncio.get_running_loop().call_later(ACK_EVERY, self.now)
+
+    def now(self) -> None:
+        """Ack what was handled, at once."""
+        self._timer = None
+        if self.last > self.acked:
+            self.acked = self.last
+            ack = orjson.dumps({"type": "ack", "room": "bench", "seq": self.last}).decode()
+            task = asyncio.create_task(self._send(ack))
+            self._sends.add(task)
+            task.add_done_callback(self._sends.discard)
+
+    async def _send(self, ack: str) -> None:
+        with contextlib.suppress(ConnectionClosed):  # the run is over
+            await self.ws.send(ack)
+
+    async def close(self) -> None:
+        """Send what is still due, stop the timer."""
+        if self._timer is not None:
+            self._timer.cancel()
+        self.now()
+        await asyncio.gather(*self._sends)
+
+
 class Receiver:
     """A lean protocol client: checks order, records arrival latency, acks like the client.
 
@@ -191,7 +233,7 @@ class Receiver:
         async with connect(self.url, max_size=None, compression=None) as ws:
             hello = {"type": "hello", "token": self.token, "rooms": {"bench": 0}}
             await ws.send(orjson.dumps(hello).decode())
-            acked, acked_at, last, lat = 0, 0.0, 0, self.latencies
+            acker, last, lat = Acker(ws), 0, self.latencies
             async for raw in ws:
                 now = time.perf_counter()
                 data = orjson.loads(raw)
@@ -204,15 +246,11 @@ class Receiver:
                         lat.append(now - float(frame["body"]))
                     elif frame["type"] == "joined":
                         self.ready.set()
-                # Cumulative acks at most every ACK_EVERY, as servicebay.chat.client sends them
-                # (checked on arrival: no timer per receiver), and one for the last message.
-                if last > acked and (now - acked_at >= ACK_EVERY or last >= self.total):
-                    ack = {"type": "ack", "room": "bench", "seq": last}
-                    await ws.send(orjson.dumps(ack).decode())
-                    acked, acked_at = last, now
+                acker.shown(last)
                 if last >= self.total:
                     break
             self.last, self.done_at = last, time.perf_counter()
+            await acker.close()
 
 
 async def receivers_process(url: str, tokens: list[str], total: int, out: Path) -> None:
@@ -244,6 +282,7 @@ class Sender:
         self.url, self.token = url, token
         self.answered = 0
         self.moved = asyncio.Event()
+        self.acker: Acker | None = None
 
     async def run(self, messages: int, rate: float, started: asyncio.Event) -> None:
         async with connect(self.url, max_size=None, compression=None) as ws:
@@ -274,10 +313,12 @@ class Sender:
                 self.moved.clear()
                 await self.moved.wait()
             reader.cancel()
+            if self.acker is not None:
+                await self.acker.close()
 
     async def _read(self, ws: Any) -> None:
         # The sender is a member too: it gets its own messages and acks them like the client.
-        last, acked, acked_at = 0, 0, 0.0
+        acker = self.acker = Acker(ws)
         async for raw in ws:
             data = orjson.loads(raw)
             for frame in data if type(data) is list else [data]:
@@ -286,13 +327,9 @@ class Sender:
                     self.answered += 1
                     self.moved.set()
                 elif kind == "msg":
-                    last = frame["seq"]
+                    acker.shown(frame["seq"])
                 elif kind == "error":
                     raise RuntimeError(f"the server refused a frame: {frame}")
-            now = time.perf_counter()
-            if last > acked and now - acked_at >= ACK_EVERY:
-                await ws.send(orjson.dumps({"type": "ack", "room": "bench", "seq": last}).decode())
-                acked, acked_at = last, now
 
 
 async def scenario(receivers: int, mode: str, messages: int, rate: float, procs: int) -> Run:
