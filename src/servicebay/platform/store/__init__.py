@@ -421,6 +421,9 @@ class _SQLiteConnection(aiosqlite.Connection):
 
     async def begin_immediate(self) -> None:
         """Begin a write transaction: at once, or in the thread while another process writes."""
+        if self._conn.in_transaction:
+            # Left open by a begin cancelled while it waited in the thread: nothing uses it.
+            self._conn.rollback()
         try:
             self._conn.execute("BEGIN IMMEDIATE")
         except sqlite3.OperationalError as exc:
