@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gzip
 import json
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
@@ -303,3 +304,76 @@ async def test_https_answers_have_the_same_bound() -> None:
     )
     answer = await small.handle_async_request(get("https://broker.example/v2/catalog"))
     assert answer.status_code == 200 and answer.json() == {"ok": 1}
+
+
+async def test_requests_ask_for_no_compression_and_a_compressed_answer_is_refused() -> None:
+    """The bound is on bytes read, so a compressed answer (16 MiB of gzip inflates to
+    gigabytes) is refused; requests say they accept only the identity encoding."""
+    heads: list[bytes] = []
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        heads.append((await read_request(reader))[0])
+        body = gzip.compress(b"{}" + b" " * 100_000)
+        writer.write(
+            b"HTTP/1.1 200 OK\r\nContent-Encoding: gzip\r\nContent-Length: "
+            + str(len(body)).encode()
+            + b"\r\n\r\n"
+            + body
+        )
+        await writer.drain()
+        writer.close()
+
+    transport = BrokerTransport()
+    async with tcp_server(handler) as url:
+        request = get(url + "/x")
+        request.headers["Accept-Encoding"] = "gzip, deflate"  # what httpx puts by default
+        with pytest.raises(httpx.RemoteProtocolError) as caught:
+            await transport.handle_async_request(request)
+    await transport.aclose()
+    assert "compressed" in str(caught.value)
+    (head,) = heads
+    encodings = [line for line in head.lower().split(b"\r\n") if b"accept-encoding" in line]
+    assert encodings == [b"accept-encoding: identity"]
+
+
+async def test_a_header_line_without_end_is_cut_at_the_bound() -> None:
+    """One header line that never ends is buffered by the parser, not by on_header: the bytes
+    read before the headers end count against the bound too."""
+    sent = 0
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        nonlocal sent
+        await read_request(reader)
+        writer.write(b"HTTP/1.1 200 OK\r\nX-Endless: ")
+        try:
+            while sent < 50_000_000:
+                writer.write(b"y" * 4096)
+                sent += 4096
+                await writer.drain()
+        except ConnectionError:
+            pass
+        finally:
+            writer.close()
+
+    transport = BrokerTransport()
+    async with tcp_server(handler) as url:
+        with pytest.raises(httpx.RemoteProtocolError) as caught:
+            await transport.handle_async_request(get(url + "/x"))
+    await transport.aclose()
+    assert "headers" in str(caught.value)
+    assert sent < 5_000_000
+
+
+async def test_https_asks_for_no_compression_and_refuses_it() -> None:
+    """The https path (httpx's transport; a stand-in here) gets the same rule."""
+    asked: list[str] = []
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        asked.append(request.headers["accept-encoding"])
+        return httpx.Response(200, headers={"Content-Encoding": "gzip"}, content=b"\x1f\x8b")
+
+    transport = BrokerTransport()
+    transport._tls = cast(httpx.AsyncHTTPTransport, httpx.MockTransport(answer))
+    with pytest.raises(httpx.RemoteProtocolError):
+        await transport.handle_async_request(get("https://broker.example/v2/catalog"))
+    assert asked == ["identity"]

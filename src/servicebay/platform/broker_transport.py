@@ -12,7 +12,8 @@ parser uvicorn uses) as it arrives. Connections are reused while the broker keep
 ``https`` URLs go to httpx's transport, which owns TLS settings and certificate stores.
 Either way an answer is read into memory only up to a bound (headers 64 KiB, body 16 MiB by
 default, far above any catalog seen): a broker that streams without end fails its request with
-``RemoteProtocolError`` instead of filling the platform's memory.
+``RemoteProtocolError`` instead of filling the platform's memory. Requests ask for the identity
+encoding and a compressed answer is refused, since 16 MiB of gzip would inflate to gigabytes.
 Failures are raised as the httpx exceptions ``broker_link`` classifies: ``ConnectError``,
 ``ConnectTimeout``, ``ReadTimeout``, ``WriteError`` and ``RemoteProtocolError`` (the broker
 closed the connection before answering, as a broker that drops a kept-alive connection does).
@@ -34,6 +35,7 @@ _MAX_IDLE = 64  # kept-alive connections per broker address
 # A connection idle longer than this is not reused: servers drop idle connections (uvicorn after
 # 5 s), and one dropped just as a request is written fails that request.
 _IDLE_SECONDS = 2.0
+_ENCODED = "the broker's answer is compressed although the request asked for none"
 MAX_HEAD_BYTES = 64 * 1024
 MAX_BODY_BYTES = 16 * 1024 * 1024
 
@@ -45,6 +47,7 @@ class _Connection(asyncio.Protocol):
         self._max_body = max_body
         self._head_bytes = 0
         self._body_bytes = 0
+        self._head_done = False
         self.transport: asyncio.Transport | None = None
         self.closed = False
         self._parser: Any = None
@@ -72,6 +75,11 @@ class _Connection(asyncio.Protocol):
             self._parser.feed_data(data)
         except httptools.HttpParserError as exc:
             self._fail(httpx.RemoteProtocolError(f"malformed HTTP answer ({exc})"))
+            return
+        if not self._head_done:  # a header line without end is buffered by the parser
+            self._head_bytes += len(data)
+            if self._head_bytes > MAX_HEAD_BYTES:
+                self._refuse(f"the broker's answer has more than {MAX_HEAD_BYTES} bytes of headers")
 
     def eof_received(self) -> bool:
         self.closed = True
@@ -90,15 +98,16 @@ class _Connection(asyncio.Protocol):
     # -- httptools callbacks ----------------------------------------------------------------
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        self._head_bytes += len(name) + len(value) + 4
-        if self._head_bytes > MAX_HEAD_BYTES:
-            self._refuse(f"the broker's answer has more than {MAX_HEAD_BYTES} bytes of headers")
-            return
         self._headers.append((name, value))
 
     def on_headers_complete(self) -> None:
+        self._head_done = True
         names = {name.lower() for name, _ in self._headers}
         self._until_close = not names & {b"content-length", b"transfer-encoding"}
+        for name, value in self._headers:
+            if name.lower() == b"content-encoding" and not _identity(value):
+                self._refuse(_ENCODED)
+                return
 
     def on_body(self, body: bytes) -> None:
         self._body_bytes += len(body)
@@ -111,7 +120,7 @@ class _Connection(asyncio.Protocol):
         self._until_close = False
         if 100 <= self._parser.get_status_code() < 200:
             # An interim answer (100 Continue, 103 Early Hints): the final one follows.
-            self._headers, self._body = [], []
+            self._headers, self._body, self._head_done = [], [], False
             return
         # Read now: the parser forgets both once it is ready for the next message.
         self._keep_alive = bool(self._parser.should_keep_alive())
@@ -137,6 +146,7 @@ class _Connection(asyncio.Protocol):
         self._parser = httptools.HttpResponseParser(self)
         self._headers, self._body, self._until_close = [], [], False
         self._head_bytes = self._body_bytes = 0
+        self._head_done = False
         self._received = False
         self._answer = asyncio.get_running_loop().create_future()
         try:
@@ -181,6 +191,7 @@ class BrokerTransport(httpx.AsyncBaseTransport):
         if request.url.scheme != "http":
             if self._tls is None:
                 self._tls = httpx.AsyncHTTPTransport()
+            request.headers["Accept-Encoding"] = "identity"
             return await self._bounded(await self._tls.handle_async_request(request))
         timeouts = request.extensions.get("timeout", {})
         address = (request.url.host, request.url.port or 80)
@@ -209,6 +220,9 @@ class BrokerTransport(httpx.AsyncBaseTransport):
 
     async def _bounded(self, response: httpx.Response) -> httpx.Response:
         """httpx's streamed answer read whole, up to the same bound as ours."""
+        if not _identity(response.headers.get("content-encoding", "identity").encode("latin-1")):
+            await response.aclose()
+            raise httpx.RemoteProtocolError(_ENCODED)
         body = bytearray()
         try:
             async for chunk in cast(httpx.AsyncByteStream, response.stream):
@@ -272,6 +286,10 @@ class BrokerTransport(httpx.AsyncBaseTransport):
             await self._tls.aclose()
 
 
+def _identity(encoding: bytes) -> bool:
+    return encoding.strip().lower() in (b"", b"identity")
+
+
 def _serialise(request: httpx.Request) -> bytes:
     """The request line, headers and body in one buffer (one write)."""
     url = request.url
@@ -281,7 +299,10 @@ def _serialise(request: httpx.Request) -> bytes:
     if "host" not in headers:
         lines.append(b"Host: " + url.netloc)
     body = request.content
+    lines.append(b"Accept-Encoding: identity")  # see the module doc: no compressed answers
     for name, value in headers.raw:
+        if name.lower() == b"accept-encoding":
+            continue
         # httpx leaves validation to its transport: a CR, LF or NUL would end the header early
         # (an injected header or request). The value may be a credential: name the header only.
         if not name or _BAD_NAME.search(name) or _BAD_VALUE.search(value):
