@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import base64
+import os
 import sqlite3
 import stat
 import uuid
@@ -12,6 +14,9 @@ from pathlib import Path
 import psycopg
 import pytest
 from cryptography.fernet import Fernet
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from psycopg import sql
 from sqlalchemy.engine import make_url
 
@@ -241,17 +246,14 @@ async def test_equal_values_in_different_records_never_share_a_token(tmp_path: P
     assert all(SECRET not in token for token in tokens)
 
 
-def test_only_the_empty_object_shares_its_token_across_fields() -> None:
-    """{} (whose token's length already says it is empty) is sealed once per process; any
-    other value gets a token of its own per field, and every token opens to its value."""
+def test_equal_values_in_different_fields_never_share_a_token() -> None:
+    """Every field gets a token of its own, {} included, and every token opens to its value."""
     key = Fernet.generate_key().decode()
     cipher = FieldCipher(key)
-    empty = {cipher.encrypt({}, f"b/i/{n}/r") for n in range(3)}
-    assert len(empty) == 1
-    assert FieldCipher(key).decrypt(empty.pop()) == {}
-    tokens = {cipher.encrypt({"size": 1}, f"i/{n}/p") for n in range(3)}
-    assert len(tokens) == 3
-    assert all(FieldCipher(key).decrypt(token) == {"size": 1} for token in tokens)
+    for value in ({}, {"size": 1}):
+        tokens = {f"b/i/{n}/r": cipher.encrypt(value, f"b/i/{n}/r") for n in range(3)}
+        assert len(set(tokens.values())) == 3
+        assert all(FieldCipher(key).decrypt(t, field) == value for field, t in tokens.items())
 
 
 def _raw_parameters(db: Path) -> list[str]:
@@ -260,18 +262,165 @@ def _raw_parameters(db: Path) -> list[str]:
 
 
 def test_tokens_of_older_stores_still_open() -> None:
-    """A field an older servicebay sealed as a Fernet token opens with the same key; what this
-    version seals is an AES-GCM token that shows nothing of its value."""
+    """Fields an older servicebay sealed (Fernet, and GCM without associated data as "sb2:")
+    open with the same key; what this version seals is an "sb3:" token showing nothing."""
     key = Fernet.generate_key().decode()
-    older = Fernet(key.encode()).encrypt(b'{"password":"' + SECRET.encode() + b'"}').decode()
-    assert FieldCipher(key).decrypt(older) == {"password": SECRET}
+    value = b'{"password":"' + SECRET.encode() + b'"}'
+    older = Fernet(key.encode()).encrypt(value).decode()
+    assert FieldCipher(key).decrypt(older, "i/x/p") == {"password": SECRET}
+    assert FieldCipher(key).decrypt(_sb2(key, value), "i/x/p") == {"password": SECRET}
     token = FieldCipher(key).encrypt({"password": SECRET}, "b/i/b/r")
-    assert token.startswith("sb2:") and SECRET not in token
-    assert FieldCipher(key).decrypt(token) == {"password": SECRET}
+    assert token.startswith("sb3:") and SECRET not in token
+    assert FieldCipher(key).decrypt(token, "b/i/b/r") == {"password": SECRET}
+
+
+def _sb2(key: str, data: bytes) -> str:
+    """A token as the development builds of 2026-12-01 sealed it (no associated data)."""
+    derived = HKDF(
+        algorithm=hashes.SHA256(),
+        length=32,
+        salt=None,
+        info=b"servicebay broker store fields: AES-256-GCM",
+    ).derive(base64.urlsafe_b64decode(key))
+    nonce = os.urandom(12)
+    sealed = nonce + AESGCM(derived).encrypt(nonce, data, None)
+    return "sb2:" + base64.urlsafe_b64encode(sealed).decode()
 
 
 def test_a_token_sealed_with_another_key_is_refused() -> None:
     """A token no configured key opens is a key error, never a value."""
-    token = FieldCipher(Fernet.generate_key().decode()).encrypt({"password": SECRET})
+    token = FieldCipher(Fernet.generate_key().decode()).encrypt({"password": SECRET}, "f")
     with pytest.raises(EncryptionKeyError, match="different key"):
-        FieldCipher(Fernet.generate_key().decode()).decrypt(token)
+        FieldCipher(Fernet.generate_key().decode()).decrypt(token, "f")
+
+
+@pytest.mark.parametrize(
+    "to_field",
+    [
+        '["b","i-1","b-2","r"]',  # the same field of another binding
+        '["b","i-2","b-1","r"]',  # a binding of the same id under another instance
+        '["b","i-1","b-1","p"]',  # another field of the same binding
+        '["i","i-1","p"]',  # another kind of record
+    ],
+)
+@pytest.mark.parametrize("fresh", [True, False], ids=["other-process", "same-process"])
+def test_a_token_moved_to_another_field_does_not_open(to_field: str, fresh: bool) -> None:
+    """A token opens only in the field it was sealed for, even in the process that sealed it
+    (whose memory of tokens is per field): moved elsewhere, it is an error naming no secret."""
+    key = Fernet.generate_key().decode()
+    sealer = FieldCipher(key)
+    token = sealer.encrypt({"password": SECRET}, '["b","i-1","b-1","r"]')
+    opener = FieldCipher(key) if fresh else sealer
+    with pytest.raises(EncryptionKeyError, match="moved from another record") as caught:
+        opener.decrypt(token, to_field)
+    assert SECRET not in str(caught.value) and token not in str(caught.value)
+    assert opener.decrypt(token, '["b","i-1","b-1","r"]') == {"password": SECRET}
+
+
+async def test_a_credential_moved_to_another_binding_row_is_refused(tmp_path: Path) -> None:
+    """Copying binding A's sealed response into binding B's row (database write access, no
+    key) does not hand A's credentials to B's reader: reading B fails, A still reads."""
+    db = tmp_path / "broker.db"
+    key = Fernet.generate_key().decode()
+    store = open_store(f"sqlite:///{db}", key)
+    await store.open()
+    await _write_secrets(store)
+    await store.put_binding(
+        BindingRecord(
+            instance_id="i-1",
+            binding_id="b-2",
+            state="ready",
+            request_fingerprint="f",
+            parameters={},
+            response={"credentials": {"password": "b-2's own"}},
+        )
+    )
+    await store.close()
+    with sqlite3.connect(db) as raw:
+        raw.execute(
+            "UPDATE broker_bindings SET response = (SELECT response FROM broker_bindings"
+            " WHERE binding_id = 'b-1') WHERE binding_id = 'b-2'"
+        )
+    reopened = open_store(f"sqlite:///{db}", key)
+    await reopened.open()
+    try:
+        with pytest.raises(EncryptionKeyError) as caught:
+            await reopened.get_binding("i-1", "b-2")
+        assert SECRET not in str(caught.value)
+        binding = await reopened.get_binding("i-1", "b-1")
+        assert binding is not None and binding.response["credentials"]["password"] == SECRET
+    finally:
+        await reopened.close()
+
+
+def test_a_tampered_token_is_refused() -> None:
+    """Flipping any one bit of a token's sealed bytes (nonce, ciphertext or tag) is an error."""
+    key = Fernet.generate_key().decode()
+    token = FieldCipher(key).encrypt({"password": SECRET}, "f")
+    sealed = base64.urlsafe_b64decode(token[4:])
+    for index in (0, 12, len(sealed) - 1):  # nonce, ciphertext, tag
+        flipped = bytearray(sealed)
+        flipped[index] ^= 0x01
+        tampered = "sb3:" + base64.urlsafe_b64encode(bytes(flipped)).decode()
+        with pytest.raises(EncryptionKeyError):
+            FieldCipher(key).decrypt(tampered, "f")
+
+
+def test_a_token_sealed_under_the_second_key_of_a_rotation_opens() -> None:
+    """With "new,old" keys, a token the old key sealed opens; the new key seals from then on."""
+    old, new = Fernet.generate_key().decode(), Fernet.generate_key().decode()
+    token = FieldCipher(old).encrypt({"password": SECRET}, "f")
+    rotated = FieldCipher(f"{new},{old}")
+    assert rotated.decrypt(token, "f") == {"password": SECRET}
+    assert FieldCipher(new).decrypt(rotated.encrypt({"n": 1}, "g"), "g") == {"n": 1}
+    with pytest.raises(EncryptionKeyError):
+        FieldCipher(new).decrypt(token, "f")
+
+
+@pytest.mark.parametrize(
+    "garbage",
+    [
+        "sb3:",
+        "sb3:AAAA",
+        "sb2:AAAA",
+        "sb3:" + "A" * 38,  # shorter than a nonce and a tag
+        "sb3:!!!!not base64!!!!",
+        "sb3:ÿÿÿÿ",
+        "sb2:\ud800",
+        "gAAAAAtruncated",
+        "",
+        "{}",
+    ],
+)
+def test_truncated_or_garbage_tokens_are_refused(garbage: str) -> None:
+    """A token that is truncated or not a token at all is a key error, never a value."""
+    with pytest.raises(EncryptionKeyError):
+        FieldCipher(Fernet.generate_key().decode()).decrypt(garbage, "f")
+
+
+def test_non_alphabet_characters_are_not_skipped() -> None:
+    """Base64 is decoded strictly: a valid token with a stray character in it is refused."""
+    key = Fernet.generate_key().decode()
+    token = FieldCipher(key).encrypt({"password": SECRET}, "f")
+    with pytest.raises(EncryptionKeyError):
+        FieldCipher(key).decrypt(token[:10] + "*" + token[10:], "f")
+
+
+async def test_a_store_of_the_previous_format_opens_and_is_marked_newer(tmp_path: Path) -> None:
+    """A store an older servicebay wrote (schema 1, Fernet key check and fields) opens; it is
+    then marked schema 2, so an older servicebay, which cannot open "sb3:" tokens, refuses it
+    with "upgrade" rather than reading "wrong key"."""
+    db = tmp_path / "broker.db"
+    key = Fernet.generate_key().decode()
+    store = open_store(f"sqlite:///{db}", key)
+    await store.open()
+    await store.close()
+    fernet = Fernet(key.encode())
+    with sqlite3.connect(db) as raw:
+        check = fernet.encrypt(b'"servicebay-broker-key-check"').decode()
+        raw.execute("UPDATE broker_schema SET version = 1, key_check = ?", (check,))
+    reopened = open_store(f"sqlite:///{db}", key)
+    await reopened.open()
+    await reopened.close()
+    with sqlite3.connect(db) as raw:
+        assert raw.execute("SELECT version FROM broker_schema").fetchall() == [(2,)]

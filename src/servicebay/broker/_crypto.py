@@ -1,13 +1,18 @@
 """Encryption at rest of the store's sensitive JSON fields (parameters, credentials, requests).
 
 The store hands every sensitive field to a `FieldCipher` before writing and after reading, so the
-database only ever holds tokens: ``sb2:`` and the url-safe base64 of a random 96-bit nonce and
+database only ever holds tokens: ``sb3:`` and the url-safe base64 of a random 96-bit nonce and
 the AES-256-GCM ciphertext with its tag (``cryptography``'s AESGCM, a key derived from the
-configured one with HKDF-SHA256). Older stores hold Fernet tokens (AES-128-CBC + HMAC-SHA256),
-which are still read; GCM took over because a Fernet encryption built a dozen Python and OpenSSL
-objects each time (~13% of the CPU of an in-process lifecycle; one AESGCM call costs a quarter of
-it). Keys keep Fernet's format (32 url-safe base64-encoded bytes). Where the key comes from, in
-order: the configured key (``BrokerSettings.key``), the
+configured one with HKDF-SHA256). The field's identity (its ``context``: record kind, ids and
+field name, e.g. ``["b","<instance>","<binding>","r"]``) is the associated data of the seal, so
+a token opens only in the field it was sealed for: someone who can write the database but has
+no key cannot move binding A's credentials into binding B's row, or parameters into a response.
+Older tokens still open, without that binding: ``sb2:`` (the same GCM seal without associated
+data, written by development builds on 2026-12-01) and Fernet tokens (AES-128-CBC +
+HMAC-SHA256) of older stores; GCM took over because a Fernet encryption built a dozen Python
+and OpenSSL objects each time (~13% of the CPU of an in-process lifecycle; one AESGCM call
+costs a quarter of it). Keys keep Fernet's format (32 url-safe base64-encoded bytes). Where the
+key comes from, in order: the configured key (``BrokerSettings.key``), the
 ``SERVICEBAY_BROKER_KEY`` environment variable, and for a SQLite file a key file
 ``servicebay-broker.key`` created with mode 0600 next to the database. A shared PostgreSQL store
 has no such "next to", so it requires an explicit key. Several comma-separated keys may be given:
@@ -38,7 +43,10 @@ __all__ = ["KEY_ENV", "KEY_FILE_NAME", "EncryptionKeyError", "FieldCipher", "loa
 
 KEY_ENV = "SERVICEBAY_BROKER_KEY"
 KEY_FILE_NAME = "servicebay-broker.key"
-_PREFIX = "sb2:"  # not in the url-safe base64 alphabet: no Fernet token starts with it
+# Neither prefix is in the url-safe base64 alphabet: no Fernet token starts with one.
+_PREFIX = "sb3:"  # GCM, the field's context as associated data
+_PREFIX_NO_AAD = "sb2:"  # GCM without associated data (development builds of 2026-12-01)
+_TAG = 16
 _NONCE = 12
 _HKDF_INFO = b"servicebay broker store fields: AES-256-GCM"
 _DUMPS = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
@@ -51,15 +59,13 @@ class EncryptionKeyError(StoreError):
 class FieldCipher:
     """Encrypts JSON values to tokens (str) and back, remembering recent work.
 
-    The store writes a record and reads it back within a request or two, and rewrites fields
-    unchanged (a provision creates the row, then records its result), so two small bounded
-    memories save most cipher calls: token → JSON for tokens this process made or opened, and
-    (field, JSON) → token for a field re-written with the same value. The second is keyed by
-    the field's identity (``context``, e.g. ``"instance/<id>/parameters"``), so equal values in
-    different fields never share a token and the database shows no more than it did. The one
-    exception is the empty object ``{}`` (a bind without parameters, a binding not yet answered):
-    every field holding it shares one token per process, since a token's length already tells
-    that its value is empty, so sharing it tells nothing more.
+    Every call names the field (``context``), which is sealed with the value as associated data:
+    a token opens only with the context it was sealed with, so equal values in different fields
+    never share a token and no token can be moved to another field or record. The store writes
+    a record and reads it back within a request or two, and rewrites fields unchanged (a
+    provision creates the row, then records its result), so two small bounded memories save most
+    cipher calls, both keyed by the context too: (context, token) → JSON for tokens this process
+    made or opened, and (context, JSON) → token for a field re-written with the same value.
     """
 
     def __init__(self, key: str, *, memory: int = 4096) -> None:
@@ -79,63 +85,70 @@ class FieldCipher:
         # The first key seals, every key opens (rotation), as with MultiFernet.
         self._gcms = [AESGCM(_derived(part)) for part in key.split(",") if part.strip()]
         self._memory = memory
-        self._opened: OrderedDict[str, str] = OrderedDict()
+        self._opened: OrderedDict[tuple[str, str], str] = OrderedDict()
         self._sealed: OrderedDict[tuple[str, str], str] = OrderedDict()
-        self._empty: str | None = None  # the token of {}, made on first use
 
-    def encrypt(self, value: Any, context: str | None = None) -> str:
-        """The token of ``value`` as compact JSON (the same token if ``context``'s value is
-        unchanged since this process last encrypted it)."""
+    def encrypt(self, value: Any, context: str) -> str:
+        """The token of ``value`` as compact JSON, bound to the field ``context`` (the same token
+        if the field's value is unchanged since this process last encrypted it)."""
         data = _DUMPS(value)
-        if data == "{}":
-            if self._empty is None:
-                self._empty = self._seal(b"{}")
-                self._remember(self._opened, self._empty, data)
-            return self._empty
-        if context is not None:
-            token = self._sealed.get((context, data))
-            if token is not None:
-                return token
-        token = self._seal(data.encode())
-        if context is not None:
+        token = self._sealed.get((context, data))
+        if token is None:
+            token = self._seal(data.encode(), context)
             self._remember(self._sealed, (context, data), token)
-        self._remember(self._opened, token, data)
+            self._remember(self._opened, (context, token), data)
         return token
 
-    def decrypt(self, token: str) -> Any:
-        """The JSON value inside ``token``; EncryptionKeyError if it was sealed with another key."""
-        data = self._opened.get(token)
+    def decrypt(self, token: str, context: str) -> Any:
+        """The JSON value inside ``token``, sealed for the field ``context``; EncryptionKeyError if
+        no configured key opens it (another key, altered, or moved from another field)."""
+        data = self._opened.get((context, token))
         if data is None:
-            data = self._open(token)
-            self._remember(self._opened, token, data)
+            data = self._open(token, context)
+            self._remember(self._opened, (context, token), data)
         return json.loads(data)
 
-    def _seal(self, data: bytes) -> str:
+    def _seal(self, data: bytes, context: str) -> str:
         nonce = os.urandom(_NONCE)
-        sealed = nonce + self._gcms[0].encrypt(nonce, data, None)
+        sealed = nonce + self._gcms[0].encrypt(nonce, data, _aad(context))
         return _PREFIX + base64.urlsafe_b64encode(sealed).decode("ascii")
 
-    def _open(self, token: str) -> str:
+    def _open(self, token: str, context: str) -> str:
         try:
-            if not token.startswith(_PREFIX):
-                return self._fernet.decrypt(token.encode("ascii")).decode()
-            sealed = base64.urlsafe_b64decode(token[len(_PREFIX) :])
-            nonce, ciphertext = sealed[:_NONCE], sealed[_NONCE:]
-            for gcm in self._gcms:
-                with contextlib.suppress(InvalidTag):
-                    return gcm.decrypt(nonce, ciphertext, None).decode()
-        except (InvalidToken, binascii.Error, ValueError):
+            if token.startswith(_PREFIX):
+                return self._open_gcm(token[len(_PREFIX) :], _aad(context))
+            if token.startswith(_PREFIX_NO_AAD):
+                return self._open_gcm(token[len(_PREFIX_NO_AAD) :], None)
+            return self._fernet.decrypt(token.encode("ascii")).decode()
+        except (InvalidToken, InvalidTag, binascii.Error, ValueError):
             pass
+        # Never echo the token or what it holds: the message says what may be wrong.
         raise EncryptionKeyError(
             "cannot decrypt the broker's stored records: the store was written with a "
             f"different key (set {KEY_ENV} or BrokerSettings.key to the key it was "
-            "created with)"
+            "created with), or a stored value was altered or moved from another record"
         )
+
+    def _open_gcm(self, text: str, aad: bytes | None) -> str:
+        # Strict: a character outside the alphabet is an error, not silently skipped.
+        sealed = base64.b64decode(text, altchars=b"-_", validate=True)
+        if len(sealed) < _NONCE + _TAG:
+            raise ValueError("token too short")
+        nonce, ciphertext = sealed[:_NONCE], sealed[_NONCE:]
+        for gcm in self._gcms:
+            with contextlib.suppress(InvalidTag):
+                return gcm.decrypt(nonce, ciphertext, aad).decode()
+        raise InvalidTag
 
     def _remember(self, memory: OrderedDict[Any, str], key: Any, value: str) -> None:
         memory[key] = value
         if len(memory) > self._memory:
             memory.popitem(last=False)
+
+
+def _aad(context: str) -> bytes:
+    # surrogatepass: any str names a field, even one holding a lone surrogate.
+    return context.encode("utf-8", "surrogatepass")
 
 
 def _derived(key: str) -> bytes:

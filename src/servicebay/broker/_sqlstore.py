@@ -74,6 +74,7 @@ from sqlalchemy import (
     Text,
     create_engine,
     select,
+    update,
 )
 from sqlalchemy.dialects import postgresql
 from sqlalchemy.engine import URL, Row, make_url
@@ -100,7 +101,9 @@ from servicebay.broker._store import (
 
 __all__ = ["SCHEMA_VERSION", "SqlStore", "database_url", "open_sql_store"]
 
-SCHEMA_VERSION = 1
+# 2: fields sealed as "sb3:" tokens bound to their field, which version 1 cannot open; a
+# version-1 store is marked 2 when opened, so an older servicebay says "upgrade", not "wrong key".
+SCHEMA_VERSION = 2
 _KEY_CHECK = "servicebay-broker-key-check"
 _SQLITE_BUSY_TIMEOUT_S = 30.0
 # WAL pages written before this process asks its thread for a checkpoint (SQLite's own default
@@ -233,6 +236,15 @@ def open_sql_store(url: str, key: str | None = None) -> Store:
 _dumps = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
 
 
+def _field(*parts: str) -> str:
+    """A stored field's identity, the context its token is sealed for (a JSON array, so no id
+    can make two fields' identities equal)."""
+    return _dumps(parts)
+
+
+_KEY_CHECK_FIELD = _field("broker_schema", "key_check")
+
+
 def _dumps_opt(value: Any) -> str | None:
     return None if value is None else _dumps(value)
 
@@ -254,7 +266,7 @@ class _Codec:
             "plan_id": rec.plan_id,
             "state": rec.state,
             "request_fingerprint": rec.request_fingerprint,
-            "parameters": self._cipher.encrypt(rec.parameters, f"i/{rec.instance_id}/p"),
+            "parameters": self._cipher.encrypt(rec.parameters, _field("i", rec.instance_id, "p")),
             "context": _dumps(rec.context),
             "maintenance_info": _dumps_opt(rec.maintenance_info),
             "dashboard_url": rec.dashboard_url,
@@ -270,7 +282,9 @@ class _Codec:
             plan_id=row["plan_id"],
             state=row["state"],
             request_fingerprint=row["request_fingerprint"],
-            parameters=self._cipher.decrypt(row["parameters"]),
+            parameters=self._cipher.decrypt(
+                row["parameters"], _field("i", row["instance_id"], "p")
+            ),
             context=json.loads(row["context"]),
             maintenance_info=_loads_opt(row["maintenance_info"]),
             dashboard_url=row["dashboard_url"],
@@ -280,27 +294,28 @@ class _Codec:
         )
 
     def binding_values(self, rec: BindingRecord) -> dict[str, Any]:
-        # Encryption contexts name the field: a value re-written unchanged keeps its token.
-        binding = f"b/{rec.instance_id}/{rec.binding_id}"
+        # Encryption contexts name the field: a token opens only there.
+        field = ("b", rec.instance_id, rec.binding_id)
         return {
             "instance_id": rec.instance_id,
             "binding_id": rec.binding_id,
             "state": rec.state,
             "request_fingerprint": rec.request_fingerprint,
-            "parameters": self._cipher.encrypt(rec.parameters, f"{binding}/p"),
-            "response": self._cipher.encrypt(rec.response, f"{binding}/r"),
+            "parameters": self._cipher.encrypt(rec.parameters, _field(*field, "p")),
+            "response": self._cipher.encrypt(rec.response, _field(*field, "r")),
             "created_at": rec.created_at,
             "updated_at": rec.updated_at,
         }
 
     def binding(self, row: Mapping[Any, Any]) -> BindingRecord:
+        field = ("b", row["instance_id"], row["binding_id"])
         return BindingRecord(
             instance_id=row["instance_id"],
             binding_id=row["binding_id"],
             state=row["state"],
             request_fingerprint=row["request_fingerprint"],
-            parameters=self._cipher.decrypt(row["parameters"]),
-            response=self._cipher.decrypt(row["response"]),
+            parameters=self._cipher.decrypt(row["parameters"], _field(*field, "p")),
+            response=self._cipher.decrypt(row["response"], _field(*field, "r")),
             created_at=row["created_at"],
             updated_at=row["updated_at"],
         )
@@ -316,7 +331,7 @@ class _Codec:
             "description": rec.description,
             "instance_usable": rec.instance_usable,
             "update_repeatable": rec.update_repeatable,
-            "request": self._cipher.encrypt(rec.request, f"o/{rec.operation_id}/r"),
+            "request": self._cipher.encrypt(rec.request, _field("o", rec.operation_id, "r")),
             "deadline": rec.deadline,
             "owner": rec.owner,
             "heartbeat_at": rec.heartbeat_at,
@@ -334,7 +349,7 @@ class _Codec:
             description=row["description"],
             instance_usable=row["instance_usable"],
             update_repeatable=row["update_repeatable"],
-            request=self._cipher.decrypt(row["request"]),
+            request=self._cipher.decrypt(row["request"], _field("o", row["operation_id"], "r")),
             deadline=row["deadline"],
             owner=row["owner"],
             heartbeat_at=row["heartbeat_at"],
@@ -1122,7 +1137,8 @@ def _check_schema(conn: Connection, cipher: FieldCipher, backend: str) -> None:
     current = select(_schema).where(_schema.c.id == 1)
     row: Row[Any] | None = conn.execute(current).first()
     if row is None:
-        values = {"id": 1, "version": SCHEMA_VERSION, "key_check": cipher.encrypt(_KEY_CHECK)}
+        key_check = cipher.encrypt(_KEY_CHECK, _KEY_CHECK_FIELD)
+        values = {"id": 1, "version": SCHEMA_VERSION, "key_check": key_check}
         if backend == "sqlite":
             from sqlalchemy.dialects import sqlite
 
@@ -1135,5 +1151,9 @@ def _check_schema(conn: Connection, cipher: FieldCipher, backend: str) -> None:
             f"the broker database has schema version {row.version}, newer than this "
             f"servicebay understands ({SCHEMA_VERSION}); upgrade servicebay"
         )
-    if cipher.decrypt(row.key_check) != _KEY_CHECK:
+    if cipher.decrypt(row.key_check, _KEY_CHECK_FIELD) != _KEY_CHECK:
         raise EncryptionKeyError("the broker store's key check does not match")
+    if row.version < SCHEMA_VERSION:
+        # Only after the key check: a store this process cannot read stays as it was.
+        bump = update(_schema).where(_schema.c.id == 1, _schema.c.version < SCHEMA_VERSION)
+        conn.execute(bump.values(version=SCHEMA_VERSION))
