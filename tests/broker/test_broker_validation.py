@@ -3,6 +3,7 @@ changes nothing."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -25,6 +26,7 @@ from test_broker_support import (
 from servicebay import osb
 from servicebay.broker import BindDetails, BindResult, OperationContext
 from servicebay.broker._store import Store
+from servicebay.broker._validation import MAX_DEPTH
 
 INSTANCE = "/v2/service_instances/i-1"
 BINDING = INSTANCE + "/service_bindings/b-1"
@@ -438,3 +440,77 @@ async def test_non_json_numbers_are_400(
     assert response.status_code == 400
     assert token in _description(response)
     assert broker.calls == []
+
+
+def _with(body: dict[str, Any], name: str, raw: str) -> bytes:
+    """`body` as JSON text with `name`'s value replaced by the raw JSON text `raw`."""
+    text = json.dumps({**body, name: "\x00placeholder"})
+    return text.replace(json.dumps("\x00placeholder"), raw).encode()
+
+
+def _deep(depth: int) -> str:
+    return "[" * depth + "]" * depth
+
+
+def _surrogate_bodies(body: dict[str, Any]) -> list[bytes]:
+    return [
+        _with(body, "parameters", '{"name": "\\ud800"}'),  # escaped, valid JSON
+        _with(body, "parameters", '{"name": "half an emoji: \\ud83d"}'),
+        _with(body, "parameters", '{"\\udfff": "a key"}'),
+        _with(body, "context", '{"platform": "x", "note": "\\uDC00"}'),
+        _with(body, "parameters", '{"name": "X"}').replace(b'"X"', b'"\xed\xa0\x80"'),  # raw
+    ]
+
+
+@pytest.mark.parametrize("where", ["parameters", "context"])
+@pytest.mark.parametrize("depth", [100_000, 990, MAX_DEPTH + 1])
+async def test_deeply_nested_json_is_400_on_provision_and_bind(
+    env: tuple[SampleBroker, httpx.AsyncClient], where: str, depth: int
+) -> None:
+    """JSON nested deeper than MAX_DEPTH levels (or too deep to decode at all) is a bad request
+    naming the limit, on provision and bind alike, and nothing is recorded or called."""
+    broker, client = env
+    await _provisioned(client)
+    for url, body in ((INSTANCE.replace("i-1", "i-2"), provision_body()), (BINDING, bind_body())):
+        response = await client.put(url, content=_with(body, where, _deep(depth)))
+        assert response.status_code == 400, response.text
+        assert f"deeper than {MAX_DEPTH} levels" in _description(response)
+    assert broker.count("provision") == 1 and broker.count("bind") == 0
+    assert await _store(client).get_instance("i-2") is None
+    assert await _store(client).get_binding("i-1", "b-1") is None
+
+
+async def test_nesting_up_to_the_limit_is_accepted(
+    env: tuple[SampleBroker, httpx.AsyncClient],
+) -> None:
+    """A body nested exactly MAX_DEPTH levels (the body object included) is provisioned."""
+    _, client = env
+    inner = _deep(MAX_DEPTH - 2)  # body object and context object are two levels
+    response = await client.put(
+        INSTANCE, content=_with(provision_body(), "context", f'{{"platform": "x", "n": {inner}}}')
+    )
+    assert response.status_code == 201, response.text
+
+
+async def test_lone_surrogates_are_400_on_provision_and_bind(
+    env: tuple[SampleBroker, httpx.AsyncClient],
+) -> None:
+    """A string holding a lone UTF-16 surrogate (escaped: valid JSON but no Unicode text; or
+    encoded in the bytes) is a bad request, on provision and bind, in parameters, keys or
+    context, and nothing is recorded or called; a properly paired surrogate escape is fine."""
+    broker, client = env
+    await _provisioned(client)
+    for body in _surrogate_bodies(provision_body()):
+        response = await client.put(INSTANCE.replace("i-1", "i-2"), content=body)
+        assert response.status_code == 400, response.text
+        assert "surrogate" in _description(response) or "utf-8" in _description(response)
+    for body in _surrogate_bodies(bind_body()):
+        response = await client.put(BINDING, content=body)
+        assert response.status_code == 400, response.text
+    assert broker.count("provision") == 1 and broker.count("bind") == 0
+    assert await _store(client).get_instance("i-2") is None
+    assert await _store(client).get_binding("i-1", "b-1") is None
+    paired = _with(bind_body(), "parameters", '{"name": "\\ud83d\\ude00"}')
+    response = await client.put(BINDING, content=paired)
+    assert response.status_code == 201, response.text
+    assert broker.count("bind") == 1

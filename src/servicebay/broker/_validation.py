@@ -1,7 +1,9 @@
 """Request validation: everything checked before the author sees a request.
 
 Every rule answers with the spec's status and a description naming what is wrong:
-malformed JSON, wrong types and missing or empty ids → 400 (via `osb.parse`); unknown
+malformed JSON (a body over `MAX_BODY` bytes, nested deeper than `MAX_DEPTH`, or with a string
+that is not Unicode text) → 400 before anything runs; wrong types and missing or empty ids →
+400 (via `osb.parse`); unknown
 `service_id` / `plan_id` (checked against the catalog) → 400; parameters violating the plan's
 JSON schema → 400 naming the field; a `maintenance_info.version` other than the plan's → 422
 MaintenanceInfoConflict (spec "Provisioning" / "Updating a Service Instance"; an empty
@@ -12,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from collections.abc import Mapping
 from typing import Any, TypeVar
 
@@ -23,6 +26,7 @@ from servicebay.broker._routing import OSBRequest
 
 __all__ = [
     "MAX_BODY",
+    "MAX_DEPTH",
     "CatalogIndex",
     "accepts_incomplete",
     "check_maintenance_info",
@@ -37,6 +41,10 @@ __all__ = [
 
 #: Largest request body accepted; catalog schemas alone are bounded to 64 kB by the spec.
 MAX_BODY = 1024 * 1024
+#: Deepest nesting of objects and arrays accepted in a body: far more than any parameter set
+#: needs, and far enough below Python's recursion limit for every later step (schema check,
+#: encoding, sealing) to handle the body without a RecursionError.
+MAX_DEPTH = 64
 
 M = TypeVar("M", bound=BaseModel)
 
@@ -114,17 +122,63 @@ class CatalogIndex:
 
 
 async def read_json(request: OSBRequest) -> dict[str, Any]:
-    """The request body as a JSON object; 400 when it is too large, not JSON or not an object."""
+    """The request body as a JSON object; 400 when it is too large, not JSON, not Unicode text,
+    nested deeper than `MAX_DEPTH` or not an object."""
     body = await _read_body(request)
     if not body.strip():
         raise osb.BadRequest("request body is empty; a JSON object is required")
     try:
-        data = _JSON.decode(body.decode(json.detect_encoding(body), "surrogatepass"))
+        # Strict: a lone surrogate encoded in the bytes is not text (json.loads would pass it).
+        text = body.decode(json.detect_encoding(body))
+        data = _JSON.decode(text)
     except (UnicodeDecodeError, json.JSONDecodeError) as error:
         raise osb.BadRequest(f"request body is not valid JSON: {error}") from None
+    except RecursionError:
+        raise osb.BadRequest(_TOO_DEEP) from None
+    # Both checks scan the text first (in C) and walk the data only if the text allows it.
+    if text.count("[") + text.count("{") > MAX_DEPTH and _deeper_than(data, MAX_DEPTH):
+        raise osb.BadRequest(_TOO_DEEP)
+    if _SURROGATE_ESCAPE.search(text) and not _is_text(data):
+        # A "\ud800" escape is valid JSON but no Unicode text: it could be neither stored
+        # (UTF-8) nor answered, so it is refused here, before anything is recorded.
+        raise osb.BadRequest(
+            "request body is not valid JSON text: a string holds a lone UTF-16 surrogate "
+            "(such as \\ud800 without its pair), which is not a Unicode character"
+        )
     if not isinstance(data, dict):
         raise osb.BadRequest("request body must be a JSON object")
     return data
+
+
+_TOO_DEEP = f"request body nests objects and arrays deeper than {MAX_DEPTH} levels"
+# The escape of a UTF-16 surrogate (D800-DFFF), paired or not: the only way JSON text that
+# decoded as UTF-8 can yield a string that is not Unicode text.
+_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
+
+
+def _deeper_than(data: Any, limit: int) -> bool:
+    """True if `data` nests objects and arrays more than `limit` levels (level by level, so a
+    body the JSON decoder accepted cannot exhaust the stack here)."""
+    level = [data] if isinstance(data, dict | list) else []
+    for _ in range(limit):
+        level = [
+            child
+            for value in level
+            for child in (value.values() if isinstance(value, dict) else value)
+            if isinstance(child, dict | list)
+        ]
+        if not level:
+            return False
+    return True
+
+
+def _is_text(data: Any) -> bool:
+    """True if every string in `data` (keys included) is Unicode text, i.e. encodes as UTF-8."""
+    try:
+        _exact(data).encode()
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 async def _read_body(request: OSBRequest) -> bytes:
