@@ -3,9 +3,18 @@
 from __future__ import annotations
 
 import asyncio
+import socket
+from collections.abc import AsyncIterator
 from typing import Any
 
-from servicebay.platform.api.serving import _HeadWithBody
+import httpx
+import uvicorn
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.routing import Route
+
+from servicebay.platform.api.serving import OneWriteHttpProtocol, _HeadWithBody
 
 HEAD = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\n"
 
@@ -51,3 +60,80 @@ async def test_headers_without_a_body_behind_them_leave_at_the_next_loop_turn() 
     transport.close()
     assert recording.writes == [HEAD, HEAD]
     assert recording.closed
+
+
+async def test_writelines_goes_through_the_held_head() -> None:
+    """A body sent with writelines still follows its head (never overtakes it)."""
+    recording = _Recording()
+    transport = _HeadWithBody(recording)
+    transport.write(HEAD)
+    transport.writelines([b"{", b"}"])
+    assert recording.writes == [HEAD + b"{}"]
+
+
+async def test_answers_over_a_real_socket() -> None:
+    """Through uvicorn with the one-write protocol: kept-alive requests, HEAD, a large body,
+    a streamed answer whose first chunk arrives before the rest is produced, 204, pipelining."""
+    release = asyncio.Event()
+
+    async def small(request: Request) -> Response:
+        return JSONResponse({"ok": 1})
+
+    async def big(request: Request) -> Response:
+        return Response(b"x" * (4 * 1024 * 1024), media_type="application/octet-stream")
+
+    async def stream(request: Request) -> Response:
+        async def chunks() -> AsyncIterator[bytes]:
+            yield b"first\n"
+            await release.wait()
+            yield b"second\n"
+
+        return StreamingResponse(chunks())
+
+    async def empty(request: Request) -> Response:
+        return Response(status_code=204)
+
+    app = Starlette(
+        routes=[
+            Route("/s", small, methods=["GET", "HEAD"]),
+            Route("/b", big),
+            Route("/st", stream),
+            Route("/n", empty),
+        ]
+    )
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    config = uvicorn.Config(app, http=OneWriteHttpProtocol, log_level="warning", lifespan="off")
+    server = uvicorn.Server(config)
+    task = asyncio.create_task(server.serve(sockets=[sock]))
+    try:
+        for _ in range(500):  # poll for startup with a deadline (5 s)
+            if server.started:
+                break
+            await asyncio.sleep(0.01)
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as client:
+            for _ in range(3):
+                assert (await client.get("/s")).json() == {"ok": 1}
+            head = await client.head("/s")
+            assert (head.status_code, head.content) == (200, b"")
+            assert len((await client.get("/b")).content) == 4 * 1024 * 1024
+            async with client.stream("GET", "/st") as streamed:
+                chunks = streamed.aiter_raw()
+                assert await asyncio.wait_for(anext(chunks), 5) == b"first\n"
+                release.set()
+                assert b"".join([c async for c in chunks]) == b"second\n"
+            assert (await client.get("/n")).status_code == 204
+            assert (await client.get("/s")).json() == {"ok": 1}
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(
+            b"GET /s HTTP/1.1\r\nHost: x\r\n\r\nHEAD /s HTTP/1.1\r\nHost: x\r\n\r\n"
+            b"GET /s HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+        )
+        data = await asyncio.wait_for(reader.read(), 5)
+        writer.close()
+        assert data.count(b"HTTP/1.1 200") == 3
+        assert data.count(b'{"ok":1}') == 2
+    finally:
+        server.should_exit = True
+        await task

@@ -7,6 +7,10 @@ sandboxed kernels) that is a measurable share of a request. :class:`OneWriteHttp
 uvicorn's protocol with its transport wrapped so that a header block waits for the body that
 follows it; a header block with no body right behind it (a streamed or file answer) is sent
 at the event loop's next turn, so nothing waits longer than that.
+
+It relies on how uvicorn's httptools protocol writes (the head in one ``write``, every later
+byte through ``write`` or ``writelines``), so ``pyproject.toml`` bounds uvicorn's version and
+``tests/platform/test_platform_serving.py`` checks answers over a real socket.
 """
 
 from __future__ import annotations
@@ -38,6 +42,13 @@ class _HeadWithBody:
             head, self._head = self._head, None
             if not self._transport.is_closing():
                 self._transport.write(head)
+
+    def writelines(self, chunks: Any) -> None:  # one path for every byte, held head first
+        self.write(b"".join(bytes(chunk) for chunk in chunks))
+
+    def write_eof(self) -> None:
+        self._flush()
+        self._transport.write_eof()
 
     def close(self) -> None:
         self._flush()
