@@ -269,15 +269,16 @@ def validated_parameters(
 
     Platforms send the same few parameter sets again and again, and checking one against its
     schema cost more than the rest of a provision's logic: the outcome for a valid set is
-    remembered per schema (bounded), keyed by the set's exact JSON, and handed out as a copy.
+    remembered per schema and handed out as a copy. Only small sets (`_CACHED_MAX` characters
+    of JSON, with defaults) of schemas without sensitive fields are remembered, keyed by a
+    digest of their exact JSON: the memory stays a few MiB, and no password stays in it.
     """
     given = dict(parameters or {})
     if schema is None:
         osb.validate_parameters(schema, given)  # still refuses a non-object
         return given
-    try:
-        key = (id(schema), defaults, _exact(given))
-    except (TypeError, ValueError):  # not plain JSON (never from a request): check it anew
+    key = _cache_key(schema, defaults, given)
+    if key is None:
         osb.validate_parameters(schema, given)
         return osb.apply_defaults(schema, given) if defaults else given
     known = _VALIDATED.get(key)
@@ -286,15 +287,58 @@ def validated_parameters(
         return result
     osb.validate_parameters(schema, given)
     result = osb.apply_defaults(schema, given) if defaults else given
-    if len(_VALIDATED) >= _VALIDATED_KEPT:
-        _VALIDATED.pop(next(iter(_VALIDATED)))
-    # The schema is kept alongside, so its id cannot be reused by another dict meanwhile.
-    _VALIDATED[key] = (schema, _exact(result))
+    kept = _exact(result)
+    if len(kept) <= _CACHED_MAX:
+        _keep(_VALIDATED, key, (schema, kept))
     return result
 
 
-_VALIDATED: dict[tuple[int, bool, str], tuple[dict[str, Any], str]] = {}
+def _cache_key(
+    schema: dict[str, Any], defaults: bool, given: dict[str, Any]
+) -> tuple[int, bool, bytes] | None:
+    """Where the outcome for `given` is remembered, or None if it must not be: not plain JSON
+    (never from a request), too large, or the schema has sensitive fields."""
+    try:
+        text = _exact(given)
+    except (TypeError, ValueError):
+        return None
+    if len(text) > _CACHED_MAX or _has_sensitive_fields(schema):
+        return None
+    digest = hashlib.blake2b(text.encode("utf-8", "surrogatepass"), digest_size=32).digest()
+    return id(schema), defaults, digest
+
+
+def _has_sensitive_fields(schema: dict[str, Any]) -> bool:
+    known = _SENSITIVE.get(id(schema))
+    if known is None or known[0] is not schema:
+        known = (schema, _marks_sensitive(schema))
+        _keep(_SENSITIVE, id(schema), known)
+    return known[1]
+
+
+def _marks_sensitive(node: Any) -> bool:
+    """True if any subschema is marked ``writeOnly`` or ``x-sensitive``: wherever it sits, even
+    under ``items`` or in an unused definition, which `osb.sensitive_paths` does not list."""
+    if isinstance(node, dict):
+        if node.get("writeOnly") is True or node.get("x-sensitive") is True:
+            return True
+        return any(_marks_sensitive(value) for value in node.values())
+    if isinstance(node, list):
+        return any(_marks_sensitive(value) for value in node)
+    return False
+
+
+def _keep(memory: dict[Any, Any], key: Any, value: Any) -> None:
+    if len(memory) >= _VALIDATED_KEPT:
+        memory.pop(next(iter(memory)))
+    # The schema is kept alongside, so its id cannot be reused by another dict meanwhile.
+    memory[key] = value
+
+
+_VALIDATED: dict[tuple[int, bool, bytes], tuple[dict[str, Any], str]] = {}
+_SENSITIVE: dict[int, tuple[dict[str, Any], bool]] = {}
 _VALIDATED_KEPT = 1024
+_CACHED_MAX = 4096  # characters of JSON: 1024 sets stay under ~5 MiB (a body may be 1 MiB)
 _exact = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode
 
 
