@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import sqlite3
 from pathlib import Path
 
 import sqlalchemy as sa
@@ -78,3 +80,47 @@ async def _insert(db: Database, values: dict[str, object] | None) -> None:
             await conn.execute(sa.text("UPDATE namespaces SET description = 'x'"))
         else:
             await conn.execute(tables.namespaces.insert().values(**values))
+
+
+async def test_sqlite_begin_cancelled_while_waiting_for_another_writer_leaves_nothing_open(
+    tmp_path: Path,
+) -> None:
+    """A transaction cancelled while it waits for another process's write lock: once that
+    process commits, this process writes again and so does the other (no transaction of the
+    cancelled begin is left holding the lock); the cancelled block never ran."""
+    path = tmp_path / "shared.db"
+    db = Database(f"sqlite:///{path}")
+    await db.migrate()
+    async with db.begin():
+        pass  # the kept writer connection is open
+    other = sqlite3.connect(path, isolation_level=None)
+    other.execute("BEGIN IMMEDIATE")  # another process is writing
+    ran = False
+
+    async def write() -> None:
+        nonlocal ran
+        async with db.begin():
+            ran = True
+
+    task = asyncio.create_task(write())
+    await asyncio.sleep(0.3)
+    task.cancel()
+    release = asyncio.get_running_loop().call_later(0.3, other.execute, "COMMIT")
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+    assert task.cancelled() and not ran
+    for attempt in range(2):
+        async with asyncio.timeout(10), db.begin() as conn:
+            await conn.execute(
+                sa.insert(tables.namespaces).values(
+                    name=f"after-cancel-{attempt}",
+                    constraints={},
+                    created_at=utcnow(),
+                    updated_at=utcnow(),
+                )
+            )
+    release.cancel()
+    other.execute("BEGIN IMMEDIATE")  # would fail with "database is locked" if left held
+    other.execute("ROLLBACK")
+    other.close()
+    await db.close()

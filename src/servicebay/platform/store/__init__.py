@@ -243,6 +243,7 @@ class Database:
             except BaseException:
                 await self._rollback(conn, driver)
                 raise
+            await driver.checkpoint_if_due()
 
     async def _open_writer(self) -> AsyncConnection:
         """The kept writer connection of SQLite (see :meth:`begin`)."""
@@ -254,7 +255,11 @@ class Database:
         try:
             await (conn.rollback() if conn.in_transaction() else driver.rollback())
         except BaseException:
-            self._writer = None  # not reused in an unknown state; the next begin opens one
+            # Not reused in an unknown state (the next begin opens one), but closed, so the
+            # pool gets its connection back.
+            self._writer = None
+            with contextlib.suppress(Exception):
+                await asyncio.shield(conn.close())
             raise
         finally:
             for hook in hooks:
@@ -430,7 +435,21 @@ class _SQLiteConnection(aiosqlite.Connection):
             if not busy(exc):
                 raise
             hand_off: Callable[..., Awaitable[Any]] = self._execute  # untyped upstream
-            await hand_off(_waiting, self._conn, partial(self._conn.execute, "BEGIN IMMEDIATE"))
+            waiting = asyncio.ensure_future(
+                hand_off(_waiting, self._conn, partial(self._conn.execute, "BEGIN IMMEDIATE"))
+            )
+            try:
+                await asyncio.shield(waiting)
+            except asyncio.CancelledError:
+                # The thread goes on waiting for the lock. Until it is done, the connection
+                # (and the caller's turn on it) stays ours; then no transaction is left behind.
+                with contextlib.suppress(Exception, asyncio.CancelledError):
+                    await asyncio.shield(waiting)
+                if not waiting.done():  # cancelled twice: stop waiting, retrieve its outcome
+                    waiting.add_done_callback(lambda done: done.cancelled() or done.exception())
+                if self._conn.in_transaction:
+                    self._conn.rollback()
+                raise
 
     async def commit(self) -> None:
         if not self._conn.in_transaction:
@@ -439,9 +458,22 @@ class _SQLiteConnection(aiosqlite.Connection):
         # appends to the WAL without fsync; the checkpoint that does fsync runs in the thread.
         self._conn.commit()
         _SQLiteConnection.commits += 1
-        if _SQLiteConnection.commits % _CHECKPOINT_EVERY == 0:
-            hand_off: Callable[..., Awaitable[Any]] = self._execute  # untyped upstream
-            await hand_off(self._checkpoint)
+
+    async def checkpoint_if_due(self) -> None:
+        """Every so many commits, a PASSIVE checkpoint in the thread. Run after a transaction's
+        outcome is settled: its failure or cancellation must not look like a rollback."""
+        if _SQLiteConnection.commits % _CHECKPOINT_EVERY or self._conn.in_transaction:
+            return
+        hand_off: Callable[..., Awaitable[Any]] = self._execute  # untyped upstream
+        job = asyncio.ensure_future(hand_off(self._checkpoint))
+        try:
+            await asyncio.shield(job)
+        except asyncio.CancelledError:
+            with contextlib.suppress(Exception, asyncio.CancelledError):
+                await asyncio.shield(job)  # the connection is ours until the thread is done
+            raise
+        except sqlite3.Error as exc:  # a missed checkpoint only lets the WAL grow a little
+            log.warning("WAL checkpoint failed (%s)", type(exc).__name__)
 
     def _checkpoint(self) -> None:
         self._conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()  # fetched: finished
