@@ -59,6 +59,16 @@ BAD_FRAMES = {
     ),
     "too many frames": (json.dumps([{"type": "typing", "room": "lobby"}] * 1001), "too_large"),
     "array of non-objects": ("[1]", "bad_frame"),
+    # Valid JSON text that no UTF-8 store can hold (the standard parser admits it, orjson not).
+    "lone surrogate in body": (
+        '{"type":"send","room":"lobby","key":"k","body":"half an emoji: \\ud83d"}',
+        "bad_frame",
+    ),
+    "lone surrogate in key": (
+        '{"type":"send","room":"lobby","key":"\\udfff","body":"x"}',
+        "bad_frame",
+    ),
+    "nested too deep": ("[" * 60_000, "bad_frame"),
     "unknown room": (
         json.dumps({"type": "send", "room": "nowhere", "key": "k", "body": "x"}),
         "unknown_room",
@@ -81,6 +91,28 @@ async def test_bad_frame_gets_error_frame_and_stores_nothing(chat: ServedChat, c
         await ws.send(json.dumps({"type": "send", "room": "lobby", "key": "ok", "body": "fine"}))
         assert (await _next(ws, "sent"))["seq"] == 1
     assert [m.body for m in await chat.store.read("lobby", 0)] == ["fine"]
+
+
+async def test_lone_surrogate_send_fails_alone_in_its_loop_turn(chat: ServedChat) -> None:
+    """A send with a lone surrogate gets `bad_frame`; a good send in the same turn is stored."""
+    ann, bob = await chat.user("ann", "lobby"), await chat.user("bob", "lobby")
+    async with connect(chat.ws) as a, connect(chat.ws) as b:
+        for ws, token in ((a, ann), (b, bob)):
+            await ws.send(json.dumps({"type": "hello", "token": token}))
+            await _next(ws, "joined")
+        for n, bad in enumerate(
+            ['"key":"b1","body":"half: \\ud83d"', '"key":"\\ud800","body":"x"']
+        ):
+            good = {"type": "send", "room": "lobby", "key": f"a{n}", "body": "hello"}
+            await asyncio.gather(  # both frames reach the server together: one group commit
+                a.send(json.dumps(good)), b.send('{"type":"send","room":"lobby",' + bad + "}")
+            )
+            sent, error = await asyncio.gather(_next(a, "sent"), _next(b, "error"))
+            assert (sent["key"], sent["seq"]) == (f"a{n}", n + 1)
+            assert error["code"] == "bad_frame" and "unicode" in error["message"]
+            assert error["ref"] == json.loads("{" + bad + "}")["key"]  # escaped, echoed intact
+        await _still_healthy(b)
+    assert [(m.sender, m.body) for m in await chat.store.read("lobby", 0)] == [("ann", "hello")] * 2
 
 
 async def test_wrong_token_is_refused_and_connection_may_retry(chat: ServedChat) -> None:
@@ -144,6 +176,8 @@ HTTP_CASES = {
     ),
     "oversized request": (None, b"x" * (MAX_FRAME_BYTES + 1), "lobby", 413, "too_large"),
     "unknown room": (None, b'{"key": "k", "body": "x"}', "nowhere", 404, "unknown_room"),
+    "lone surrogate": (None, b'{"key": "k", "body": "\\ud800"}', "lobby", 400, "bad_request"),
+    "lone surrogate key": (None, b'{"key": "\\udfff", "body": "x"}', "lobby", 400, "bad_request"),
 }
 
 

@@ -138,6 +138,39 @@ async def test_refused_write_between_appends_keeps_the_head_exact(tmp_path: Path
         await again.close()
 
 
+async def test_sqlite_op_failing_unexpectedly_fails_alone(tmp_path: Path) -> None:
+    """An append that cannot be written (a lone surrogate) fails alone; its batch commits."""
+    store = SQLiteChatStore(tmp_path / "u.db")
+    await store.open()
+    try:
+        await _room_with(store, "ann", "bob")
+        before = store.batches
+        outcomes = await asyncio.gather(  # one loop turn: one group commit
+            store.append("r", "ann", "a", "hello"),
+            store.append("r", "bob", "b", "half an emoji: \ud83d"),  # fails after a write
+            store.append("r", "bob", "\udfff", "x"),  # fails before any write
+            store.ack("r", "ann", 1),
+            store.append_many("r", "ann", [("c", "one"), ("d", "two")]),
+            return_exceptions=True,
+        )
+        assert store.batches - before == 1
+        assert isinstance(outcomes[1], UnicodeEncodeError)
+        assert isinstance(outcomes[2], UnicodeEncodeError)
+        assert outcomes[0].seq == 1  # type: ignore[union-attr]
+        assert outcomes[3] == 1
+        assert [o.seq for o in outcomes[4]] == [2, 3]  # type: ignore[union-attr]
+        stored = await store.read("r", 0)
+        assert [(m.seq, m.sender, m.body) for m in stored] == [
+            (1, "ann", "hello"),
+            (2, "ann", "one"),
+            (3, "ann", "two"),
+        ]
+        assert (await store.get_room("r")).head == 3  # type: ignore[union-attr]
+        assert (await store.append("r", "bob", "b", "whole")).seq == 4  # the key was not kept
+    finally:
+        await store.close()
+
+
 async def test_sqlite_append_many_is_append_in_order(tmp_path: Path) -> None:
     """Several sends in one write: consecutive seqs, known and repeated keys are duplicates."""
     store = SQLiteChatStore(tmp_path / "m.db")

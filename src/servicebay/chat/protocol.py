@@ -131,7 +131,8 @@ def _quick(data: dict[str, Any]) -> ClientFrame | None:
     """A well-formed ``send`` or ``ack`` in its plain shape, without pydantic; else None.
 
     Accepts only what the models accept, with the same values (``type(x) is int`` keeps bools
-    and floats for pydantic to judge).
+    and floats for pydantic to judge), given strings as orjson parses them: it does not look
+    for lone surrogates, which orjson never yields (``_load``).
     """
     kind, room = data.get("type"), data.get("room")
     if type(room) is not str or len(data) != 4 - (kind == "ack") or not _NAME.fullmatch(room):
@@ -166,10 +167,10 @@ def parse_frame(raw: str | bytes) -> ClientFrame:
     """Parse one client frame (a JSON object) or raise ``ProtocolError`` saying what is wrong."""
     if len(raw) > MAX_FRAME_BYTES:
         raise ProtocolError("too_large", f"frame exceeds {MAX_FRAME_BYTES} bytes")
-    data = _load(raw)
+    data, exact = _load(raw)
     if not isinstance(data, dict):
         raise ProtocolError("bad_frame", "a frame is a JSON object")
-    return _validate(data)
+    return _validate(data, exact)
 
 
 def parse_message(raw: str | bytes) -> list[ClientFrame | ProtocolError]:
@@ -181,9 +182,9 @@ def parse_message(raw: str | bytes) -> list[ClientFrame | ProtocolError]:
     limit = MAX_MESSAGE_BYTES if head in ("[", b"[") else MAX_FRAME_BYTES
     if len(raw) > limit:
         raise ProtocolError("too_large", f"message exceeds {limit} bytes")
-    data = _load(raw)
+    data, exact = _load(raw)
     if isinstance(data, dict):
-        return [_validate(data)]
+        return [_validate(data, exact)]
     if not isinstance(data, list):
         raise ProtocolError("bad_frame", "a message is a JSON object or an array of objects")
     if len(data) > MAX_FRAMES_PER_MESSAGE:
@@ -193,25 +194,32 @@ def parse_message(raw: str | bytes) -> list[ClientFrame | ProtocolError]:
         try:
             if not isinstance(item, dict):
                 raise ProtocolError("bad_frame", "a frame is a JSON object")
-            parsed.append(_validate(item))
+            parsed.append(_validate(item, exact))
         except ProtocolError as exc:
             parsed.append(exc)
     return parsed
 
 
-def _load(raw: str | bytes) -> Any:
+def _load(raw: str | bytes) -> tuple[Any, bool]:
+    """The parsed JSON, and whether orjson parsed it (then no string holds a lone surrogate).
+
+    orjson refuses lone surrogates (``"\\ud800"``, valid JSON text); the standard parser, which
+    decides what orjson refuses (and words the error), admits them. Such strings cannot be
+    stored (UTF-8) and the models refuse them (``string_unicode``), so ``_quick``, which does
+    not look at code points, must never judge what came through the fallback.
+    """
     try:
-        return orjson.loads(raw)
+        return orjson.loads(raw), True
     except orjson.JSONDecodeError:
-        pass  # the standard parser decides (and words the error): it also admits lone surrogates
+        pass
     try:
-        return json.loads(raw)
-    except (ValueError, UnicodeDecodeError) as exc:
+        return json.loads(raw), False
+    except (ValueError, UnicodeDecodeError, RecursionError) as exc:
         raise ProtocolError("bad_frame", f"not JSON: {exc}") from None
 
 
-def _validate(data: dict[str, Any]) -> ClientFrame:
-    if (quick := _quick(data)) is not None:
+def _validate(data: dict[str, Any], exact: bool = True) -> ClientFrame:
+    if exact and (quick := _quick(data)) is not None:
         return quick
     ref = data.get("key") if isinstance(data.get("key"), str) else None
     validate = _BY_TYPE.get(data.get("type"))  # type: ignore[arg-type]
@@ -266,8 +274,10 @@ def encode(frame: dict[str, Any]) -> str:
     """Compact JSON text of a frame (orjson: the server encodes every frame it sends)."""
     try:
         return orjson.dumps(frame).decode()
-    except TypeError:  # orjson refuses lone surrogates, which json.loads lets into a body
-        return json.dumps(frame, separators=(",", ":"), ensure_ascii=False)
+    except TypeError:
+        # orjson refuses lone surrogates: an error frame echoing a refused key (``ref``) may
+        # hold one. Escaped, the text stays valid UTF-8 and the client gets its key back.
+        return json.dumps(frame, separators=(",", ":"))
 
 
 def encode_many(frames: list[dict[str, Any]]) -> str:

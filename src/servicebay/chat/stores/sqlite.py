@@ -105,7 +105,8 @@ class _Pending:
     """A queued operation and the future its caller awaits.
 
     ``checked``: the operation raises ``ChatStoreError`` only before its first write, so it needs
-    no savepoint of its own (the hot paths, append and ack, are written that way).
+    no savepoint of its own (the hot paths, append and ack, are written that way). Should it
+    raise anything else, the batch is rolled back and run again without it (``_commit_batch``).
     """
 
     __slots__ = ("checked", "fut", "loop", "op")
@@ -117,6 +118,14 @@ class _Pending:
 
 
 Outcome = tuple[asyncio.Future[Any], Any, BaseException | None]
+
+
+class _OpFailed(Exception):
+    """A checked op raised something other than ``ChatStoreError`` (it may have written)."""
+
+    def __init__(self, index: int, error: Exception) -> None:
+        super().__init__(f"op {index} failed: {error!r}")
+        self.index, self.error = index, error
 
 
 def _settle(outcomes: list[Outcome]) -> None:
@@ -267,34 +276,63 @@ class SQLiteChatStore:
         conn.close()
 
     def _commit_batch(self, conn: sqlite3.Connection, batch: list[_Pending]) -> None:
-        results: list[tuple[Any, BaseException | None]] = []
-        try:
-            conn.execute("BEGIN IMMEDIATE")
-            for item in batch:
-                results.append(self._apply(conn, item))
-            self._write_heads(conn)
-            conn.execute("COMMIT")
-        except Exception as exc:
-            # Nothing of this batch is durable: every caller hears so and may retry.
-            if conn.in_transaction:
-                conn.execute("ROLLBACK")
-            self._heads.clear()
-            self._dirty_heads.clear()
-            self._members.clear()
-            # The database's words go to the log; callers (and so clients) hear "unavailable".
-            log.warning("chat.store.commit_failed", error=f"{type(exc).__name__}: {exc}")
-            failure = StoreUnavailable("the chat store could not commit this write; retry")
-            results = [(None, failure)] * len(batch)
+        failed: dict[int, BaseException] = {}
+        while True:
+            try:
+                results = self._run_batch(conn, batch, failed)
+            except _OpFailed as exc:
+                # A checked op failed in a way it does not promise to before its first write
+                # (a bug, or input no caller should have let through, e.g. a lone surrogate):
+                # undo the transaction and run the batch again without it. Only that op fails.
+                self._roll_back(conn)
+                failed[exc.index] = exc.error  # handed to its caller, never swallowed
+                continue
+            except Exception as exc:
+                # Nothing of this batch is durable: every caller hears so and may retry.
+                self._roll_back(conn)
+                # The database's words go to the log; callers (and so clients) hear "unavailable".
+                log.warning("chat.store.commit_failed", error=f"{type(exc).__name__}: {exc}")
+                failure = StoreUnavailable("the chat store could not commit this write; retry")
+                results = [(None, failure)] * len(batch)
+            break
         self.batches += 1
         self.batched_writes += len(batch)
         _answer(batch, results)
 
-    def _apply(self, conn: sqlite3.Connection, item: _Pending) -> tuple[Any, BaseException | None]:
+    def _run_batch(
+        self, conn: sqlite3.Connection, batch: list[_Pending], failed: dict[int, BaseException]
+    ) -> list[tuple[Any, BaseException | None]]:
+        """Apply and commit the batch in one transaction; ops in ``failed`` are left out."""
+        results: list[tuple[Any, BaseException | None]] = []
+        conn.execute("BEGIN IMMEDIATE")
+        for index, item in enumerate(batch):
+            if index in failed:
+                results.append((None, failed[index]))
+            else:
+                results.append(self._apply(conn, item, index))
+        self._write_heads(conn)
+        conn.execute("COMMIT")
+        return results
+
+    def _roll_back(self, conn: sqlite3.Connection) -> None:
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
+        self._heads.clear()
+        self._dirty_heads.clear()
+        self._members.clear()
+
+    def _apply(
+        self, conn: sqlite3.Connection, item: _Pending, index: int
+    ) -> tuple[Any, BaseException | None]:
         if item.checked:
             try:
                 return item.op(conn), None
             except ChatStoreError as exc:  # raised before any write: nothing to undo
                 return None, exc
+            except sqlite3.Error:
+                raise  # the database failed, not this op: the whole batch is unavailable
+            except Exception as exc:  # it may have written: only a rollback undoes it
+                raise _OpFailed(index, exc) from exc
         # Its rollback must not undo the heads of appends before it (nor read stale ones).
         self._write_heads(conn)
         conn.execute("SAVEPOINT op")
