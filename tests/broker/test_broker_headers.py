@@ -194,7 +194,12 @@ async def test_originating_identity_is_decoded_for_the_author(
     assert identity.value == {"user_id": "alice"}
 
 
-@pytest.mark.parametrize("header", ["servicebay", "servicebay !!!", "servicebay WzFd", ""])
+_TOO_DEEP = "servicebay " + base64.b64encode(b"[" * 100_000).decode()
+
+
+@pytest.mark.parametrize(
+    "header", ["servicebay", "servicebay !!!", "servicebay WzFd", "", _TOO_DEEP]
+)
 async def test_malformed_originating_identity_is_400(
     env: tuple[SampleBroker, httpx.AsyncClient], header: str
 ) -> None:

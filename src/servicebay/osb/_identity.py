@@ -48,7 +48,7 @@ class OriginatingIdentity(WireModel):
         try:
             raw = base64.b64decode(encoded + "=" * (-len(encoded) % 4), validate=True)
             value = json.loads(raw)
-        except (binascii.Error, ValueError):
+        except (binascii.Error, ValueError, RecursionError):  # nested too deep to decode
             raise BadRequest(
                 "X-Broker-API-Originating-Identity value must be a base64-encoded JSON object"
             ) from None
