@@ -7,6 +7,7 @@ import asyncio
 import sqlite3
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 from urllib.parse import quote
 
 import httpx
@@ -238,5 +239,26 @@ async def test_outage_raises_unavailable_and_the_store_recovers(
         assert seq == 2
         await store.ping()
         assert [m.body for m in await store.read("r", 0)] == ["one", "two"]
+    finally:
+        await store.close()
+
+
+async def test_an_append_arriving_while_a_batch_is_recorded_is_answered(tmp_path: Path) -> None:
+    """A send that comes while the room's writer records the previous batch (and had nothing
+    queued behind it) is written by that writer, not left until some later send."""
+    store = await _opened(chat_rabbitmq.store_url(tmp_path))
+    try:
+        await _room(store)
+        original = store.meta.record
+        late: list[asyncio.Future[Any]] = []
+
+        async def record(*args: Any, **kwargs: Any) -> Any:
+            if not late and "segment" not in kwargs:
+                late.append(store.append("r", "ann", "k2", "two"))
+            return await original(*args, **kwargs)
+
+        store.meta.record = record  # type: ignore[method-assign]
+        assert (await store.append("r", "ann", "k1", "one")).seq == 1
+        assert (await asyncio.wait_for(late[0], 10)).seq == 2
     finally:
         await store.close()

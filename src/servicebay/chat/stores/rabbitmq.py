@@ -420,6 +420,11 @@ class RabbitMQChatStore:
                 # The exception's words are in the log; callers (and clients) hear the code.
                 _fail(batch, StoreUnavailable("the append was not stored; retry"))
                 raise
+            if not batch:
+                # Appends that came while the last record was written found this writer still
+                # running and started none: take them now (nothing awaits between this take and
+                # the end of the task, so none can be left behind).
+                batch, check = _take(room), None
 
     async def _write_batch(
         self, room_id: str, room: _RoomLog, batch: list[_Append], check: BatchCheck
