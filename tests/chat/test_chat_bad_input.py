@@ -139,20 +139,101 @@ async def test_unsupported_version_is_refused(chat: ServedChat) -> None:
         await _still_healthy(ws)
 
 
-async def test_closed_room_refuses_non_member(chat: ServedChat) -> None:
-    """A user outside a closed room cannot send to it, read it or join it."""
+def _frames_for(room: str) -> list[dict[str, Any]]:
+    """A user's frames naming ``room``, each refused unless the user is a member of it."""
+    return [
+        {"type": "send", "room": room, "key": "k", "body": "x"},
+        {"type": "join", "room": room},
+        {"type": "join", "room": room, "after": 0},
+        {"type": "ack", "room": room, "seq": 0},
+        {"type": "typing", "room": room},
+        {"type": "leave", "room": room},
+    ]
+
+
+async def _answers(ws: ClientConnection, frames: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    answers = []
+    for frame in frames:
+        await ws.send(json.dumps(frame))
+        answers.append(await _next(ws, "error"))
+    return answers
+
+
+async def test_closed_room_answers_a_non_member_as_a_missing_room(chat: ServedChat) -> None:
+    """Every frame on a closed room outside the user's membership is refused exactly as on a
+    room that does not exist (code, message, ref), so its existence cannot be learned."""
     from servicebay.chat.stores import Retention
 
     await chat.store.put_room("private", Retention(), open=False)
     token = await chat.user("eve")
+    member = await chat.user("ann", "private")
+    async with connect(chat.ws) as ws:
+        await ws.send(json.dumps({"type": "hello", "token": token, "rooms": {"private": 0}}))
+        await _next(ws, "welcome")
+        hello_error = await _next(ws, "error")
+        closed = await _answers(ws, _frames_for("private"))
+        missing = await _answers(ws, _frames_for("nowhere"))
+        await _still_healthy(ws)
+    assert hello_error == closed[1]
+    assert [a["code"] for a in closed] == ["unknown_room"] * len(closed)
+    assert [json.loads(json.dumps(a).replace("private", "nowhere")) for a in closed] == missing
+    assert closed[0]["ref"] == "k"
+    async with connect(chat.ws) as ws:  # a member still uses it
+        await ws.send(json.dumps({"type": "hello", "token": member}))
+        await _next(ws, "joined")
+        await ws.send(json.dumps({"type": "send", "room": "private", "key": "m", "body": "hi"}))
+        assert (await _next(ws, "sent"))["seq"] == 1
+    assert [m.sender for m in await chat.store.read("private", 0)] == ["ann"]
+
+
+async def test_open_room_tells_a_non_member_to_join_first(chat: ServedChat) -> None:
+    """An open room is public: acking or typing in it before joining is `not_member`."""
+    token = await chat.user("eve")
     async with connect(chat.ws) as ws:
         await ws.send(json.dumps({"type": "hello", "token": token}))
         await _next(ws, "welcome")
-        await ws.send(json.dumps({"type": "send", "room": "private", "key": "k", "body": "x"}))
-        error = await _next(ws, "error")
-        assert (error["code"], error["ref"]) == ("not_member", "k")
-        await ws.send(json.dumps({"type": "join", "room": "private"}))
-        assert (await _next(ws, "error"))["code"] == "not_member"
+        frames = [{"type": "ack", "room": "lobby", "seq": 0}, {"type": "typing", "room": "lobby"}]
+        assert [a["code"] for a in await _answers(ws, frames)] == ["not_member"] * 2
+        await ws.send(json.dumps({"type": "join", "room": "lobby"}))
+        assert (await _next(ws, "joined"))["room"] == "lobby"
+
+
+def _calls_for(room: str) -> list[tuple[str, str, bytes | None]]:
+    base = f"/api/v1/rooms/{room}"
+    return [
+        ("POST", f"{base}/messages", b'{"key": "k", "body": "x"}'),
+        ("GET", f"{base}/messages", None),
+        ("GET", f"{base}/messages?after=0&limit=5", None),
+        ("POST", f"{base}/ack", b'{"seq": 0}'),
+        ("PUT", f"{base}/members/me", None),
+        ("DELETE", f"{base}/members/me", None),
+    ]
+
+
+async def test_http_closed_room_answers_a_non_member_as_a_missing_room(chat: ServedChat) -> None:
+    """Over HTTP, every call of a user on a closed room they are not in gets the 404
+    `unknown_room` a missing room gets, with the same message; nothing changes."""
+    from servicebay.chat.stores import Retention
+
+    await chat.store.put_room("private", Retention(), open=False)
+    auth = {"authorization": f"Bearer {await chat.user('eve')}"}
+    async with httpx.AsyncClient(base_url=chat.http, headers=auth) as http:
+        seen = {}
+        for room in ("private", "nowhere"):
+            answers = []
+            for method, path, body in _calls_for(room):
+                response = await http.request(method, path, content=body)
+                answers.append((response.status_code, response.text.replace(room, "ROOM")))
+            seen[room] = answers
+        assert seen["private"] == seen["nowhere"]
+        assert {status for status, _ in seen["private"]} == {404}
+        assert all('"error":"unknown_room"' in text for _, text in seen["private"])
+        # An open room is public: leaving it or acking without being a member says so.
+        response = await http.post("/api/v1/rooms/lobby/ack", json={"seq": 0})
+        assert (response.status_code, response.json()["error"]) == (403, "not_member")
+        response = await http.delete("/api/v1/rooms/lobby/members/me")
+        assert (response.status_code, response.json()["error"]) == (404, "not_member")
+    assert [m.user for m in await chat.store.members("private")] == []
     assert await chat.store.read("private", 0) == []
 
 

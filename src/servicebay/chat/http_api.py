@@ -10,6 +10,10 @@ Errors::
     ApiError(status, code, message)
     ChatStoreError  → UnknownRoom/UnknownUser 404, NotMember 403, StoreUnavailable 503 (with
                       the generic "unavailable" text; the store's own words go to the log)
+
+A user's call on a closed room they are not in is answered as for a missing room (404
+``unknown_room``, by ``ChatService``); ``not_member`` is only said of open rooms, whose names
+any user may list anyway, or to the admin.
 """
 
 from __future__ import annotations
@@ -281,7 +285,7 @@ async def ack(request: Request) -> Response:
     body = await _parse(request, AckBody)
     service = _service(request)
     hub = await service.hub(request.path_params["room"])
-    if user.id not in hub.cursors:
+    if not await service.is_member(hub, user.id):
         raise NotMember(hub.room, user.id)
     cursor = await service.ack(hub, user.id, body.seq)
     return JSONResponse({"room": hub.room, "cursor": cursor})
@@ -362,6 +366,7 @@ async def delete_member(request: Request) -> Response:
     room, who = request.path_params["room"], request.path_params["user"]
     if who == "me":
         user = await _user(request)
+        await service.is_member(await service.hub(room), user.id)  # a closed room: as if missing
     else:
         _admin(request)
         user = User(who, who)

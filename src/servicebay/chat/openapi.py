@@ -18,7 +18,19 @@ def _json(schema: dict[str, Any], description: str) -> dict[str, Any]:
 
 
 _ERROR = _json(_ref("Error"), "Refused; nothing changed")
-_ERRORS = {"400": _ERROR, "401": _ERROR, "403": _ERROR, "404": _ERROR, "503": _ERROR}
+_ERRORS = {
+    "400": _ERROR,
+    "401": _ERROR,
+    "403": _json(
+        _ref("Error"),
+        "Refused; nothing changed. `not_member`: not a member of this open room (join it first)",
+    ),
+    "404": _json(
+        _ref("Error"),
+        "Refused; nothing changed. `unknown_room` also for a closed room the caller is not in",
+    ),
+    "503": _ERROR,
+}
 _ROOM = {"name": "room", "in": "path", "required": True, "schema": {"type": "string"}}
 _USER = {"name": "user", "in": "path", "required": True, "schema": {"type": "string"}}
 

@@ -34,8 +34,8 @@ ERROR_CODES = {
     "unsupported_version": "the client asked for a protocol version this server does not speak",
     "unauthorized": "missing, unknown or revoked token",
     "not_ready": "send hello first",
-    "unknown_room": "no such room",
-    "not_member": "not a member of the room and the room is not open",
+    "unknown_room": "no such room, or a closed room the user is not a member of",
+    "not_member": "not a member of the room (an open room: join it first)",
     "unavailable": "the store is unavailable; retry with the same key",
 }
 

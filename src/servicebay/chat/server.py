@@ -459,7 +459,7 @@ class Session:
 
     async def _ack(self, user: User, frame: Ack) -> None:
         hub = await self.service.hub(frame.room)
-        if user.id not in hub.cursors:
+        if not await self.service.is_member(hub, user.id):
             raise ProtocolError("not_member", f"not a member of room {frame.room!r}")
         seq = min(frame.seq, hub.head)
         if seq > self.acked.get(frame.room, 0):
@@ -470,6 +470,7 @@ class Session:
 
     async def _leave(self, user: User, room: str) -> None:
         hub = await self.service.hub(room)
+        await self.service.is_member(hub, user.id)  # a closed room: as if missing
         if (task := self.loops.pop(room, None)) is not None:
             task.cancel()
             self.position.pop(room, None)
@@ -479,7 +480,7 @@ class Session:
 
     async def _typing(self, user: User, room: str) -> None:
         hub = await self.service.hub(room)
-        if user.id not in hub.cursors:
+        if not await self.service.is_member(hub, user.id):
             raise ProtocolError("not_member", f"not a member of room {room!r}")
         hub.broadcast(encode({"type": "typing", "room": room, "user": user.id}), skip=self)
 

@@ -31,8 +31,8 @@ from servicebay.chat.stores import (
     ChatStoreError,
     Member,
     Message,
-    NotMember,
     StoreUnavailable,
+    UnknownRoom,
     User,
 )
 
@@ -347,16 +347,33 @@ class ChatService:
         return list(self._hubs.values())
 
     async def ensure_member(self, room_id: str, user: User) -> int:
-        """The user's cursor in the room, joining it when it is open (raises NotMember)."""
+        """The user's cursor in the room, joining it when it is open.
+
+        Raises UnknownRoom for a closed room the user is not in: that it exists is for its
+        members only (docs/security.md), so it answers as a missing room does.
+        """
         hub = await self.hub(room_id)
         if user.id in hub.cursors:
             return hub.cursors[user.id]
         room = await self.store.get_room(room_id)
         if room is None or not room.open:
-            raise NotMember(room_id, user.id)
+            raise UnknownRoom(room_id)
         member: Member = await self.store.join(room_id, user.id)
         hub.cursors.setdefault(user.id, member.cursor)
         return hub.cursors[user.id]
+
+    async def is_member(self, hub: RoomHub, user_id: str) -> bool:
+        """Whether the user is a member of an open room; raises UnknownRoom for a closed one.
+
+        For users' own calls that need a membership and do not join (ack, typing, leave): a
+        non-member of a closed room learns no more than of a missing room.
+        """
+        if user_id in hub.cursors:
+            return True
+        room = await self.store.get_room(hub.room)
+        if room is None or not room.open:
+            raise UnknownRoom(hub.room)
+        return False
 
     async def join(self, room_id: str, user_id: str, cursor: int | None = None) -> Member:
         """Make a user a member (administration), keeping the hub's cursors in step."""
