@@ -204,6 +204,56 @@ def test_redact_covers_additional_properties_maps() -> None:
     }
 
 
+def test_redact_covers_array_items() -> None:
+    """Sensitive values inside array elements (items, tuple items, additionalItems) are
+    found and redacted in every element; a refusal never echoes them either."""
+    schema = {
+        "type": "object",
+        "properties": {
+            "servers": {
+                "type": "array",
+                "items": {
+                    "type": "object",
+                    "properties": {
+                        "host": {"type": "string"},
+                        "password": {"type": "string", "minLength": 8, "writeOnly": True},
+                    },
+                },
+            },
+            "tokens": {"type": "array", "items": {"type": "string", "x-sensitive": True}},
+            "pair": {
+                "type": "array",
+                "items": [{"type": "string"}, {"type": "string", "writeOnly": True}],
+                "additionalItems": {"type": "object", "properties": {"key": {"writeOnly": True}}},
+            },
+        },
+    }
+    assert osb.sensitive_paths(schema) == {
+        "servers.[].password",
+        "tokens.[]",
+        "pair.[]",
+        "pair.[].key",
+    }
+    given = {
+        "servers": [
+            {"host": "a", "password": "pa55word-a"},
+            {"host": "b", "password": "pw-b-long"},
+        ],
+        "tokens": ["t1-secret", "t2-secret"],
+        "pair": ["user", "pass-secret"],
+        "other": [1, 2],
+    }
+    assert osb.redact(schema, given) == {
+        "servers": [{"host": "a", "password": "***"}, {"host": "b", "password": "***"}],
+        "tokens": ["***", "***"],
+        "pair": ["***", "***"],
+        "other": [1, 2],
+    }
+    assert given["tokens"] == ["t1-secret", "t2-secret"]
+    problems = _problems({"servers": [{"host": "a", "password": "short"}]}, schema)
+    assert "short" not in " ".join(p.message for p in problems)
+
+
 @pytest.mark.parametrize(
     ("schema", "needle"),
     [

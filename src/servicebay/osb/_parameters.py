@@ -42,6 +42,7 @@ REDACTED = "***"
 _MAX_SCHEMA_BYTES = 64 * 1024
 # Marks a path segment that matches any property name (additionalProperties, patternProperties).
 _ANY = "*"
+_ITEMS = "[]"  # a path segment: every element of an array
 
 
 def _key(uri: str) -> str:
@@ -259,13 +260,13 @@ def _either(value: Any) -> str:
 
 
 def _is_hidden(path: list[str | int], hidden: set[str]) -> bool:
-    names = [p for p in path if isinstance(p, str)]
+    names = [_ITEMS if isinstance(p, int) else p for p in path]
     for length in range(1, len(names) + 1):
         prefix = names[:length]
         for candidate in hidden:
             parts = candidate.split(".")
             if len(parts) == length and all(
-                c in (_ANY, p) for c, p in zip(parts, prefix, strict=True)
+                c == p or (c == _ANY and p != _ITEMS) for c, p in zip(parts, prefix, strict=True)
             ):
                 return True
     return False
@@ -299,7 +300,8 @@ def _fill(schema: dict[str, Any], target: dict[str, Any], defs: dict[str, Any]) 
 def sensitive_paths(schema: dict[str, Any] | None) -> set[str]:
     """Return the dotted paths of properties marked ``writeOnly: true`` or ``x-sensitive: true``.
 
-    ``*`` stands for any property name (from ``additionalProperties`` or ``patternProperties``).
+    ``*`` stands for any property name (from ``additionalProperties`` or ``patternProperties``),
+    ``[]`` for every element of an array (from ``items`` or ``additionalItems``).
     """
     found: set[str] = set()
     if schema:
@@ -315,6 +317,11 @@ def _collect(schema: Any, prefix: str, found: set[str], defs: dict[str, Any], de
         children += [(_ANY, s) for s in (sub.get("patternProperties") or {}).values()]
         if isinstance(sub.get("additionalProperties"), dict):
             children.append((_ANY, sub["additionalProperties"]))
+        items = sub.get("items")
+        # A tuple's schemas each apply at one position; hiding every element is the safe side.
+        children += [(_ITEMS, s) for s in (items if isinstance(items, list) else [items])]
+        if isinstance(sub.get("additionalItems"), dict):
+            children.append((_ITEMS, sub["additionalItems"]))
         for name, prop in children:
             path = f"{prefix}.{name}" if prefix else name
             prop = _resolve(prop, defs)
@@ -335,9 +342,19 @@ def redact(schema: dict[str, Any] | None, parameters: dict[str, Any] | None) -> 
 
 
 def _mask(node: Any, parts: list[str]) -> None:
-    if not isinstance(node, dict) or not parts:
+    if not parts:
         return
     head, rest = parts[0], parts[1:]
+    if head == _ITEMS:
+        if isinstance(node, list):
+            for index, element in enumerate(node):
+                if rest:
+                    _mask(element, rest)
+                else:
+                    node[index] = REDACTED
+        return
+    if not isinstance(node, dict):
+        return
     names = list(node) if head == _ANY else [head] if head in node else []
     for name in names:
         if rest:
