@@ -262,3 +262,26 @@ async def test_an_append_arriving_while_a_batch_is_recorded_is_answered(tmp_path
         assert (await asyncio.wait_for(late[0], 10)).seq == 2
     finally:
         await store.close()
+
+
+async def test_the_stream_a_room_continues_in_is_in_the_database_file_itself(
+    tmp_path: Path,
+) -> None:
+    """Metadata commits skip the fsync (what a power loss takes back is rebuilt from the
+    streams), except the record of the stream a room continues in, which resync cannot
+    rebuild: it is checkpointed into the database file at once, so the file alone (without
+    its write-ahead log, as after a power loss before a checkpoint) already has it."""
+    store = await _opened(chat_rabbitmq.store_url(tmp_path, rotate="4"))
+    try:
+        await _room(store)
+        for i in range(6):
+            await store.append("r", "ann", f"k{i}", str(i))
+        generations = sorted({s.gen for s in store._rooms["r"].segments})
+        alone = tmp_path / "file-alone.db"
+        alone.write_bytes((tmp_path / "chat-meta.db").read_bytes())
+        with sqlite3.connect(alone) as conn:
+            stored = {gen for (gen,) in conn.execute("SELECT gen FROM rmq_segments")}
+    finally:
+        await store.close()
+    assert len(generations) == 2
+    assert stored == set(generations)
