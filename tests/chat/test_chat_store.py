@@ -144,29 +144,33 @@ async def test_sqlite_op_failing_unexpectedly_fails_alone(tmp_path: Path) -> Non
     await store.open()
     try:
         await _room_with(store, "ann", "bob")
+        await store.append("r", "ann", "a0", "before")
         before = store.batches
+        acked = asyncio.ensure_future(store.ack("r", "ann", 1))  # staged first, in this turn
         outcomes = await asyncio.gather(  # one loop turn: one group commit
+            acked,
             store.append("r", "ann", "a", "hello"),
             store.append("r", "bob", "b", "half an emoji: \ud83d"),  # fails after a write
             store.append("r", "bob", "\udfff", "x"),  # fails before any write
-            store.ack("r", "ann", 1),
             store.append_many("r", "ann", [("c", "one"), ("d", "two")]),
             return_exceptions=True,
         )
         assert store.batches - before == 1
-        assert isinstance(outcomes[1], UnicodeEncodeError)
         assert isinstance(outcomes[2], UnicodeEncodeError)
-        assert outcomes[0].seq == 1  # type: ignore[union-attr]
-        assert outcomes[3] == 1
-        assert [o.seq for o in outcomes[4]] == [2, 3]  # type: ignore[union-attr]
+        assert isinstance(outcomes[3], UnicodeEncodeError)
+        assert outcomes[0] == 1
+        assert outcomes[1].seq == 2  # type: ignore[union-attr]
+        assert [o.seq for o in outcomes[4]] == [3, 4]  # type: ignore[union-attr]
         stored = await store.read("r", 0)
         assert [(m.seq, m.sender, m.body) for m in stored] == [
-            (1, "ann", "hello"),
-            (2, "ann", "one"),
-            (3, "ann", "two"),
+            (1, "ann", "before"),
+            (2, "ann", "hello"),
+            (3, "ann", "one"),
+            (4, "ann", "two"),
         ]
-        assert (await store.get_room("r")).head == 3  # type: ignore[union-attr]
-        assert (await store.append("r", "bob", "b", "whole")).seq == 4  # the key was not kept
+        assert (await store.members("r"))[0].cursor == 1
+        assert (await store.get_room("r")).head == 4  # type: ignore[union-attr]
+        assert (await store.append("r", "bob", "b", "whole")).seq == 5  # the key was not kept
     finally:
         await store.close()
 
