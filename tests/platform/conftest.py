@@ -155,13 +155,14 @@ async def platform(
 
 
 @contextlib.asynccontextmanager
-async def served(app: Any) -> AsyncIterator[str]:
-    """Serve an ASGI app on a real local port (chosen by the OS); yield its base URL."""
+async def served(app: Any, **config: Any) -> AsyncIterator[str]:
+    """Serve an ASGI app on a real local port (chosen by the OS); yield its base URL.
+    ``config``: more uvicorn settings (``http=`` a protocol class, say)."""
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind(("127.0.0.1", 0))
     port = sock.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="off"))
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="off", **config))
     task = asyncio.create_task(server.serve(sockets=[sock]))
     try:
         for _ in range(500):  # poll for startup with a deadline (5 s)

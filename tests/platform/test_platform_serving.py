@@ -3,17 +3,16 @@
 from __future__ import annotations
 
 import asyncio
-import socket
 from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx
-import uvicorn
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
+from conftest import served
 from servicebay.platform.api.serving import OneWriteHttpProtocol, _HeadWithBody
 
 HEAD = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\n"
@@ -101,18 +100,8 @@ async def test_answers_over_a_real_socket() -> None:
             Route("/n", empty),
         ]
     )
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    port = sock.getsockname()[1]
-    config = uvicorn.Config(app, http=OneWriteHttpProtocol, log_level="warning", lifespan="off")
-    server = uvicorn.Server(config)
-    task = asyncio.create_task(server.serve(sockets=[sock]))
-    try:
-        for _ in range(500):  # poll for startup with a deadline (5 s)
-            if server.started:
-                break
-            await asyncio.sleep(0.01)
-        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as client:
+    async with served(app, http=OneWriteHttpProtocol) as url:
+        async with httpx.AsyncClient(base_url=url) as client:
             for _ in range(3):
                 assert (await client.get("/s")).json() == {"ok": 1}
             head = await client.head("/s")
@@ -125,7 +114,7 @@ async def test_answers_over_a_real_socket() -> None:
                 assert b"".join([c async for c in chunks]) == b"second\n"
             assert (await client.get("/n")).status_code == 204
             assert (await client.get("/s")).json() == {"ok": 1}
-        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        reader, writer = await asyncio.open_connection("127.0.0.1", int(url.rsplit(":", 1)[1]))
         writer.write(
             b"GET /s HTTP/1.1\r\nHost: x\r\n\r\nHEAD /s HTTP/1.1\r\nHost: x\r\n\r\n"
             b"GET /s HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
@@ -134,6 +123,3 @@ async def test_answers_over_a_real_socket() -> None:
         writer.close()
         assert data.count(b"HTTP/1.1 200") == 3
         assert data.count(b'{"ok":1}') == 2
-    finally:
-        server.should_exit = True
-        await task
