@@ -442,6 +442,46 @@ async def test_non_json_numbers_are_400(
     assert broker.calls == []
 
 
+@pytest.mark.parametrize("number", ["1e999", "-1e999", "1.5E+400"])
+@pytest.mark.parametrize(
+    "where",
+    [
+        '{"size": NUMBER}',
+        '{"name": "\\ud83d\\ude00", "x": NUMBER}',  # review F12: was a 500
+        '{"\\ud83d\\ude00": [NUMBER]}',
+    ],
+)
+async def test_numbers_out_of_range_are_400_on_provision_and_bind(
+    env: tuple[SampleBroker, httpx.AsyncClient], number: str, where: str
+) -> None:
+    """A number beyond a double's range decodes as infinity, which JSON cannot hold: a bad
+    request naming the number, even beside a paired surrogate escape, and nothing recorded."""
+    broker, client = env
+    await _provisioned(client)
+    raw = where.replace("NUMBER", number)
+    for url, body in ((INSTANCE.replace("i-1", "i-2"), provision_body()), (BINDING, bind_body())):
+        for field in ("parameters", "context"):
+            response = await client.put(url, content=_with(body, field, raw))
+            assert response.status_code == 400, response.text
+            assert f"number {number} is out of range" in _description(response)
+        response = await client.put(url, content=_with(body, "extension", number))
+        assert response.status_code == 400, response.text
+    assert broker.count("provision") == 1 and broker.count("bind") == 0
+    assert await _store(client).get_instance("i-2") is None
+    assert await _store(client).get_binding("i-1", "b-1") is None
+
+
+async def test_integers_too_long_to_convert_are_400(
+    env: tuple[SampleBroker, httpx.AsyncClient],
+) -> None:
+    """An integer of more digits than Python converts (4,300) is a bad request, not a 500."""
+    broker, client = env
+    response = await client.put(INSTANCE, content=_with(provision_body(), "x", "9" * 5000))
+    assert response.status_code == 400, response.text
+    assert "not valid JSON" in _description(response)
+    assert broker.calls == []
+
+
 def _with(body: dict[str, Any], name: str, raw: str) -> bytes:
     """`body` as JSON text with `name`'s value replaced by the raw JSON text `raw`."""
     text = json.dumps({**body, name: "\x00placeholder"})

@@ -135,9 +135,29 @@ def almost_valid(draw: st.DrawFn) -> dict[str, Any]:
     return body
 
 
+# JSON text Python's encoder never writes: numbers beyond a double's range or too long to
+# convert, surrogate escapes (paired, lone, as keys), beside each other (review F12).
+raw_tokens = st.sampled_from(
+    ["1e999", "-1e999", "1e-999", "9" * 5000, '"\\ud83d\\ude00"', '"\\ud800"', '"\\udfff x"']
+)
+
+
+@st.composite
+def spliced(draw: st.DrawFn) -> bytes:
+    """An almost valid body whose parameters hold raw JSON tokens under generated names."""
+    body = draw(almost_valid())
+    tokens = draw(st.lists(raw_tokens, min_size=1, max_size=3))
+    inner = ", ".join(f'"k{i}": {token}' for i, token in enumerate(tokens))
+    if draw(st.booleans()):
+        inner += ', "\\ud83d\\ude00": 1'
+    text = json.dumps({**body, "parameters": "\x00placeholder"})
+    return text.replace(json.dumps("\x00placeholder"), "{" + inner + "}").encode()
+
+
 bodies = (
     st.none()
     | almost_valid().map(lambda b: ("json", b))
+    | spliced().map(lambda b: ("raw", b))
     | json_values.filter(lambda v: not (isinstance(v, dict) and v.get("fail"))).map(
         lambda v: ("json", v)
     )

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import re
 from collections.abc import Mapping
 from typing import Any, TypeVar
@@ -123,7 +124,8 @@ class CatalogIndex:
 
 async def read_json(request: OSBRequest) -> dict[str, Any]:
     """The request body as a JSON object; 400 when it is too large, not JSON, not Unicode text,
-    nested deeper than `MAX_DEPTH` or not an object."""
+    holds a number no double or Python int can hold, nests deeper than `MAX_DEPTH` or is not
+    an object."""
     body = await _read_body(request)
     if not body.strip():
         raise osb.BadRequest("request body is empty; a JSON object is required")
@@ -131,7 +133,10 @@ async def read_json(request: OSBRequest) -> dict[str, Any]:
         # Strict: a lone surrogate encoded in the bytes is not text (json.loads would pass it).
         text = body.decode(json.detect_encoding(body))
         data = _JSON.decode(text)
-    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+    except UnicodeDecodeError as error:
+        raise osb.BadRequest(f"request body is not valid JSON: {error}") from None
+    except ValueError as error:
+        # JSONDecodeError, and an integer of more digits than Python converts (4,300).
         raise osb.BadRequest(f"request body is not valid JSON: {error}") from None
     except RecursionError:
         raise osb.BadRequest(_TOO_DEEP) from None
@@ -205,8 +210,20 @@ def _not_json(token: str) -> Any:
     raise osb.BadRequest(f"request body is not valid JSON: {token} is not a JSON number")
 
 
-# As json.loads(body, parse_constant=_not_json) does, with one decoder for every request.
-_JSON = json.JSONDecoder(parse_constant=_not_json)
+def _finite(token: str) -> float:
+    # A number beyond a double's range (1e999) decodes as infinity, which no JSON text can
+    # hold: it could be neither stored nor answered, so it is refused like NaN.
+    number = float(token)
+    if math.isinf(number):
+        raise osb.BadRequest(
+            f"request body is not valid JSON: the number {token[:40]} is out of range "
+            "(beyond a 64-bit floating point number)"
+        )
+    return number
+
+
+# As json.loads(body, parse_constant=..., parse_float=...) does, with one decoder for all.
+_JSON = json.JSONDecoder(parse_constant=_not_json, parse_float=_finite)
 
 
 def parse_body(model: type[M], data: Mapping[str, Any]) -> M:
