@@ -16,17 +16,23 @@ Stored fields added to the SQLite store's schema:
   ``gen``'s stream holds seqs ``first_seq`` up to the next row's ``first_seq`` - 1 (or the head).
   One row per published entry, written in the transaction that records its keys.
 - ``rmq_settings(name, value)``: ``store_id``, the random prefix of this store's stream names;
-  ``format``, how entries are laid out (``packed``; files from before packing are refused).
+  ``format``, how entries are laid out (``packed``; files from before packing are refused);
+  ``synced``, how often ``make_durable`` had to sync with a commit of its own.
 """
 
 from __future__ import annotations
 
+import asyncio
 import secrets
 import sqlite3
 from dataclasses import dataclass
 
-from servicebay.chat.stores.base import StoreNotOpened, UnknownRoom
+import structlog
+
+from servicebay.chat.stores.base import StoreNotOpened, StoreUnavailable, UnknownRoom
 from servicebay.chat.stores.sqlite import KEY_GRACE_SECONDS, SQLiteChatStore
+
+log = structlog.get_logger("servicebay.chat.rabbitmq")
 
 _TABLES = (
     "CREATE TABLE IF NOT EXISTS rmq_segments (room TEXT NOT NULL, first_seq INTEGER NOT NULL, "
@@ -37,6 +43,10 @@ _TABLES = (
     "CREATE TABLE IF NOT EXISTS rmq_settings (name TEXT PRIMARY KEY, value TEXT NOT NULL)",
 )
 FORMAT = "packed"
+# How long make_durable's checkpoint waits for the store's writer or a reader (it holds up the
+# store's reads meanwhile), and how long its fallback commit waits for the write lock.
+CHECKPOINT_WAIT = 1.0
+DURABLE_WAIT = 10.0
 
 
 @dataclass(frozen=True)
@@ -80,6 +90,8 @@ class BatchCheck:
 
 class MetaStore(SQLiteChatStore):
     """The SQLite store with the tables and queries the RabbitMQ store needs."""
+
+    durable_wait = DURABLE_WAIT
 
     async def open(self) -> None:
         """Open the SQLite store and add the log's index tables (refusing an older layout)."""
@@ -179,10 +191,25 @@ class MetaStore(SQLiteChatStore):
         return await self._write(op)
 
     async def make_durable(self) -> None:
-        """Fsync what is committed so far (commits here skip the fsync): a FULL checkpoint syncs
-        the WAL, then the database file. For the rare records resync cannot rebuild after a
-        power loss, such as the segment a room's seqs continue in."""
-        await self._read(lambda c: c.execute("PRAGMA wal_checkpoint(FULL)").fetchall())
+        """Make what is committed so far survive a power loss (commits here skip the fsync).
+
+        For the rare records resync cannot rebuild, such as the segment a room's seqs continue
+        in. A FULL checkpoint syncs the WAL, then the database file; but a reader holding an
+        older snapshot (a backup, an operator's ``sqlite3``) keeps it from finishing (busy=1):
+        the frames past that reader's are then neither copied nor synced. That is not taken
+        for durable: a commit with ``synchronous=FULL`` then syncs the WAL, which holds every
+        commit before it. Raises ``StoreUnavailable`` when neither could be done.
+        """
+        busy = await self._read(_checkpoint_full)
+        if not busy:
+            return
+        log.warning("chat.rabbitmq.checkpoint_busy", path=self.path)
+        try:
+            await asyncio.to_thread(_synced_commit, self.path, self.durable_wait)
+        except sqlite3.Error as exc:
+            raise StoreUnavailable(
+                f"the metadata file {self.path} could not be synced to disk ({exc}); retry"
+            ) from exc
 
     async def drop_stream(self, room_id: str, gen: int) -> None:
         """Forget the segments and entries of a deleted stream (generation ``gen``)."""
@@ -196,6 +223,35 @@ class MetaStore(SQLiteChatStore):
     async def advance_floors(self, now: float) -> dict[str, tuple[int, int]]:
         """Raise each room's floor as far as retention allows: room → (deleted, new floor)."""
         return await self._write(lambda c: _advance(c, now))
+
+
+def _checkpoint_full(c: sqlite3.Connection) -> bool:
+    """A FULL checkpoint on the reader's connection; True when it could not finish (busy)."""
+    # Waiting the connection's 30 s for a reader to move would stall every read of the store.
+    usual = int(c.execute("PRAGMA busy_timeout").fetchone()[0])
+    c.execute(f"PRAGMA busy_timeout={int(CHECKPOINT_WAIT * 1000)}")
+    try:
+        busy, _, _ = c.execute("PRAGMA wal_checkpoint(FULL)").fetchone()
+    finally:
+        c.execute(f"PRAGMA busy_timeout={usual}")
+    return bool(busy)
+
+
+def _synced_commit(path: str, wait: float) -> None:
+    """Commit a change with synchronous=FULL on a connection of its own (syncs the WAL)."""
+    conn = sqlite3.connect(path, isolation_level=None, timeout=wait)
+    try:
+        # The setting cannot change inside a transaction, so not on the writer's connection.
+        conn.execute("PRAGMA synchronous=FULL")
+        conn.execute("BEGIN IMMEDIATE")
+        # A changed row: a commit that writes no page syncs nothing.
+        conn.execute(
+            "INSERT INTO rmq_settings VALUES ('synced', '1') "
+            "ON CONFLICT(name) DO UPDATE SET value = CAST(value AS INTEGER) + 1"
+        )
+        conn.execute("COMMIT")
+    finally:
+        conn.close()
 
 
 def _check(c: sqlite3.Connection, room_id: str, pairs: list[tuple[str, str]]) -> BatchCheck:

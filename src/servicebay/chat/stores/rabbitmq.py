@@ -380,11 +380,12 @@ class RabbitMQChatStore:
         room.unanswered.update((r.sender, r.key) for r in adopted)
         segment = Segment(room_id, head + 1, stream, entries[-1].offset + 1, gen)
         await self.meta.record(room_id, adopted, head, placed, segment=segment)
-        # Resync rebuilds keys and heads from the streams, not which stream a room continues
-        # in: a power loss must not take this record back (seqs would be given out twice).
-        await self.meta.make_durable()
         room.segments = [s for s in room.segments if s.first_seq != segment.first_seq]
         room.segments.append(segment)
+        # Resync rebuilds keys and heads from the streams, not which stream a room continues
+        # in: a power loss must not take this record back (seqs would be given out twice).
+        # Should it fail, the room stays unsynced and its writes fail until a resync has it.
+        await self.meta.make_durable()
         room.next_offset = segment.first_offset
         room.head, room.floor, room.synced = head, floor, True
         self.resyncs += 1
