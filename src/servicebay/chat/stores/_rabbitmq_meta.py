@@ -25,7 +25,7 @@ from __future__ import annotations
 import asyncio
 import secrets
 import sqlite3
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import structlog
 
@@ -81,11 +81,16 @@ class Recorded:
 
 @dataclass(frozen=True)
 class BatchCheck:
-    """What a batch of appends needs to know before it publishes."""
+    """What a batch of appends needs to know before it publishes.
+
+    ``failed``: the (sender, key) pairs whose own check raised (a text SQLite cannot take, such
+    as a lone surrogate), with what it raised: those appends fail, the rest of the batch goes on.
+    """
 
     head: int
     members: frozenset[str]
     known: dict[tuple[str, str], tuple[int, float]]
+    failed: dict[tuple[str, str], Exception] = field(default_factory=dict)
 
 
 class MetaStore(SQLiteChatStore):
@@ -165,7 +170,9 @@ class MetaStore(SQLiteChatStore):
         """Durably record published messages' keys and entries, the new head and a segment.
 
         With ``then_check``, the next batch's ``check`` runs in the same transaction, after the
-        record (so it sees these keys): one hand-off to the writer thread instead of two.
+        record (so it sees these keys): one hand-off to the writer thread instead of two. That
+        check concerns the next batch only: a pair it cannot check is in ``failed`` (raising
+        would take this record back); only the database failing fails the record.
         """
 
         def op(c: sqlite3.Connection) -> BatchCheck | None:
@@ -255,20 +262,29 @@ def _synced_commit(path: str, wait: float) -> None:
 
 
 def _check(c: sqlite3.Connection, room_id: str, pairs: list[tuple[str, str]]) -> BatchCheck:
+    """Raises only for the room (UnknownRoom) or the database; a pair's own failure is kept."""
     row = c.execute("SELECT head FROM rooms WHERE id = ?", (room_id,)).fetchone()
     if row is None:
         raise UnknownRoom(room_id)
-    sql = "SELECT 1 FROM members WHERE room = ? AND user = ?"
-    members = [s for s in sorted({s for s, _ in pairs}) if c.execute(sql, (room_id, s)).fetchone()]
+    member = "SELECT 1 FROM members WHERE room = ? AND user = ?"
+    sent = "SELECT seq, sent_at FROM keys WHERE room = ? AND sender = ? AND key = ?"
+    members: set[str] = set()
     known: dict[tuple[str, str], tuple[int, float]] = {}
-    for sender, key in pairs:
-        hit = c.execute(
-            "SELECT seq, sent_at FROM keys WHERE room = ? AND sender = ? AND key = ?",
-            (room_id, sender, key),
-        ).fetchone()
+    failed: dict[tuple[str, str], Exception] = {}
+    for pair in dict.fromkeys(pairs):
+        sender = pair[0]
+        try:
+            if sender not in members and c.execute(member, (room_id, sender)).fetchone():
+                members.add(sender)
+            hit = c.execute(sent, (room_id, *pair)).fetchone()
+        except sqlite3.Error:
+            raise  # the database failed, not this pair: the whole check fails
+        except Exception as exc:  # handed to that append's caller, never swallowed
+            failed[pair] = exc
+            continue
         if hit is not None:
-            known[(sender, key)] = (int(hit[0]), float(hit[1]))
-    return BatchCheck(int(row[0]), frozenset(members), known)
+            known[pair] = (int(hit[0]), float(hit[1]))
+    return BatchCheck(int(row[0]), frozenset(members), known, failed)
 
 
 def _advance(c: sqlite3.Connection, now: float) -> dict[str, tuple[int, int]]:

@@ -440,12 +440,14 @@ class RabbitMQChatStore:
         """
         head = check.head
         fresh: list[tuple[_Append, Recorded]] = []
-        answers: list[tuple[_Append, Appended | ChatStoreError]] = []
+        answers: list[tuple[_Append, Appended | Exception]] = []
         assigned: dict[tuple[str, str], Appended] = {}
         now = time.time()
         for item in batch:
             pair = (item.sender, item.key)
-            if item.sender not in check.members:
+            if pair in check.failed:
+                answers.append((item, check.failed[pair]))
+            elif item.sender not in check.members:
                 answers.append((item, NotMember(room_id, item.sender)))
             elif pair in check.known:
                 # An adopted message was never answered: its first answer is not a duplicate,
@@ -469,7 +471,7 @@ class RabbitMQChatStore:
         for item, answer in answers:
             if item.fut.done():
                 continue
-            if isinstance(answer, ChatStoreError):
+            if isinstance(answer, Exception):
                 item.fut.set_exception(answer)
             else:
                 item.fut.set_result(answer)
