@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import re
 
 import httpx
 from chat_helpers import ServedChat
@@ -90,13 +91,52 @@ async def test_admin_creates_user_token_room_and_revokes_exactly_one(chat: Serve
         assert (await http.get("/api/v1/me", headers=_auth(t2["token"]))).json()["id"] == "app"
 
 
-async def test_signup_gives_a_token_once_per_name(chat: ServedChat) -> None:
-    """Sign-up creates a person with a token; the same name again is a conflict."""
+async def test_signup_creates_a_person_named_as_asked_with_an_id_of_its_own(
+    chat: ServedChat,
+) -> None:
+    """Sign-up takes a name; the server makes the id (the name, '-' and 8 hex digits) and
+    answers it with the new person's token."""
     async with httpx.AsyncClient(base_url=chat.http) as http:
-        first = await http.post("/api/v1/signup", json={"id": "zoe"})
-        again = await http.post("/api/v1/signup", json={"id": "zoe"})
-        me = await http.get("/api/v1/me", headers=_auth(first.json()["token"]))
-    assert (first.status_code, again.status_code, me.json()["id"]) == (201, 409, "zoe")
+        signed = await http.post("/api/v1/signup", json={"name": "zoe"})
+        assert signed.status_code == 201
+        assert set(signed.json()) == {"user", "token"}
+        me = (await http.get("/api/v1/me", headers=_auth(signed.json()["token"]))).json()
+    assert re.fullmatch(r"zoe-[0-9a-f]{8}", me["id"])
+    assert (me["id"], me["display_name"], me["kind"]) == (signed.json()["user"], "zoe", "person")
+
+
+async def test_signup_tells_nobody_which_ids_exist(chat: ServedChat) -> None:
+    """A name that is an existing id, or was signed up before (even at the same moment), is
+    answered exactly as a new one: 201, the same fields, a new user of its own; the existing
+    user and their token are untouched. (Sign-up used to answer 409 for an existing id.)"""
+    owner = await chat.user("carol", "lobby")
+    async with httpx.AsyncClient(base_url=chat.http) as http:
+        fresh = await http.post("/api/v1/signup", json={"name": "nobody-has-this"})
+        taken = await http.post("/api/v1/signup", json={"name": "carol"})
+        twice = await asyncio.gather(
+            *(http.post("/api/v1/signup", json={"name": "carol"}) for _ in range(3))
+        )
+        answers = [fresh, taken, *twice]
+        assert {a.status_code for a in answers} == {201}
+        assert {tuple(sorted(a.json())) for a in answers} == {("token", "user")}
+        ids = [a.json()["user"] for a in answers]
+        assert len(set(ids)) == len(ids) and "carol" not in ids
+        for answer in answers:
+            me = await http.get("/api/v1/me", headers=_auth(answer.json()["token"]))
+            assert me.json()["id"] == answer.json()["user"]
+        me = (await http.get("/api/v1/me", headers=_auth(owner))).json()
+    assert (me["id"], [r["room"] for r in me["rooms"]]) == ("carol", ["lobby"])
+
+
+async def test_signup_refuses_an_id_or_a_name_too_long_for_one(chat: ServedChat) -> None:
+    """The caller no longer picks the id (400 for the old body); a name leaves room for the
+    suffix within the 64 characters of an id."""
+    async with httpx.AsyncClient(base_url=chat.http) as http:
+        old = await http.post("/api/v1/signup", json={"id": "zoe"})
+        long = await http.post("/api/v1/signup", json={"name": "z" * 56})
+        longest = await http.post("/api/v1/signup", json={"name": "z" * 55})
+    assert (old.status_code, long.status_code, longest.status_code) == (400, 400, 201)
+    assert len(longest.json()["user"]) == 64
 
 
 async def test_openapi_describes_every_route(chat: ServedChat) -> None:

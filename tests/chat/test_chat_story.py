@@ -51,8 +51,8 @@ async def test_kill_mid_conversation_and_restart_loses_nothing(tmp_path: Path) -
         await _ready(base)
         assert (tmp_path / "servicebay-chat.db").exists()  # the embedded default
         async with httpx.AsyncClient(base_url=base) as http:
-            ann = (await http.post("/api/v1/signup", json={"id": "ann"})).json()["token"]
-            bob = (await http.post("/api/v1/signup", json={"id": "bob"})).json()["token"]
+            ann = (await http.post("/api/v1/signup", json={"name": "ann"})).json()["token"]
+            bob = (await http.post("/api/v1/signup", json={"name": "bob"})).json()["token"]
             page = await http.get("/")
             assert page.status_code == 200 and "chat.js" in page.text
         async with ChatClient(ws, ann, retry_max=0.5) as a, ChatClient(ws, bob) as b:

@@ -74,7 +74,7 @@ async def test_health_and_readiness_stay_public(chat: httpx.AsyncClient) -> None
 async def test_closed_rooms_are_listed_to_their_members_only(chat: httpx.AsyncClient) -> None:
     """GET /api/v1/rooms shows a closed room to its members, not to any signed-up user."""
     member = await _closed_room_with_a_message(chat)
-    signed_up = await chat.post("/api/v1/signup", json={"id": "stranger"})
+    signed_up = await chat.post("/api/v1/signup", json={"name": "stranger"})
     stranger = {"authorization": f"Bearer {signed_up.json()['token']}"}
     seen = [r["id"] for r in (await chat.get("/api/v1/rooms", headers=stranger)).json()["rooms"]]
     assert seen == ["lobby"]

@@ -57,7 +57,7 @@ async def test_chat_database_is_private(tmp_path: Path, mask: int) -> None:
     store.mkdir(mode=0o700)
     with _umask(mask):
         async with chat_client(store) as chat:
-            (await chat.post("/api/v1/signup", json={"id": "ann"})).raise_for_status()
+            (await chat.post("/api/v1/signup", json={"name": "ann"})).raise_for_status()
     assert sorted(p.name for p in store.iterdir())[:1] == ["chat.db"]
     assert _group_or_other(store) == []
 

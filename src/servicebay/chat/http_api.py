@@ -52,6 +52,9 @@ from servicebay.chat.stores import (
 
 log = structlog.get_logger("servicebay.chat.http")
 MAX_WAIT = 30.0
+# A signed-up id is the name, "-" and 8 hex digits: at most 64 characters, as NAME_PATTERN allows.
+SIGNUP_SUFFIX_BYTES = 4
+SIGNUP_NAME_CHARS = 64 - 1 - 2 * SIGNUP_SUFFIX_BYTES
 M = TypeVar("M", bound=BaseModel)
 Handler = Callable[[Request], Awaitable[Response]]
 
@@ -103,11 +106,17 @@ class AckBody(_Body):
 
 
 class NewUser(_Body):
-    """Body of POST /users and POST /signup."""
+    """Body of POST /users."""
 
     id: Name
     display_name: Annotated[str, Field(max_length=128)] = ""
     kind: Annotated[str, Field(pattern="^(person|app)$")] = "person"
+
+
+class SignUp(_Body):
+    """Body of POST /signup: the name a person goes by (the server makes the id from it)."""
+
+    name: Annotated[str, Field(pattern=NAME_PATTERN, max_length=SIGNUP_NAME_CHARS)]
 
 
 class NewToken(_Body):
@@ -292,16 +301,23 @@ async def ack(request: Request) -> Response:
 
 
 async def signup(request: Request) -> Response:
-    """POST /api/v1/signup: a new person with a token (when the server allows sign-up)."""
+    """POST /api/v1/signup: a new person with a token (when the server allows sign-up).
+
+    The caller gives a name, the server makes the id (the name and a random suffix): every
+    sign-up creates a user of its own and is answered alike, so sign-up tells nobody which ids
+    exist, and cannot take an id the admin is about to create (docs/security.md).
+    """
     if not request.app.state.settings.signup:
         raise ApiError(403, "forbidden", "sign-up is disabled on this server")
-    body = await _parse(request, NewUser)
+    body = await _parse(request, SignUp)
     store = _service(request).store
-    if await store.get_user(body.id) is not None:
-        raise ApiError(409, "conflict", f"user {body.id!r} exists")
-    await store.put_user(body.id, body.display_name, "person")
-    issued = await store.issue_token(body.id, "signup")
-    return JSONResponse({"user": body.id, "token": issued.token}, status_code=201)
+    while True:  # a drawn id that exists already is drawn again (one in 2**32 per user)
+        user_id = f"{body.name}-{secrets.token_hex(SIGNUP_SUFFIX_BYTES)}"
+        if await store.get_user(user_id) is None:
+            break
+    await store.put_user(user_id, body.name, "person")
+    issued = await store.issue_token(user_id, "signup")
+    return JSONResponse({"user": user_id, "token": issued.token}, status_code=201)
 
 
 # administration --------------------------------------------------------------------------------

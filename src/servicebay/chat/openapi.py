@@ -98,6 +98,25 @@ _SCHEMAS: dict[str, Any] = {
             "kind": {"enum": ["person", "app"]},
         },
     },
+    "SignUp": {
+        "type": "object",
+        "required": ["name"],
+        "properties": {
+            "name": {
+                "type": "string",
+                "pattern": "^[A-Za-z0-9][A-Za-z0-9_.-]{0,54}$",
+                "description": "the name to go by; the user id is this name, '-' and 8 hex digits",
+            }
+        },
+    },
+    "SignedUp": {
+        "type": "object",
+        "required": ["user", "token"],
+        "properties": {
+            "user": {"type": "string", "description": "the new user's id, made by the server"},
+            "token": {"type": "string", "description": "the user's token, shown once"},
+        },
+    },
     "NewToken": {"type": "object", "properties": {"label": {"type": "string"}}},
     "Token": {
         "type": "object",
@@ -124,7 +143,11 @@ _PATHS: dict[str, Any] = {
     "/api/v1/openapi.json": {"get": _op("This document", {"200": _json({}, "OpenAPI")})},
     "/api/v1/me": {"get": _op("The caller and their rooms", {"200": _json({}, "Caller")})},
     "/api/v1/signup": {
-        "post": _op("Sign up a person (if enabled)", {"201": _json(_ref("Token"), "")}, "NewUser")
+        "post": _op(
+            "Sign up a new person (if enabled); every sign-up creates a user of its own",
+            {"201": _json(_ref("SignedUp"), "")},
+            "SignUp",
+        )
     },
     "/api/v1/rooms": {
         "get": _op("Open rooms and the caller's closed ones", {"200": _json({}, "Rooms")})

@@ -53,7 +53,7 @@ async function login(event) {
     const response = await fetch("/api/v1/signup", {
       method: "POST",
       headers: { "content-type": "application/json" },
-      body: JSON.stringify({ id: name }),
+      body: JSON.stringify({ name }),
     });
     const body = await response.json();
     if (response.status !== 201) {
@@ -109,6 +109,7 @@ function handle(ws, frame) {
   if (frame.room !== undefined && frame.room !== chat.room) return;
   switch (frame.type) {
     case "welcome":
+      chat.user = frame.user; // the id the server made at sign-up (the name and a suffix)
       chat.retry = 250;
       setStatus("online");
       $("text").disabled = $("send").disabled = false;
