@@ -295,3 +295,29 @@ async def test_postgres_notifications_wake_another_processes_worker_and_waiter(
         assert elapsed < 10  # neither side waited for its 30 s poll interval
     finally:
         drop_pg_database(postgres_url, db)
+
+
+async def test_a_name_is_taken_within_its_namespace_and_kind_only(
+    platform: PlatformUnderTest, fake: FakeBroker
+) -> None:
+    """A second instance or binding of one name in one namespace is a 409; the same name in
+    another namespace, or a binding named as an instance, is free."""
+    await platform.register_fake()
+    c = platform.client
+    assert (await c.post("/api/v1/namespaces", json={"name": "other"})).status_code == 201
+    for namespace in ("default", "other"):
+        body = {"service": "fake", "plan": "sync", "name": "db1", "namespace": namespace}
+        r = await c.post("/api/v1/instances", json=body)
+        assert r.status_code == 202, r.text
+        assert (await platform.wait(r.json()["operation"]))["state"] == "succeeded"
+        r = await c.post("/api/v1/instances", json=body)
+        assert (r.status_code, r.json()["error"]) == (409, "instance_exists")
+    body = {"instance": "db1", "app": "web", "name": "db1"}
+    r = await c.post("/api/v1/bindings", json=body)
+    assert r.status_code == 202, r.text
+    assert r.json()["binding"]["name"] == "db1"
+    await platform.wait(r.json()["operation"])
+    r = await c.post("/api/v1/bindings", json=body)
+    assert (r.status_code, r.json()["error"]) == (409, "binding_exists")
+    r = await c.post("/api/v1/bindings", json={**body, "namespace": "other"})
+    assert r.status_code == 202, r.text

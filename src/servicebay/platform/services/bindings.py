@@ -32,6 +32,7 @@ from servicebay.platform.services.records import (
     TERMINAL,
     binding_select,
     binding_view,
+    id_by_name,
     instance_by_name,
     operation_view,
     with_operation,
@@ -50,12 +51,7 @@ def _binding_by_name(target: bool = False) -> Statement:
     return Statement(query.add_columns(*broker_columns()) if target else query)
 
 
-_TAKEN = Statement(
-    sa.select(tables.bindings.c.id).where(
-        tables.bindings.c.namespace == sa.bindparam("namespace"),
-        tables.bindings.c.name == sa.bindparam("name"),
-    )
-)
+_TAKEN = id_by_name(tables.bindings)
 _INSERT_BINDING = Statement(tables.bindings.insert())
 # Every operation on a binding carries the binding's instance: the instance's index narrows the
 # search to that instance's few operations (binding_id has no index; a scan grew with history).

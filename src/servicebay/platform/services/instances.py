@@ -43,6 +43,7 @@ from servicebay.platform.services.errors import Conflict, Unprocessable, not_fou
 from servicebay.platform.services.operations import audit, enqueue
 from servicebay.platform.services.records import (
     TERMINAL,
+    id_by_name,
     instance_by_name,
     instance_json,
     instance_select,
@@ -126,12 +127,7 @@ def _context(namespace: str, name: str) -> dict[str, Any]:
     return {"platform": "servicebay", "namespace": namespace, "instance_name": name}
 
 
-_TAKEN = Statement(
-    sa.select(tables.instances.c.id).where(
-        tables.instances.c.namespace == sa.bindparam("namespace"),
-        tables.instances.c.name == sa.bindparam("name"),
-    )
-)
+_TAKEN = id_by_name(tables.instances)
 _INSERT_INSTANCE = Statement(tables.instances.insert())
 _OPERATION_STATE = Statement(
     sa.select(tables.operations.c.state).where(tables.operations.c.id == sa.bindparam("op_id"))

@@ -16,7 +16,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from servicebay.platform.store import tables
+from servicebay.platform.store import Statement, tables
 
 _OP_COLUMNS = (
     "id",
@@ -95,6 +95,15 @@ def instance_by_name() -> sa.Select[Any]:
     i = tables.instances
     return instance_select().where(
         i.c.namespace == sa.bindparam("namespace"), i.c.name == sa.bindparam("name")
+    )
+
+
+def id_by_name(table: sa.Table) -> Statement:
+    """The id of ``table``'s row by ``namespace`` and ``name`` bind parameters (None: free)."""
+    return Statement(
+        sa.select(table.c.id).where(
+            table.c.namespace == sa.bindparam("namespace"), table.c.name == sa.bindparam("name")
+        )
     )
 
 
