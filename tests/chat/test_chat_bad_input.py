@@ -313,3 +313,77 @@ async def test_silent_connection_is_closed_after_hello_timeout(
     async with connect(chat.ws) as ws:
         await ws.send(json.dumps({"type": "hello", "token": token}))
         assert (await _next(ws, "welcome"))["user"] == "ann"
+
+
+class _StoreCalls:
+    """The served store, noting the name of every method called on it (the store is real)."""
+
+    def __init__(self, store: Any) -> None:
+        self.store, self.calls = store, []
+
+    def __getattr__(self, name: str) -> Any:
+        found = getattr(self.store, name)
+        if not callable(found):
+            return found
+
+        def call(*args: Any, **kwargs: Any) -> Any:
+            self.calls.append(name)
+            return found(*args, **kwargs)
+
+        return call
+
+
+async def test_closed_room_costs_a_non_member_what_a_missing_room_costs(chat: ServedChat) -> None:
+    """A non-member's calls on a closed room make the store do what they make it do for a
+    missing room, whether or not the room's state is loaded: the time of the answer does not
+    tell either. (The closed room's state used to be loaded first: two reads more.)"""
+    from servicebay.chat.stores import Retention
+
+    await chat.store.put_room("private", Retention(), open=False)
+    auth = {"authorization": f"Bearer {await chat.user('eve')}"}
+    recorder = _StoreCalls(chat.service.store)
+    chat.service.store = recorder  # type: ignore[assignment]
+    async with httpx.AsyncClient(base_url=chat.http, headers=auth) as http:
+
+        async def work(room: str) -> list[tuple[int, list[str]]]:
+            done = []
+            for method, path, body in _calls_for(room):
+                recorder.calls.clear()
+                response = await http.request(method, path, content=body)
+                done.append((response.status_code, list(recorder.calls)))
+            return done
+
+        before = await work("private")  # the room's state is not loaded yet
+        assert before == await work("nowhere")
+        assert chat.service.loaded("private") is None
+        await chat.user("ann", "private")  # a member: the room's state is loaded
+        assert chat.service.loaded("private") is not None
+        assert await work("private") == await work("nowhere") == before
+    assert {status for status, _ in before} == {404}
+
+
+async def test_websocket_closed_room_costs_a_non_member_what_a_missing_room_costs(
+    chat: ServedChat,
+) -> None:
+    """The same over the WebSocket: each frame on a closed room and on a missing room makes the
+    store do the same, from ``hello.rooms`` on."""
+    from servicebay.chat.stores import Retention
+
+    await chat.store.put_room("private", Retention(), open=False)
+    token = await chat.user("eve")
+    recorder = _StoreCalls(chat.service.store)
+    chat.service.store = recorder  # type: ignore[assignment]
+    seen: dict[str, list[list[str]]] = {}
+    for room in ("private", "nowhere"):
+        async with connect(chat.ws) as ws:
+            recorder.calls.clear()
+            await ws.send(json.dumps({"type": "hello", "token": token, "rooms": {room: 0}}))
+            await _next(ws, "welcome")
+            await _next(ws, "error")
+            seen[room] = [list(recorder.calls)]
+            for frame in _frames_for(room):
+                recorder.calls.clear()
+                await _answers(ws, [frame])
+                seen[room].append(list(recorder.calls))
+    assert seen["private"] == seen["nowhere"]
+    assert chat.service.loaded("private") is None

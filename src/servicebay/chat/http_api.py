@@ -293,7 +293,7 @@ async def ack(request: Request) -> Response:
     user = await _user(request)
     body = await _parse(request, AckBody)
     service = _service(request)
-    hub = await service.hub(request.path_params["room"])
+    hub = await service.room_for(request.path_params["room"], user)
     if not await service.is_member(hub, user.id):
         raise NotMember(hub.room, user.id)
     cursor = await service.ack(hub, user.id, body.seq)
@@ -382,7 +382,7 @@ async def delete_member(request: Request) -> Response:
     room, who = request.path_params["room"], request.path_params["user"]
     if who == "me":
         user = await _user(request)
-        await service.is_member(await service.hub(room), user.id)  # a closed room: as if missing
+        await service.room_for(room, user)  # a closed room: as if missing
     else:
         _admin(request)
         user = User(who, who)

@@ -458,7 +458,7 @@ class Session:
         self.reply(_sent_frame(frame, appended))
 
     async def _ack(self, user: User, frame: Ack) -> None:
-        hub = await self.service.hub(frame.room)
+        hub = await self.service.room_for(frame.room, user)
         if not await self.service.is_member(hub, user.id):
             raise ProtocolError("not_member", f"not a member of room {frame.room!r}")
         seq = min(frame.seq, hub.head)
@@ -469,8 +469,7 @@ class Session:
         self.service.request_ack(hub, user.id, seq)
 
     async def _leave(self, user: User, room: str) -> None:
-        hub = await self.service.hub(room)
-        await self.service.is_member(hub, user.id)  # a closed room: as if missing
+        hub = await self.service.room_for(room, user)  # a closed room: as if missing
         if (task := self.loops.pop(room, None)) is not None:
             task.cancel()
             self.position.pop(room, None)
@@ -479,7 +478,7 @@ class Session:
         self.reply({"type": "left", "room": room})
 
     async def _typing(self, user: User, room: str) -> None:
-        hub = await self.service.hub(room)
+        hub = await self.service.room_for(room, user)
         if not await self.service.is_member(hub, user.id):
             raise ProtocolError("not_member", f"not a member of room {room!r}")
         hub.broadcast(encode({"type": "typing", "room": room, "user": user.id}), skip=self)
