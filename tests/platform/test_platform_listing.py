@@ -1,19 +1,23 @@
-"""Listing instances: each item is rendered by the database, and must equal the view of the same
-instance read on its own (rendered in Python), on SQLite and on PostgreSQL."""
+"""Listing instances: each item is the view the database keeps rendered in the instance's row
+(triggers of migration 0003), and must equal the view of the same instance read on its own
+(rendered in Python), on SQLite and on PostgreSQL, after every kind of write."""
 
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
+import platform_fake_broker
 import pytest
 import sqlalchemy as sa
+from alembic import command
+from alembic.config import Config
+from platform_fake_broker import catalog as fake_catalog
 from sqlalchemy.engine import make_url
 
 from conftest import PlatformUnderTest
-from servicebay.platform.services import records
-from servicebay.platform.store import tables
+from servicebay.platform.store import migrations, tables
 
 
 def _engine(db_url: str) -> sa.Engine:
@@ -29,24 +33,8 @@ async def _provision(platform: PlatformUnderTest, body: dict[str, Any]) -> None:
     await platform.wait(r.json()["operation"])
 
 
-@pytest.fixture(params=["as built", "through json()"])
-def nesting(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
-    """Both ways SQLite may nest the last operation: as built (its JSON subtype kept through
-    CASE), or re-parsed by json() where a build of SQLite drops the subtype."""
-    if request.param == "through json()":
-        monkeypatch.setattr(records, "_sqlite_case_keeps_json", lambda: False)
-    records.instance_json.cache_clear()
-    yield request.param
-    records.instance_json.cache_clear()
-
-
-def test_this_sqlite_keeps_the_json_subtype_through_case() -> None:
-    """The fast path is the one CI runs (Python's bundled SQLite 3.40 keeps it)."""
-    assert records._sqlite_case_keeps_json()
-
-
 async def test_listed_items_equal_each_instance_read_alone(
-    platform: PlatformUnderTest, db_url: str, nesting: str
+    platform: PlatformUnderTest, db_url: str
 ) -> None:
     await platform.register_fake()
     c = platform.client
@@ -134,3 +122,87 @@ async def test_pages_follow_one_another_without_gap_or_repeat(
     assert everything["next"] == "default/p3"
     only_sync = (await c.get("/api/v1/instances", params={"service": "nope"})).json()
     assert only_sync == {"items": [], "next": None}
+
+
+async def _listed_equal_alone(platform: PlatformUnderTest) -> dict[str, dict[str, Any]]:
+    """Every listed item equals its instance read alone; the items by name."""
+    c = platform.client
+    listed = (await c.get("/api/v1/instances", params={"namespace": "*"})).json()
+    for item in listed["items"]:
+        alone = await c.get(
+            f"/api/v1/instances/{item['name']}", params={"namespace": item["namespace"]}
+        )
+        assert item == alone.json()
+    return {item["name"]: item for item in listed["items"]}
+
+
+async def test_stored_views_follow_renames_and_writes_made_outside_the_api(
+    platform: PlatformUnderTest, db_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A catalog refresh renaming a plan and a service, a broker renamed and an operation
+    changed straight in the database: each listed view shows the new values at once."""
+    await platform.register_fake()
+    c = platform.client
+    await _provision(platform, {"service": "fake", "plan": "sync", "name": "kept"})
+    await _provision(platform, {"service": "fake", "plan": "async", "name": "other-plan"})
+
+    renamed = fake_catalog()
+    renamed["services"][0]["name"] = "fake-renamed"
+    for plan in renamed["services"][0]["plans"]:
+        if plan["name"] == "sync":
+            plan["name"] = "sync-renamed"
+    monkeypatch.setattr(platform_fake_broker, "catalog", lambda: renamed)
+    r = await c.post("/api/v1/brokers/fake/refresh")
+    assert r.status_code == 200, r.text
+    views = await _listed_equal_alone(platform)
+    assert (views["kept"]["service"], views["kept"]["plan"]) == ("fake-renamed", "sync-renamed")
+    assert (views["other-plan"]["service"], views["other-plan"]["plan"]) == (
+        "fake-renamed",
+        "async",
+    )
+
+    engine = _engine(db_url)
+    with engine.begin() as conn:
+        b, o, i = tables.brokers, tables.operations, tables.instances
+        conn.execute(sa.update(b).values(name="fake-2"))
+        last = conn.execute(sa.select(i.c.last_operation_id).where(i.c.name == "kept"))
+        conn.execute(
+            sa.update(o).where(o.c.id == last.scalar_one()).values(description="edited by hand")
+        )
+        # A write to a column the view does not show leaves the stored text as it was.
+        before = conn.execute(sa.select(i.c.view_json).where(i.c.name == "kept")).scalar_one()
+        conn.execute(sa.update(i).where(i.c.name == "kept").values(parameters="sealed"))
+        after = conn.execute(sa.select(i.c.view_json).where(i.c.name == "kept")).scalar_one()
+    engine.dispose()
+    assert after == before
+    views = await _listed_equal_alone(platform)
+    assert {view["broker"] for view in views.values()} == {"fake-2"}
+    assert views["kept"]["last_operation"]["description"] == "edited by hand"
+
+
+async def test_migration_renders_the_views_of_instances_made_before_it(
+    platform: PlatformUnderTest, db_url: str
+) -> None:
+    """Down to revision 0002 (no stored views), up again: every instance there is gets its
+    view, equal to the one read alone; the downgrade leaves no trigger behind."""
+    await platform.register_fake()
+    for n in range(3):
+        await _provision(platform, {"service": "fake", "plan": "sync", "name": f"old-{n}"})
+    config = Config()
+    config.set_main_option("script_location", str(Path(migrations.__file__).parent))
+    engine = _engine(db_url)
+    with engine.connect() as conn:
+        config.attributes["connection"] = conn
+        command.downgrade(config, "0002")
+        conn.commit()
+        assert "view_json" not in {col["name"] for col in sa.inspect(conn).get_columns("instances")}
+        # Written while no trigger exists: only the migration's rendering can show it.
+        old = sa.table("instances", sa.column("name"), sa.column("state"))
+        conn.execute(sa.update(old).where(old.c.name == "old-1").values(state="failed"))
+        conn.commit()
+        command.upgrade(config, "head")
+        conn.commit()
+    engine.dispose()
+    views = await _listed_equal_alone(platform)
+    assert sorted(views) == ["old-0", "old-1", "old-2"]
+    assert views["old-1"]["state"] == "failed"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import datetime as dt
 import sqlite3
 from pathlib import Path
 
@@ -11,7 +12,7 @@ import sqlalchemy as sa
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 
-from servicebay.platform.store import Database, tables, utcnow
+from servicebay.platform.store import Database, plain_rows, tables, utcnow
 
 
 async def test_migrations_match_the_table_definitions(db_url: str) -> None:
@@ -124,3 +125,33 @@ async def test_sqlite_begin_cancelled_while_waiting_for_another_writer_leaves_no
     other.execute("ROLLBACK")
     other.close()
     await db.close()
+
+
+async def test_plain_rows_read_what_sqlalchemy_reads(db_url: str) -> None:
+    """The driver-level read the listing uses gives SQLAlchemy's rows for the same query, with
+    an expanded IN list and a parameter that needs processing (a timestamp)."""
+    db = Database(db_url)
+    await db.migrate()
+    n = tables.namespaces
+    created = dt.datetime(2026, 1, 2, 3, 4, 5, 600)
+    async with db.begin() as conn:
+        await conn.execute(
+            n.insert(),
+            [
+                {"name": name, "constraints": [], "created_at": created, "updated_at": created}
+                for name in ("a", "b", "c'quote")
+            ],
+        )
+    query = (
+        sa.select(n.c.name, n.c.description)
+        .where(n.c.name.in_(["a", "c'quote", "missing"]), n.c.created_at >= created)
+        .order_by(n.c.name)
+    )
+    async with db.read() as conn:
+        plain = [tuple(row) for row in await plain_rows(conn, query)]
+        expected = [tuple(row) for row in (await conn.execute(query)).all()]
+        later = query.where(n.c.created_at > created)
+        none = await plain_rows(conn, later)
+    await db.close()
+    assert plain == expected == [("a", ""), ("c'quote", "")]
+    assert none == []

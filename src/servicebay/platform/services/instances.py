@@ -45,14 +45,19 @@ from servicebay.platform.services.records import (
     TERMINAL,
     id_by_name,
     instance_by_name,
-    instance_json,
-    instance_select,
     instance_view,
     operation_view,
     with_operation,
 )
 from servicebay.platform.services.runtime import Actor, Handoff, Platform
-from servicebay.platform.store import Statement, by_id_params, tables, update_by_id, utcnow
+from servicebay.platform.store import (
+    Statement,
+    by_id_params,
+    plain_rows,
+    tables,
+    update_by_id,
+    utcnow,
+)
 
 
 def check_parameters(
@@ -575,12 +580,11 @@ async def list_instances(
     after: str | None,
 ) -> str:
     """A page of instances sorted by (namespace,) name, as the JSON text of ``{"items": [...],
-    "next": ...}``; ``next`` continues after the last. Each item is rendered by the database
-    (:func:`instance_json`), so a page of 10,000 never becomes Python objects."""
+    "next": ...}``; ``next`` continues after the last. Each item is the view the instance keeps
+    rendered in its row (``view_json``, kept by the database's triggers), so a page of 10,000 is
+    stored text joined, never Python objects."""
     i = tables.instances
-    query = instance_select().with_only_columns(
-        i.c.namespace, i.c.name, instance_json(platform.db.is_postgres)
-    )
+    query = sa.select(i.c.namespace, i.c.name, i.c.view_json)
     if namespace == "*":
         query = query.order_by(i.c.namespace, i.c.name)
         if after:
@@ -596,16 +600,22 @@ async def list_instances(
         if after:
             query = query.where(i.c.name > after)
     if service:
-        query = query.where(tables.services.c.name == service)
+        query = query.where(
+            i.c.plan_pk.in_(
+                sa.select(tables.plans.c.id)
+                .join(tables.services, tables.services.c.id == tables.plans.c.service_pk)
+                .where(tables.services.c.name == service)
+            )
+        )
     async with platform.db.read() as conn:
         if namespace != "*":
             await require_namespace(conn, namespace, actor)
         elif (visible := await visible_namespaces(conn, actor)) is not None:
             query = query.where(i.c.namespace.in_(visible))
-        rows = (await conn.execute(query.limit(limit + 1))).all()
+        rows = await plain_rows(conn, query.limit(limit + 1))
     following = None
     if len(rows) > limit:
-        last = rows[limit - 1]
-        following = f"{last.namespace}/{last.name}" if namespace == "*" else last.name
-    items = ",".join(row.view_json for row in rows[:limit])
+        last_namespace, last_name, _ = rows[limit - 1]
+        following = f"{last_namespace}/{last_name}" if namespace == "*" else last_name
+    items = ",".join(row[2] for row in rows[:limit])
     return f'{{"items":[{items}],"next":{json.dumps(following)}}}'

@@ -7,10 +7,8 @@ a list of 10,000 instances is one query.
 
 from __future__ import annotations
 
-import contextlib
 import datetime as dt
 import functools
-import sqlite3
 from collections.abc import Mapping
 from typing import Any
 
@@ -76,7 +74,7 @@ def instance_select() -> sa.Select[Any]:
     columns = [last.c[name].label("lo_" + name) for name in _OP_COLUMNS]
     return (
         sa.select(
-            i,
+            *(column for column in i.c if column.name != "view_json"),
             p.c.name.label("plan_name"),
             s.c.name.label("service_name"),
             b.c.name.label("broker_name"),
@@ -138,93 +136,6 @@ def instance_view(row: Mapping[Any, Any]) -> dict[str, Any]:
         "updated_at": ts(row["updated_at"]),
         "last_operation": operation_view(row, "lo_"),
     }
-
-
-def _ts_sql(column: Any, postgres: bool) -> sa.ColumnElement[str]:
-    """SQL rendering a stored naive-UTC timestamp exactly as :func:`ts` does: six fraction
-    digits, none when they are all zero. SQLite holds it as text with six fraction digits."""
-    if postgres:
-        text = sa.func.to_char(column, 'YYYY-MM-DD"T"HH24:MI:SS.US')
-    else:
-        text = sa.func.replace(sa.cast(column, sa.Text), " ", "T")
-    return sa.func.replace(text, ".000000", "").concat("Z")
-
-
-@functools.cache
-def _sqlite_case_keeps_json() -> bool:
-    """Does this process's SQLite nest an object passed through CASE as an object?"""
-    with contextlib.closing(sqlite3.connect(":memory:")) as conn:
-        (text,) = conn.execute(
-            "SELECT json_object('a', CASE WHEN 1 THEN json_object('b', 1) END)"
-        ).fetchone()
-    return bool(text == '{"a":{"b":1}}')
-
-
-@functools.cache
-def instance_json(postgres: bool) -> sa.ColumnElement[str]:
-    """One instance of :func:`instance_select` as the text of its API view, built by the
-    database: what :func:`instance_view` would encode, without a Python object per field.
-
-    A listing of 10,000 instances then costs one text per row instead of some thirty values
-    decoded, turned into a dict and encoded again. The tests hold it equal to
-    :func:`instance_view` on both databases.
-    """
-    i, p, s, b = tables.instances, tables.plans, tables.services, tables.brokers
-    lo = instance_select().selected_columns
-
-    def obj(fields: dict[str, Any]) -> Any:
-        pairs = [part for key, value in fields.items() for part in (sa.literal(key), value)]
-        return (sa.func.json_build_object if postgres else sa.func.json_object)(*pairs)
-
-    def embedded(column: Any) -> Any:  # a JSON value as JSON, not as a string holding it
-        return column if postgres else sa.func.json(column)
-
-    def tsq(column: Any) -> Any:
-        return _ts_sql(column, postgres)
-
-    def nested(value: Any) -> Any:  # an object built above, possibly through CASE
-        # Where SQLite keeps the JSON subtype through CASE (3.40 does), it nests as built;
-        # json() would parse the object again (a third of the query's time). Where it does not,
-        # json() keeps it an object rather than a string.
-        return value if postgres or _sqlite_case_keeps_json() else sa.func.json(value)
-
-    operation = obj(
-        {
-            "id": lo.lo_id,
-            "kind": lo.lo_kind,
-            "state": lo.lo_state,
-            "description": lo.lo_description,
-            "namespace": lo.lo_namespace,
-            "instance": lo.lo_instance_name,
-            "binding": lo.lo_binding_name,
-            "created_by": lo.lo_created_by,
-            "created_at": tsq(lo.lo_created_at),
-            "updated_at": tsq(lo.lo_updated_at),
-            "finished_at": tsq(lo.lo_finished_at),
-            "attempts": lo.lo_attempts,
-            "orphan_mitigation": lo.lo_orphan_mitigation_id,
-            "parent": lo.lo_parent_id,
-        }
-    )
-    view = obj(
-        {
-            "id": i.c.id,
-            "name": i.c.name,
-            "namespace": i.c.namespace,
-            "service": s.c.name,
-            "plan": p.c.name,
-            "broker": b.c.name,
-            "state": i.c.state,
-            "parameters": embedded(i.c.parameters_shown),
-            "dashboard_url": i.c.dashboard_url,
-            "maintenance_info": embedded(i.c.maintenance_info),
-            "created_by": i.c.created_by,
-            "created_at": tsq(i.c.created_at),
-            "updated_at": tsq(i.c.updated_at),
-            "last_operation": nested(sa.case((lo.lo_id.is_(None), sa.null()), else_=operation)),
-        }
-    )
-    return sa.cast(view, sa.Text).label("view_json")
 
 
 @functools.cache

@@ -37,7 +37,7 @@ from sqlalchemy.engine import URL, make_url
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
 from servicebay.platform.store import tables
-from servicebay.platform.store.statements import Statement, busy
+from servicebay.platform.store.statements import Statement, busy, plain_rows
 
 log = logging.getLogger("servicebay.platform.store")
 
@@ -46,6 +46,7 @@ __all__ = [
     "Statement",
     "by_id_params",
     "delete_by_id",
+    "plain_rows",
     "tables",
     "update_by_id",
     "utcnow",

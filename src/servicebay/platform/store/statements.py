@@ -24,6 +24,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import asyncpg  # type: ignore[import-untyped]  # asyncpg ships no type information
 import sqlalchemy as sa
 from sqlalchemy.engine import Dialect
 from sqlalchemy.ext.asyncio import AsyncConnection
@@ -158,3 +159,36 @@ class Statement:
                     raise
         result: Any = await conn.execute(self.statement, dict(params))
         return int(result.rowcount)
+
+
+async def plain_rows(conn: AsyncConnection, query: sa.Select[Any]) -> list[Sequence[Any]]:
+    """Every row of ``query`` as the driver returns it, without SQLAlchemy's result processing.
+
+    For a big read of columns that need no processing (text, integers): the instance listing
+    reads 10,000 rows of stored JSON text, and SQLAlchemy's rows around them took longer than
+    the database's read (about 3 µs a row). The query is compiled for the connection's dialect
+    on each call (IN lists expanded) and its bind parameters processed as SQLAlchemy would;
+    it then runs on the driver, in the caller's transaction: ``asyncpg`` on PostgreSQL,
+    ``sqlite3`` on SQLite (on the loop, as every statement there does; through SQLAlchemy
+    after all if SQLite is busy).
+    """
+    dialect = conn.dialect
+    compiled: Any = query.compile(dialect=dialect, compile_kwargs={"render_postcompile": True})
+    values = compiled.construct_params()
+    args = []
+    for name in compiled.positiontup:
+        # A member of an expanded IN list is named after its list: ``namespace_1`` → ``_1_2``.
+        bindparam = compiled.binds[name if name in compiled.binds else name.rpartition("_")[0]]
+        bind = bindparam.type.dialect_impl(dialect).bind_processor(dialect)
+        args.append(values[name] if bind is None else bind(values[name]))
+    driver = (await conn.get_raw_connection()).driver_connection
+    if isinstance(driver, asyncpg.Connection):
+        return list(await driver.fetch(compiled.string, *args))
+    raw = getattr(driver, "sqlite", None)
+    if isinstance(raw, sqlite3.Connection):
+        try:
+            return raw.execute(compiled.string, args).fetchall()
+        except sqlite3.OperationalError as exc:
+            if not busy(exc):
+                raise
+    return list((await conn.execute(query)).tuples().all())

@@ -98,8 +98,11 @@ instances = sa.Table(
     sa.Column("created_by", sa.String(63), nullable=False),
     sa.Column("created_at", sa.DateTime, nullable=False),
     sa.Column("updated_at", sa.DateTime, nullable=False),
+    # The instance's API view as JSON text, kept by triggers (migration 0003); read by listings.
+    sa.Column("view_json", sa.Text, nullable=True),
     sa.UniqueConstraint("namespace", "name", name="uq_instances_namespace_name"),
 )
+sa.Index("ix_instances_last_operation", instances.c.last_operation_id)
 
 bindings = sa.Table(
     "bindings",
