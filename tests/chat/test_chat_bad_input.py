@@ -387,3 +387,50 @@ async def test_websocket_closed_room_costs_a_non_member_what_a_missing_room_cost
                 seen[room].append(list(recorder.calls))
     assert seen["private"] == seen["nowhere"]
     assert chat.service.loaded("private") is None
+
+
+def _kept_for(chat: ServedChat, names: set[str]) -> dict[str, set[str]]:
+    """What the server keeps in memory, per room, for any of ``names`` (hubs and the store's
+    per-room caches, whichever the backend has)."""
+    service, store = chat.service, chat.store
+    meta = getattr(store, "meta", store)  # the RabbitMQ store keeps its metadata in SQLite
+    kept: dict[str, Any] = {
+        "hubs": service._hubs,
+        "loading": service._loading,
+        "store rooms": getattr(store, "_rooms", {}),
+        "store heads": getattr(meta, "_heads", {}),
+        "store members": {room for room, _ in getattr(meta, "_members", set())},
+    }
+    return {what: names & set(held) for what, held in kept.items() if names & set(held)}
+
+
+async def test_asking_about_missing_rooms_keeps_nothing_in_memory(chat: ServedChat) -> None:
+    """Every user call naming a room that does not exist, over HTTP and WebSocket, is
+    `unknown_room` and leaves nothing behind in the server: asking about random room names
+    cannot grow its memory (the RabbitMQ store kept an entry for every name asked about)."""
+    names = {f"nowhere-{i}" for i in range(20)}
+    token = await chat.user("eve")
+    auth = {"authorization": f"Bearer {token}"}
+    async with httpx.AsyncClient(base_url=chat.http, headers=auth) as http:
+        for room in sorted(names)[:10]:
+            for method, path, body in _calls_for(room):
+                response = await http.request(method, path, content=body)
+                assert (response.status_code, response.json()["error"]) == (404, "unknown_room")
+    async with connect(chat.ws) as ws:
+        rooms = {room: 0 for room in sorted(names)[10:15]}
+        await ws.send(json.dumps({"type": "hello", "token": token, "rooms": rooms}))
+        await _next(ws, "welcome")
+        assert [(await _next(ws, "error"))["code"] for _ in rooms] == ["unknown_room"] * 5
+        for room in sorted(names)[15:]:
+            answers = await _answers(ws, _frames_for(room))
+            assert {a["code"] for a in answers} == {"unknown_room"}
+        await _still_healthy(ws)
+    assert _kept_for(chat, names) == {}
+    token = await chat.user("ann", "lobby")
+    async with connect(chat.ws) as ws:  # an existing room is still kept once in use
+        await ws.send(json.dumps({"type": "hello", "token": token}))
+        await _next(ws, "joined")
+        await ws.send(json.dumps({"type": "send", "room": "lobby", "key": "k", "body": "hi"}))
+        assert (await _next(ws, "sent"))["seq"] == 1
+    kept = _kept_for(chat, {"lobby"})
+    assert "hubs" in kept and ("store rooms" in kept or not hasattr(chat.store, "_rooms"))

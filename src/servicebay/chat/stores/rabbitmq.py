@@ -263,6 +263,23 @@ class RabbitMQChatStore:
     def _room(self, room_id: str) -> _RoomLog:
         return self._rooms.setdefault(room_id, _RoomLog())
 
+    def _forget(self, room_id: str, room: _RoomLog) -> None:
+        """Drop the room's entry when it holds nothing: a missing room leaves nothing behind.
+
+        Any user may ask about any room name; an entry kept for each would let them grow this
+        process's memory without bound. An entry that was never synced and has no segments,
+        nothing queued and no other writer holds nothing a later call could not rebuild, so
+        this is also safe for a room that exists (its next call makes a new entry). A caller
+        waiting for the old entry's lock sees that it was dropped (``_synced``).
+        """
+        writer = room.writer
+        if (
+            self._rooms.get(room_id) is room
+            and not (room.synced or room.segments or room.waiting or room.unanswered)
+            and (writer is None or writer.done() or writer is asyncio.current_task())
+        ):
+            del self._rooms[room_id]
+
     # users, tokens, rooms, members: metadata only ---------------------------------------------
 
     async def put_user(self, user_id: str, display_name: str = "", kind: str = "person") -> User:
@@ -341,14 +358,24 @@ class RabbitMQChatStore:
     # resync ----------------------------------------------------------------------------------
 
     async def _synced(self, room_id: str) -> _RoomLog:
-        """The room, resynced with its stream once per start and after every failed publish."""
-        room = self._room(room_id)
-        if room.synced:
+        """The room, resynced with its stream once per start and after every failed publish.
+
+        Raises UnknownRoom for a missing room, and keeps nothing for it (``_forget``).
+        """
+        while True:
+            room = self._room(room_id)
+            if room.synced:
+                return room
+            try:
+                async with room.lock:
+                    if self._rooms.get(room_id) is not room:
+                        continue  # dropped while this call waited: the current entry decides
+                    if not room.synced:
+                        await self._resync(room_id, room, rotate=False)
+            except UnknownRoom:
+                self._forget(room_id, room)
+                raise
             return room
-        async with room.lock:
-            if not room.synced:
-                await self._resync(room_id, room, rotate=False)
-        return room
 
     async def _resync(self, room_id: str, room: _RoomLog, *, rotate: bool) -> None:
         """Read the stream up to a fresh marker; adopt stored but unrecorded messages."""
