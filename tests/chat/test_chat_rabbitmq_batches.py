@@ -5,12 +5,14 @@ take that record back, and an append whose own check fails must fail alone."""
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
+from structlog.testing import capture_logs
 
-from servicebay.chat.stores import Appended, open_store
+from servicebay.chat.stores import Appended, StoreUnavailable, open_store
 from servicebay.chat.stores.rabbitmq import RabbitMQChatStore
 from support import chat_rabbitmq
 
@@ -72,3 +74,42 @@ async def test_an_append_failing_its_check_fails_alone_in_its_batch(
     assert [m.body for m in await store.read("r", 0)] == ["one", "two"]
     async with asyncio.timeout(20):
         assert (await store.append("r", "ann", "a2", "three")).seq == 3
+
+
+async def test_a_writer_stopped_by_a_failing_record_answers_every_queued_send(
+    store: RabbitMQChatStore,
+) -> None:
+    """When recording a published batch fails unexpectedly (here the metadata file refuses the
+    entry's row: a trigger added from another connection), the room's writer stops and every
+    send queued behind it hears 'unavailable' at once (they used to wait for the next send to
+    the room). The next send recovers the room: the published batch is adopted, resends get
+    their first seqs, nothing is stored twice."""
+    assert (await store.append("r", "ann", "a0", "zero")).seq == 1
+    refuse = (
+        "CREATE TRIGGER refuse BEFORE INSERT ON rmq_entries BEGIN SELECT RAISE(ABORT, 'no'); END"
+    )
+    with sqlite3.connect(store.meta.path) as other:
+        other.execute(refuse)
+    first = store.append("r", "ann", "a1", "one")
+    await asyncio.sleep(0)  # the room's writer starts and takes ann's send alone
+    queued = [store.append("r", "bob", "b1", "two"), store.append("r", "ann", "a2", "three")]
+    with capture_logs() as logs:
+        async with asyncio.timeout(20):
+            outcomes = await asyncio.gather(first, *queued, return_exceptions=True)
+    assert [type(o) for o in outcomes] == [StoreUnavailable] * 3
+    assert [e["event"] for e in logs] == ["chat.rabbitmq.append_failed"]
+    with sqlite3.connect(store.meta.path) as other:
+        other.execute("DROP TRIGGER refuse")
+    async with asyncio.timeout(20):
+        again = [
+            await store.append("r", "bob", "b1", "two"),
+            await store.append("r", "ann", "a1", "one"),
+            await store.append("r", "ann", "a2", "three"),
+        ]
+    assert [(a.seq, a.duplicate) for a in again] == [(3, False), (2, False), (4, False)]
+    assert [(m.seq, m.body) for m in await store.read("r", 0)] == [
+        (1, "zero"),
+        (2, "one"),
+        (3, "two"),
+        (4, "three"),
+    ]

@@ -449,7 +449,13 @@ class RabbitMQChatStore:
                 if not isinstance(exc, asyncio.CancelledError):
                     log.error("chat.rabbitmq.append_failed", room=room_id, exc_info=exc)
                 # The exception's words are in the log; callers (and clients) hear the code.
-                _fail(batch, StoreUnavailable("the append was not stored; retry"))
+                # The sends queued behind this batch are answered too: with this writer gone
+                # they would wait for the next send to the room. None of them was published
+                # (a batch taken for the next record goes back to the queue when it fails),
+                # and the room resyncs on its next write, adopting what this one published.
+                failure = StoreUnavailable("the append was not stored; retry")
+                queued, room.waiting = list(room.waiting), deque()
+                _fail([*batch, *queued], failure)
                 raise
             if not batch:
                 # Appends that came while the last record was written found this writer still
