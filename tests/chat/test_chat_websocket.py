@@ -11,6 +11,7 @@ from chat_helpers import ServedChat, eventually
 from websockets.asyncio.client import ClientConnection, connect
 
 from servicebay.chat.client import ChatClient, ChatError
+from servicebay.chat.server import WINDOW
 
 
 async def _frames_until(
@@ -191,3 +192,37 @@ async def test_typing_is_relayed_to_the_others_only(chat: ServedChat) -> None:
         typing = next(f for f in await _frames_until(b, "typing") if f["type"] == "typing")
     assert typing == {"type": "typing", "room": "lobby", "user": "ann"}
     assert not any(f["type"] == "typing" for f in seen_by_ann)
+
+
+async def test_client_that_does_not_ack_stops_at_the_window_and_resumes_after_acking(
+    chat: ServedChat,
+) -> None:
+    """A live receiver gets WINDOW messages beyond its ack, then nothing; an ack lets the rest
+    through, in order, each once (docs/chat-protocol.md, "Flow control")."""
+    total = WINDOW + 100
+    ann, bob = await chat.user("ann", "lobby"), await chat.user("bob", "lobby")
+    async with connect(chat.ws, max_size=None) as a, connect(chat.ws, max_size=None) as b:
+        for ws, token in ((a, ann), (b, bob)):
+            await ws.send(json.dumps({"type": "hello", "token": token, "rooms": {"lobby": 0}}))
+            await _frames_until(ws, "joined")
+        for first in range(0, total, 250):  # one stored batch at a time: bob waits at the head
+            sends = [
+                {"type": "send", "room": "lobby", "key": f"k{i}", "body": str(i)}
+                for i in range(first, min(total, first + 250))
+            ]
+            await a.send(json.dumps(sends))
+            answered = 0
+            while answered < len(sends):
+                frames = await _frames_until(a, "sent")
+                answered += sum(f["type"] == "sent" for f in frames)
+        async with asyncio.timeout(20):
+            seen: list[int] = []
+            while len(seen) < WINDOW:
+                seen += [f["seq"] for f in await _frames_until(b, "msg") if f["type"] == "msg"]
+            await b.send(json.dumps({"type": "ping", "id": "after-window"}))
+            seen += [f["seq"] for f in await _frames_until(b, "pong") if f["type"] == "msg"]
+            assert seen == list(range(1, WINDOW + 1))
+            await b.send(json.dumps({"type": "ack", "room": "lobby", "seq": WINDOW}))
+            while len(seen) < total:
+                seen += [f["seq"] for f in await _frames_until(b, "msg") if f["type"] == "msg"]
+    assert seen == list(range(1, total + 1))

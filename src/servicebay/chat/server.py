@@ -54,7 +54,7 @@ from servicebay.chat.protocol import (
     error_frame,
     parse_message,
 )
-from servicebay.chat.service import Backoff, ChatService, RoomHub, reap
+from servicebay.chat.service import Backoff, Batch, ChatService, RoomHub, reap
 from servicebay.chat.settings import ChatSettings
 from servicebay.chat.stores import (
     Appended,
@@ -447,11 +447,53 @@ class Session:
                 continue
             retry.reset()
             if batch is None:
-                await hub.wait_beyond(position)
+                await self._park(hub, user)
+                position = self.position[room]
                 continue
-            self.out.put_nowait(batch.text)
-            self.service.count_batch(hub, user, batch.first, batch.last)
-            position = self.position[room] = batch.last
+            self._push_batch(hub, user, batch)
+            position = batch.last
+
+    def _push_batch(self, hub: RoomHub, user: str, batch: Batch) -> None:
+        self.out.put_nowait(batch.text)
+        self.service.count_batch(hub, user, batch.first, batch.last)
+        self.position[hub.room] = batch.last
+
+    async def _park(self, hub: RoomHub, user: str) -> None:
+        """Wait at the room's head; meanwhile the hub's wake-ups queue new messages directly.
+
+        With 100 receivers a wake-up would otherwise resume 100 delivery tasks only to queue
+        one shared text each. Returns when the loop must run: the window is full, memory does
+        not reach (a store read), or the batch was cut short (more to send).
+        """
+        room = hub.room
+        woken: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+        def deliver() -> bool:
+            if woken.done():
+                return False
+            try:
+                position = self.position.get(room)
+                if position is None:  # left the room meanwhile
+                    woken.set_result(None)
+                    return False
+                limit = min(BATCH, WINDOW - (position - self.acked[room]))
+                batch = hub.batch(position, limit) if limit > 0 else None
+                if batch is not None:
+                    self._push_batch(hub, user, batch)
+                    if batch.last >= hub.head:
+                        return True  # at the head again: stay parked
+            except Exception as exc:  # a bug: the loop fails, and the session with it
+                woken.set_exception(exc)
+                return False
+            woken.set_result(None)
+            return False
+
+        hub.parked[self] = deliver
+        try:
+            await woken
+        finally:
+            if hub.parked.get(self) is deliver:
+                del hub.parked[self]
 
     async def _send(self, user: User, frame: Send) -> None:
         appended = await self.service.send(frame.room, user, frame.key, frame.body)

@@ -124,6 +124,9 @@ class RoomHub:
     pending: dict[int, Entry] = field(default_factory=dict)
     online: dict[str, int] = field(default_factory=dict)
     listeners: dict[object, Listener] = field(default_factory=dict)
+    # Delivery loops waiting at the head: the wake-up hands them new messages directly (one
+    # call each, no task step); a call returns False when its loop must run again instead.
+    parked: dict[object, Callable[[], bool]] = field(default_factory=dict)
     delivered_max: dict[str, int] = field(default_factory=dict)
     ack_targets: dict[str, int] = field(default_factory=dict)
     ack_task: asyncio.Task[None] | None = None
@@ -173,6 +176,9 @@ class RoomHub:
         self._wake_timer = None
         with contextlib.suppress(RuntimeError):
             self._last_wake = asyncio.get_running_loop().time()
+        for owner, deliver in list(self.parked.items()):
+            if not deliver():
+                self.parked.pop(owner, None)
         changed, self._changed = self._changed, asyncio.Event()
         changed.set()
         if self._receipt_rides:
