@@ -193,6 +193,7 @@ async def test_migration_renders_the_views_of_instances_made_before_it(
     engine = _engine(db_url)
     with engine.connect() as conn:
         config.attributes["connection"] = conn
+        config.attributes["cipher"] = platform.app.state.platform.cipher  # for 0004
         command.downgrade(config, "0002")
         conn.commit()
         assert "view_json" not in {col["name"] for col in sa.inspect(conn).get_columns("instances")}

@@ -112,7 +112,7 @@ class Platform:
     async def start(self) -> None:
         """Apply migrations, and on PostgreSQL listen for other processes' operations; call
         before serving or working."""
-        await self.db.migrate()
+        await self.db.migrate(self.cipher)
         if self.db.is_postgres:
             callbacks = {QUEUED: self._queued_elsewhere, CHANGED: self._changed_elsewhere}
             self._listening = asyncio.create_task(self.db.listen(callbacks, self._closing))

@@ -36,6 +36,7 @@ from sqlalchemy.dialects.sqlite.aiosqlite import SQLiteDialect_aiosqlite
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
+from servicebay.platform.keys import Cipher
 from servicebay.platform.store import tables
 from servicebay.platform.store.statements import Statement, busy, plain_rows
 
@@ -191,11 +192,16 @@ class Database:
             )
             _sqlite_pragmas(self._reader)
 
-    async def migrate(self) -> None:
-        """Bring the schema to the newest revision (safe when several processes start at once)."""
-        await asyncio.to_thread(self._migrate_sync)
+    async def migrate(self, cipher: Cipher | None = None) -> None:
+        """Bring the schema to the newest revision (safe when several processes start at once).
 
-    def _migrate_sync(self) -> None:
+        ``cipher`` opens stored secrets for migrations that need them (0004 masks the brokers'
+        credentials in stored text); without it such a migration refuses a database that has
+        them.
+        """
+        await asyncio.to_thread(self._migrate_sync, cipher)
+
+    def _migrate_sync(self, cipher: Cipher | None) -> None:
         engine = sa.create_engine(self._sync_url)
         try:
             with engine.connect() as conn:
@@ -208,6 +214,7 @@ class Database:
                         "script_location", str(Path(__file__).parent / "migrations")
                     )
                     config.attributes["connection"] = conn
+                    config.attributes["cipher"] = cipher
                     command.upgrade(config, "head")
                     conn.commit()
                 finally:
