@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import asyncio
 import json
-from typing import Annotated, NoReturn
+from typing import TYPE_CHECKING, Annotated, NoReturn
 
 import typer
 from rich.console import Console
 
-from servicebay.conformance import Report, UnknownPlanError, run_checks
+if TYPE_CHECKING:  # imported by the command itself: `bay` starts without the checks
+    from servicebay.conformance import Report
 
 
 def check(
@@ -47,6 +48,8 @@ def check(
 
     Example: bay broker check http://127.0.0.1:8080 --username admin
     """
+    from servicebay.conformance import UnknownPlanError, run_checks
+
     try:
         report = asyncio.run(
             run_checks(

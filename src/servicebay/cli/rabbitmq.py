@@ -13,16 +13,15 @@ from __future__ import annotations
 import asyncio
 import os
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from servicebay.brokers.rabbitmq import (
-    ENV_PREFIX,
-    ConfigurationError,
-    RabbitMQBrokerSettings,
-    check_management_access,
-)
+if TYPE_CHECKING:
+    from servicebay.brokers.rabbitmq import RabbitMQBrokerSettings
+
+# The broker package (the SDK, its store, the management client) is imported by the commands
+# that use it, not with `bay`: every other command would pay for it at start-up.
 
 app = typer.Typer(name="rabbitmq", help="The RabbitMQ broker.", no_args_is_help=True)
 
@@ -57,6 +56,8 @@ def _rabbitmq() -> None:
 
 
 def _settings(**flags: Any) -> RabbitMQBrokerSettings:
+    from servicebay.brokers.rabbitmq import ConfigurationError, RabbitMQBrokerSettings
+
     try:
         return RabbitMQBrokerSettings.from_env(**flags)
     except ConfigurationError as exc:
@@ -74,6 +75,8 @@ def check(
 
     Example: bay rabbitmq check --management-url http://127.0.0.1:15672
     """
+    from servicebay.brokers.rabbitmq import ConfigurationError, check_management_access
+
     settings = _settings(
         management_url=management_url, management_username=management_username, prefix=prefix
     )
@@ -126,6 +129,8 @@ def serve(
         "public_management_url": public_management_url,
         "prefix": prefix,
     }
+    from servicebay.brokers.rabbitmq import ENV_PREFIX
+
     _settings(**flags)  # refuse bad values before anything starts
     # The broker (in every worker process) reads its settings from the environment.
     for name, value in flags.items():

@@ -12,7 +12,6 @@ from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict
-from sqlalchemy.engine import make_url
 
 DEFAULT_PORT = 8470
 
@@ -70,6 +69,8 @@ class PlatformSettings(BaseModel):
 
     def describe(self) -> dict[str, Any]:
         """What to print at start: everything but secrets."""
+        from sqlalchemy.engine import make_url  # here, not at import: `bay` starts without it
+
         return {
             "home": str(self.home),
             "db": make_url(self.db).render_as_string(hide_password=True),
