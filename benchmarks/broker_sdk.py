@@ -95,13 +95,13 @@ def process(
             proc.wait()
 
 
-def servicebay_cmd(port: int, db: str, workers: int) -> list[str]:
+def servicebay_cmd(port: int, db: str, workers: int, http: str = "servicebay") -> list[str]:
     return [
         sys.executable, "-m", "servicebay", "broker", "serve",
         "servicebay.examples.sandbox:broker",
         "--host", "127.0.0.1", "--port", str(port),
         "--username", USER, "--password", PASSWORD,
-        "--db", db, "--workers", str(workers), "--log-level", "warning",
+        "--db", db, "--workers", str(workers), "--log-level", "warning", "--http", http,
     ]  # fmt: skip
 
 
@@ -310,6 +310,9 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3, help="alternating rounds per cell")
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 16, 64])
     parser.add_argument(
+        "--scenarios", nargs="+", default=["catalog", "lifecycle"], choices=["catalog", "lifecycle"]
+    )
+    parser.add_argument(
         "--workers",
         type=int,
         default=0,
@@ -318,6 +321,12 @@ def main() -> None:
     )
     parser.add_argument("--db", default="", help="our store URL (default: a fresh SQLite file)")
     parser.add_argument("--peer-server", default="waitress", choices=["waitress", "gevent"])
+    parser.add_argument(
+        "--also-uvicorn",
+        action="store_true",
+        help="also measure ours served by uvicorn's HTTP protocol (`--http uvicorn`, its own "
+        "SQLite file), in the same alternating rounds",
+    )
     parser.add_argument(
         "--asgi",
         type=int,
@@ -340,9 +349,10 @@ def main() -> None:
     args.workers = args.workers or 2
     # Our store's encryption key file is created next to the SQLite file (mode 0600).
     env = dict(os.environ)
-    ours_port, peer_port = free_port(), free_port()
+    ours_port, peer_port, uvicorn_port = free_port(), free_port(), free_port()
     print(
-        f"servicebay: {args.workers} worker(s), store {db.split('://')[0]}; "
+        f"servicebay: {args.workers} worker(s), store {db.split('://')[0]}"
+        f"{', also under uvicorn' if args.also_uvicorn else ''}; "
         f"peer: openbrokerapi under {args.peer_server}, in memory; "
         f"{args.rounds} alternating rounds of {args.seconds:.0f}s a cell"
     )
@@ -351,31 +361,44 @@ def main() -> None:
         "| p50 ms | p99 ms | server CPU ms/request | ours vs peer |"
     )
     print("|---|---|---:|---:|---:|---:|---:|---:|---:|")
-    with (
-        process(servicebay_cmd(ours_port, db, args.workers), tmp / "servicebay.log", env=env) as o,
-        process(peer_cmd(peer_port, args.peer_server), tmp / "peer.log") as p,
-    ):
-        wait_for_catalog(ours_port)
-        wait_for_catalog(peer_port)
-        for scenario in ("catalog", "lifecycle"):
+    with contextlib.ExitStack() as stack:
+
+        def serve(name: str, port: int, cmd: list[str], log: str) -> None:
+            brokers[name] = (port, stack.enter_context(process(cmd, tmp / log, env)))
+
+        brokers: dict[str, tuple[int, subprocess.Popen[bytes]]] = {}
+        serve("servicebay", ours_port, servicebay_cmd(ours_port, db, args.workers), "ours.log")
+        serve("openbrokerapi", peer_port, peer_cmd(peer_port, args.peer_server), "peer.log")
+        if args.also_uvicorn:
+            uv_db = f"sqlite:///{tmp / 'uvicorn.db'}"
+            cmd = servicebay_cmd(uvicorn_port, uv_db, args.workers, "uvicorn")
+            serve("servicebay (uvicorn)", uvicorn_port, cmd, "uvicorn.log")
+        for port, _ in brokers.values():
+            wait_for_catalog(port)
+        for scenario in args.scenarios:
             for c in args.concurrency:
-                # Rounds alternate the two brokers, so a burst of load from elsewhere on a shared
-                # machine hits both; the median over rounds is what is reported.
-                ours: list[LoadResult] = []
-                peer: list[LoadResult] = []
+                # Rounds alternate the brokers, so a burst of load from elsewhere on a shared
+                # machine hits each; the median over rounds is what is reported.
+                runs: dict[str, list[LoadResult]] = {name: [] for name in brokers}
                 for _ in range(args.rounds):
-                    ours.append(asyncio.run(measure(ours_port, o.pid, scenario, c, args.seconds)))
-                    peer.append(asyncio.run(measure(peer_port, p.pid, scenario, c, args.seconds)))
-                rps = statistics.median(r.rps for r in ours) / max(
-                    statistics.median(r.rps for r in peer), 1e-9
-                )
-                # CPU efficiency: how many of our requests fit in the CPU one peer request takes.
-                cpu = statistics.median(r.cpu_ms_per_request for r in peer) / max(
-                    statistics.median(r.cpu_ms_per_request for r in ours), 1e-9
-                )
-                ratio = f"**{rps:.2f}x** req/s, {cpu:.2f}x CPU efficiency"
-                print(median_row("servicebay", scenario, c, ours, ratio))
-                print(median_row("openbrokerapi", scenario, c, peer, ""), flush=True)
+                    for name, (port, proc) in brokers.items():
+                        runs[name].append(
+                            asyncio.run(measure(port, proc.pid, scenario, c, args.seconds))
+                        )
+                peer = runs["openbrokerapi"]
+                for name, ours in runs.items():
+                    ratio = "" if ours is peer else versus(ours, peer)
+                    print(median_row(name, scenario, c, ours, ratio), flush=True)
+
+
+def versus(ours: list[LoadResult], peer: list[LoadResult]) -> str:
+    """The last column: our requests/s and CPU efficiency as multiples of the peer's."""
+    rps = statistics.median(r.rps for r in ours) / max(statistics.median(r.rps for r in peer), 1e-9)
+    # CPU efficiency: how many of our requests fit in the CPU one peer request takes.
+    cpu = statistics.median(r.cpu_ms_per_request for r in peer) / max(
+        statistics.median(r.cpu_ms_per_request for r in ours), 1e-9
+    )
+    return f"**{rps:.2f}x** req/s, {cpu:.2f}x CPU efficiency"
 
 
 if __name__ == "__main__":

@@ -72,6 +72,13 @@ class LogFormat(StrEnum):
     console = "console"
 
 
+class HttpImplementation(StrEnum):
+    """Which HTTP/1.1 protocol serves each connection."""
+
+    servicebay = "servicebay"
+    uvicorn = "uvicorn"
+
+
 class BrokerTargetError(Exception):
     """MODULE:ATTR does not name an importable Broker."""
 
@@ -126,6 +133,13 @@ def serve(
         LogFormat, typer.Option(help="json, console, or auto (console on a terminal).")
     ] = LogFormat.auto,
     access_log: Annotated[bool, typer.Option(help="Log every HTTP request (uvicorn).")] = False,
+    http: Annotated[
+        HttpImplementation,
+        typer.Option(
+            help="servicebay: one write per answer, a lean request path (default); "
+            "uvicorn: uvicorn's httptools protocol."
+        ),
+    ] = HttpImplementation.servicebay,
     fd: Annotated[
         int | None,
         typer.Option(
@@ -165,9 +179,9 @@ def serve(
     flagged = {name for name, value in (("password", password), ("token", bearer_token)) if value}
     _announce(target, settings, url, workers, secrets_from_flags=flagged)
     if workers == 1:
-        _serve_one(broker, settings, sock, access_log)
+        _serve_one(broker, settings, sock, access_log, http)
     else:
-        _serve_many(target, settings, sock, workers, access_log, fmt)
+        _serve_many(target, settings, sock, workers, access_log, fmt, http)
 
 
 def load_broker(target: str) -> Broker:
@@ -337,9 +351,18 @@ def _announce(
     typer.echo("\n".join(lines), err=True)
 
 
-def _uvicorn_config(app: Any, settings: BrokerSettings, access_log: bool, **extra: Any) -> Any:
+def _uvicorn_config(
+    app: Any, settings: BrokerSettings, access_log: bool, http: HttpImplementation, **extra: Any
+) -> Any:
     import uvicorn
 
+    if http is HttpImplementation.servicebay:
+        from servicebay.cli._http import HttpProtocol
+
+        # X-Forwarded-* headers are not read: nothing of a broker depends on the client's address.
+        extra.update(http=HttpProtocol, proxy_headers=False)
+    else:
+        extra.update(http="httptools")
     return uvicorn.Config(
         app,
         log_config=None,
@@ -353,7 +376,11 @@ def _uvicorn_config(app: Any, settings: BrokerSettings, access_log: bool, **extr
 
 
 def _serve_one(
-    broker: Broker, settings: BrokerSettings, sock: socket.socket, access_log: bool
+    broker: Broker,
+    settings: BrokerSettings,
+    sock: socket.socket,
+    access_log: bool,
+    http: HttpImplementation,
 ) -> None:
     import uvicorn
 
@@ -364,7 +391,7 @@ def _serve_one(
     except (StoreError, SettingsError, ValueError) as exc:
         _fail(str(exc))
     guarded = _StartupGuard(asgi, traceback=settings.log_level == "debug")
-    server = uvicorn.Server(_uvicorn_config(guarded, settings, access_log))
+    server = uvicorn.Server(_uvicorn_config(guarded, settings, access_log, http))
     stops: list[int] = []
     # uvicorn re-raises the stop signal once it has shut down gracefully, which would end the
     # process "killed by SIGTERM"; a clean, finished shutdown is exit code 0.
@@ -388,6 +415,7 @@ def _serve_many(
     workers: int,
     access_log: bool,
     fmt: LogFormat,
+    http: HttpImplementation,
 ) -> None:
     from uvicorn.config import STARTUP_FAILURE
     from uvicorn.supervisors import Multiprocess
@@ -402,6 +430,7 @@ def _serve_many(
         "servicebay.cli.broker:app_from_environment",
         settings,
         access_log,
+        http,
         factory=True,
         workers=workers,
     )
