@@ -19,6 +19,7 @@ import contextlib
 import copy
 import json
 import os
+import shlex
 import socket
 import statistics
 import subprocess
@@ -95,13 +96,13 @@ def process(
             proc.wait()
 
 
-def servicebay_cmd(port: int, db: str, workers: int, http: str = "servicebay") -> list[str]:
+def servicebay_cmd(port: int, db: str, workers: int) -> list[str]:
     return [
         sys.executable, "-m", "servicebay", "broker", "serve",
         "servicebay.examples.sandbox:broker",
         "--host", "127.0.0.1", "--port", str(port),
         "--username", USER, "--password", PASSWORD,
-        "--db", db, "--workers", str(workers), "--log-level", "warning", "--http", http,
+        "--db", db, "--workers", str(workers), "--log-level", "warning",
     ]  # fmt: skip
 
 
@@ -322,10 +323,13 @@ def main() -> None:
     parser.add_argument("--db", default="", help="our store URL (default: a fresh SQLite file)")
     parser.add_argument("--peer-server", default="waitress", choices=["waitress", "gevent"])
     parser.add_argument(
-        "--also-uvicorn",
-        action="store_true",
-        help="also measure ours served by uvicorn's HTTP protocol (`--http uvicorn`, its own "
-        "SQLite file), in the same alternating rounds",
+        "--variant",
+        action="append",
+        default=[],
+        metavar="NAME=FLAGS",
+        help="also measure ours served with these extra `bay broker serve` flags (its own SQLite "
+        "file), in the same alternating rounds; e.g. 'uvicorn=--http uvicorn' or "
+        "'1 worker=--workers 1'; repeatable",
     )
     parser.add_argument(
         "--asgi",
@@ -349,10 +353,12 @@ def main() -> None:
     args.workers = args.workers or 2
     # Our store's encryption key file is created next to the SQLite file (mode 0600).
     env = dict(os.environ)
-    ours_port, peer_port, uvicorn_port = free_port(), free_port(), free_port()
+    ours_port, peer_port = free_port(), free_port()
+    variants = [v.partition("=")[::2] for v in args.variant]
     print(
         f"servicebay: {args.workers} worker(s), store {db.split('://')[0]}"
-        f"{', also under uvicorn' if args.also_uvicorn else ''}; "
+        + "".join(f"; variant {name!r}: {flags}" for name, flags in variants)
+        + "; "
         f"peer: openbrokerapi under {args.peer_server}, in memory; "
         f"{args.rounds} alternating rounds of {args.seconds:.0f}s a cell"
     )
@@ -369,10 +375,10 @@ def main() -> None:
         brokers: dict[str, tuple[int, subprocess.Popen[bytes]]] = {}
         serve("servicebay", ours_port, servicebay_cmd(ours_port, db, args.workers), "ours.log")
         serve("openbrokerapi", peer_port, peer_cmd(peer_port, args.peer_server), "peer.log")
-        if args.also_uvicorn:
-            uv_db = f"sqlite:///{tmp / 'uvicorn.db'}"
-            cmd = servicebay_cmd(uvicorn_port, uv_db, args.workers, "uvicorn")
-            serve("servicebay (uvicorn)", uvicorn_port, cmd, "uvicorn.log")
+        for i, (name, flags) in enumerate(variants):
+            port, variant_db = free_port(), f"sqlite:///{tmp / f'variant{i}.db'}"
+            cmd = servicebay_cmd(port, variant_db, args.workers) + shlex.split(flags)
+            serve(f"servicebay ({name})", port, cmd, f"variant{i}.log")
         for port, _ in brokers.values():
             wait_for_catalog(port)
         for scenario in args.scenarios:

@@ -373,11 +373,17 @@ async def test_client_gone_mid_request_is_told_to_the_app(probe: tuple[Probe, Se
 
 
 async def test_idle_kept_alive_connection_closes_after_the_timeout() -> None:
-    """A kept-alive connection with nothing to do is closed after `timeout_keep_alive`."""
+    """A kept-alive connection with nothing to do, or stalled within a request head, is closed
+    after `timeout_keep_alive`."""
     async with serving(Probe(), timeout_keep_alive=1) as served:
         reader, writer = await served.connect()
         writer.write(request("GET", "/echo"))
         assert (await read_answer(reader)).status == 200
+        started = time.monotonic()
+        assert await closed(reader)
+        assert 0.5 < time.monotonic() - started < 5
+        reader, writer = await served.connect()
+        writer.write(b"GET /echo HTTP/1.1\r\nHost: x\r\n")  # and then nothing
         started = time.monotonic()
         assert await closed(reader)
         assert 0.5 < time.monotonic() - started < 5

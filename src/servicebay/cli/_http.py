@@ -11,8 +11,8 @@ head waits for the body and both leave in one ``write``.
 What a connection does:
 
 - parses with httptools (llhttp): keep-alive by default on HTTP/1.1, ``Connection: close`` or
-  HTTP/1.0 without keep-alive closes after the answer; an idle kept-alive connection closes
-  after the config's ``timeout_keep_alive`` seconds;
+  HTTP/1.0 without keep-alive closes after the answer; a connection idle, or stalled within a
+  request head, for the config's ``timeout_keep_alive`` seconds is closed;
 - answers pipelined requests in order, one at a time (reading pauses while one waits);
 - refuses what it cannot parse with 400, a request line plus headers larger than
   `MAX_HEAD_BYTES` (or more than `MAX_HEADERS` fields) with 431, and closes the connection;
@@ -194,6 +194,10 @@ class HttpProtocol(asyncio.Protocol):
                 self._refuse(431, "request header fields too large")
             else:
                 self._refuse(400, "invalid HTTP request")
+            return
+        if self.running is None and not self.closing:
+            # Half a request head, nothing to answer: it has as long as an idle connection.
+            self._arm_idle_timer()
 
     def pause_writing(self) -> None:
         if self.write_paused is None or self.write_paused.done():

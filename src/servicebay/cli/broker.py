@@ -1,7 +1,9 @@
 """`bay broker`: serve (and, from ``broker_check``, check) brokers written with the SDK.
 
 ``bay broker serve MODULE:ATTR`` imports the author's `Broker` (an instance, or a subclass it
-instantiates), builds the ASGI app with `servicebay.broker.create_app` and runs it under uvicorn.
+instantiates), builds the ASGI app with `servicebay.broker.create_app` and runs it under uvicorn,
+whose server each connection reaches through our own HTTP/1.1 protocol (`_http.HttpProtocol`,
+one write per answer) unless ``--http uvicorn`` keeps uvicorn's.
 Settings come from the flags over ``SERVICEBAY_BROKER_*`` variables (`BrokerSettings.from_env`);
 they are printed at start without secrets, with the URL and a request to try.
 
