@@ -113,6 +113,8 @@ class BrokerEndpoint:
     username: str | None = None
     password: str | None = None
     bearer_token: str | None = None
+    # Sensitive parameter values an operation sends this broker (``instances.secret_values``).
+    sent_secrets: tuple[str, ...] = ()
 
     def auth_headers(self) -> dict[str, str]:
         """The Authorization header for this broker, if it has credentials."""
@@ -125,8 +127,8 @@ class BrokerEndpoint:
 
     def secrets(self) -> list[str]:
         """What a broker must never get to quote back into the platform: the password, the
-        token and the header values carrying them."""
-        found = [self.password, self.bearer_token]
+        token, the header values carrying them, and the sensitive values it was sent."""
+        found = [self.password, self.bearer_token, *self.sent_secrets]
         if self.username is not None and self.password is not None:
             pair = f"{self.username}:{self.password}".encode()
             found.append(base64.b64encode(pair).decode("ascii"))  # the Basic header's value

@@ -27,7 +27,7 @@ import socket
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import sqlalchemy as sa
@@ -332,10 +332,14 @@ class Worker:
     def _job_with(self, op: dict[str, Any], handoff: Handoff) -> Job:
         # An update to another plan polls and deprovisions with the plan it is moving to.
         plan_id = handoff.request.get("body", {}).get("plan_id") or handoff.plan_id
+        endpoint = self.platform.endpoint(handoff.broker_url, handoff.broker_credentials)
+        if sent := handoff.request.get("secret_values"):
+            # A broker quoting them back in an error must not get them stored or shown.
+            endpoint = replace(endpoint, sent_secrets=tuple(sent))
         return Job(
             op=op,
             request=handoff.request,
-            endpoint=self.platform.endpoint(handoff.broker_url, handoff.broker_credentials),
+            endpoint=endpoint,
             instance_id=handoff.instance_id,
             service_id=handoff.service_id,
             plan_id=plan_id,

@@ -26,7 +26,7 @@ from servicebay.platform.services.catalog import (
     stored_service,
 )
 from servicebay.platform.services.errors import BadRequest, Conflict, Unprocessable, not_found
-from servicebay.platform.services.instances import check_parameters, invalid
+from servicebay.platform.services.instances import check_parameters, invalid, secret_values
 from servicebay.platform.services.operations import audit, enqueue
 from servicebay.platform.services.records import (
     TERMINAL,
@@ -141,7 +141,9 @@ async def bind(
         if app:
             body["bind_resource"] = {"app_guid": app}
         shown = redact(schema, full)
-        request = {"body": body}
+        request: dict[str, Any] = {"body": body}
+        if sent := secret_values(full, shown):
+            request["secret_values"] = sent
         op = await enqueue(
             conn,
             platform,

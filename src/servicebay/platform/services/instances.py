@@ -111,6 +111,38 @@ def hide(
     return result
 
 
+def secret_values(parameters: Any, shown: Any) -> list[str]:
+    """The texts of the values of ``parameters`` that ``shown`` (its redacted copy) hides.
+
+    An operation's request keeps them (encrypted, as the rest of it) so that the worker masks
+    them in what the broker answers: a broker quoting a sensitive value back in an error would
+    otherwise have it stored and shown in clear as the operation's description. Strings are
+    taken as sent and as JSON escapes them; numbers only from four characters on (masking a
+    shorter one would mask digits of status codes and counts, and hide little).
+    """
+    if shown == REDACTED:
+        return _texts(parameters)
+    if isinstance(parameters, dict) and isinstance(shown, dict):
+        return [t for k, v in parameters.items() if k in shown for t in secret_values(v, shown[k])]
+    if isinstance(parameters, list) and isinstance(shown, list):
+        return [t for v, s in zip(parameters, shown, strict=False) for t in secret_values(v, s)]
+    return []
+
+
+def _texts(value: Any) -> list[str]:
+    if isinstance(value, dict):
+        return [t for item in value.values() for t in _texts(item)]
+    if isinstance(value, list):
+        return [t for item in value for t in _texts(item)]
+    if isinstance(value, str):
+        escaped = json.dumps(value)[1:-1]
+        return [v for v in dict.fromkeys([value, escaped]) if v and v != REDACTED]
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        text = json.dumps(value)
+        return [text] if len(text) >= 4 else []
+    return []
+
+
 def _keep_hidden(target: dict[str, Any], shown_before: dict[str, Any]) -> None:
     for key, before in shown_before.items():
         if key not in target:
@@ -237,7 +269,9 @@ async def provision(
             raise invalid(problems)
         now = utcnow()
         shown_params = redact(schema, full)
-        request = {"body": body}
+        request: dict[str, Any] = {"body": body}
+        if sent := secret_values(full, shown_params):
+            request["secret_values"] = sent
         op = await enqueue(
             conn,
             platform,
@@ -398,6 +432,17 @@ async def update(
         if problems:
             raise invalid(problems)
         merged = {**old_params, **checked}
+        merged_shown = hide(merged, sensitive, before)
+        request = {
+            "body": body,
+            "plan_pk": offering.plan_pk,
+            "parameters": merged,
+            "parameters_shown": merged_shown,
+            "maintenance_info": maintenance_info,
+            "previous_state": row["state"],
+        }
+        if sent := secret_values(merged, merged_shown):
+            request["secret_values"] = sent
         op = await enqueue(
             conn,
             platform,
@@ -406,14 +451,7 @@ async def update(
             user=actor.user,
             instance_id=row["id"],
             instance_name=name,
-            request={
-                "body": body,
-                "plan_pk": offering.plan_pk,
-                "parameters": merged,
-                "parameters_shown": hide(merged, sensitive, before),
-                "maintenance_info": maintenance_info,
-                "previous_state": row["state"],
-            },
+            request=request,
             handoff=True,
         )
         await _set_instance(conn, row["id"], state="updating", last_operation_id=op["id"])
