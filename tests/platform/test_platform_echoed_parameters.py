@@ -10,16 +10,19 @@ from __future__ import annotations
 import json
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
 import sqlalchemy as sa
+from alembic import command
+from alembic.config import Config
 from platform_fake_broker import FakeBroker
 from sqlalchemy.engine import make_url
 
 from conftest import PlatformUnderTest, platform_settings, running_platform
 from servicebay.platform.services.instances import secret_values
-from servicebay.platform.store import tables
+from servicebay.platform.store import migrations, tables
 
 SECRET = 'hunter2 "quoted" ünï'
 ESCAPED = json.dumps(SECRET)[1:-1]  # as a broker quoting JSON would write it
@@ -51,11 +54,15 @@ async def platform(
         yield platform
 
 
-def _stored_text(db_url: str) -> str:
+def _engine(db_url: str) -> sa.Engine:
     url = make_url(db_url)
     if url.get_backend_name() == "postgresql":
         url = url.set(drivername="postgresql+psycopg")
-    engine = sa.create_engine(url)
+    return sa.create_engine(url)
+
+
+def _stored_text(db_url: str) -> str:
+    engine = _engine(db_url)
     with engine.connect() as conn:
         rows = [
             row._asdict()
@@ -139,3 +146,65 @@ def test_secret_values_are_what_the_shown_copy_hides(
     """Every value the redacted copy hides, whole objects and array items included; numbers
     only from four characters on, booleans never."""
     assert secret_values(parameters, shown) == masked
+
+
+def _record_as_before_masking(db_url: str, cipher: Any) -> None:
+    """Down to 0004, then make the operations look as the platform wrote them before it masked
+    sensitive parameters: requests without ``secret_values``, the broker's echo in clear in
+    each operation's description and audit entry and in a purge-like evidence."""
+    o, a = tables.operations, tables.audit
+    config = Config()
+    config.set_main_option("script_location", str(Path(migrations.__file__).parent))
+    engine = _engine(db_url)
+    with engine.connect() as conn:
+        config.attributes.update(connection=conn, cipher=cipher)
+        command.downgrade(config, "0004")
+        for key, kind, sealed in conn.execute(sa.select(o.c.id, o.c.kind, o.c.request)).all():
+            request = cipher.open(sealed) or {}
+            sent = request.pop("secret_values", None)
+            if sent is None:
+                continue
+            echo = f"broker answered 400 (BadParameters: {SECRET} is not allowed in {ESCAPED})"
+            values: dict[str, Any] = {"request": cipher.seal(request), "description": echo}
+            if kind == "provision":
+                values["evidence"] = {"instance": {"last_operation": {"description": echo}}}
+            conn.execute(sa.update(o).where(o.c.id == key).values(values))
+            conn.execute(
+                sa.update(a).where(a.c.operation_id == key).values(details={"description": echo})
+            )
+        conn.commit()
+    engine.dispose()
+
+
+async def test_start_masks_sensitive_parameters_echoed_before_masking(
+    tmp_path: Path, db_url: str, fake: FakeBroker
+) -> None:
+    """Operations recorded before the masking, with the sensitive value a broker quoted back in
+    clear (a provision's and an update's), show it as *** once the platform has started on the
+    database again (migration 0005), in the database and in every answer."""
+    settings = platform_settings(tmp_path, db_url)
+    async with running_platform(settings, EchoingBroker(fake)) as platform:
+        await platform.register_fake()
+        c = platform.client
+        body = {"service": "fake", "plan": "param", "name": "p", "parameters": {"secret": SECRET}}
+        assert (
+            await platform.wait((await c.post("/api/v1/instances", json=body)).json()["operation"])
+        )["state"] == "failed"
+        body = {"service": "fake", "plan": "param", "name": "q"}
+        await platform.wait((await c.post("/api/v1/instances", json=body)).json()["operation"])
+        r = await c.patch("/api/v1/instances/q", json={"parameters": {"secret": SECRET}})
+        assert (await platform.wait(r.json()["operation"]))["state"] == "failed"
+        cipher = platform.app.state.platform.cipher
+    _record_as_before_masking(db_url, cipher)
+    assert "hunter2" in _stored_text(db_url)
+
+    async with running_platform(settings, EchoingBroker(fake)) as platform:
+        shown = await _shown(platform)
+        operations = (await platform.client.get("/api/v1/operations")).json()
+    for text in (_stored_text(db_url), shown):
+        assert "hunter2" not in text
+    echoed = [o for o in operations["items"] if "BadParameters" in (o["description"] or "")]
+    assert len(echoed) == 2
+    assert all(
+        o["description"].startswith("broker answered 400 (BadParameters: *** is") for o in echoed
+    )

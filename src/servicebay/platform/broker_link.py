@@ -343,17 +343,28 @@ def _redacted(reply: Reply, secrets: list[str]) -> Reply:
     """
     if not secrets:
         return reply
-
-    def scrub(text: str) -> str:
-        for secret in secrets:
-            text = text.replace(secret, "***")
-        return text
-
     body = dict(reply.body)
     for key in ("description", "error"):
         if isinstance(body.get(key), str):
-            body[key] = scrub(body[key])
-    return replace(reply, description=scrub(reply.description), body=body)
+            body[key] = masked(body[key], secrets)
+    return replace(reply, description=masked(reply.description, secrets), body=body)
+
+
+def masked(value: Any, secrets: list[str]) -> Any:
+    """``value`` (a text, or JSON) with each of ``secrets`` in its texts replaced by ``***``.
+
+    ``secrets`` go longest first (``BrokerEndpoint.secrets``), so that one inside another is
+    masked with it. Also what the migrations re-apply to text stored before masking existed.
+    """
+    if isinstance(value, str):
+        for secret in secrets:
+            value = value.replace(secret, "***")
+        return value
+    if isinstance(value, list):
+        return [masked(item, secrets) for item in value]
+    if isinstance(value, dict):
+        return {key: masked(item, secrets) for key, item in value.items()}
+    return value
 
 
 def classify(request: str, response: httpx.Response) -> Reply:

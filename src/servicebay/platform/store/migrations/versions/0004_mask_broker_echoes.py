@@ -28,7 +28,7 @@ from typing import Any
 import sqlalchemy as sa
 from alembic import context, op
 
-from servicebay.platform.broker_link import BrokerEndpoint
+from servicebay.platform.broker_link import BrokerEndpoint, masked
 
 revision = "0004"
 down_revision = "0003"
@@ -65,25 +65,12 @@ def _secrets(conn: sa.Connection, cipher: Any) -> list[str]:
     return sorted(found, key=len, reverse=True)
 
 
-def _masked(value: Any, secrets: list[str]) -> Any:
-    """``value`` (text, or JSON) with each secret in its texts replaced by ``***``."""
-    if isinstance(value, str):
-        for secret in secrets:
-            value = value.replace(secret, "***")
-        return value
-    if isinstance(value, list):
-        return [_masked(item, secrets) for item in value]
-    if isinstance(value, dict):
-        return {key: _masked(item, secrets) for key, item in value.items()}
-    return value
-
-
 def _mask_column(conn: sa.Connection, table: Any, name: str, secrets: list[str]) -> None:
     column = table.c[name]
     for key, value in conn.execute(sa.select(table.c.id, column).where(column.is_not(None))):
-        masked = _masked(value, secrets)
-        if masked != value:
-            conn.execute(sa.update(table).where(table.c.id == key).values({name: masked}))
+        hidden = masked(value, secrets)
+        if hidden != value:
+            conn.execute(sa.update(table).where(table.c.id == key).values({name: hidden}))
 
 
 def upgrade() -> None:
