@@ -4,7 +4,8 @@ Where it sits: ``bay chat serve`` runs ``create_app`` under uvicorn. A WebSocket
 client frames (``protocol.parse_frame``), calls ``ChatService``, and writes through one outgoing
 queue, so delivery loops, replies and presence never interleave on the socket. Per subscribed room
 a delivery loop sends the hub's published messages after the session's position, in seq order,
-never more than ``WINDOW`` ahead of what the client acknowledged.
+never more than ``WINDOW`` ahead of what the client acknowledged; while it waits at the room's
+head it is parked in the hub, whose wake-ups queue new messages for it directly.
 
 Route table::
 
