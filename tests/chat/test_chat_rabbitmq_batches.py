@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from structlog.testing import capture_logs
 
-from servicebay.chat.stores import Appended, StoreUnavailable, open_store
+from servicebay.chat.stores import Appended, StoreUnavailable
 from servicebay.chat.stores.rabbitmq import RabbitMQChatStore
 from support import chat_rabbitmq
 
@@ -24,17 +24,8 @@ BAD_KEY = "\udfff"  # a lone surrogate: SQLite cannot take it, so its key lookup
 @pytest.fixture
 async def store(tmp_path: Path) -> AsyncIterator[RabbitMQChatStore]:
     """An opened RabbitMQ store with room ``r`` where ann and bob are members."""
-    opened = open_store(chat_rabbitmq.store_url(tmp_path))
-    assert isinstance(opened, RabbitMQChatStore)
-    await opened.open()
-    try:
-        await opened.put_room("r")
-        for user in ("ann", "bob"):
-            await opened.put_user(user)
-            await opened.join("r", user)
+    async with chat_rabbitmq.opened_store(tmp_path, "r", ("ann", "bob")) as opened:
         yield opened
-    finally:
-        await opened.close()
 
 
 async def test_a_failing_check_of_the_next_batch_keeps_the_previous_record(

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from servicebay.chat.stores import UnknownRoom, open_store
+from servicebay.chat.stores import UnknownRoom
 from servicebay.chat.stores.rabbitmq import RabbitMQChatStore
 from support import chat_rabbitmq
 
@@ -19,16 +19,8 @@ pytestmark = pytest.mark.rabbitmq
 @pytest.fixture
 async def store(tmp_path: Path) -> AsyncIterator[RabbitMQChatStore]:
     """An opened RabbitMQ store with room ``r`` where ann is a member."""
-    opened = open_store(chat_rabbitmq.store_url(tmp_path))
-    assert isinstance(opened, RabbitMQChatStore)
-    await opened.open()
-    try:
-        await opened.put_room("r")
-        await opened.put_user("ann")
-        await opened.join("r", "ann")
+    async with chat_rabbitmq.opened_store(tmp_path, "r", ("ann",)) as opened:
         yield opened
-    finally:
-        await opened.close()
 
 
 async def test_calls_on_missing_rooms_keep_no_entry(store: RabbitMQChatStore) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import socket
 import uuid
 from collections.abc import AsyncIterator, Iterator
@@ -15,12 +16,14 @@ from typing import Any
 import httpx
 import psycopg
 import pytest
+import sqlalchemy as sa
 import uvicorn
 from platform_fake_broker import PASSWORD, USERNAME, FakeBroker
 from sqlalchemy.engine import make_url
 from starlette.applications import Starlette
 
 from servicebay.platform import PlatformSettings, create_app
+from servicebay.platform.store import tables
 
 ADMIN_TOKEN = "admin-token-0123456789"
 ALICE_TOKEN = "alice-token-0123456789"
@@ -54,6 +57,28 @@ def drop_pg_database(base_url: str, db_url: str) -> None:
         autocommit=True,
     ) as conn:
         conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def sync_engine(db_url: str) -> sa.Engine:
+    """A plain (synchronous) engine on the platform database, to look at or write rows as a
+    test needs to, outside the platform."""
+    url = make_url(db_url)
+    if url.get_backend_name() == "postgresql":
+        url = url.set(drivername="postgresql+psycopg")
+    return sa.create_engine(url)
+
+
+def stored_text(db_url: str) -> str:
+    """Every stored row of operations, audit and instances as one text, to search for a secret."""
+    engine = sync_engine(db_url)
+    with engine.connect() as conn:
+        rows = [
+            row._asdict()
+            for table in (tables.operations, tables.audit, tables.instances)
+            for row in conn.execute(sa.select(table))
+        ]
+    engine.dispose()
+    return json.dumps(rows, default=str, ensure_ascii=False)
 
 
 @pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])

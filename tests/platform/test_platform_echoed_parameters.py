@@ -18,9 +18,14 @@ import sqlalchemy as sa
 from alembic import command
 from alembic.config import Config
 from platform_fake_broker import FakeBroker
-from sqlalchemy.engine import make_url
 
-from conftest import PlatformUnderTest, platform_settings, running_platform
+from conftest import (
+    PlatformUnderTest,
+    platform_settings,
+    running_platform,
+    stored_text,
+    sync_engine,
+)
 from servicebay.platform.services.instances import secret_values
 from servicebay.platform.store import migrations, tables
 
@@ -54,25 +59,6 @@ async def platform(
         yield platform
 
 
-def _engine(db_url: str) -> sa.Engine:
-    url = make_url(db_url)
-    if url.get_backend_name() == "postgresql":
-        url = url.set(drivername="postgresql+psycopg")
-    return sa.create_engine(url)
-
-
-def _stored_text(db_url: str) -> str:
-    engine = _engine(db_url)
-    with engine.connect() as conn:
-        rows = [
-            row._asdict()
-            for table in (tables.operations, tables.audit, tables.instances)
-            for row in conn.execute(sa.select(table))
-        ]
-    engine.dispose()
-    return json.dumps(rows, default=str, ensure_ascii=False)
-
-
 async def _shown(platform: PlatformUnderTest) -> str:
     paths = ["/api/v1/operations", "/api/v1/instances", "/api/v1/audit", "/api/v1/instances/p"]
     return "".join([(await platform.client.get(path)).text for path in paths])
@@ -104,7 +90,7 @@ async def test_sensitive_parameters_a_broker_echoes_are_masked(
     failed = await platform.wait(r.json()["operation"])
     assert failed["state"] == "failed" and "***" in failed["description"]
 
-    for text in (_stored_text(db_url), await _shown(platform)):
+    for text in (stored_text(db_url), await _shown(platform)):
         assert SECRET not in text and ESCAPED not in text
         assert "hunter2" not in text
 
@@ -155,7 +141,7 @@ def _record_as_before_masking(db_url: str, cipher: Any) -> None:
     o, a = tables.operations, tables.audit
     config = Config()
     config.set_main_option("script_location", str(Path(migrations.__file__).parent))
-    engine = _engine(db_url)
+    engine = sync_engine(db_url)
     with engine.connect() as conn:
         config.attributes.update(connection=conn, cipher=cipher)
         command.downgrade(config, "0004")
@@ -196,12 +182,12 @@ async def test_start_masks_sensitive_parameters_echoed_before_masking(
         assert (await platform.wait(r.json()["operation"]))["state"] == "failed"
         cipher = platform.app.state.platform.cipher
     _record_as_before_masking(db_url, cipher)
-    assert "hunter2" in _stored_text(db_url)
+    assert "hunter2" in stored_text(db_url)
 
     async with running_platform(settings, EchoingBroker(fake)) as platform:
         shown = await _shown(platform)
         operations = (await platform.client.get("/api/v1/operations")).json()
-    for text in (_stored_text(db_url), shown):
+    for text in (stored_text(db_url), shown):
         assert "hunter2" not in text
     echoed = [o for o in operations["items"] if "BadParameters" in (o["description"] or "")]
     assert len(echoed) == 2

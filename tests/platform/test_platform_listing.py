@@ -14,17 +14,9 @@ import sqlalchemy as sa
 from alembic import command
 from alembic.config import Config
 from platform_fake_broker import catalog as fake_catalog
-from sqlalchemy.engine import make_url
 
-from conftest import PlatformUnderTest
+from conftest import PlatformUnderTest, sync_engine
 from servicebay.platform.store import migrations, tables
-
-
-def _engine(db_url: str) -> sa.Engine:
-    url = make_url(db_url)
-    if url.get_backend_name() == "postgresql":
-        url = url.set(drivername="postgresql+psycopg")
-    return sa.create_engine(url)
 
 
 async def _provision(platform: PlatformUnderTest, body: dict[str, Any]) -> None:
@@ -56,7 +48,7 @@ async def test_listed_items_equal_each_instance_read_alone(
     )
     # Corners the API does not produce on its own: a whole-second timestamp (Python leaves the
     # fraction out), an instance with no operation, text that JSON must escape.
-    engine = _engine(db_url)
+    engine = sync_engine(db_url)
     with engine.begin() as conn:
         i, o = tables.instances, tables.operations
         whole = dt.datetime(2026, 1, 2, 3, 4, 5)
@@ -161,7 +153,7 @@ async def test_stored_views_follow_renames_and_writes_made_outside_the_api(
         "async",
     )
 
-    engine = _engine(db_url)
+    engine = sync_engine(db_url)
     with engine.begin() as conn:
         b, o, i = tables.brokers, tables.operations, tables.instances
         conn.execute(sa.update(b).values(name="fake-2"))
@@ -190,7 +182,7 @@ async def test_migration_renders_the_views_of_instances_made_before_it(
         await _provision(platform, {"service": "fake", "plan": "sync", "name": f"old-{n}"})
     config = Config()
     config.set_main_option("script_location", str(Path(migrations.__file__).parent))
-    engine = _engine(db_url)
+    engine = sync_engine(db_url)
     with engine.connect() as conn:
         config.attributes["connection"] = conn
         config.attributes["cipher"] = platform.app.state.platform.cipher  # for 0004

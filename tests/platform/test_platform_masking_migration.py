@@ -5,7 +5,6 @@ database, on SQLite and on PostgreSQL, in every stored text that held it and eve
 from __future__ import annotations
 
 import base64
-import json
 from pathlib import Path
 from typing import Any
 
@@ -15,9 +14,14 @@ import sqlalchemy as sa
 from alembic import command
 from alembic.config import Config
 from platform_fake_broker import PASSWORD, USERNAME, FakeBroker
-from sqlalchemy.engine import make_url
 
-from conftest import PlatformUnderTest, platform_settings, running_platform
+from conftest import (
+    PlatformUnderTest,
+    platform_settings,
+    running_platform,
+    stored_text,
+    sync_engine,
+)
 from servicebay.platform.store import Database, migrations, tables
 
 BASIC = base64.b64encode(f"{USERNAME}:{PASSWORD}".encode()).decode()
@@ -26,26 +30,6 @@ BASIC = base64.b64encode(f"{USERNAME}:{PASSWORD}".encode()).decode()
 ECHOED = (
     f"broker answered 401 (Unauthorized: login failed for '{USERNAME}:{PASSWORD}' (Basic {BASIC}))"
 )
-
-
-def _engine(db_url: str) -> sa.Engine:
-    url = make_url(db_url)
-    if url.get_backend_name() == "postgresql":
-        url = url.set(drivername="postgresql+psycopg")
-    return sa.create_engine(url)
-
-
-def _stored_text(db_url: str) -> str:
-    """Every stored row of operations, audit and instances, as one text."""
-    engine = _engine(db_url)
-    with engine.connect() as conn:
-        rows = [
-            row._asdict()
-            for table in (tables.operations, tables.audit, tables.instances)
-            for row in conn.execute(sa.select(table))
-        ]
-    engine.dispose()
-    return json.dumps(rows, default=str)
 
 
 async def _provision(platform: PlatformUnderTest, name: str, plan: str) -> dict[str, Any]:
@@ -62,7 +46,7 @@ def _record_as_before_masking(db_url: str, evidence_of: str) -> None:
     config = Config()
     config.set_main_option("script_location", str(Path(migrations.__file__).parent))
     o, a = tables.operations, tables.audit
-    engine = _engine(db_url)
+    engine = sync_engine(db_url)
     with engine.connect() as conn:
         config.attributes["connection"] = conn
         command.downgrade(config, "0003")
@@ -92,7 +76,7 @@ async def test_start_masks_broker_credentials_recorded_before_masking(
         refused = await _provision(platform, "refused", "reject")
         await _provision(platform, "fine", "sync")
     _record_as_before_masking(db_url, evidence_of=refused["id"])
-    stored = _stored_text(db_url)
+    stored = stored_text(db_url)
     assert PASSWORD in stored and BASIC in stored  # in clear, instance views included
 
     async with running_platform(settings, transport) as platform:
@@ -107,7 +91,7 @@ async def test_start_masks_broker_credentials_recorded_before_masking(
             )
         ]
         operation = (await platform.client.get(f"/api/v1/operations/{refused['id']}")).json()
-    for text in [*shown, _stored_text(db_url)]:
+    for text in [*shown, stored_text(db_url)]:
         assert PASSWORD not in text and BASIC not in text
     masked = ECHOED.replace(BASIC, "***").replace(PASSWORD, "***")
     assert operation["description"] == masked
@@ -130,8 +114,8 @@ async def test_a_database_with_broker_credentials_needs_the_key_to_migrate(
             await db.migrate()
     finally:
         await db.close()
-    engine = _engine(db_url)
+    engine = sync_engine(db_url)
     with engine.connect() as conn:
         assert conn.execute(sa.text("SELECT version_num FROM alembic_version")).scalar() == "0003"
     engine.dispose()
-    assert PASSWORD in _stored_text(db_url)
+    assert PASSWORD in stored_text(db_url)

@@ -10,14 +10,18 @@ chat server started as a subprocess finds the same binding.
 from __future__ import annotations
 
 import atexit
+import contextlib
 import os
 import secrets
+from collections.abc import AsyncIterator, Iterable
 from pathlib import Path
 from urllib.parse import quote
 
 import httpx
 
 from servicebay import bindings
+from servicebay.chat.stores import open_store
+from servicebay.chat.stores.rabbitmq import RabbitMQChatStore
 
 AMQP_HOST = os.environ.get("SERVICEBAY_TEST_AMQP_HOST", "127.0.0.1:5672")
 MANAGEMENT = os.environ.get("SERVICEBAY_TEST_RABBITMQ_API", "http://127.0.0.1:15672")
@@ -65,3 +69,21 @@ def store_url(tmp: Path, uri: str | None = None, **options: str) -> str:
 def store_uri() -> str:
     """The AMQP URI of this process's vhost on the shared RabbitMQ."""
     return f"amqp://guest:guest@{AMQP_HOST}/{quote(session_vhost(), safe='')}"
+
+
+@contextlib.asynccontextmanager
+async def opened_store(
+    tmp_path: Path, room: str, members: Iterable[str]
+) -> AsyncIterator[RabbitMQChatStore]:
+    """A RabbitMQ chat store, opened, holding ``room`` with ``members`` in it; closed after."""
+    opened = open_store(store_url(tmp_path))
+    assert isinstance(opened, RabbitMQChatStore)
+    await opened.open()
+    try:
+        await opened.put_room(room)
+        for user in members:
+            await opened.put_user(user)
+            await opened.join(room, user)
+        yield opened
+    finally:
+        await opened.close()
