@@ -5,7 +5,7 @@ lifecycle and the author's own code — signals failure by raising. The boundary
 `BrokerGate` (`_middleware`, at the top of the stack): it catches the exception and
 `rendered_error` renders it:
 
-    osb.OSBError (and OperationFailed) -> its status, spec error body
+    osb.OSBError (and OperationFailed) -> its status, spec error body (429 with Retry-After)
     starlette HTTPException (no route)  -> 404 / 405 with an OSB error body
     anything else                       -> 500 "internal error", logged with its traceback
 
@@ -30,6 +30,7 @@ from servicebay.broker._author import OperationKind
 __all__ = [
     "KIND_KEY",
     "MethodNotAllowed",
+    "TooManyAttempts",
     "error_response",
     "json_response",
     "log_crash",
@@ -49,6 +50,16 @@ class MethodNotAllowed(osb.OSBError):
     """405: the endpoint exists but not with this HTTP method."""
 
     http_status = 405
+
+
+class TooManyAttempts(osb.OSBError):
+    """429: this address failed authentication too often; ``Retry-After`` says for how long."""
+
+    http_status = 429
+
+    def __init__(self, retry_after: int) -> None:
+        super().__init__(f"too many failed authentications; retry in {retry_after} s")
+        self.retry_after = retry_after
 
 
 def json_response(status: int, body: bytes, headers: dict[str, str] | None = None) -> Response:
@@ -74,6 +85,8 @@ def rendered_error(
     if kind is not OperationKind.UPDATE:
         body.pop("update_repeatable", None)
     headers = {"WWW-Authenticate": 'Basic realm="servicebay"'} if error.http_status == 401 else None
+    if isinstance(error, TooManyAttempts):
+        headers = {"Retry-After": str(error.retry_after)}
     return error.http_status, _dumps(body), headers
 
 

@@ -8,7 +8,9 @@ What a middleware list would do, in one place and in this order (outermost first
 - metrics — counts the request by route template, method and final status, and times it;
 - the error boundary — whatever is raised below becomes one spec error response
   (`_errors.rendered_error`), unless the response had already started;
-- authentication — basic / bearer, 401 otherwise (everything but `/healthz`);
+- authentication — basic / bearer, 401 otherwise (everything but `/healthz`); an address
+  that failed too often is answered 429 with `Retry-After`, credentials unchecked
+  (`AuthThrottle`);
 - API version — `X-Broker-API-Version` missing, empty or unsupported → 412 naming 2.17
   (on `/v2/*`);
 - originating identity — `X-Broker-API-Originating-Identity` decoded for the author, 400 when
@@ -30,13 +32,14 @@ import structlog
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from servicebay import osb
+from servicebay.auth_throttle import AuthThrottle
 from servicebay.broker._auth import Authenticator
-from servicebay.broker._errors import KIND_KEY, MethodNotAllowed, rendered_error
+from servicebay.broker._errors import KIND_KEY, MethodNotAllowed, TooManyAttempts, rendered_error
 from servicebay.broker._lifecycle import Lifecycle, Reply
 from servicebay.broker._metrics import BrokerMetrics
 from servicebay.broker._routing import OSBRequest, RouteTable, route_path
 
-__all__ = ["IDENTITY_KEY", "REQUEST_ID_KEY", "BrokerGate", "header"]
+__all__ = ["IDENTITY_KEY", "REQUEST_ID_KEY", "BrokerGate", "client_address", "header"]
 
 #: ASGI scope keys where the gate leaves what it decoded.
 IDENTITY_KEY = "servicebay.identity"
@@ -47,6 +50,8 @@ _VERSION = osb.API_VERSION_HEADER.lower().encode()
 _ORIGIN = osb.ORIGINATING_IDENTITY_HEADER.lower().encode()
 _AUTHORIZATION = b"authorization"
 _JSON = (b"content-type", b"application/json")
+
+log = structlog.get_logger("servicebay.broker")
 
 
 def header(scope: Scope, name: bytes) -> str | None:
@@ -78,12 +83,14 @@ class BrokerGate:
         lifecycle: Lifecycle,
         metrics: BrokerMetrics,
         authenticator: Authenticator,
+        throttle: AuthThrottle,
     ) -> None:
         self.app = app
         self.routes = routes
         self.lifecycle = lifecycle
         self.metrics = metrics
         self.authenticator = authenticator
+        self.throttle = throttle
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         """Answer one request (lifespan and other scopes go straight on)."""
@@ -159,8 +166,8 @@ class BrokerGate:
     async def _checked(self, scope: Scope, receive: Receive, answer: _Answer) -> Reply | None:
         """The checks, then the OSB route's reply; None when the request is not for one."""
         path = scope["path"]
-        if path != "/healthz":
-            self.authenticator.check(header(scope, _AUTHORIZATION))
+        if path != "/healthz" and not self.authenticator.anonymous:
+            self._authenticate(scope)
         if not path.startswith("/v2/"):
             return None
         # The spec allows 400 for a missing header; 412 is what platforms and conformance
@@ -177,6 +184,33 @@ class BrokerGate:
         if endpoint is None:
             raise MethodNotAllowed("method not allowed on this endpoint")
         return await endpoint(OSBRequest(scope, receive, ids, self.lifecycle))
+
+    def _authenticate(self, scope: Scope) -> None:
+        """Refuse a throttled address unchecked; count a wrong credential (not a missing one:
+        it guesses nothing)."""
+        address = client_address(scope)
+        wait = self.throttle.retry_after(address)
+        if wait is not None:
+            raise TooManyAttempts(wait)
+        given = header(scope, _AUTHORIZATION)
+        try:
+            self.authenticator.check(given)
+        except osb.Unauthorized:
+            if given and self.throttle.failed(address):
+                log.warning(
+                    "authentication throttled",
+                    client=address,
+                    failures=self.throttle.failures,
+                    window=self.throttle.window,
+                    throttled_total=self.throttle.throttled,
+                )
+            raise
+
+
+def client_address(scope: Scope) -> str | None:
+    """The peer's address as the server saw it (None on a Unix socket, say)."""
+    client = scope.get("client")
+    return str(client[0]) if client else None
 
 
 async def _respond(

@@ -17,6 +17,8 @@ Setting (environment variable ``SERVICEBAY_BROKER_<NAME>``), default:
   take over its unfinished operation (a restarted broker resumes its own after that long).
 - ``sync_abandoned_after``: 120 — seconds a synchronous provision/bind left in progress by a
   process that died blocks retries (422 ConcurrencyError) before a retry takes it over.
+- ``auth_failures``: 10, ``auth_window``: 60 — after that many failed authentications from one
+  address within that many seconds, the address is answered 429 (``Retry-After``) for as long.
 - ``log_level``: ``info`` (critical, error, warning, info, debug).
 """
 
@@ -57,6 +59,8 @@ class BrokerSettings(BaseModel):
     shutdown_grace: float = Field(default=10.0, ge=0)
     operation_lease: float = Field(default=30.0, gt=0)
     sync_abandoned_after: float = Field(default=120.0, gt=0)
+    auth_failures: int = Field(default=10, ge=1)
+    auth_window: float = Field(default=60.0, gt=0)
     log_level: str = "info"
 
     @field_validator("log_level")

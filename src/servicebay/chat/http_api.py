@@ -2,7 +2,8 @@
 
 Where it sits: routes mounted by ``server.create_app`` next to the WebSocket. Apps authenticate
 with ``Authorization: Bearer <token>`` (a user token; the chat broker issues one per binding);
-administration (users, tokens, rooms, members) uses the server's admin token. Errors are
+administration (users, tokens, rooms, members) uses the server's admin token; an address that
+sent too many wrong tokens is answered 429 ``too_many_attempts`` for a while. Errors are
 ``{"error": code, "message": text}``; ``_error_response`` is the one place that maps them.
 
 Errors::
@@ -31,6 +32,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
+from servicebay.auth_throttle import AuthThrottle
 from servicebay.chat.openapi import OPENAPI
 from servicebay.chat.protocol import (
     ERROR_CODES,
@@ -60,19 +62,23 @@ Handler = Callable[[Request], Awaitable[Response]]
 
 
 class ApiError(Exception):
-    """A refused request with its HTTP status and error code."""
+    """A refused request with its HTTP status and error code (and headers to send, if any)."""
 
-    def __init__(self, status: int, code: str, message: str) -> None:
+    def __init__(
+        self, status: int, code: str, message: str, headers: dict[str, str] | None = None
+    ) -> None:
         super().__init__(message)
         self.status, self.code, self.message = status, code, message
+        self.headers = headers
 
 
 _STORE_STATUS = {"unknown_room": 404, "unknown_user": 404, "not_member": 403, "unavailable": 503}
 
 
 def _error_response(exc: Exception, service: ChatService) -> JSONResponse:
+    headers = None
     if isinstance(exc, ApiError):
-        status, code, message = exc.status, exc.code, exc.message
+        status, code, message, headers = exc.status, exc.code, exc.message, exc.headers
     elif isinstance(exc, StoreUnavailable):
         # What failed inside the store (database or broker words) is for the log, not the caller.
         log.warning("chat.http.store_unavailable", error=str(exc))
@@ -82,7 +88,7 @@ def _error_response(exc: Exception, service: ChatService) -> JSONResponse:
     else:
         raise exc
     service.metrics.errors.labels(code).inc()
-    return JSONResponse({"error": code, "message": message}, status_code=status)
+    return JSONResponse({"error": code, "message": message}, status_code=status, headers=headers)
 
 
 class _Body(BaseModel):
@@ -158,15 +164,38 @@ def _describe(exc: ValueError) -> str:
 
 
 def _bearer(request: Request) -> str:
+    """The request's bearer token; 429 unchecked for an address that failed too often."""
+    throttle: AuthThrottle = request.app.state.throttle
+    wait = throttle.retry_after(_address(request))
+    if wait is not None:
+        message = f"{ERROR_CODES['too_many_attempts']} (in {wait} s)"
+        raise ApiError(429, "too_many_attempts", message, {"Retry-After": str(wait)})
     scheme, _, token = request.headers.get("authorization", "").partition(" ")
     if scheme.lower() != "bearer" or not token:
         raise ApiError(401, "unauthorized", "send Authorization: Bearer <token>")
     return token
 
 
+def _address(request: Request) -> str | None:
+    return request.client.host if request.client else None
+
+
+def failed_authentication(throttle: AuthThrottle, address: str | None) -> None:
+    """Count a wrong token from ``address``, and say so in the log when it gets throttled."""
+    if throttle.failed(address):
+        log.warning(
+            "chat.auth_throttled",
+            client=address,
+            failures=throttle.failures,
+            window=throttle.window,
+            throttled_total=throttle.throttled,
+        )
+
+
 async def _user(request: Request) -> User:
     user = await _service(request).store.authenticate(_bearer(request))
     if user is None:
+        failed_authentication(request.app.state.throttle, _address(request))
         raise ApiError(401, "unauthorized", "unknown or revoked token")
     return user
 
@@ -175,6 +204,7 @@ def _admin(request: Request) -> None:
     # Bytes, not str: compare_digest refuses non-ASCII str (a 500 instead of a 401).
     given = _bearer(request).encode()
     if not secrets.compare_digest(given, request.app.state.admin_token.encode()):
+        failed_authentication(request.app.state.throttle, _address(request))
         raise ApiError(401, "unauthorized", "this call needs the admin token")
 
 
@@ -433,4 +463,4 @@ def routes() -> list[BaseRoute]:
     return [Route(path, _guarded(h), methods=m) for path, h, m in table]
 
 
-__all__ = ["ApiError", "StoreUnavailable", "require_admin", "routes"]
+__all__ = ["ApiError", "StoreUnavailable", "failed_authentication", "require_admin", "routes"]

@@ -29,6 +29,11 @@ _ERRORS = {
         _ref("Error"),
         "Refused; nothing changed. `unknown_room` also for a closed room the caller is not in",
     ),
+    "429": _json(
+        _ref("Error"),
+        "`too_many_attempts`: too many wrong tokens from this address; the token was not "
+        "checked. Retry after `Retry-After` seconds",
+    ),
     "503": _ERROR,
 }
 _ROOM = {"name": "room", "in": "path", "required": True, "schema": {"type": "string"}}

@@ -33,6 +33,7 @@ ERROR_CODES = {
     "too_large": "the frame or message body exceeds the limit",
     "unsupported_version": "the client asked for a protocol version this server does not speak",
     "unauthorized": "missing, unknown or revoked token",
+    "too_many_attempts": "too many failed authentications from this address; retry later",
     "not_ready": "send hello first",
     "unknown_room": "no such room, or a closed room the user is not a member of",
     "not_member": "not a member of the room (an open room: join it first)",

@@ -35,10 +35,12 @@ from starlette.responses import HTMLResponse, JSONResponse, Response
 from starlette.routing import BaseRoute, Route, WebSocketRoute
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
+from servicebay.auth_throttle import AuthThrottle
 from servicebay.chat import http_api
 from servicebay.chat.headers import SecurityHeaders
 from servicebay.chat.metrics import ChatMetrics
 from servicebay.chat.protocol import (
+    ERROR_CODES,
     VERSION,
     Ack,
     ClientFrame,
@@ -104,10 +106,11 @@ class Outbox:
 class Session:
     """One WebSocket connection: authentication, subscriptions, and the outgoing queue."""
 
-    def __init__(self, ws: WebSocket, service: ChatService) -> None:
+    def __init__(self, ws: WebSocket, service: ChatService, throttle: AuthThrottle) -> None:
         """Serve one accepted socket."""
         self.ws = ws
         self.service = service
+        self.throttle = throttle
         self.user: User | None = None
         self.out = Outbox()
         self.loops: dict[str, asyncio.Task[None]] = {}
@@ -315,9 +318,18 @@ class Session:
             raise ProtocolError("unsupported_version", f"this server speaks v{VERSION}")
         if self.user is not None:
             raise ProtocolError("bad_frame", "hello was already accepted on this connection")
+        address = self.ws.client.host if self.ws.client else None
+        wait = self.throttle.retry_after(address)
+        if wait is not None:
+            # Refused unchecked, then closed: reconnecting sooner gets the same.
+            message = f"{ERROR_CODES['too_many_attempts']} (in {wait} s)"
+            self.service.metrics.errors.labels("too_many_attempts").inc()
+            self.reply({**error_frame("too_many_attempts", message), "retry_after": wait})
+            return self._shut(1008)
         try:
             user = await self.service.store.authenticate(frame.token)
             if user is None:
+                http_api.failed_authentication(self.throttle, address)
                 raise ProtocolError("unauthorized", "unknown or revoked token")
             members = await self.service.store.membership(user.id)
         except StoreUnavailable as exc:
@@ -547,7 +559,7 @@ async def chat_socket(ws: WebSocket) -> None:
     await ws.accept()
     service.metrics.sessions.inc()
     try:
-        await Session(ws, service).run()
+        await Session(ws, service, ws.app.state.throttle).run()
     finally:
         service.metrics.sessions.dec()
 
@@ -631,4 +643,5 @@ def create_app(
     app = Starlette(routes=routes, middleware=[Middleware(SecurityHeaders)], lifespan=lifespan)
     app.state.service = service
     app.state.settings = settings
+    app.state.throttle = AuthThrottle(failures=settings.auth_failures, window=settings.auth_window)
     return app

@@ -31,6 +31,10 @@ class ChatSettings(BaseModel):
     keep_seconds: float = 86400.0
     keep_last: int = 100
     compact_every: float = 30.0
+    # After auth_failures wrong tokens from one address within auth_window seconds, that
+    # address is refused (429, or too_many_attempts on the WebSocket) for as long.
+    auth_failures: int = Field(default=10, ge=1)
+    auth_window: float = Field(default=60.0, gt=0)
     log_level: str = "info"
 
     @classmethod

@@ -11,7 +11,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 
 DEFAULT_PORT = 8470
 
@@ -28,6 +28,8 @@ class PlatformSettings(BaseModel):
     async and migration drivers are chosen from it. ``key`` (Fernet) encrypts credentials and
     sensitive parameters at rest; when absent a key file in ``home`` is created (mode 0600).
     ``tokens`` maps API tokens to user names; when absent the token file in ``home`` is used.
+    ``auth_failures`` wrong tokens from one address within ``auth_window`` seconds get it 429
+    for that long (``SERVICEBAY_PLATFORM_AUTH_FAILURES``, ``SERVICEBAY_PLATFORM_AUTH_WINDOW``).
     """
 
     model_config = ConfigDict(frozen=True)
@@ -46,6 +48,8 @@ class PlatformSettings(BaseModel):
     default_retry_after: float = 2.0
     max_polling_duration: float = 3600.0
     orphan_backoff_cap: float = 60.0
+    auth_failures: int = Field(default=10, ge=1)
+    auth_window: float = Field(default=60.0, gt=0)
     log_level: str = "info"
 
     @classmethod
@@ -64,6 +68,10 @@ class PlatformSettings(BaseModel):
         lease = os.environ.get("SERVICEBAY_PLATFORM_LEASE_SECONDS")
         if lease:
             values["lease_seconds"] = float(lease)
+        for name in ("auth_failures", "auth_window"):
+            raw = os.environ.get(f"SERVICEBAY_PLATFORM_{name.upper()}")
+            if raw:
+                values[name] = raw
         values.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**values)
 
@@ -81,6 +89,8 @@ class PlatformSettings(BaseModel):
             "run_worker": self.run_worker,
             "worker_concurrency": self.worker_concurrency,
             "broker_timeout": self.broker_timeout,
+            "auth_failures": self.auth_failures,
+            "auth_window": self.auth_window,
         }
 
 

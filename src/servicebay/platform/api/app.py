@@ -3,7 +3,8 @@
 ``create_app`` builds the ASGI app. Its lifespan opens the platform (migrations first), starts
 the in-process worker unless disabled, and on shutdown stops the worker and closes the pools.
 Auth runs once, in :class:`TokenAuth`, for every ``/api/v1`` route except health and the
-OpenAPI document; errors become ``{"error", "message"}`` only in :func:`_error`.
+OpenAPI document (an address sending wrong tokens too often gets 429 for a while); errors
+become ``{"error", "message"}`` only in :func:`_error`.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from starlette.routing import BaseRoute, Mount, Route
 from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from servicebay.auth_throttle import AuthThrottle
 from servicebay.platform.api import handlers as h
 from servicebay.platform.api.openapi import ROUTES, openapi_document
 from servicebay.platform.services.errors import (
@@ -46,21 +48,42 @@ PUBLIC = {"/api/v1/healthz", "/api/v1/openapi.json"}
 
 
 class TokenAuth:
-    """Requires ``Authorization: Bearer <token>`` on every ``/api/v1`` route but the public ones."""
+    """Requires ``Authorization: Bearer <token>`` on every ``/api/v1`` route but the public ones.
 
-    def __init__(self, app: ASGIApp) -> None:
+    An address that sent ``throttle.failures`` wrong tokens within ``throttle.window`` seconds is
+    answered 429 with ``Retry-After`` for a window, its token unchecked (``AuthThrottle``).
+    """
+
+    def __init__(self, app: ASGIApp, throttle: AuthThrottle) -> None:
         self.app = app
+        self.throttle = throttle
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         path = scope.get("path", "")
         if scope["type"] != "http" or not path.startswith("/api/") or path in PUBLIC:
             await self.app(scope, receive, send)
             return
+        client = scope.get("client")
+        address = str(client[0]) if client else None
+        wait = self.throttle.retry_after(address)
+        if wait is not None:
+            await _too_many_attempts(wait)(scope, receive, send)
+            return
         platform: Platform = scope["app"].state.platform
         header = dict(scope["headers"]).get(b"authorization", b"").decode("latin-1")
         scheme, _, token = header.partition(" ")
-        actor = platform.authenticate(token.strip()) if scheme.lower() == "bearer" else None
+        token = token.strip()
+        actor = platform.authenticate(token) if scheme.lower() == "bearer" else None
         if actor is None:
+            if token and self.throttle.failed(address):
+                log.warning(
+                    "authentication throttled: %s sent %d wrong tokens within %g s "
+                    "(%d attempts refused unchecked so far)",
+                    address,
+                    self.throttle.failures,
+                    self.throttle.window,
+                    self.throttle.throttled,
+                )
             response = JSONResponse(
                 {"error": "unauthorized", "message": "a valid API token is required"},
                 status_code=401,
@@ -70,6 +93,17 @@ class TokenAuth:
             return
         scope["servicebay.actor"] = actor
         await self.app(scope, receive, send)
+
+
+def _too_many_attempts(wait: int) -> Response:
+    return JSONResponse(
+        {
+            "error": "too_many_attempts",
+            "message": f"too many failed authentications from this address; retry in {wait} s",
+        },
+        status_code=429,
+        headers={"Retry-After": str(wait)},
+    )
 
 
 async def _error(request: Request, exc: Exception) -> Response:
@@ -114,6 +148,7 @@ def create_app(
     """The platform ASGI app. ``transport`` reaches brokers (tests pass an in-process one)."""
     settings = settings or PlatformSettings.from_env()
     platform = Platform(settings, transport=transport)
+    throttle = AuthThrottle(failures=settings.auth_failures, window=settings.auth_window)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[dict[str, Any]]:
@@ -139,7 +174,7 @@ def create_app(
 
     app = Starlette(
         routes=_routes(),
-        middleware=[Middleware(SecurityHeaders), Middleware(TokenAuth)],
+        middleware=[Middleware(SecurityHeaders), Middleware(TokenAuth, throttle=throttle)],
         exception_handlers={Exception: _error, HTTPException: _error, PlatformError: _error},
         lifespan=lifespan,
     )

@@ -1,0 +1,84 @@
+"""Wrong API tokens are throttled per client address: 429 with Retry-After, token unchecked."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from conftest import ADMIN_TOKEN, PlatformUnderTest, platform_settings, running_platform, served
+
+
+def _from(platform: PlatformUnderTest, address: str, token: str) -> httpx.AsyncClient:
+    return httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=platform.app, client=(address, 40000)),
+        base_url="http://platform.test",
+        headers={"Authorization": f"Bearer {token}"},
+    )
+
+
+async def test_wrong_tokens_over_a_real_socket_get_429_then_pass_after_the_window(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """10 wrong tokens, then 429 with Retry-After (the admin token too), logged without the
+    tokens; public routes still answer; after the window the admin token works again."""
+    settings = platform_settings(tmp_path, f"sqlite:///{tmp_path / 'p.db'}", auth_window=1.0)
+    caplog.set_level(logging.WARNING, logger="servicebay.platform.api")
+    async with (
+        running_platform(settings) as platform,
+        served(platform.app) as url,
+        httpx.AsyncClient(base_url=url) as client,
+    ):
+        for n in range(10):
+            wrong = {"Authorization": f"Bearer wrong-{n}"}
+            assert (await client.get("/api/v1/brokers", headers=wrong)).status_code == 401
+        admin = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
+        r = await client.get("/api/v1/brokers", headers=admin)
+        assert r.status_code == 429
+        assert r.headers["Retry-After"] == "1"
+        assert r.json()["error"] == "too_many_attempts"
+        assert (await client.get("/api/v1/healthz")).status_code == 200
+        deadline = time.monotonic() + 10
+        while (await client.get("/api/v1/brokers", headers=admin)).status_code == 429:
+            assert time.monotonic() < deadline, "still throttled long after the window"
+            await asyncio.sleep(0.05)
+    logged = caplog.text
+    assert "authentication throttled" in logged
+    assert "127.0.0.1" in logged
+    assert "wrong-" not in logged
+    assert ADMIN_TOKEN not in logged
+
+
+async def test_other_addresses_are_not_throttled(tmp_path: Path) -> None:
+    """While one address is refused, another's requests are answered as usual."""
+    settings = platform_settings(tmp_path, f"sqlite:///{tmp_path / 'p.db'}", auth_failures=3)
+    async with (
+        running_platform(settings) as platform,
+        _from(platform, "203.0.113.9", "guess") as attacker,
+        _from(platform, "198.51.100.2", ADMIN_TOKEN) as admin,
+    ):
+        for _ in range(3):
+            assert (await attacker.get("/api/v1/brokers")).status_code == 401
+        assert (await attacker.get("/api/v1/brokers")).status_code == 429
+        started = time.perf_counter()
+        assert (await admin.get("/api/v1/brokers")).status_code == 200
+        assert time.perf_counter() - started < 1
+        r = await admin.get("/api/v1/brokers", headers={"Authorization": "Bearer typo"})
+        assert r.status_code == 401
+
+
+async def test_requests_without_a_token_are_not_counted(tmp_path: Path) -> None:
+    """No token guesses nothing: 401 each time, and the right token still works."""
+    settings = platform_settings(tmp_path, f"sqlite:///{tmp_path / 'p.db'}", auth_failures=2)
+    async with (
+        running_platform(settings) as platform,
+        _from(platform, "203.0.113.9", ADMIN_TOKEN) as client,
+    ):
+        for _ in range(5):
+            r = await client.get("/api/v1/brokers", headers={"Authorization": ""})
+            assert r.status_code == 401
+        assert (await client.get("/api/v1/brokers")).status_code == 200
