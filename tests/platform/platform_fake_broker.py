@@ -9,7 +9,11 @@ Plans (service ``fake``):
 - ``slow``: provision and bind sleep longer than the platform's timeout.
 - ``malformed201`` / ``malformed202``: provision and bind answer 201/202 with a malformed body.
 - ``reject``: provision answers 400.
-- ``param``: schema ``size`` 1..10 (default 1), ``name`` string, ``secret`` writeOnly.
+- ``param``: schema ``size`` 1..10 (default 1), ``name`` string, ``secret`` writeOnly; binding
+  schema ``token`` x-sensitive.
+With ``quote_parameters`` set the fake quotes the parameters it was sent back in its errors, as a
+careless broker might: ``"reject"`` answers 400 to provision, update and bind; ``"async"`` accepts
+a provision (202) and fails it in ``last_operation``.
 Deletes of an instance/binding fail with 500 ``fail_deletes`` times before succeeding, so orphan
 mitigation must retry. Every request is recorded in ``FakeBroker.calls``; ``GET /_fake/stats``
 serves the counts when run as a process (``python platform_fake_broker.py PORT``).
@@ -18,6 +22,7 @@ serves the counts when run as a process (``python platform_fake_broker.py PORT``
 from __future__ import annotations
 
 import asyncio
+import json
 import sys
 import time
 from collections import Counter
@@ -72,7 +77,16 @@ def catalog() -> dict[str, Any]:
                             },
                         }
                     }
-                }
+                },
+                "service_binding": {
+                    "create": {
+                        "parameters": {
+                            "$schema": "http://json-schema.org/draft-04/schema#",
+                            "type": "object",
+                            "properties": {"token": {"type": "string", "x-sensitive": True}},
+                        }
+                    }
+                },
             }
         plans.append(plan)
     return {
@@ -103,6 +117,7 @@ class FakeBroker:
     delete_failures: Counter[str] = field(default_factory=Counter)
     provisions: Counter[str] = field(default_factory=Counter)
     identities: list[str] = field(default_factory=list)
+    quote_parameters: str | None = None
 
     def count(self, method: str, fragment: str = "") -> int:
         return sum(1 for m, p in self.calls if m == method and fragment in p)
@@ -171,12 +186,22 @@ class FakeBroker:
             return JSONResponse({"description": "no such thing"}, status_code=400)
         return None
 
+    def _quoting(self, body: dict[str, Any]) -> Response | None:
+        if self.quote_parameters != "reject":
+            return None
+        text = f"refused parameters {json.dumps(body.get('parameters'))}"
+        return JSONResponse({"error": "Refused", "description": text}, status_code=400)
+
     async def _instance(self, request: Request) -> Response:
         if not self._authorized(request):
             return JSONResponse({"description": "unauthorized"}, status_code=401)
         iid = request.path_params["iid"]
         self.calls.append((request.method, request.url.path))
         self.identities.append(request.headers.get("x-broker-api-originating-identity", ""))
+        if request.method in ("PUT", "PATCH"):
+            quoted = self._quoting(await request.json())
+            if quoted is not None:
+                return quoted
         if request.method == "PUT":
             body = await request.json()
             plan = self._plan(body.get("plan_id"))
@@ -187,6 +212,9 @@ class FakeBroker:
             if bad is not None:
                 return bad
             self.instances[iid] = {"plan": plan, "body": body}
+            if self.quote_parameters == "async":
+                self.operations[iid] = (time.monotonic(), "quote")
+                return JSONResponse({"operation": f"op-{iid}"}, status_code=202)
             if plan in ("async", "async-fail"):
                 self.operations[iid] = (time.monotonic(), plan)
                 return JSONResponse({"operation": f"op-{iid}"}, status_code=202)
@@ -223,6 +251,9 @@ class FakeBroker:
             )
         if plan == "async-fail":
             return JSONResponse({"state": "failed", "description": "it broke"})
+        if plan == "quote":
+            sent = json.dumps(self.instances[key]["body"].get("parameters"))
+            return JSONResponse({"state": "failed", "description": f"cannot use {sent}"})
         if plan == "async-delete":
             self.instances.pop(key, None)
             self.bindings.pop(key, None)
@@ -240,6 +271,8 @@ class FakeBroker:
             return JSONResponse({"credentials": found["credentials"]})
         if request.method == "PUT":
             body = await request.json()
+            if (quoted := self._quoting(body)) is not None:
+                return quoted
             plan = self.bind_mode or self._plan(body.get("plan_id"))
             credentials = {"uri": f"fake://{bid[:8]}:pw-{bid}@fake", "password": f"pw-{bid}"}
             self.bindings[bid] = {"instance": iid, "plan": plan, "credentials": credentials}

@@ -1,0 +1,89 @@
+"""The fake broker quoting sensitive parameters back where the broker's words are kept: a failed
+``last_operation`` and a refused bind. The value is masked in every stored row and every answer,
+on SQLite and PostgreSQL (``test_platform_echoed_parameters`` covers refused provisions and
+updates)."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import sqlalchemy as sa
+from platform_fake_broker import FakeBroker
+from sqlalchemy.engine import make_url
+
+from conftest import PlatformUnderTest
+from servicebay.platform.store import tables
+
+SECRET = "s3cr3t-Pa55-7f1c-\u00e9t\u00e9"  # a broker's JSON may write it as \u00e9
+TOKEN = "bind-t0ken-Q9z8"
+
+
+def _stored_text(db_url: str) -> str:
+    """Every stored row of operations, audit, instances and bindings, as one text."""
+    url = make_url(db_url)
+    if url.get_backend_name() == "postgresql":
+        url = url.set(drivername="postgresql+psycopg")
+    engine = sa.create_engine(url)
+    try:
+        with engine.connect() as conn:
+            rows = [
+                row._asdict()
+                for table in (tables.operations, tables.audit, tables.instances, tables.bindings)
+                for row in conn.execute(sa.select(table))
+            ]
+    finally:
+        engine.dispose()
+    return json.dumps(rows, default=str, ensure_ascii=False)
+
+
+async def _assert_masked(platform: PlatformUnderTest, db_url: str, value: str) -> None:
+    shown = [_stored_text(db_url)]
+    for path in ("/api/v1/operations", "/api/v1/audit", "/api/v1/instances", "/api/v1/bindings"):
+        response = await platform.client.get(path)
+        assert response.status_code == 200, response.text
+        shown.append(response.text)
+    for text in shown:
+        assert value not in text
+        assert json.dumps(value)[1:-1] not in text
+
+
+async def _provision(platform: PlatformUnderTest, **parameters: Any) -> dict[str, Any]:
+    body = {"service": "fake", "plan": "param", "name": "p1", "parameters": parameters}
+    response = await platform.client.post("/api/v1/instances", json=body)
+    assert response.status_code == 202, response.text
+    return await platform.wait(response.json()["operation"])
+
+
+async def test_failed_last_operation_quoting_a_sensitive_value_is_stored_masked(
+    platform: PlatformUnderTest, fake: FakeBroker, db_url: str
+) -> None:
+    """An accepted provision failing in last_operation with its parameters quoted: the
+    description keeps the broker's words, the writeOnly value masked."""
+    await platform.register_fake()
+    fake.quote_parameters = "async"
+    op = await _provision(platform, secret=SECRET, size=3)
+    assert op["state"] == "failed"
+    assert "cannot use" in op["description"]
+    assert '"size": 3' in op["description"]  # what is not sensitive stays readable
+    assert '"secret": "***"' in op["description"]
+    await _assert_masked(platform, db_url, SECRET)
+
+
+async def test_refused_bind_quoting_a_sensitive_value_is_stored_masked(
+    platform: PlatformUnderTest, fake: FakeBroker, db_url: str
+) -> None:
+    """A bind refused with its x-sensitive parameter quoted: masked in the binding's operation."""
+    await platform.register_fake()
+    assert (await _provision(platform))["state"] == "succeeded"
+    fake.quote_parameters = "reject"
+    response = await platform.client.post(
+        "/api/v1/bindings",
+        json={"instance": "p1", "kind": "key", "name": "k1", "parameters": {"token": TOKEN}},
+    )
+    assert response.status_code == 202, response.text
+    op = await platform.wait(response.json()["operation"])
+    assert op["state"] == "failed"
+    assert "refused parameters" in op["description"]
+    assert '"token": "***"' in op["description"]
+    await _assert_masked(platform, db_url, TOKEN)
