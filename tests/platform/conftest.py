@@ -69,12 +69,13 @@ def sync_engine(db_url: str) -> sa.Engine:
 
 
 def stored_text(db_url: str) -> str:
-    """Every stored row of operations, audit and instances as one text, to search for a secret."""
+    """Every stored row of operations, audit, instances and bindings as one text, to search for
+    a secret."""
     engine = sync_engine(db_url)
     with engine.connect() as conn:
         rows = [
             row._asdict()
-            for table in (tables.operations, tables.audit, tables.instances)
+            for table in (tables.operations, tables.audit, tables.instances, tables.bindings)
             for row in conn.execute(sa.select(table))
         ]
     engine.dispose()

@@ -8,37 +8,16 @@ from __future__ import annotations
 import json
 from typing import Any
 
-import sqlalchemy as sa
 from platform_fake_broker import FakeBroker
-from sqlalchemy.engine import make_url
 
-from conftest import PlatformUnderTest
-from servicebay.platform.store import tables
+from conftest import PlatformUnderTest, stored_text
 
 SECRET = "s3cr3t-Pa55-7f1c-\u00e9t\u00e9"  # a broker's JSON may write it as \u00e9
 TOKEN = "bind-t0ken-Q9z8"
 
 
-def _stored_text(db_url: str) -> str:
-    """Every stored row of operations, audit, instances and bindings, as one text."""
-    url = make_url(db_url)
-    if url.get_backend_name() == "postgresql":
-        url = url.set(drivername="postgresql+psycopg")
-    engine = sa.create_engine(url)
-    try:
-        with engine.connect() as conn:
-            rows = [
-                row._asdict()
-                for table in (tables.operations, tables.audit, tables.instances, tables.bindings)
-                for row in conn.execute(sa.select(table))
-            ]
-    finally:
-        engine.dispose()
-    return json.dumps(rows, default=str, ensure_ascii=False)
-
-
 async def _assert_masked(platform: PlatformUnderTest, db_url: str, value: str) -> None:
-    shown = [_stored_text(db_url)]
+    shown = [stored_text(db_url)]
     for path in ("/api/v1/operations", "/api/v1/audit", "/api/v1/instances", "/api/v1/bindings"):
         response = await platform.client.get(path)
         assert response.status_code == 200, response.text
