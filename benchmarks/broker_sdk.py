@@ -316,9 +316,10 @@ def main() -> None:
     parser.add_argument(
         "--workers",
         type=int,
-        default=0,
-        help="servicebay worker processes sharing the store (default: 2, one per core here; "
-        "SQLite writers take turns on one lock, each committing its requests' writes as a batch)",
+        default=1,
+        help="servicebay worker processes sharing the store (default: 1; on this 2-core machine "
+        "shared with other jobs and the load generator, a second worker cost more CPU per "
+        "request and a higher p99 than it won in parallelism: benchmarks/README.md)",
     )
     parser.add_argument("--db", default="", help="our store URL (default: a fresh SQLite file)")
     parser.add_argument("--peer-server", default="waitress", choices=["waitress", "gevent"])
@@ -329,7 +330,7 @@ def main() -> None:
         metavar="NAME=FLAGS",
         help="also measure ours served with these extra `bay broker serve` flags (its own SQLite "
         "file), in the same alternating rounds; e.g. 'uvicorn=--http uvicorn' or "
-        "'1 worker=--workers 1'; repeatable",
+        "'2 workers=--workers 2'; repeatable",
     )
     parser.add_argument(
         "--asgi",
@@ -350,7 +351,6 @@ def main() -> None:
 
     tmp = Path(tempfile.mkdtemp(prefix="sb-bench-"))
     db = args.db or f"sqlite:///{tmp / 'broker.db'}"
-    args.workers = args.workers or 2
     # Our store's encryption key file is created next to the SQLite file (mode 0600).
     env = dict(os.environ)
     ours_port, peer_port = free_port(), free_port()
