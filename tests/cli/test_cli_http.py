@@ -7,6 +7,7 @@ import asyncio
 import base64
 import contextlib
 import json
+import logging
 import socket
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -94,7 +95,9 @@ async def serving(app: Any, **config: Any) -> AsyncIterator[Served]:
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))
     server = uvicorn.Server(
-        uvicorn.Config(app, http=HttpProtocol, lifespan="auto", log_level="warning", **config)
+        uvicorn.Config(
+            app, http=HttpProtocol, lifespan="auto", **{"log_level": "warning", **config}
+        )
     )
     task = asyncio.create_task(server.serve(sockets=[sock]))
     deadline = time.monotonic() + 10
@@ -411,6 +414,23 @@ async def test_graceful_shutdown_finishes_the_request_in_flight() -> None:
         assert answer.headers["connection"] == "close" and await closed(reader)
         await asyncio.wait_for(served.task, 10)
     assert app.finished == ["/slow"]
+
+
+async def test_access_log_has_a_line_per_answer(caplog: pytest.LogCaptureFixture) -> None:
+    """With the access log on, each answer is one `uvicorn.access` line: client, request line
+    with its query, status (the same shape as uvicorn's)."""
+    async with serving(Probe(), access_log=True, log_level="info", log_config=None) as served:
+        with caplog.at_level(logging.INFO, logger="uvicorn.access"):
+            reader, writer = await served.connect()
+            writer.write(request("GET", "/echo?x=1") + request("GET", "/boom"))
+            assert (await read_answer(reader)).status == 200
+            assert (await read_answer(reader)).status == 500
+    lines = [r.getMessage() for r in caplog.records if r.name == "uvicorn.access"]
+    assert len(lines) == 2
+    assert lines[0].startswith("127.0.0.1:") and lines[0].endswith(
+        ' - "GET /echo?x=1 HTTP/1.1" 200'
+    )
+    assert lines[1].endswith(' - "GET /boom HTTP/1.1" 500')
 
 
 async def test_sandbox_broker_lifecycle_and_refusals_over_the_protocol(tmp_path: Path) -> None:

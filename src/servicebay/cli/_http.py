@@ -425,6 +425,8 @@ class HttpProtocol(asyncio.Protocol):
         headers = [(b"content-type", b"text/plain; charset=utf-8")]
         self._write(self._head(exchange, headers, 21) + b"Internal Server Error")
         exchange.complete = True
+        if self.access_log:
+            self._log_access(exchange)
 
     def _done(self, exchange: _Exchange) -> None:
         """The app has finished: next pipelined request, idle, or close."""
