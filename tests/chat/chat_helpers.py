@@ -14,8 +14,7 @@ import pytest
 import uvicorn
 from starlette.applications import Starlette
 
-from servicebay.chat.protocol import MAX_MESSAGE_BYTES
-from servicebay.chat.server import create_app
+from servicebay.chat.server import create_app, uvicorn_options
 from servicebay.chat.service import ChatService
 from servicebay.chat.settings import ChatSettings
 from servicebay.chat.stores import ChatStore
@@ -70,13 +69,7 @@ async def serve_chat(settings: ChatSettings) -> AsyncIterator[ServedChat]:
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))
     port = sock.getsockname()[1]
-    config = uvicorn.Config(
-        app,
-        log_level="warning",
-        lifespan="on",
-        ws_max_size=2 * MAX_MESSAGE_BYTES,
-        ws_per_message_deflate=False,
-    )
+    config = uvicorn.Config(app, log_level="warning", lifespan="on", **uvicorn_options())
     server = uvicorn.Server(config)
     task = asyncio.create_task(server.serve(sockets=[sock]))
     await eventually(lambda: server.started, 20)

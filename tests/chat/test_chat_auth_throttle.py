@@ -144,3 +144,17 @@ async def test_requests_without_a_token_are_not_counted(tmp_path: Path) -> None:
             assert (await anonymous.get("/api/v1/me")).status_code == 401
         r = await anonymous.get("/metrics", headers={"authorization": f"Bearer {ADMIN}"})
         assert r.status_code == 200
+
+
+async def test_a_forwarded_address_does_not_escape_the_count(tmp_path: Path) -> None:
+    """Served as `bay chat serve` serves (its uvicorn options): each wrong token names a new
+    X-Forwarded-For address, and the socket's address is throttled all the same."""
+    async with (
+        serve_chat(_settings(tmp_path, auth_failures=3)) as chat,
+        httpx.AsyncClient(base_url=chat.http) as http,
+    ):
+        for n in range(3):
+            forged = {"authorization": f"Bearer wrong-{n}", "x-forwarded-for": f"192.0.2.{n}"}
+            assert (await http.get("/api/v1/me", headers=forged)).status_code == 401
+        fresh = {"authorization": "Bearer wrong-3", "x-forwarded-for": "192.0.2.99"}
+        assert (await http.get("/api/v1/me", headers=fresh)).status_code == 429

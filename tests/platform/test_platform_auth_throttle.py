@@ -11,6 +11,7 @@ import httpx
 import pytest
 
 from conftest import ADMIN_TOKEN, PlatformUnderTest, platform_settings, running_platform, served
+from servicebay.platform.api.serving import uvicorn_options
 
 
 def _from(platform: PlatformUnderTest, address: str, token: str) -> httpx.AsyncClient:
@@ -82,3 +83,19 @@ async def test_requests_without_a_token_are_not_counted(tmp_path: Path) -> None:
             r = await client.get("/api/v1/brokers", headers={"Authorization": ""})
             assert r.status_code == 401
         assert (await client.get("/api/v1/brokers")).status_code == 200
+
+
+async def test_a_forwarded_address_does_not_escape_the_count(tmp_path: Path) -> None:
+    """Served as `bay server` serves (its uvicorn options): each wrong token names a new
+    X-Forwarded-For address, and the socket's address is throttled all the same."""
+    settings = platform_settings(tmp_path, f"sqlite:///{tmp_path / 'p.db'}", auth_failures=3)
+    async with (
+        running_platform(settings) as platform,
+        served(platform.app, **uvicorn_options()) as url,
+        httpx.AsyncClient(base_url=url) as client,
+    ):
+        for n in range(3):
+            forged = {"Authorization": f"Bearer wrong-{n}", "X-Forwarded-For": f"192.0.2.{n}"}
+            assert (await client.get("/api/v1/brokers", headers=forged)).status_code == 401
+        fresh = {"Authorization": f"Bearer {ADMIN_TOKEN}", "X-Forwarded-For": "192.0.2.99"}
+        assert (await client.get("/api/v1/brokers", headers=fresh)).status_code == 429

@@ -41,6 +41,7 @@ from servicebay.chat.headers import SecurityHeaders
 from servicebay.chat.metrics import ChatMetrics
 from servicebay.chat.protocol import (
     ERROR_CODES,
+    MAX_MESSAGE_BYTES,
     VERSION,
     Ack,
     ClientFrame,
@@ -645,3 +646,20 @@ def create_app(
     app.state.settings = settings
     app.state.throttle = AuthThrottle(failures=settings.auth_failures, window=settings.auth_window)
     return app
+
+
+def uvicorn_options() -> dict[str, Any]:
+    """How ``bay chat serve`` runs uvicorn (the tests serve with the same)."""
+    return {
+        # Messages up to twice the protocol limit reach the server, which answers "too_large"
+        # and keeps the connection; bigger ones are closed by the WebSocket layer (1009).
+        "ws_max_size": 2 * MAX_MESSAGE_BYTES,
+        # Chat frames are small; compressing each costs more CPU than it saves.
+        "ws_per_message_deflate": False,
+        "ws_ping_interval": 10,
+        "ws_ping_timeout": 10,
+        # The client's address is the socket's: uvicorn would otherwise take it from an
+        # X-Forwarded-For header sent from 127.0.0.1, and anyone on the host could name a new
+        # address with every request and escape the failed-authentication throttle.
+        "proxy_headers": False,
+    }

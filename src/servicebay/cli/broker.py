@@ -361,10 +361,12 @@ def _uvicorn_config(
     if http is HttpImplementation.servicebay:
         from servicebay.cli._http import HttpProtocol
 
-        # X-Forwarded-* headers are not read: nothing of a broker depends on the client's address.
-        extra.update(http=HttpProtocol, proxy_headers=False)
+        extra.update(http=HttpProtocol)
     else:
         extra.update(http="httptools")
+    # X-Forwarded-* headers are not read: failed authentication is throttled per client address,
+    # and a forwarded header sent from 127.0.0.1 must not name a new one with every request.
+    extra.update(proxy_headers=False)
     return uvicorn.Config(
         app,
         log_config=None,

@@ -124,8 +124,7 @@ async def _serve(settings: ChatSettings, sock: socket.socket, stops: list[int]) 
     """
     import uvicorn
 
-    from servicebay.chat.protocol import MAX_MESSAGE_BYTES
-    from servicebay.chat.server import create_app
+    from servicebay.chat.server import create_app, uvicorn_options
     from servicebay.chat.stores import StoreNotOpened
 
     try:
@@ -135,17 +134,7 @@ async def _serve(settings: ChatSettings, sock: socket.socket, stops: list[int]) 
                 return None
             typer.echo(f"serving the chat at http://{settings.host}:{settings.port}/", err=True)
             config = uvicorn.Config(
-                app,
-                lifespan="off",
-                log_level=settings.log_level,
-                # Messages up to twice the protocol limit reach the server, which answers
-                # "too_large" and keeps the connection; bigger ones are closed by the WebSocket
-                # layer (1009).
-                ws_max_size=2 * MAX_MESSAGE_BYTES,
-                # Chat frames are small; compressing each costs more CPU than it saves.
-                ws_per_message_deflate=False,
-                ws_ping_interval=10,
-                ws_ping_timeout=10,
+                app, lifespan="off", log_level=settings.log_level, **uvicorn_options()
             )
             await uvicorn.Server(config).serve(sockets=[sock])
     except StoreNotOpened as exc:

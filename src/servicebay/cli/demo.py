@@ -188,7 +188,9 @@ def _server(app: Any) -> Any:
             yield
 
     # The demo hands each server its already-listening socket (see _listen).
-    config = uvicorn.Config(app, log_level="warning", access_log=False)
+    # proxy_headers off: the client's address is the socket's (the servers throttle failed
+    # authentication per address; a forwarded header must not pick a new one per request).
+    config = uvicorn.Config(app, log_level="warning", access_log=False, proxy_headers=False)
     return _Server(config)
 
 

@@ -43,7 +43,7 @@ def server(
     import uvicorn
 
     from servicebay.platform import create_app
-    from servicebay.platform.api.serving import OneWriteHttpProtocol
+    from servicebay.platform.api.serving import uvicorn_options
 
     settings = _settings(
         host=host,
@@ -63,8 +63,7 @@ def server(
         host=host,
         port=port,
         log_level=log_level,
-        access_log=False,
-        http=OneWriteHttpProtocol,
+        **uvicorn_options(),
     )
 
 

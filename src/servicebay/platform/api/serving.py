@@ -63,3 +63,14 @@ class OneWriteHttpProtocol(HttpToolsProtocol):
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(_HeadWithBody(transport))  # type: ignore[arg-type]
+
+
+def uvicorn_options() -> dict[str, Any]:
+    """How ``bay server`` runs uvicorn (the tests serve with the same).
+
+    ``proxy_headers`` is off: uvicorn would otherwise take the client's address from an
+    ``X-Forwarded-For`` header sent from 127.0.0.1, so anyone on the host could name a new
+    address with every request and escape the failed-authentication throttle, which counts
+    per address.
+    """
+    return {"access_log": False, "http": OneWriteHttpProtocol, "proxy_headers": False}
