@@ -288,6 +288,37 @@ async def test_oversized_or_too_many_headers_are_431(probe: tuple[Probe, Served]
     assert app.received == []
 
 
+async def test_a_header_growing_past_the_limit_is_431_before_it_ends(
+    probe: tuple[Probe, Served],
+) -> None:
+    """One header line still unfinished past MAX_HEAD_BYTES, sent in chunks, is refused with
+    431 at once (the parser is not fed it to its end), and the server goes on serving; a head
+    just under the limit arriving in parts, with a body behind it, is served."""
+    app, served = probe
+    reader, writer = await served.connect()
+    writer.write(b"GET /echo HTTP/1.1\r\nHost: a\r\nX: ")
+    with contextlib.suppress(ConnectionError):
+        for _ in range(32):  # 512 KiB of one header value, never ended
+            writer.write(b"a" * 16384)
+            await writer.drain()
+            await asyncio.sleep(0.001)
+    started = time.monotonic()
+    answer = await asyncio.wait_for(read_answer(reader), 2)
+    assert answer.status == 431 and time.monotonic() - started < 2
+    assert await closed(reader) and app.received == []
+    reader, writer = await served.connect()
+    near = ("X-Near: " + "n" * (MAX_HEAD_BYTES - 200)).encode()
+    raw = request("POST", "/echo", b"b" * 100_000, near.decode())
+    cut = raw.index(b"X-Near") + 1000
+    writer.write(raw[:cut])
+    await writer.drain()
+    await asyncio.sleep(0.05)
+    writer.write(raw[cut:])
+    answer = await read_answer(reader)
+    assert answer.status == 200 and json.loads(answer.body)["body"] == "b" * 100_000
+    writer.close()
+
+
 async def test_an_answer_before_the_whole_body_closes_the_connection(
     probe: tuple[Probe, Served],
 ) -> None:
@@ -390,6 +421,53 @@ async def test_idle_kept_alive_connection_closes_after_the_timeout() -> None:
         started = time.monotonic()
         assert await closed(reader)
         assert 0.5 < time.monotonic() - started < 5
+
+
+async def test_a_trickled_head_is_cut_at_its_deadline() -> None:
+    """A request head sent a byte at a time is closed `timeout_keep_alive` after it began,
+    however often a byte comes."""
+    async with serving(Probe(), timeout_keep_alive=1) as served:
+        reader, writer = await served.connect()
+        writer.write(b"GET /echo HTTP/1.1\r\nHost: x\r\nX-Slow: ")
+        started = time.monotonic()
+
+        async def trickle() -> None:
+            with contextlib.suppress(ConnectionError):
+                while time.monotonic() - started < 6:
+                    await asyncio.sleep(0.1)
+                    writer.write(b"a")
+                    await writer.drain()
+
+        dripping = asyncio.create_task(trickle())
+        try:
+            assert await closed(reader)
+            assert 0.5 < time.monotonic() - started < 3
+        finally:
+            dripping.cancel()
+            writer.close()
+
+
+async def test_a_stalled_request_body_ends_in_a_disconnect() -> None:
+    """A body that stops coming for `timeout_keep_alive` seconds: the app receives what came,
+    then `http.disconnect`, and the connection is closed; a body that keeps coming, however
+    slowly, is read to its end."""
+    app = Probe()
+    async with serving(app, timeout_keep_alive=1) as served:
+        reader, writer = await served.connect()
+        writer.write(b"POST /disconnect HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\n\r\n01")
+        started = time.monotonic()
+        await _until(lambda: "/disconnect" in app.finished, 3)
+        assert 0.5 < time.monotonic() - started < 3
+        assert app.received == [{"type": "http.request", "body": b"01", "more_body": True}]
+        assert await closed(reader)
+        reader, writer = await served.connect()
+        writer.write(b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 6\r\n\r\n")
+        for byte in b"slowly":  # 2.4 s in all, 0.4 s between bytes
+            await asyncio.sleep(0.4)
+            writer.write(bytes([byte]))
+        answer = await read_answer(reader)
+        assert answer.status == 200 and json.loads(answer.body)["body"] == "slowly"
+        writer.close()
 
 
 async def test_graceful_shutdown_finishes_the_request_in_flight() -> None:

@@ -11,11 +11,17 @@ head waits for the body and both leave in one ``write``.
 What a connection does:
 
 - parses with httptools (llhttp): keep-alive by default on HTTP/1.1, ``Connection: close`` or
-  HTTP/1.0 without keep-alive closes after the answer; a connection idle, or stalled within a
-  request head, for the config's ``timeout_keep_alive`` seconds is closed;
+  HTTP/1.0 without keep-alive closes after the answer;
+- waits on the client for the config's ``timeout_keep_alive`` seconds at a time: an idle
+  connection is closed after it; a request head has that long from its first byte, however
+  often bytes come (a head that waits behind an answer in progress gets the time afresh once
+  it is its turn); a request body being read may pause that long between two pieces, after
+  which the app receives ``http.disconnect`` and the connection is closed;
 - answers pipelined requests in order, one at a time (reading pauses while one waits);
 - refuses what it cannot parse with 400, a request line plus headers larger than
   `MAX_HEAD_BYTES` (or more than `MAX_HEADERS` fields) with 431, and closes the connection;
+  the bytes of an open head are counted as they arrive, so one header line that never ends is
+  refused once past the limit (the parser would otherwise keep gathering it);
 - hands the body to the app as it comes (reading pauses past `HIGH_WATER` bytes not yet
   received by the app); an answer sent before the whole body was read closes the connection,
   so an oversized body is never read to its end;
@@ -140,7 +146,10 @@ class HttpProtocol(asyncio.Protocol):
         self.parsing: _Exchange | None = None  # the request whose body is arriving
         self.read_paused = False
         self.write_paused: asyncio.Future[None] | None = None
-        self.idle_timer: asyncio.TimerHandle | None = None
+        # What the connection waits on the client for ("idle", "head", "body"; "linger"), timed.
+        self.timer: asyncio.TimerHandle | None = None
+        self.timer_kind: str | None = None
+        self.body_came = False  # body bytes were parsed from the data being fed
         self.closing = False
         self.lingering = False  # answered and half-closed: what still comes is dropped
         self.lingered = 0
@@ -149,6 +158,8 @@ class HttpProtocol(asyncio.Protocol):
         self.url = b""
         self.headers: list[tuple[bytes, bytes]] = []
         self.head_bytes = 0
+        self.head_open = False  # a request head has begun and not ended
+        self.head_raw = 0  # bytes received while it is open
 
     # -- asyncio.Protocol --------------------------------------------------------------------
 
@@ -158,12 +169,12 @@ class HttpProtocol(asyncio.Protocol):
         self.state.connections.add(self)  # type: ignore[arg-type]
         self.server = _address(transport.get_extra_info("sockname"))
         self.client = _address(transport.get_extra_info("peername"))
-        self._arm_idle_timer()
+        self._watch_client()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.state.connections.discard(self)
         self.closing = True
-        self._disarm_idle_timer()
+        self._disarm_timer()
         for exchange in (self.running, self.parsing, *self.waiting):
             if exchange is not None:
                 exchange.wake()
@@ -177,7 +188,8 @@ class HttpProtocol(asyncio.Protocol):
             if self.lingered > LINGER_BYTES:
                 self._close()
             return
-        self._disarm_idle_timer()
+        if self.head_open:
+            self.head_raw += len(data)
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserUpgrade:
@@ -195,9 +207,12 @@ class HttpProtocol(asyncio.Protocol):
             else:
                 self._refuse(400, "invalid HTTP request")
             return
-        if self.running is None and not self.closing:
-            # Half a request head, nothing to answer: it has as long as an idle connection.
-            self._arm_idle_timer()
+        if self.head_open and self.head_raw > MAX_HEAD_BYTES:
+            # httptools reports a header only once it has ended, gathering its pieces until then.
+            self._refuse(431, "request header fields too large")
+            return
+        progress, self.body_came = self.body_came, False
+        self._watch_client(progress)
 
     def pause_writing(self) -> None:
         if self.write_paused is None or self.write_paused.done():
@@ -223,6 +238,8 @@ class HttpProtocol(asyncio.Protocol):
         self.url = b""
         self.headers = []
         self.head_bytes = 0
+        self.head_open = True
+        self.head_raw = 0
 
     def on_url(self, url: bytes) -> None:
         self.url += url
@@ -235,6 +252,7 @@ class HttpProtocol(asyncio.Protocol):
         self.headers.append((name.lower(), value))
 
     def on_headers_complete(self) -> None:
+        self.head_open = False
         parser = self.parser
         version = parser.get_http_version()
         target = httptools.parse_url(self.url)
@@ -272,6 +290,7 @@ class HttpProtocol(asyncio.Protocol):
         if exchange is None or exchange.complete:
             return  # answered already: the connection closes, the rest is not kept
         exchange.body += body
+        self.body_came = True
         if len(exchange.body) > HIGH_WATER:
             self._pause_reading()
         exchange.wake()
@@ -318,6 +337,7 @@ class HttpProtocol(asyncio.Protocol):
             exchange.continue_wanted = False
             if exchange.more_body and not exchange.body and not self.closing:
                 self._write(b"HTTP/1.1 100 Continue\r\n\r\n")
+            self._watch_client()  # the body is awaited from now on
         while not exchange.body and exchange.more_body and not self._gone(exchange):
             exchange.waiter = self.loop.create_future()
             await exchange.waiter
@@ -449,8 +469,7 @@ class HttpProtocol(asyncio.Protocol):
             self._send_refusal()
             return
         self._resume_reading()
-        if self.parsing is None:
-            self._arm_idle_timer()
+        self._watch_client()
 
     # -- the connection ----------------------------------------------------------------------
 
@@ -503,14 +522,15 @@ class HttpProtocol(asyncio.Protocol):
             return
         transport.write_eof()
         self.closing = self.lingering = True
-        self._disarm_idle_timer()
-        self.idle_timer = self.loop.call_later(LINGER_SECONDS, self._close)
+        self._disarm_timer()
+        self.timer = self.loop.call_later(LINGER_SECONDS, self._close)
+        self.timer_kind = "linger"
         if self.read_paused:
             self.read_paused = False
             transport.resume_reading()
 
     def _close(self) -> None:
-        self._disarm_idle_timer()
+        self._disarm_timer()
         if self.transport is not None and not self.transport.is_closing():
             self.transport.close()
         self.closing = True
@@ -519,20 +539,53 @@ class HttpProtocol(asyncio.Protocol):
         if not self.read_paused and self.transport is not None and not self.closing:
             self.read_paused = True
             self.transport.pause_reading()
+            self._disarm_timer()  # the wait is ours, not the client's
 
     def _resume_reading(self) -> None:
         if self.read_paused and self.transport is not None and not self.closing:
             self.read_paused = False
             self.transport.resume_reading()
+            self._watch_client()
 
-    def _arm_idle_timer(self) -> None:
-        self._disarm_idle_timer()
-        self.idle_timer = self.loop.call_later(self.keep_alive_timeout, self._close)
+    def _watch_client(self, progress: bool = False) -> None:
+        """Time what the connection waits on the client for, if anything: the next request
+        (idle), the rest of a request head, or more of the body the app is reading. A wait
+        gets ``timeout_keep_alive`` seconds from when it starts; only the body's restarts when
+        a piece of it comes (``progress``). No timer while reading is paused, the app works on
+        an answer, or it has not yet asked for a body announced by ``Expect: 100-continue``."""
+        if self.closing:
+            return
+        kind: str | None = None
+        if self.read_paused:
+            pass
+        elif self.head_open:
+            if self.running is None:
+                kind = "head"
+        elif self.parsing is not None:
+            if self.parsing is self.running and not self.parsing.continue_wanted:
+                kind = "body"
+        elif self.running is None:
+            kind = "idle"
+        if kind == self.timer_kind and not (progress and kind == "body"):
+            return
+        self._disarm_timer()
+        if kind is not None:
+            self.timer = self.loop.call_later(self.keep_alive_timeout, self._timed_out)
+            self.timer_kind = kind
 
-    def _disarm_idle_timer(self) -> None:
-        if self.idle_timer is not None:
-            self.idle_timer.cancel()
-            self.idle_timer = None
+    def _timed_out(self) -> None:
+        kind, self.timer, self.timer_kind = self.timer_kind, None, None
+        exchange = self.parsing
+        self._close()
+        if kind == "body" and exchange is not None:
+            log.debug("closed a connection: its request body stalled")
+            exchange.wake()  # the app's receive() says http.disconnect
+
+    def _disarm_timer(self) -> None:
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+            self.timer_kind = None
 
     def _log_access(self, exchange: _Exchange) -> None:
         scope = exchange.scope
