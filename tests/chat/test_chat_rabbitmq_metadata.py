@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 from structlog.testing import capture_logs
 
-from servicebay.chat.stores import StoreUnavailable
+from servicebay.chat.stores import StoreUnavailable, open_store
 from servicebay.chat.stores._rabbitmq_meta import MetaStore
 from servicebay.chat.stores.rabbitmq import RabbitMQChatStore
 from support import chat_rabbitmq
@@ -148,3 +148,58 @@ async def test_a_room_whose_segment_cannot_be_synced_is_not_written(tmp_path: Pa
     finally:
         blocker.close()
         await store.close()
+
+
+@pytest.mark.rabbitmq
+async def test_a_rotation_whose_segment_cannot_be_synced_leaves_the_room_to_resync(
+    tmp_path: Path,
+) -> None:
+    """Rotation records the new stream, then cannot make it durable: that send fails, and the
+    room resyncs before its next write (it used to stay synced with its offset in the old
+    stream: later sends were recorded at the wrong offsets, their reads found nothing, and a
+    resync never found its marker). Every message stored reads back once, in order, here and
+    after a restart."""
+    url = chat_rabbitmq.store_url(tmp_path, rotate="2")
+    store = open_store(url)
+    assert isinstance(store, RabbitMQChatStore)
+    await store.open()
+    store.meta.durable_wait = 0.5
+    blocker = sqlite3.connect(store.meta.path, isolation_level=None)
+    original, armed, blocked = store.meta.record, [], []
+
+    async def record(*args: Any, **kwargs: Any) -> Any:
+        recorded = await original(*args, **kwargs)
+        if kwargs.get("segment") is not None and armed and not blocked:
+            blocker.execute("BEGIN IMMEDIATE")  # from now on, no commit can be made
+            blocked.append(True)
+        return recorded
+
+    store.meta.record = record  # type: ignore[method-assign]
+    try:
+        await store.put_room("r")
+        await store.put_user("ann")
+        await store.join("r", "ann")
+        async with asyncio.timeout(20):
+            for n in (1, 2):
+                assert (await store.append("r", "ann", f"k{n}", f"m{n}")).seq == n
+            with reader_on(store.meta.path):
+                armed.append(True)
+                with pytest.raises(StoreUnavailable):
+                    await store.append("r", "ann", "k3", "m3")  # the third rotates
+            assert blocked
+            blocker.rollback()
+            for n in range(3, 8):
+                assert (await store.append("r", "ann", f"k{n}", f"m{n}")).seq == n
+            assert [m.body for m in await store.read("r", 0)] == [f"m{n}" for n in range(1, 8)]
+    finally:
+        blocker.close()
+        await store.close()
+    again = open_store(url)
+    await again.open()
+    try:
+        async with asyncio.timeout(20):
+            assert (await again.append("r", "ann", "k8", "m8")).seq == 8
+            messages = await again.read("r", 0)
+        assert [(m.seq, m.body) for m in messages] == [(n, f"m{n}") for n in range(1, 9)]
+    finally:
+        await again.close()

@@ -407,6 +407,10 @@ class RabbitMQChatStore:
         room.unanswered.update((r.sender, r.key) for r in adopted)
         segment = Segment(room_id, head + 1, stream, entries[-1].offset + 1, gen)
         await self.meta.record(room_id, adopted, head, placed, segment=segment)
+        # From here the room's segments and its next offset disagree (a rotation's new stream,
+        # the old stream's offset) until both are set: should anything below fail, the room is
+        # unsynced, and its next write resyncs from what is recorded (a rotation included).
+        room.synced = False
         room.segments = [s for s in room.segments if s.first_seq != segment.first_seq]
         room.segments.append(segment)
         # Resync rebuilds keys and heads from the streams, not which stream a room continues
@@ -521,7 +525,11 @@ class RabbitMQChatStore:
         first_of_gen = min(s.first_seq for s in room.segments if s.gen == current.gen)
         if rows[0].seq - first_of_gen >= self.rotate_every:
             async with room.lock:
-                await self._resync(room_id, room, rotate=True)
+                try:
+                    await self._resync(room_id, room, rotate=True)
+                except BaseException:
+                    room.synced = False  # the next write resyncs from what is recorded
+                    raise
             current = room.segments[-1]
         packs = _pack(rows, bodies)
         at = room.next_offset
