@@ -158,3 +158,42 @@ async def test_a_forwarded_address_does_not_escape_the_count(tmp_path: Path) -> 
             assert (await http.get("/api/v1/me", headers=forged)).status_code == 401
         fresh = {"authorization": "Bearer wrong-3", "x-forwarded-for": "192.0.2.99"}
         assert (await http.get("/api/v1/me", headers=fresh)).status_code == 429
+
+
+async def test_concurrent_wrong_tokens_are_checked_no_more_than_the_limit(
+    tmp_path: Path,
+) -> None:
+    """30 wrong tokens at once from one address, 3 allowed: each holds one of the address's
+    guesses while its token is checked, so 3 are checked (401) and the rest refused unchecked
+    (429); they all used to be checked, having passed the throttle before any failure counted.
+    Another address is served as usual."""
+    async with _in_process(tmp_path, auth_failures=3) as client:
+        attacker, other = client("203.0.113.4"), client("198.51.100.3")
+        assert (await other.post("/api/v1/users", json={"id": "ann"}, headers=_admin())).is_success
+        issued = await other.post("/api/v1/users/ann/tokens", json={}, headers=_admin())
+        token = issued.json()
+        wrong = [{"authorization": f"Bearer guess-{n}"} for n in range(30)]
+        answers = await asyncio.gather(*(attacker.get("/api/v1/me", headers=h) for h in wrong))
+        codes = sorted(r.status_code for r in answers)
+        assert codes == [401] * 3 + [429] * 27
+        good = {"authorization": f"Bearer {token['token']}"}
+        assert (await other.get("/api/v1/me", headers=good)).status_code == 200
+
+
+async def test_concurrent_wrong_hellos_are_checked_no_more_than_the_limit(
+    tmp_path: Path,
+) -> None:
+    """The same over the WebSocket: 12 sockets say hello with a wrong token at once, 3 allowed:
+    3 are told `unauthorized`, the others `too_many_attempts`."""
+    async with serve_chat(_settings(tmp_path, auth_failures=3, auth_window=30.0)) as chat:
+
+        async def guess(n: int) -> str:
+            async with connect(chat.ws) as ws:
+                return str((await _hello(ws, f"wrong-{n}"))["code"])
+
+        codes = sorted(await asyncio.gather(*(guess(n) for n in range(12))))
+        assert codes == ["too_many_attempts"] * 9 + ["unauthorized"] * 3
+
+
+def _admin() -> dict[str, str]:
+    return {"authorization": f"Bearer {ADMIN}"}
