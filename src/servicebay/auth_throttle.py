@@ -9,12 +9,6 @@ checked, so no stretch of ``window`` seconds sees more than ``failures`` of its 
 it starts afresh.
 Successful requests and other addresses are not delayed: the check is a dictionary lookup.
 
-A server whose check awaits (a store lookup) asks `AuthThrottle.reserve` instead, and calls
-`AuthThrottle.release` when the check is done: each check in flight holds one of the address's
-remaining guesses, so attempts sent at once cannot all pass before the first failure counts. An
-address may then have at most ``failures`` checks in flight, less its recent failures; past
-that it is refused (``retry_after`` 1 s) until one of them ends, successful ones included.
-
 Addresses are what the server sees as the client (``scope["client"]``; uvicorn takes it from
 ``X-Forwarded-For`` for connections from a trusted proxy): behind a proxy that the server does
 not read, every client shares the proxy's count. An IPv6 address counts as its /64 (one host
@@ -59,7 +53,6 @@ class AuthThrottle:
         self.max_addresses = max_addresses
         self._clock = clock
         self._counts: OrderedDict[str, _Count] = OrderedDict()  # oldest last failure first
-        self._in_flight: dict[str, int] = {}  # reserved checks not yet released, per address
         #: Attempts refused without checking their credentials, since start.
         self.throttled = 0
 
@@ -80,36 +73,6 @@ class AuthThrottle:
             return None
         self.throttled += 1
         return max(1, math.ceil(left))
-
-    def reserve(self, address: str | None) -> int | None:
-        """`retry_after`, and hold one of the address's guesses while its credential is checked.
-
-        None: the check may go ahead, and `release` must follow it (after `failed`, if it
-        failed). Otherwise whole seconds to wait: 1 when only checks in flight are in the way.
-        """
-        wait = self.retry_after(address)
-        if wait is not None:
-            return wait
-        key = _key(address)
-        held = self._in_flight.get(key, 0)
-        count = self._counts.get(key)
-        if count is not None:
-            now = self._clock()
-            held += sum(1 for t in count.times if now - t < self.window)
-        if held >= self.failures:
-            self.throttled += 1
-            return 1
-        self._in_flight[key] = self._in_flight.get(key, 0) + 1
-        return None
-
-    def release(self, address: str | None) -> None:
-        """End a check that `reserve` let go ahead."""
-        key = _key(address)
-        left = self._in_flight.get(key, 0) - 1
-        if left > 0:
-            self._in_flight[key] = left
-        else:
-            self._in_flight.pop(key, None)
 
     def failed(self, address: str | None) -> bool:
         """Count a refused credential from ``address``; True when this failure blocks it."""

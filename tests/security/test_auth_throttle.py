@@ -151,24 +151,3 @@ def test_no_address_gets_more_than_n_failures_per_window(events: list[tuple[str,
     for times in checked.values():
         for i, start in enumerate(times):
             assert sum(1 for t in times[i:] if t < start + 60) <= 3
-
-
-def test_checks_in_flight_hold_the_guesses_left() -> None:
-    """`reserve` lets at most `failures` checks be in flight, less the recent failures; a
-    released check (a success) gives its guess back; other addresses are not concerned."""
-    clock = Clock()
-    throttle = _throttle(clock)
-    assert not throttle.failed("10.0.0.1")  # one recent failure: two guesses left
-    assert throttle.reserve("10.0.0.1") is None
-    assert throttle.reserve("10.0.0.1") is None
-    assert throttle.reserve("10.0.0.1") == 1  # refused unchecked, counted
-    assert throttle.throttled == 1
-    assert throttle.reserve("10.0.0.2") is None
-    throttle.release("10.0.0.1")  # succeeded
-    assert throttle.reserve("10.0.0.1") is None
-    clock.now += 60  # the failure is out of the window; two checks still in flight
-    assert throttle.reserve("10.0.0.1") is None
-    assert throttle.reserve("10.0.0.1") == 1
-    for _ in range(3):
-        throttle.release("10.0.0.1")
-    assert throttle.reserve("10.0.0.1") is None

@@ -166,18 +166,10 @@ def _describe(exc: ValueError) -> str:
 def _bearer(request: Request) -> str:
     """The request's bearer token; 429 unchecked for an address that failed too often."""
     throttle: AuthThrottle = request.app.state.throttle
-    _refuse(throttle.retry_after(_address(request)))
-    return _token(request)
-
-
-def _refuse(wait: int | None) -> None:
-    """429 when the throttle says to wait."""
+    wait = throttle.retry_after(_address(request))
     if wait is not None:
         message = f"{ERROR_CODES['too_many_attempts']} (in {wait} s)"
         raise ApiError(429, "too_many_attempts", message, {"Retry-After": str(wait)})
-
-
-def _token(request: Request) -> str:
     scheme, _, token = request.headers.get("authorization", "").partition(" ")
     if scheme.lower() != "bearer" or not token:
         raise ApiError(401, "unauthorized", "send Authorization: Bearer <token>")
@@ -201,18 +193,10 @@ def failed_authentication(throttle: AuthThrottle, address: str | None) -> None:
 
 
 async def _user(request: Request) -> User:
-    # The token is checked by an await: requests sent at once would all pass `retry_after`
-    # before the first failure counted. Each check holds one of the address's guesses instead.
-    throttle: AuthThrottle = request.app.state.throttle
-    address = _address(request)
-    _refuse(throttle.reserve(address))
-    try:
-        user = await _service(request).store.authenticate(_token(request))
-        if user is None:
-            failed_authentication(throttle, address)
-            raise ApiError(401, "unauthorized", "unknown or revoked token")
-    finally:
-        throttle.release(address)
+    user = await _service(request).store.authenticate(_bearer(request))
+    if user is None:
+        failed_authentication(request.app.state.throttle, _address(request))
+        raise ApiError(401, "unauthorized", "unknown or revoked token")
     return user
 
 

@@ -320,9 +320,7 @@ class Session:
         if self.user is not None:
             raise ProtocolError("bad_frame", "hello was already accepted on this connection")
         address = self.ws.client.host if self.ws.client else None
-        # reserve, not retry_after: hellos sent at once would otherwise all be checked before
-        # the first failure counted (the check awaits the store).
-        wait = self.throttle.reserve(address)
+        wait = self.throttle.retry_after(address)
         if wait is not None:
             # Refused unchecked, then closed: reconnecting sooner gets the same.
             message = f"{ERROR_CODES['too_many_attempts']} (in {wait} s)"
@@ -339,8 +337,6 @@ class Session:
             # The client's reconnect loop (with its backoff) is the retry: say why, then close.
             self._error(exc.code, f"{exc}; reconnect later")
             return self._shut(1013)  # try again later
-        finally:
-            self.throttle.release(address)
         self.user = user
         positions: dict[str, int | None] = {m.room: None for m in members}
         positions.update(frame.rooms)
