@@ -9,22 +9,31 @@ checked, so no stretch of ``window`` seconds sees more than ``failures`` of its 
 it starts afresh.
 Successful requests and other addresses are not delayed: the check is a dictionary lookup.
 
-Addresses are what the server sees as the client (``scope["client"]``; uvicorn takes it from
-``X-Forwarded-For`` for connections from a trusted proxy): behind a proxy that the server does
-not read, every client shares the proxy's count. An IPv6 address counts as its /64 (one host
-may hold a whole /64). At most ``max_addresses`` are remembered; past that the one whose last
-failure is oldest is forgotten. No I/O here and no credential: callers log the address only.
+Addresses are the connection's peer (``scope["client"]``; the servers run uvicorn with
+``proxy_headers`` off), except for a connection from one of ``trusted_proxies`` (addresses or
+networks, none by default): then the client is the right-most ``X-Forwarded-For`` entry that is
+not itself a trusted proxy (what the nearest proxy not trusted, or the client, connected from),
+see `AuthThrottle.address`. The header is never read from any other peer: anyone could name a
+new address with every guess. Behind a proxy that is not trusted, every client shares the
+proxy's count. An IPv6 address counts as its /64 (one host may hold a whole /64). At most
+``max_addresses`` are remembered; past that the one whose last failure is oldest is forgotten.
+``failures=0`` turns the throttle off (for deployments that throttle elsewhere). No I/O here
+and no credential: callers log the address only.
 """
 
 from __future__ import annotations
 
+import ipaddress
 import math
 import socket
 import time
 from collections import OrderedDict, deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any
 
-__all__ = ["AuthThrottle"]
+__all__ = ["AuthThrottle", "parse_trusted_proxies"]
+
+_Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 
 class _Count:
@@ -44,17 +53,56 @@ class AuthThrottle:
         failures: int = 10,
         window: float = 60.0,
         max_addresses: int = 10_000,
+        trusted_proxies: Iterable[str] = (),
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        if failures < 1 or window <= 0 or max_addresses < 1:
-            raise ValueError("failures and max_addresses must be >= 1, window > 0")
+        if failures < 0 or window <= 0 or max_addresses < 1:
+            raise ValueError("failures must be >= 0, max_addresses >= 1, window > 0")
+        #: 0: the throttle is off (nothing is counted, nobody refused).
         self.failures = failures
+        self._proxies: tuple[_Network, ...] = tuple(
+            ipaddress.ip_network(proxy, strict=False)
+            for proxy in parse_trusted_proxies(trusted_proxies)
+        )
         self.window = window
         self.max_addresses = max_addresses
         self._clock = clock
         self._counts: OrderedDict[str, _Count] = OrderedDict()  # oldest last failure first
         #: Attempts refused without checking their credentials, since start.
         self.throttled = 0
+
+    def address(self, scope: Mapping[str, Any]) -> str | None:
+        """The client address of an ASGI connection ``scope``, as this throttle counts it.
+
+        The peer's (None on a Unix socket, say), unless the peer is a trusted proxy: then the
+        right-most ``X-Forwarded-For`` entry not itself trusted (each proxy appends the address
+        it was connected from, so entries left of that one may be forged), or the left-most
+        entry when all are trusted.
+        """
+        client = scope.get("client")
+        peer = str(client[0]) if client else None
+        if not self._proxies or peer is None or not self._trusted(peer):
+            return peer
+        entries = [
+            entry.strip()
+            for name, value in scope.get("headers", ())
+            if name == b"x-forwarded-for"
+            for entry in bytes(value).decode("latin-1").split(",")
+        ]
+        entries = [entry for entry in entries if entry]
+        for entry in reversed(entries):
+            if not self._trusted(entry):
+                return entry
+        return entries[0] if entries else peer
+
+    def _trusted(self, address: str) -> bool:
+        try:
+            ip = ipaddress.ip_address(address)
+        except ValueError:
+            return False
+        if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+            ip = ip.ipv4_mapped
+        return any(ip in network for network in self._proxies)
 
     def retry_after(self, address: str | None) -> int | None:
         """Whole seconds until ``address`` may try again, or None when it may now.
@@ -76,6 +124,8 @@ class AuthThrottle:
 
     def failed(self, address: str | None) -> bool:
         """Count a refused credential from ``address``; True when this failure blocks it."""
+        if not self.failures:
+            return False
         now = self._clock()
         self._forget_expired(now)
         key = _key(address)
@@ -106,6 +156,27 @@ class AuthThrottle:
             if now - count.times[-1] < self.window or now < count.blocked_until:
                 return
             self._counts.popitem(last=False)
+
+
+def parse_trusted_proxies(value: str | Iterable[str] | None) -> list[str]:
+    """Trusted proxies as a setting gives them (a comma-separated string or a list of IP
+    addresses and networks), each checked and written as a network (``10.0.0.0/8``).
+
+    Raises ValueError naming the entry that is neither an address nor a network.
+    """
+    if value is None:
+        return []
+    items = value.split(",") if isinstance(value, str) else list(value)
+    networks = []
+    for item in items:
+        text = str(item).strip()
+        if not text:
+            continue
+        try:
+            networks.append(str(ipaddress.ip_network(text, strict=False)))
+        except ValueError:
+            raise ValueError(f"not an IP address or network: {text!r}") from None
+    return networks
 
 
 def _key(address: str | None) -> str:

@@ -24,7 +24,7 @@ from servicebay.chat.settings import ChatSettings
 ADMIN = "chat-admin-token-0123456789"
 
 
-def _settings(tmp_path: Path, **throttle: float) -> ChatSettings:
+def _settings(tmp_path: Path, **throttle: Any) -> ChatSettings:
     return ChatSettings(
         store=f"sqlite:{tmp_path / 'chat.db'}", admin_token=ADMIN, rooms=["lobby"], **throttle
     )
@@ -95,7 +95,7 @@ async def _metrics_after_the_window(http: httpx.AsyncClient) -> str:
 
 
 @asynccontextmanager
-async def _in_process(tmp_path: Path, **throttle: float) -> AsyncIterator[Any]:
+async def _in_process(tmp_path: Path, **throttle: Any) -> AsyncIterator[Any]:
     app = create_app(_settings(tmp_path, **throttle))
     clients: list[httpx.AsyncClient] = []
 
@@ -158,3 +158,55 @@ async def test_a_forwarded_address_does_not_escape_the_count(tmp_path: Path) -> 
             assert (await http.get("/api/v1/me", headers=forged)).status_code == 401
         fresh = {"authorization": "Bearer wrong-3", "x-forwarded-for": "192.0.2.99"}
         assert (await http.get("/api/v1/me", headers=fresh)).status_code == 429
+
+
+async def test_clients_behind_a_trusted_proxy_are_counted_apart(tmp_path: Path) -> None:
+    """Served as `bay chat serve` serves, behind a trusted proxy (here 127.0.0.1): over HTTP
+    and the WebSocket, X-Forwarded-For names the client, so one guesser is refused and another
+    client behind the same proxy is served."""
+    settings = _settings(tmp_path, auth_failures=3, trusted_proxies="127.0.0.1")
+    async with serve_chat(settings) as chat, httpx.AsyncClient(base_url=chat.http) as http:
+        token = await chat.user("ann", "lobby")
+        attacker = {"x-forwarded-for": "203.0.113.4"}
+        async with connect(chat.ws, additional_headers=attacker) as ws:
+            for n in range(3):
+                assert (await _hello(ws, f"wrong-{n}"))["code"] == "unauthorized"
+        r = await http.get("/api/v1/me", headers={**attacker, "authorization": f"Bearer {token}"})
+        assert r.status_code == 429
+        other = {"x-forwarded-for": "198.51.100.3"}
+        r = await http.get("/api/v1/me", headers={**other, "authorization": f"Bearer {token}"})
+        assert r.status_code == 200
+        async with connect(chat.ws, additional_headers=other) as ws:
+            assert (await _hello(ws, token))["type"] == "welcome"
+
+
+async def test_the_forwarded_header_of_an_untrusted_peer_is_ignored(tmp_path: Path) -> None:
+    """With a trusted proxy set, a peer outside it still counts as itself."""
+    async with _in_process(tmp_path, auth_failures=3, trusted_proxies=["10.0.0.1"]) as client:
+        peer = client("192.0.2.20")
+        for n in range(3):
+            forged = {"authorization": "Bearer guess", "x-forwarded-for": f"203.0.113.{n}"}
+            assert (await peer.get("/api/v1/me", headers=forged)).status_code == 401
+        fresh = {"authorization": f"Bearer {ADMIN}", "x-forwarded-for": "198.51.100.3"}
+        assert (await peer.get("/metrics", headers=fresh)).status_code == 429
+
+
+async def test_zero_auth_failures_never_throttles(tmp_path: Path) -> None:
+    """auth_failures=0 (for deployments that throttle elsewhere): wrong tokens are 401s only."""
+    async with _in_process(tmp_path, auth_failures=0) as client:
+        guesser = client("203.0.113.4")
+        for _ in range(30):
+            r = await guesser.get("/api/v1/me", headers={"authorization": "Bearer guess"})
+            assert r.status_code == 401
+        r = await guesser.get("/metrics", headers={"authorization": f"Bearer {ADMIN}"})
+        assert r.status_code == 200
+
+
+def test_throttle_settings_come_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    """SERVICEBAY_CHAT_TRUSTED_PROXIES is comma-separated; AUTH_FAILURES may be 0."""
+    monkeypatch.setenv("SERVICEBAY_CHAT_TRUSTED_PROXIES", "10.0.0.0/8, 192.0.2.1")
+    monkeypatch.setenv("SERVICEBAY_CHAT_AUTH_FAILURES", "0")
+    settings = ChatSettings.from_env()
+    assert settings.trusted_proxies == ["10.0.0.0/8", "192.0.2.1/32"]
+    assert settings.auth_failures == 0
+    assert settings.describe()["trusted_proxies"] == ["10.0.0.0/8", "192.0.2.1/32"]

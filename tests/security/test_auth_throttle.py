@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from servicebay.auth_throttle import AuthThrottle
+from servicebay.auth_throttle import AuthThrottle, parse_trusted_proxies
 
 
 class Clock:
@@ -125,10 +125,69 @@ def test_expired_addresses_are_forgotten_on_the_next_failure() -> None:
 
 
 def test_settings_are_checked() -> None:
-    """A throttle that could never or always refuse is a mistake, said at once."""
-    for bad in ({"failures": 0}, {"window": 0}, {"max_addresses": 0}):
+    """A throttle that could always refuse or remember nothing is a mistake, said at once."""
+    for bad in ({"failures": -1}, {"window": 0}, {"max_addresses": 0}):
         with pytest.raises(ValueError, match="failures"):
             AuthThrottle(**bad)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match=r"'10\.0\.0\.300'"):
+        AuthThrottle(trusted_proxies=["10.0.0.1", "10.0.0.300"])
+
+
+def test_zero_failures_turns_the_throttle_off() -> None:
+    """failures=0: no number of failures from one address ever refuses it, nothing is kept."""
+    throttle = AuthThrottle(failures=0)
+    for _ in range(1000):
+        assert throttle.retry_after("10.0.0.1") is None
+        assert throttle.failed("10.0.0.1") is False
+    assert throttle.retry_after("10.0.0.1") is None
+    assert len(throttle) == 0
+    assert throttle.throttled == 0
+
+
+def _scope(peer: str | None, *forwarded: str) -> dict[str, object]:
+    headers = [(b"host", b"x"), *((b"x-forwarded-for", value.encode()) for value in forwarded)]
+    return {"client": (peer, 40000) if peer else None, "headers": headers}
+
+
+def test_without_trusted_proxies_the_forwarded_header_is_ignored() -> None:
+    """The default: the peer's address, whatever X-Forwarded-For says."""
+    throttle = AuthThrottle()
+    assert throttle.address(_scope("127.0.0.1", "192.0.2.1")) == "127.0.0.1"
+    assert throttle.address(_scope(None, "192.0.2.1")) is None
+
+
+def test_a_trusted_proxy_names_the_right_most_address_not_itself_trusted() -> None:
+    """From a trusted peer: the right-most entry that is not a trusted proxy (what the first
+    untrusted hop connected from); entries left of it may be forged and are not read."""
+    throttle = AuthThrottle(trusted_proxies="10.0.0.0/8, 192.0.2.10")
+    assert throttle.address(_scope("10.1.2.3", "203.0.113.7")) == "203.0.113.7"
+    # Forged on the left, then two trusted hops: the client is what the outer proxy saw.
+    chain = "198.51.100.66, 203.0.113.7, 192.0.2.10, 10.9.9.9"
+    assert throttle.address(_scope("10.1.2.3", chain)) == "203.0.113.7"
+    # Several header fields are one list, in order.
+    assert throttle.address(_scope("10.1.2.3", "198.51.100.66", "203.0.113.7")) == "203.0.113.7"
+    assert throttle.address(_scope("::ffff:10.1.2.3", "203.0.113.7")) == "203.0.113.7"
+    # No header: the proxy's own address; nothing but proxies: the farthest one.
+    assert throttle.address(_scope("10.1.2.3")) == "10.1.2.3"
+    assert throttle.address(_scope("10.1.2.3", " , ")) == "10.1.2.3"
+    assert throttle.address(_scope("10.1.2.3", "10.0.0.5, 192.0.2.10")) == "10.0.0.5"
+
+
+def test_the_forwarded_header_of_an_untrusted_peer_is_ignored() -> None:
+    """A peer outside the trusted proxies counts as itself, whatever it forwards."""
+    throttle = AuthThrottle(trusted_proxies=["10.0.0.0/8"])
+    assert throttle.address(_scope("11.0.0.1", "203.0.113.7")) == "11.0.0.1"
+    assert throttle.address(_scope("2001:db8::1", "203.0.113.7")) == "2001:db8::1"
+    assert throttle.address(_scope("not-an-ip", "203.0.113.7")) == "not-an-ip"
+
+
+def test_trusted_proxies_are_parsed_from_a_setting() -> None:
+    """A comma-separated string or a list; each entry checked and written as a network."""
+    assert parse_trusted_proxies(" 10.0.0.1 ,, 2001:db8::/32,") == ["10.0.0.1/32", "2001:db8::/32"]
+    assert parse_trusted_proxies(["192.0.2.0/24"]) == ["192.0.2.0/24"]
+    assert parse_trusted_proxies(None) == parse_trusted_proxies("") == []
+    with pytest.raises(ValueError, match=r"'proxy\.local'"):
+        parse_trusted_proxies("10.0.0.1,proxy.local")
 
 
 @given(

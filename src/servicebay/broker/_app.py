@@ -138,7 +138,11 @@ def create_app(
         lifecycle=lifecycle,
         metrics=metrics,
         authenticator=authenticator,
-        throttle=AuthThrottle(failures=settings.auth_failures, window=settings.auth_window),
+        throttle=AuthThrottle(
+            failures=settings.auth_failures,
+            window=settings.auth_window,
+            trusted_proxies=settings.trusted_proxies,
+        ),
     )
     app = Starlette(
         routes=OTHER_ROUTES,

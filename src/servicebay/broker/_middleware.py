@@ -39,7 +39,7 @@ from servicebay.broker._lifecycle import Lifecycle, Reply
 from servicebay.broker._metrics import BrokerMetrics
 from servicebay.broker._routing import OSBRequest, RouteTable, route_path
 
-__all__ = ["IDENTITY_KEY", "REQUEST_ID_KEY", "BrokerGate", "client_address", "header"]
+__all__ = ["IDENTITY_KEY", "REQUEST_ID_KEY", "BrokerGate", "header"]
 
 #: ASGI scope keys where the gate leaves what it decoded.
 IDENTITY_KEY = "servicebay.identity"
@@ -188,7 +188,7 @@ class BrokerGate:
     def _authenticate(self, scope: Scope) -> None:
         """Refuse a throttled address unchecked; count a wrong credential (not a missing one:
         it guesses nothing)."""
-        address = client_address(scope)
+        address = self.throttle.address(scope)
         wait = self.throttle.retry_after(address)
         if wait is not None:
             raise TooManyAttempts(wait)
@@ -205,12 +205,6 @@ class BrokerGate:
                     throttled_total=self.throttle.throttled,
                 )
             raise
-
-
-def client_address(scope: Scope) -> str | None:
-    """The peer's address as the server saw it (None on a Unix socket, say)."""
-    client = scope.get("client")
-    return str(client[0]) if client else None
 
 
 async def _respond(

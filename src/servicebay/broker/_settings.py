@@ -18,7 +18,11 @@ Setting (environment variable ``SERVICEBAY_BROKER_<NAME>``), default:
 - ``sync_abandoned_after``: 120 — seconds a synchronous provision/bind left in progress by a
   process that died blocks retries (422 ConcurrencyError) before a retry takes it over.
 - ``auth_failures``: 10, ``auth_window``: 60 — after that many failed authentications from one
-  address within that many seconds, the address is answered 429 (``Retry-After``) for as long.
+  address within that many seconds, the address is answered 429 (``Retry-After``) for as long;
+  ``auth_failures`` 0 turns this off (for deployments that throttle elsewhere).
+- ``trusted_proxies``: none — IP addresses or networks (comma-separated in the environment) of
+  reverse proxies whose ``X-Forwarded-For`` names the client the throttle counts (see
+  `servicebay.auth_throttle`); from any other peer the header is ignored.
 - ``log_level``: ``info`` (critical, error, warning, info, debug).
 """
 
@@ -31,6 +35,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 
+from servicebay.auth_throttle import parse_trusted_proxies
 from servicebay.broker._crypto import KEY_FILE_NAME
 
 __all__ = ["ENV_PREFIX", "LOG_LEVELS", "BrokerSettings", "SettingsError"]
@@ -59,9 +64,15 @@ class BrokerSettings(BaseModel):
     shutdown_grace: float = Field(default=10.0, ge=0)
     operation_lease: float = Field(default=30.0, gt=0)
     sync_abandoned_after: float = Field(default=120.0, gt=0)
-    auth_failures: int = Field(default=10, ge=1)
+    auth_failures: int = Field(default=10, ge=0)
     auth_window: float = Field(default=60.0, gt=0)
+    trusted_proxies: list[str] = Field(default_factory=list)
     log_level: str = "info"
+
+    @field_validator("trusted_proxies", mode="before")
+    @classmethod
+    def _proxy_networks(cls, value: Any) -> list[str]:
+        return parse_trusted_proxies(value)
 
     @field_validator("log_level")
     @classmethod

@@ -177,7 +177,8 @@ def _bearer(request: Request) -> str:
 
 
 def _address(request: Request) -> str | None:
-    return request.client.host if request.client else None
+    throttle: AuthThrottle = request.app.state.throttle
+    return throttle.address(request.scope)
 
 
 def failed_authentication(throttle: AuthThrottle, address: str | None) -> None:

@@ -319,7 +319,7 @@ class Session:
             raise ProtocolError("unsupported_version", f"this server speaks v{VERSION}")
         if self.user is not None:
             raise ProtocolError("bad_frame", "hello was already accepted on this connection")
-        address = self.ws.client.host if self.ws.client else None
+        address = self.throttle.address(self.ws.scope)
         wait = self.throttle.retry_after(address)
         if wait is not None:
             # Refused unchecked, then closed: reconnecting sooner gets the same.
@@ -644,7 +644,11 @@ def create_app(
     app = Starlette(routes=routes, middleware=[Middleware(SecurityHeaders)], lifespan=lifespan)
     app.state.service = service
     app.state.settings = settings
-    app.state.throttle = AuthThrottle(failures=settings.auth_failures, window=settings.auth_window)
+    app.state.throttle = AuthThrottle(
+        failures=settings.auth_failures,
+        window=settings.auth_window,
+        trusted_proxies=settings.trusted_proxies,
+    )
     return app
 
 
@@ -660,6 +664,7 @@ def uvicorn_options() -> dict[str, Any]:
         "ws_ping_timeout": 10,
         # The client's address is the socket's: uvicorn would otherwise take it from an
         # X-Forwarded-For header sent from 127.0.0.1, and anyone on the host could name a new
-        # address with every request and escape the failed-authentication throttle.
+        # address with every request and escape the failed-authentication throttle (which
+        # reads the header itself, from trusted_proxies only).
         "proxy_headers": False,
     }

@@ -364,8 +364,9 @@ def _uvicorn_config(
         extra.update(http=HttpProtocol)
     else:
         extra.update(http="httptools")
-    # X-Forwarded-* headers are not read: failed authentication is throttled per client address,
-    # and a forwarded header sent from 127.0.0.1 must not name a new one with every request.
+    # uvicorn reads no X-Forwarded-* header: failed authentication is throttled per client
+    # address, and a forwarded header sent from 127.0.0.1 must not name a new one with every
+    # request (the throttle reads X-Forwarded-For itself, from trusted_proxies only).
     extra.update(proxy_headers=False)
     return uvicorn.Config(
         app,

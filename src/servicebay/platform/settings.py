@@ -11,7 +11,9 @@ import os
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from servicebay.auth_throttle import parse_trusted_proxies
 
 DEFAULT_PORT = 8470
 
@@ -29,7 +31,10 @@ class PlatformSettings(BaseModel):
     sensitive parameters at rest; when absent a key file in ``home`` is created (mode 0600).
     ``tokens`` maps API tokens to user names; when absent the token file in ``home`` is used.
     ``auth_failures`` wrong tokens from one address within ``auth_window`` seconds get it 429
-    for that long (``SERVICEBAY_PLATFORM_AUTH_FAILURES``, ``SERVICEBAY_PLATFORM_AUTH_WINDOW``).
+    for that long (``SERVICEBAY_PLATFORM_AUTH_FAILURES``, ``SERVICEBAY_PLATFORM_AUTH_WINDOW``;
+    0 failures turns that off). ``trusted_proxies`` (``SERVICEBAY_PLATFORM_TRUSTED_PROXIES``,
+    comma-separated addresses or networks, none by default) are the reverse proxies whose
+    ``X-Forwarded-For`` names the client counted; from any other peer it is ignored.
     """
 
     model_config = ConfigDict(frozen=True)
@@ -48,9 +53,15 @@ class PlatformSettings(BaseModel):
     default_retry_after: float = 2.0
     max_polling_duration: float = 3600.0
     orphan_backoff_cap: float = 60.0
-    auth_failures: int = Field(default=10, ge=1)
+    auth_failures: int = Field(default=10, ge=0)
     auth_window: float = Field(default=60.0, gt=0)
+    trusted_proxies: list[str] = Field(default_factory=list)
     log_level: str = "info"
+
+    @field_validator("trusted_proxies", mode="before")
+    @classmethod
+    def _proxy_networks(cls, value: Any) -> list[str]:
+        return parse_trusted_proxies(value)
 
     @classmethod
     def from_env(cls, **overrides: Any) -> PlatformSettings:
@@ -68,7 +79,7 @@ class PlatformSettings(BaseModel):
         lease = os.environ.get("SERVICEBAY_PLATFORM_LEASE_SECONDS")
         if lease:
             values["lease_seconds"] = float(lease)
-        for name in ("auth_failures", "auth_window"):
+        for name in ("auth_failures", "auth_window", "trusted_proxies"):
             raw = os.environ.get(f"SERVICEBAY_PLATFORM_{name.upper()}")
             if raw:
                 values[name] = raw
@@ -91,6 +102,7 @@ class PlatformSettings(BaseModel):
             "broker_timeout": self.broker_timeout,
             "auth_failures": self.auth_failures,
             "auth_window": self.auth_window,
+            "trusted_proxies": self.trusted_proxies,
         }
 
 

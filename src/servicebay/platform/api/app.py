@@ -63,8 +63,7 @@ class TokenAuth:
         if scope["type"] != "http" or not path.startswith("/api/") or path in PUBLIC:
             await self.app(scope, receive, send)
             return
-        client = scope.get("client")
-        address = str(client[0]) if client else None
+        address = self.throttle.address(scope)
         wait = self.throttle.retry_after(address)
         if wait is not None:
             await _too_many_attempts(wait)(scope, receive, send)
@@ -148,7 +147,11 @@ def create_app(
     """The platform ASGI app. ``transport`` reaches brokers (tests pass an in-process one)."""
     settings = settings or PlatformSettings.from_env()
     platform = Platform(settings, transport=transport)
-    throttle = AuthThrottle(failures=settings.auth_failures, window=settings.auth_window)
+    throttle = AuthThrottle(
+        failures=settings.auth_failures,
+        window=settings.auth_window,
+        trusted_proxies=settings.trusted_proxies,
+    )
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[dict[str, Any]]:

@@ -71,6 +71,6 @@ def uvicorn_options() -> dict[str, Any]:
     ``proxy_headers`` is off: uvicorn would otherwise take the client's address from an
     ``X-Forwarded-For`` header sent from 127.0.0.1, so anyone on the host could name a new
     address with every request and escape the failed-authentication throttle, which counts
-    per address.
+    per address (it reads the header itself, from ``trusted_proxies`` only).
     """
     return {"access_log": False, "http": OneWriteHttpProtocol, "proxy_headers": False}
