@@ -466,6 +466,13 @@ class Worker:
         )
 
     async def _set_target(self, conn: AsyncConnection, job: Job, **values: Any) -> None:
+        """Update the operation's instance or binding; call it after the operation's update.
+
+        On PostgreSQL updating an operation also updates its instance (the view triggers of
+        migration 0003), so that transaction locks the operation, then the instance. Every
+        worker path keeps that order (``_finish``/``_reschedule`` first, then this): one that
+        locked the instance first could deadlock with another transaction on the operation.
+        """
         table = tables.bindings if job.binding_id else tables.instances
         values["updated_at"] = utcnow()
         key = job.binding_id or job.instance_id
@@ -544,8 +551,8 @@ class Worker:
                     conn, job, state="ready", dashboard_url=reply.body.get("dashboard_url")
                 )
             elif reply.verdict is Verdict.ACCEPTED:
+                await self._accepted(conn, job, reply)  # the operation first: see _set_target
                 await self._set_target(conn, job, dashboard_url=reply.body.get("dashboard_url"))
-                await self._accepted(conn, job, reply)
             elif reply.orphan_mitigation:
                 await self._orphan_mitigation(conn, job, reply.description, then="keep")
             else:
