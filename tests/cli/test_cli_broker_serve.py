@@ -292,7 +292,8 @@ def test_sigterm_lets_in_flight_work_finish_and_records_it(
 def test_workers_share_the_socket_and_the_store(
     tmp_path: Path, processes: list[subprocess.Popen[bytes]]
 ) -> None:
-    """--workers 2: two processes serve one URL; what one records, the other answers."""
+    """--workers 2: two processes serve one URL, with the same settings; what one records, the
+    other answers."""
     process, log_path = _start(
         tmp_path,
         "--port",
@@ -304,6 +305,7 @@ def test_workers_share_the_socket_and_the_store(
         "--log-format",
         "json",
         SERVICEBAY_BROKER_PASSWORD=PASSWORD,
+        SERVICEBAY_BROKER_TRUSTED_PROXIES="10.0.0.0/8, 192.0.2.1",
     )
     processes.append(process)
     url = _wait_for_url(process, log_path)
@@ -312,6 +314,8 @@ def test_workers_share_the_socket_and_the_store(
     while log_path.read_text().count("Application startup complete") < 2:
         assert time.monotonic() < deadline, log_path.read_text()
         time.sleep(0.05)
+    # Each worker got the settings, a list included (each logs them at start).
+    assert log_path.read_text().count('"trusted_proxies": ["10.0.0.0/8", "192.0.2.1/32"]') == 2
     body = {"service_id": SERVICE_ID, "plan_id": SYNC_PLAN}
     with httpx.Client(auth=auth, headers=HEADERS) as client:
         for i in range(20):

@@ -427,7 +427,9 @@ def _serve_many(
 
     # Workers are fresh processes: hand them the flags through the environment they inherit.
     for name, value in settings.model_dump().items():
-        if value is not None:
+        if isinstance(value, list):  # trusted_proxies: comma-separated, as the variable is read
+            os.environ["SERVICEBAY_BROKER_" + name.upper()] = ",".join(value)
+        elif value is not None:
             os.environ["SERVICEBAY_BROKER_" + name.upper()] = str(value)
     os.environ[TARGET_ENV] = target
     os.environ[LOG_FORMAT_ENV] = fmt.value
