@@ -6,6 +6,7 @@ import asyncio
 import fcntl
 import os
 import sqlite3
+import threading
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from datetime import UTC, datetime, timedelta
@@ -500,3 +501,30 @@ async def test_sqlite_url_spellings_are_accepted(scheme: str, tmp_path: Path) ->
         assert await plain.get_instance(record.instance_id) == record
     finally:
         await plain.close()
+
+
+def test_many_connections_turning_a_fresh_file_to_wal_at_once_all_succeed(tmp_path: Path) -> None:
+    """SQLite answers "database is locked" at once (no busy wait) to a connection turning a
+    fresh file to WAL while another does; the store retries, so 8 at a time never fail
+    (plain `PRAGMA journal_mode=WAL` failed in 13 of 150 such rounds here)."""
+    errors: list[str] = []
+
+    def convert(path: Path) -> None:
+        conn = sqlite3.connect(path, isolation_level=None, timeout=30, check_same_thread=False)
+        try:
+            _sqlstore._wal_retrying(conn)
+            (mode,) = conn.execute("PRAGMA journal_mode").fetchone()
+            assert mode == "wal"
+        except Exception as exc:  # collected: a thread's exception would be lost
+            errors.append(repr(exc))
+        finally:
+            conn.close()
+
+    for n in range(60):
+        path = tmp_path / f"fresh-{n}.db"
+        threads = [threading.Thread(target=convert, args=(path,)) for _ in range(8)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+    assert errors == []

@@ -678,8 +678,12 @@ class _SQLite:
             timeout=_SQLITE_BUSY_TIMEOUT_S,
             check_same_thread=False,  # the writer is used from our thread when it must wait
         )
-        conn.execute("PRAGMA journal_mode=WAL")
-        conn.execute("PRAGMA synchronous=NORMAL")
+        try:
+            _wal_retrying(conn)
+            conn.execute("PRAGMA synchronous=NORMAL")
+        except BaseException:
+            conn.close()
+            raise
         return conn
 
     async def close(self) -> None:
@@ -1106,6 +1110,27 @@ def _create_tables(conn: Connection) -> None:
 def _with_begin(engine: Any, fn: Callable[[Connection], T]) -> T:
     with engine.begin() as conn:
         return fn(conn)
+
+
+def _wal_retrying(conn: sqlite3.Connection) -> None:
+    """Put the database in WAL mode, waiting while another connection converts it.
+
+    Turning a fresh database to WAL takes an exclusive lock after a shared one; SQLite answers
+    "database is locked" at once instead of calling the busy handler (waiting could deadlock
+    two converters), so several processes opening a fresh file together retry here, for as
+    long as the busy timeout would have waited.
+    """
+    deadline = time.monotonic() + _SQLITE_BUSY_TIMEOUT_S
+    pause = 0.005
+    while True:
+        try:
+            conn.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() >= deadline:
+                raise
+        time.sleep(pause)
+        pause = min(pause * 2, 0.1)
 
 
 def _create_schema_retrying(create: Callable[[], None]) -> None:
