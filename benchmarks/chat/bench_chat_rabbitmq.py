@@ -54,7 +54,7 @@ from urllib.parse import quote
 import aio_pika
 import httpx
 import orjson
-from lean_clients import ReceiverProcess, Sender, pct
+from lean_clients import ReceiverProcess, Sender, paced, pct
 
 from servicebay import bindings
 from servicebay.chat.stores import Retention, open_store
@@ -187,13 +187,7 @@ async def append_latency(url: str, rate: float, seconds: float) -> tuple[float, 
         await store.append("paced", "s", f"k{i}", BODY)
         latencies.append(time.perf_counter() - start)
 
-    tasks = []
-    begin = time.perf_counter()
-    for i in range(int(rate * seconds)):
-        if (delay := begin + i / rate - time.perf_counter()) > 0:
-            await asyncio.sleep(delay)
-        tasks.append(asyncio.create_task(one(i)))
-    await asyncio.gather(*tasks)
+    await paced(rate, seconds, one)
     await store.close()
     return pct(latencies, 50) * 1000, pct(latencies, 99) * 1000
 

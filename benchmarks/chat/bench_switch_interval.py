@@ -21,7 +21,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from lean_clients import pct
+from lean_clients import paced, pct
 
 from servicebay.chat.stores import Retention
 from servicebay.chat.stores.sqlite import SQLiteChatStore
@@ -52,13 +52,7 @@ async def measure(rate: float, seconds: float, busy_ms: float) -> tuple[float, f
             latencies.append(time.perf_counter() - start)
 
         spinner = asyncio.create_task(busy())
-        tasks = []
-        begin = time.perf_counter()
-        for i in range(int(rate * seconds)):
-            if (delay := begin + i / rate - time.perf_counter()) > 0:
-                await asyncio.sleep(delay)
-            tasks.append(asyncio.create_task(one(i)))
-        await asyncio.gather(*tasks)
+        await paced(rate, seconds, one)
         stop.set()
         await spinner
         await store.close()

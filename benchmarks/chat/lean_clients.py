@@ -25,6 +25,7 @@ import json
 import sys
 import time
 from array import array
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -192,6 +193,18 @@ def pct(values: Any, p: float) -> float:
         return float("nan")
     ordered = sorted(values)
     return float(ordered[min(len(ordered) - 1, round(p / 100 * (len(ordered) - 1)))])
+
+
+async def paced(rate: float, seconds: float, call: Callable[[int], Awaitable[None]]) -> None:
+    """Start ``call(0)``, ``call(1)``, … at ``rate`` a second for ``seconds`` (on schedule, not
+    after the previous one ends), then wait for them all."""
+    tasks = []
+    begin = time.perf_counter()
+    for i in range(int(rate * seconds)):
+        if (delay := begin + i / rate - time.perf_counter()) > 0:
+            await asyncio.sleep(delay)
+        tasks.append(asyncio.create_task(call(i)))
+    await asyncio.gather(*tasks)
 
 
 class ReceiverProcess:
