@@ -8,14 +8,16 @@ import datetime as dt
 from pathlib import Path
 from typing import Any
 
+import httpx
 import platform_fake_broker
 import pytest
 import sqlalchemy as sa
 from alembic import command
 from alembic.config import Config
+from platform_fake_broker import FakeBroker
 from platform_fake_broker import catalog as fake_catalog
 
-from conftest import PlatformUnderTest, sync_engine
+from conftest import PlatformUnderTest, platform_settings, running_platform, sync_engine
 from servicebay.platform.store import migrations, tables
 
 
@@ -173,19 +175,24 @@ async def test_stored_views_follow_renames_and_writes_made_outside_the_api(
 
 
 async def test_migration_renders_the_views_of_instances_made_before_it(
-    platform: PlatformUnderTest, db_url: str
+    tmp_path: Path, db_url: str, fake: FakeBroker
 ) -> None:
     """Down to revision 0002 (no stored views), up again: every instance there is gets its
-    view, equal to the one read alone; the downgrade leaves no trigger behind."""
-    await platform.register_fake()
-    for n in range(3):
-        await _provision(platform, {"service": "fake", "plan": "sync", "name": f"old-{n}"})
+    view, equal to the one read alone; the downgrade leaves no trigger behind. The platform is
+    stopped while the migrations run (they block, and would wait for its transactions)."""
+    settings = platform_settings(tmp_path, db_url)
+    transport = httpx.ASGITransport(app=fake.app())
+    async with running_platform(settings, transport) as platform:
+        await platform.register_fake()
+        for n in range(3):
+            await _provision(platform, {"service": "fake", "plan": "sync", "name": f"old-{n}"})
+        cipher = platform.app.state.platform.cipher
     config = Config()
     config.set_main_option("script_location", str(Path(migrations.__file__).parent))
     engine = sync_engine(db_url)
     with engine.connect() as conn:
         config.attributes["connection"] = conn
-        config.attributes["cipher"] = platform.app.state.platform.cipher  # for 0004
+        config.attributes["cipher"] = cipher  # for 0004
         command.downgrade(config, "0002")
         conn.commit()
         assert "view_json" not in {col["name"] for col in sa.inspect(conn).get_columns("instances")}
@@ -196,6 +203,7 @@ async def test_migration_renders_the_views_of_instances_made_before_it(
         command.upgrade(config, "head")
         conn.commit()
     engine.dispose()
-    views = await _listed_equal_alone(platform)
+    async with running_platform(settings, transport) as platform:
+        views = await _listed_equal_alone(platform)
     assert sorted(views) == ["old-0", "old-1", "old-2"]
     assert views["old-1"]["state"] == "failed"
