@@ -66,7 +66,7 @@ class Ceiling:
 
 
 def sqlite_ceiling(
-    path: Path, readers: int = 1, messages: int = 20_000, batch: int = CEILING_BATCH
+    path: Path, readers: int = 1, messages: int = 60_000, batch: int = CEILING_BATCH
 ) -> Ceiling:
     """Messages/s through batched append + N reads + N cursor moves and delete, WAL, FULL."""
     conn = sqlite3.connect(path, isolation_level=None)
@@ -237,7 +237,7 @@ async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--receivers", default="10,100")
     parser.add_argument("--rate", type=float, default=500.0)
-    parser.add_argument("--saturated-messages", type=int, default=20_000)
+    parser.add_argument("--saturated-messages", type=int, default=60_000)
     parser.add_argument("--paced-seconds", type=float, default=6.0)
     parser.add_argument("--json", type=Path)
     parser.add_argument("--only", choices=["saturated", "paced"], help="one mode (iterating)")

@@ -337,7 +337,7 @@ async def main() -> None:
     parser.add_argument("--rate", type=float, default=500.0)
     parser.add_argument("--ceiling-messages", type=int, default=5000)
     parser.add_argument("--packed-messages", type=int, default=40_000)
-    parser.add_argument("--saturated-messages", type=int, default=20_000)
+    parser.add_argument("--saturated-messages", type=int, default=60_000)
     parser.add_argument("--paced-seconds", type=float, default=6.0)
     parser.add_argument(
         "--mappings",

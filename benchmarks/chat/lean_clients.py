@@ -4,7 +4,8 @@ Shared by ``bench_chat.py`` (SQLite store) and ``bench_chat_rabbitmq.py`` (Rabbi
 that both backends are driven by exactly the same clients.
 
 A ``Receiver`` does what a client must (decode every frame, check that each seq follows the
-previous one, ack cumulatively every ``ACK_EVERY`` like ``servicebay.chat.client``) and nothing
+previous one, ack cumulatively like ``servicebay.chat.client``: ``ACK_EVERY`` after a message
+arrives, at once when ``ACK_AT`` are unacknowledged) and nothing
 else, on websockets' sans-I/O protocol over an asyncio ``Protocol``: no task, future or queue
 per WebSocket message, so that 100 of them cost the two shared cores little next to the server
 they measure. Arrival time is stamped when the bytes arrive (``data_received``), before decoding.
@@ -35,7 +36,7 @@ from websockets.frames import Frame, Opcode
 from websockets.http11 import Response
 from websockets.uri import parse_uri
 
-from servicebay.chat.client import ACK_EVERY
+from servicebay.chat.client import ACK_AT, ACK_EVERY
 
 
 class Receiver(asyncio.Protocol):
@@ -48,7 +49,8 @@ class Receiver(asyncio.Protocol):
         self.latencies = array("d")
         self.last = 0
         self.last_arrival = 0.0
-        self.acked, self.acked_at = 0, 0.0
+        self.acked = 0
+        self.ack_timer: asyncio.TimerHandle | None = None
         self.done = asyncio.Event()
         self.ready = asyncio.Event()
         self.failure: Exception | None = None
@@ -102,12 +104,29 @@ class Receiver(asyncio.Protocol):
                     self.failure = exc
                     self.done.set()
                     return
-        if self.last > self.acked and (now - self.acked_at >= ACK_EVERY or self.last >= self.total):
-            self._send({"type": "ack", "room": self.room, "seq": self.last})
-            self.acked, self.acked_at = self.last, now
+        if self.last > self.acked:
+            if self.last - self.acked >= ACK_AT or self.last >= self.total:
+                self._send_ack()
+            elif self.ack_timer is None:
+                loop = asyncio.get_running_loop()
+                self.ack_timer = loop.call_later(ACK_EVERY, self._ack_due)
         self._flush()
         if self.last >= self.total and self.done_with_all:
             self.done.set()
+
+    def _send_ack(self) -> None:
+        """Ack up to the last seq seen (cumulative), as ``servicebay.chat.client`` does."""
+        if self.ack_timer is not None:
+            self.ack_timer.cancel()
+            self.ack_timer = None
+        self._send({"type": "ack", "room": self.room, "seq": self.last})
+        self.acked = self.last
+
+    def _ack_due(self) -> None:
+        self.ack_timer = None
+        if self.transport is not None and not self.transport.is_closing():
+            self._send_ack()
+            self._flush()
 
     def _on_text(self, text: bytes | bytearray | memoryview, now: float) -> None:
         data = orjson.loads(text)

@@ -10,6 +10,7 @@ import pytest
 from chat_helpers import ServedChat, eventually
 from websockets.asyncio.client import ClientConnection, connect
 
+from servicebay.chat import client as client_module
 from servicebay.chat.client import ChatClient, ChatError
 from servicebay.chat.server import WINDOW
 
@@ -226,3 +227,21 @@ async def test_client_that_does_not_ack_stops_at_the_window_and_resumes_after_ac
             while len(seen) < total:
                 seen += [f["seq"] for f in await _frames_until(b, "msg") if f["type"] == "msg"]
     assert seen == list(range(1, total + 1))
+
+
+async def test_client_acks_at_once_before_the_window_fills(
+    chat: ServedChat, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A fast room does not wait for the ack timer: with the timer out of reach (60 s), the
+    client's early acks (ACK_AT unacknowledged) still let more than WINDOW messages through."""
+    monkeypatch.setattr(client_module, "ACK_EVERY", 60.0)
+    total = 2 * WINDOW + 100
+    ann, bob = await chat.user("ann", "lobby"), await chat.user("bob", "lobby")
+    async with ChatClient(chat.ws, ann) as a, ChatClient(chat.ws, bob) as b:
+        await b.ready.wait()
+        for first in range(0, total, 500):
+            batch = range(first, min(total, first + 500))
+            await asyncio.gather(*(a.send("lobby", str(i)) for i in batch))
+        async with asyncio.timeout(20):
+            got = [await b.next_message() for _ in range(total)]
+    assert [m.seq for m in got] == list(range(1, total + 1))

@@ -37,6 +37,10 @@ RETRYABLE = {"unavailable", "not_ready"}
 # ack frame costs the server as much as a delivery (measured: 20 ms → 50 ms cut the server's ack
 # frames by 2.5x at 500 msg/s). The durable cursor trails by that much more: redelivery, never loss.
 ACK_EVERY = 0.05
+# ...unless a room has this many unacknowledged messages: half the server's window of 2,048
+# (docs/chat-protocol.md, flow control). At 50 ms alone, a room faster than ~40,000 msg/s would
+# fill the window and wait for the timer.
+ACK_AT = 1024
 
 
 class ChatError(Exception):
@@ -114,6 +118,7 @@ class ChatClient:
         self._outbox: list[dict[str, Any]] = []
         self._to_ack: dict[str, int] = {}
         self._ack_timer: asyncio.TimerHandle | None = None
+        self._acked: dict[str, int] = {}  # per room: the last seq acknowledged
 
     async def __aenter__(self) -> ChatClient:
         """Start connecting (returns at once; ``ready`` is set once welcomed)."""
@@ -265,13 +270,20 @@ class ChatClient:
         return False
 
     def _ack(self, touched: dict[str, int]) -> None:
-        """Acknowledge what was handed over, at most every ACK_EVERY seconds per client.
+        """Acknowledge what was handed over, at most every ACK_EVERY seconds per client, or at
+        once when a room has ACK_AT unacknowledged (before the server's window fills).
 
         Acks are cumulative, so a burst needs one; the server's durable cursor then trails by
         at most ACK_EVERY, and a reconnect carries the exact position anyway.
         """
         self._to_ack.update(touched)
-        if self._to_ack and self._ack_timer is None:
+        if not self._to_ack:
+            return
+        if any(seq - self._acked.get(room, 0) >= ACK_AT for room, seq in touched.items()):
+            if self._ack_timer is not None:
+                self._ack_timer.cancel()
+            self._send_acks()
+        elif self._ack_timer is None:
             loop = asyncio.get_running_loop()
             self._ack_timer = loop.call_later(ACK_EVERY, self._send_acks)
 
@@ -279,6 +291,7 @@ class ChatClient:
         self._ack_timer = None
         for room, seq in self._to_ack.items():
             self._queue({"type": "ack", "room": room, "seq": seq})
+            self._acked[room] = seq
         self._to_ack.clear()
 
     def _accept(self, frame: dict[str, Any], touched: dict[str, int]) -> bool:
