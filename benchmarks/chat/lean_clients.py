@@ -147,7 +147,7 @@ class Receiver(asyncio.Protocol):
 class Sender(Receiver):
     """A lean sender: saturated (``WINDOW`` unanswered) or paced; records send→``sent``."""
 
-    WINDOW = 256
+    WINDOW = 512
 
     def __init__(self, url: str, token: str, total: int, room: str) -> None:
         super().__init__(url, token, total, room)

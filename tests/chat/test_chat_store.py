@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from servicebay.chat.stores import (
+    Appended,
     ChatStore,
     NotMember,
     Retention,
@@ -175,33 +176,36 @@ async def test_sqlite_op_failing_unexpectedly_fails_alone(tmp_path: Path) -> Non
         await store.close()
 
 
-async def test_sqlite_append_many_is_append_in_order(tmp_path: Path) -> None:
-    """Several sends in one write: consecutive seqs, known and repeated keys are duplicates."""
-    store = SQLiteChatStore(tmp_path / "m.db")
-    await store.open()
+async def test_append_many_is_append_in_order(chat_store: ChatStore) -> None:
+    """Several sends in one write: consecutive seqs, known and repeated keys are duplicates;
+    a non-member's items are refused (per item, or the whole write), nothing stored."""
+    store = chat_store
+    await _room_with(store, "ann")
+    first = await store.append("r", "ann", "k0", "zero")
+    items = [("k1", "one"), ("k0", "again"), ("k2", "two"), ("k1", "one again")]
+    outcomes = await store.append_many("r", "ann", items)
+    assert all(isinstance(o, Appended) for o in outcomes)
+    assert [(o.seq, o.duplicate) for o in outcomes] == [  # type: ignore[union-attr]
+        (2, False),
+        (1, True),
+        (3, False),
+        (2, True),
+    ]
+    assert outcomes[1].sent_at == first.sent_at  # type: ignore[union-attr]
+    assert list(await store.append_many("r", "ann", [])) == []
     try:
-        await _room_with(store, "ann")
-        first = await store.append("r", "ann", "k0", "zero")
-        items = [("k1", "one"), ("k0", "again"), ("k2", "two"), ("k1", "one again")]
-        outcomes = await store.append_many("r", "ann", items)
-        assert [(o.seq, o.duplicate) for o in outcomes] == [
-            (2, False),
-            (1, True),
-            (3, False),
-            (2, True),
-        ]
-        assert outcomes[1].sent_at == first.sent_at
-        stored = await store.read("r", 0)
-        assert [(m.seq, m.key, m.body) for m in stored] == [
-            (1, "k0", "zero"),
-            (2, "k1", "one"),
-            (3, "k2", "two"),
-        ]
-        assert (await store.get_room("r")).head == 3  # type: ignore[union-attr]
-        with pytest.raises(NotMember):
-            await store.append_many("r", "eve", [("k", "x")])
-    finally:
-        await store.close()
+        refused = await store.append_many("r", "eve", [("k", "x"), ("l", "y")])
+    except NotMember:
+        pass
+    else:
+        assert [type(o) for o in refused] == [NotMember, NotMember]
+    stored = await store.read("r", 0)
+    assert [(m.seq, m.key, m.body) for m in stored] == [
+        (1, "k0", "zero"),
+        (2, "k1", "one"),
+        (3, "k2", "two"),
+    ]
+    assert (await store.get_room("r")).head == 3  # type: ignore[union-attr]
 
 
 async def test_ack_moves_cursor_forward_only_and_not_past_head(chat_store: ChatStore) -> None:

@@ -17,9 +17,9 @@ import contextlib
 import functools
 import random
 from collections import deque
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 import structlog
 
@@ -45,8 +45,7 @@ WAKE_PER_LISTENER = 0.0005
 WAKE_MAX = 0.025
 
 
-@dataclass(frozen=True)
-class Entry:
+class Entry(NamedTuple):
     """A stored message with its ``msg`` frame encoded once for every receiver."""
 
     seq: int
@@ -439,20 +438,14 @@ class ChatService:
 
     def submit_many(
         self, hub: RoomHub, user: User, items: list[tuple[str, str]]
-    ) -> asyncio.Future[list[Appended | BaseException]]:
+    ) -> asyncio.Future[Sequence[Appended | BaseException]]:
         """``submit`` for several ``(key, body)`` of one member: one future for the lot.
 
-        A WebSocket client packs its sends into arrays; a store with ``append_many`` (SQLite)
-        writes them as one operation, others get one ``append`` each. Each item's outcome is
-        an ``Appended`` or the error that refused it.
+        A WebSocket client packs its sends into arrays; the store writes them as one
+        operation (one future, and one batch of the room's log). Each item's outcome is an
+        ``Appended`` or the error that refused it.
         """
-        many = getattr(self.store, "append_many", None)
-        stored: asyncio.Future[list[Appended | BaseException]]
-        if many is not None:
-            stored = asyncio.ensure_future(many(hub.room, user.id, items))
-        else:
-            appends = (self.store.append(hub.room, user.id, k, b) for k, b in items)
-            stored = asyncio.gather(*appends, return_exceptions=True)
+        stored = asyncio.ensure_future(self.store.append_many(hub.room, user.id, items))
         stored.add_done_callback(functools.partial(self._stored, hub, user.id, items))
         return stored
 

@@ -26,6 +26,7 @@ import asyncio
 import secrets
 import sqlite3
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 import structlog
 
@@ -69,8 +70,7 @@ class Placed:
     offset: int
 
 
-@dataclass(frozen=True)
-class Recorded:
+class Recorded(NamedTuple):
     """One message as its key is recorded: who sent it under which key, and when."""
 
     sender: str

@@ -19,9 +19,9 @@ Errors::
 
 from __future__ import annotations
 
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import NamedTuple, Protocol
 
 
 @dataclass(frozen=True)
@@ -88,9 +88,12 @@ class Message:
     sent_at: float
 
 
-@dataclass(frozen=True)
-class Appended:
-    """The outcome of ``append``: the room seq; ``duplicate`` when the key was already known."""
+class Appended(NamedTuple):
+    """The outcome of ``append``: the room seq; ``duplicate`` when the key was already known.
+
+    (A named tuple, as the other per-message records: a frozen dataclass costs ~0.75 µs to
+    build, a named tuple ~0.38.)
+    """
 
     seq: int
     sent_at: float
@@ -211,6 +214,15 @@ class ChatStore(Protocol):
 
         An ``async def`` or a plain method returning a future (no task per message: the
         server attaches callbacks to it); either way the result comes only once it is durable.
+        """
+
+    def append_many(
+        self, room_id: str, sender: str, items: Sequence[tuple[str, str]]
+    ) -> Awaitable[Sequence[Appended | BaseException]]:
+        """``append`` for several ``(key, body)`` of one sender, in order (a client's array of
+        sends): each item's ``Appended``, or the error that refused that item; a failure of
+        the whole write may raise instead. A key repeated within ``items`` is a duplicate of
+        its first occurrence.
         """
 
     async def read(self, room_id: str, after: int, limit: int = 500) -> list[Message]:

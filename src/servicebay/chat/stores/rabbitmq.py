@@ -39,7 +39,9 @@ import re
 import secrets
 import time
 from collections import deque
+from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any
 from urllib.parse import parse_qsl
 
 import structlog
@@ -122,12 +124,45 @@ def open_rabbitmq_store(binding_name: str | None) -> ChatStore:
     return RabbitMQChatStore(uri, state, rotate_every=rotate_every)
 
 
-@dataclass
+class _Answers:
+    """The answers to one ``append`` (``single``) or one ``append_many``, settled together."""
+
+    __slots__ = ("fut", "left", "results", "single")
+
+    def __init__(self, count: int, single: bool) -> None:
+        self.fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self.results: list[Appended | BaseException | None] = [None] * count
+        self.left = count
+        self.single = single
+
+    def settle(self, index: int, answer: Appended | BaseException) -> None:
+        """Record one item's answer; the future settles with the last one."""
+        if self.fut.done() or self.results[index] is not None:
+            return  # the caller gave up (cancelled), or already answered
+        self.results[index] = answer
+        self.left -= 1
+        if self.left:
+            return
+        if not self.single:
+            self.fut.set_result(self.results)
+        elif isinstance(answer, BaseException):
+            self.fut.set_exception(answer)
+        else:
+            self.fut.set_result(answer)
+
+
 class _Append:
-    sender: str
-    key: str
-    body: str
-    fut: asyncio.Future[Appended]
+    """One queued message: its sender, key and body, and where its answer goes."""
+
+    __slots__ = ("answers", "body", "index", "key", "sender")
+
+    def __init__(self, sender: str, key: str, body: str, answers: _Answers, index: int) -> None:
+        self.sender, self.key, self.body = sender, key, body
+        self.answers, self.index = answers, index
+
+    def settle(self, answer: Appended | BaseException) -> None:
+        """Answer this message (once)."""
+        self.answers.settle(self.index, answer)
 
 
 @dataclass
@@ -165,8 +200,7 @@ def _pairs(batch: list[_Append]) -> list[tuple[str, str]]:
 
 def _fail(batch: list[_Append], exc: BaseException) -> None:
     for item in batch:
-        if not item.fut.done():
-            item.fut.set_exception(exc)
+        item.settle(exc)
 
 
 def _pack(rows: list[Recorded], bodies: list[str]) -> list[list[tuple[Recorded, str]]]:
@@ -261,7 +295,10 @@ class RabbitMQChatStore:
         await self.meta.ping()
 
     def _room(self, room_id: str) -> _RoomLog:
-        return self._rooms.setdefault(room_id, _RoomLog())
+        room = self._rooms.get(room_id)
+        if room is None:  # (not setdefault: that would build an entry on every call)
+            room = self._rooms[room_id] = _RoomLog()
+        return room
 
     def _forget(self, room_id: str, room: _RoomLog) -> None:
         """Drop the room's entry when it holds nothing: a missing room leaves nothing behind.
@@ -430,12 +467,34 @@ class RabbitMQChatStore:
 
         (A future rather than a coroutine: the server attaches its callbacks to it directly.)
         """
-        fut: asyncio.Future[Appended] = asyncio.get_running_loop().create_future()
+        answers = _Answers(1, single=True)
+        self._queue(room_id, [_Append(sender, key, body, answers, 0)])
+        fut: asyncio.Future[Appended] = answers.fut
+        return fut
+
+    def append_many(
+        self, room_id: str, sender: str, items: Sequence[tuple[str, str]]
+    ) -> asyncio.Future[list[Appended | BaseException]]:
+        """``append`` for several ``(key, body)`` of one sender, in order: one future for the
+        lot, with each item's ``Appended`` or the error that refused it.
+
+        They join the room's queue together, so they go into the same batch (or consecutive
+        ones past ``MAX_BATCH``); a key repeated within ``items`` is a duplicate of its first.
+        """
+        answers = _Answers(len(items), single=False)
+        if not items:
+            answers.fut.set_result([])
+        else:
+            queued = [_Append(sender, k, b, answers, i) for i, (k, b) in enumerate(items)]
+            self._queue(room_id, queued)
+        fut: asyncio.Future[list[Appended | BaseException]] = answers.fut
+        return fut
+
+    def _queue(self, room_id: str, items: list[_Append]) -> None:
         room = self._room(room_id)
-        room.waiting.append(_Append(sender, key, body, fut))
+        room.waiting.extend(items)
         if room.writer is None or room.writer.done():
             room.writer = asyncio.create_task(self._write_loop(room_id, room))
-        return fut
 
     async def _write_loop(self, room_id: str, room: _RoomLog) -> None:
         """Write batches until none waits; each batch's check comes with the previous record."""
@@ -506,12 +565,7 @@ class RabbitMQChatStore:
         else:
             nxt = (_take(room), None)
         for item, answer in answers:
-            if item.fut.done():
-                continue
-            if isinstance(answer, Exception):
-                item.fut.set_exception(answer)
-            else:
-                item.fut.set_result(answer)
+            item.settle(answer)
         return nxt
 
     async def _store(
