@@ -104,7 +104,11 @@ async def ceiling(
 
         async def on_message(message: aio_pika.abc.AbstractIncomingMessage) -> None:
             before = received[index]
-            received[index] += pack
+            if pack > 1:
+                # Every reader gets every chat message, as SQLite's readers fetch every row.
+                received[index] += len(orjson.loads(message.body))
+            else:
+                received[index] += 1
             if pack > 1:
                 # Each entry on its own: aio-pika runs callbacks as tasks, and a cumulative
                 # ack overtaken by a later one names an unknown tag (the channel closes).

@@ -11,7 +11,8 @@ per WebSocket message, so that 100 of them cost the two shared cores little next
 they measure. Arrival time is stamped when the bytes arrive (``data_received``), before decoding.
 
 A ``Sender`` sends what ``servicebay.chat.client`` would (arrays of ``send`` frames, one key
-each): saturated (at most ``WINDOW`` unanswered) or paced at a fixed rate. The body is the send
+each): saturated (at most ``WINDOW`` unanswered: what the server accepts from one connection)
+or paced at a fixed rate. The body is the send
 time (``time.perf_counter``, CLOCK_MONOTONIC: comparable across processes). It is a member of
 the room too, so it also gets every message and acks it.
 
@@ -37,6 +38,7 @@ from websockets.http11 import Response
 from websockets.uri import parse_uri
 
 from servicebay.chat.client import ACK_AT, ACK_EVERY
+from servicebay.chat.server import MAX_INFLIGHT_SENDS
 
 
 class Receiver(asyncio.Protocol):
@@ -147,7 +149,7 @@ class Receiver(asyncio.Protocol):
 class Sender(Receiver):
     """A lean sender: saturated (``WINDOW`` unanswered) or paced; records send→``sent``."""
 
-    WINDOW = 512
+    WINDOW = MAX_INFLIGHT_SENDS  # as many unanswered as the server takes from one connection
 
     def __init__(self, url: str, token: str, total: int, room: str) -> None:
         super().__init__(url, token, total, room)
