@@ -104,3 +104,15 @@ async def test_a_writer_stopped_by_a_failing_record_answers_every_queued_send(
         (3, "two"),
         (4, "three"),
     ]
+
+
+async def test_an_entry_orjson_cannot_encode_is_stored_and_read_back(
+    store: RabbitMQChatStore,
+) -> None:
+    """Entries are encoded with orjson, which refuses a lone surrogate: such a body (the
+    protocol never lets one through, a direct caller could) goes through the standard encoder
+    and reads back as it was, next to plain ones."""
+    bodies = ["plain", "half an emoji: \ud83d", "é and 😀"]
+    outcomes = await store.append_many("r", "ann", [(f"k{i}", b) for i, b in enumerate(bodies)])
+    assert [o.seq for o in outcomes] == [1, 2, 3]  # type: ignore[union-attr]
+    assert [m.body for m in await store.read("r", 0)] == bodies

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import aio_pika
+import orjson
 from aio_pika.abc import AbstractChannel, AbstractConnection, AbstractIncomingMessage
 from aiormq.exceptions import ChannelLockedResource  # aio-pika's own AMQP layer
 
@@ -53,7 +54,10 @@ def chat_entry(first_seq: int, messages: list[tuple[str, str, str, float]]) -> a
     development machine, whatever its size (docs/chat-rabbitmq.md, "Speed").
     """
     headers: dict[str, Any] = {"seq": first_seq, "count": len(messages)}
-    body = json.dumps(messages, separators=(",", ":")).encode()
+    try:
+        body = orjson.dumps(messages)
+    except orjson.JSONEncodeError:  # a string orjson refuses (a lone surrogate): escaped
+        body = json.dumps(messages, separators=(",", ":")).encode()
     return aio_pika.Message(body, headers=headers, delivery_mode=aio_pika.DeliveryMode.PERSISTENT)
 
 
@@ -68,7 +72,10 @@ def _entries(message: AbstractIncomingMessage) -> list[Entry]:
     if "marker" in headers:
         return [Entry(offset, 0, "", "", "", 0.0, _text(headers["marker"]))]
     first = int(headers["seq"])  # type: ignore[arg-type]
-    rows = json.loads(message.body)
+    try:
+        rows = orjson.loads(message.body)
+    except orjson.JSONDecodeError:  # written by json.dumps (see chat_entry)
+        rows = json.loads(message.body)
     if len(rows) != int(headers["count"]):  # type: ignore[arg-type]
         raise ValueError(f"entry at offset {offset} holds {len(rows)} messages, not its count")
     return [

@@ -537,7 +537,7 @@ class RabbitMQChatStore:
         head = check.head
         fresh: list[tuple[_Append, Recorded]] = []
         answers: list[tuple[_Append, Appended | Exception]] = []
-        assigned: dict[tuple[str, str], Appended] = {}
+        assigned: dict[tuple[str, str], int] = {}  # seqs given in this batch
         now = time.time()
         for item in batch:
             pair = (item.sender, item.key)
@@ -551,13 +551,13 @@ class RabbitMQChatStore:
                 first = pair in room.unanswered
                 room.unanswered.discard(pair)
                 answers.append((item, Appended(*check.known[pair], duplicate=not first)))
-            elif pair in assigned:
-                answers.append((item, assigned[pair]))
+            elif (seq := assigned.get(pair)) is not None:
+                answers.append((item, Appended(seq, now, True)))
             else:
                 head += 1
                 fresh.append((item, Recorded(item.sender, item.key, head, now)))
-                assigned[pair] = Appended(head, now, duplicate=True)
-                answers.append((item, Appended(head, now, duplicate=False)))
+                assigned[pair] = head
+                answers.append((item, Appended(head, now, False)))
         nxt: tuple[list[_Append], BatchCheck | None] = ([], None)
         if fresh:
             rows, bodies = [r for _, r in fresh], [a.body for a, _ in fresh]
