@@ -31,7 +31,7 @@ from typing import NamedTuple
 import structlog
 
 from servicebay.chat.stores.base import StoreNotOpened, StoreUnavailable, UnknownRoom
-from servicebay.chat.stores.sqlite import KEY_GRACE_SECONDS, SQLiteChatStore
+from servicebay.chat.stores.sqlite import KEY_GRACE_SECONDS, SQLiteChatStore, _known_keys
 
 log = structlog.get_logger("servicebay.chat.rabbitmq")
 
@@ -271,19 +271,34 @@ def _check(c: sqlite3.Connection, room_id: str, pairs: list[tuple[str, str]]) ->
     members: set[str] = set()
     known: dict[tuple[str, str], tuple[int, float]] = {}
     failed: dict[tuple[str, str], Exception] = {}
-    for pair in dict.fromkeys(pairs):
-        sender = pair[0]
-        try:
-            if sender not in members and c.execute(member, (room_id, sender)).fetchone():
+    by_sender: dict[str, list[str]] = {}
+    for sender, key in dict.fromkeys(pairs):
+        by_sender.setdefault(sender, []).append(key)
+    for sender, keys in by_sender.items():
+        try:  # one statement per sender (and 500 keys), as the SQLite store does
+            if c.execute(member, (room_id, sender)).fetchone():
                 members.add(sender)
-            hit = c.execute(sent, (room_id, *pair)).fetchone()
+            found = {
+                key: (a.seq, a.sent_at) for key, a in _known_keys(c, room_id, sender, keys).items()
+            }
         except sqlite3.Error:
-            raise  # the database failed, not this pair: the whole check fails
-        except Exception as exc:  # handed to that append's caller, never swallowed
-            failed[pair] = exc
-            continue
-        if hit is not None:
-            known[pair] = (int(hit[0]), float(hit[1]))
+            raise  # the database failed, not a pair: the whole check fails
+        except Exception:  # a value that cannot be bound: each pair is judged alone
+            found = {}
+            for key in keys:
+                try:
+                    if sender not in members and c.execute(member, (room_id, sender)).fetchone():
+                        members.add(sender)
+                    hit = c.execute(sent, (room_id, sender, key)).fetchone()
+                except sqlite3.Error:
+                    raise
+                except Exception as exc:  # handed to that append's caller, never swallowed
+                    failed[(sender, key)] = exc
+                    continue
+                if hit is not None:
+                    found[key] = (int(hit[0]), float(hit[1]))
+        for key, first in found.items():
+            known[(sender, key)] = first
     return BatchCheck(int(row[0]), frozenset(members), known, failed)
 
 
