@@ -294,3 +294,22 @@ async def test_tokens_authenticate_and_are_not_stored_in_clear(tmp_path: Path) -
         dump = "\n".join(conn.iterdump())
     assert kept.token not in dump
     assert "ann" in dump
+
+
+async def test_any_text_is_stored_as_sent(chat_store: ChatStore) -> None:
+    """Rows are written as one JSON array (``insert_rows``): text it could bend (a NUL, which
+    ends a JSON-extracted text; escapes; non-BMP characters; digits) is stored exactly, and a
+    key with a NUL is still recognised on a resend."""
+    await _room_with(chat_store, "ann")
+    items = [
+        ("k\x00one", "a\x00b"),
+        ("123", '"quoted" \\u0000 \\ back'),
+        ("é😀", "é😀\n\t"),
+        ("k4", ""),
+    ]
+    outcomes = await chat_store.append_many("r", "ann", items)
+    assert [o.seq for o in outcomes] == [1, 2, 3, 4]  # type: ignore[union-attr]
+    stored = await chat_store.read("r", 0)
+    assert [(m.key, m.body) for m in stored] == items
+    again = await chat_store.append_many("r", "ann", [("k\x00one", "x"), ("123", "y")])
+    assert [(o.seq, o.duplicate) for o in again] == [(1, True), (2, True)]  # type: ignore[union-attr]

@@ -31,7 +31,12 @@ from typing import NamedTuple
 import structlog
 
 from servicebay.chat.stores.base import StoreNotOpened, StoreUnavailable, UnknownRoom
-from servicebay.chat.stores.sqlite import KEY_GRACE_SECONDS, SQLiteChatStore, _known_keys
+from servicebay.chat.stores.sqlite import (
+    KEY_GRACE_SECONDS,
+    SQLiteChatStore,
+    insert_rows,
+    known_keys,
+)
 
 log = structlog.get_logger("servicebay.chat.rabbitmq")
 
@@ -176,14 +181,10 @@ class MetaStore(SQLiteChatStore):
         """
 
         def op(c: sqlite3.Connection) -> BatchCheck | None:
-            c.executemany(
-                "INSERT OR IGNORE INTO keys VALUES (?, ?, ?, ?, ?)",
-                [(room_id, r.sender, r.key, r.seq, r.sent_at) for r in rows],
-            )
-            c.executemany(
-                "INSERT OR REPLACE INTO rmq_entries VALUES (?, ?, ?, ?)",
-                [(room_id, e.first_seq, e.gen, e.offset) for e in entries],
-            )
+            keys = [(room_id, r.sender, r.key, r.seq, r.sent_at) for r in rows]
+            insert_rows(c, "keys", keys, "INSERT OR IGNORE")
+            placed = [(room_id, e.first_seq, e.gen, e.offset) for e in entries]
+            insert_rows(c, "rmq_entries", placed, "INSERT OR REPLACE")
             c.execute("UPDATE rooms SET head = max(head, ?) WHERE id = ?", (head, room_id))
             # The SQLite store's writer caches heads for ack/join; only the writer thread (where
             # this runs) touches that cache.
@@ -279,7 +280,7 @@ def _check(c: sqlite3.Connection, room_id: str, pairs: list[tuple[str, str]]) ->
             if c.execute(member, (room_id, sender)).fetchone():
                 members.add(sender)
             found = {
-                key: (a.seq, a.sent_at) for key, a in _known_keys(c, room_id, sender, keys).items()
+                key: (a.seq, a.sent_at) for key, a in known_keys(c, room_id, sender, keys).items()
             }
         except sqlite3.Error:
             raise  # the database failed, not a pair: the whole check fails

@@ -29,6 +29,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
+import orjson
 import structlog
 
 from servicebay.chat.stores._owner import OwnerLock
@@ -537,7 +538,7 @@ class SQLiteChatStore:
         head = self._head(c, room_id)
         self._check_member(c, room_id, sender)
         now = time.time()
-        known = _known_keys(c, room_id, sender, [key for key, _ in items])
+        known = known_keys(c, room_id, sender, [key for key, _ in items])
         results: list[Appended] = []
         keys: list[tuple[str, str, str, int, float]] = []
         rows: list[tuple[str, int, str, str, str, float]] = []
@@ -551,8 +552,8 @@ class SQLiteChatStore:
             known[key] = Appended(head, now, True)
             results.append(Appended(head, now, False))
         if rows:
-            c.executemany("INSERT INTO keys VALUES (?, ?, ?, ?, ?)", keys)
-            c.executemany("INSERT INTO messages VALUES (?, ?, ?, ?, ?, ?)", rows)
+            insert_rows(c, "keys", keys)
+            insert_rows(c, "messages", rows)
             self._heads[room_id] = self._dirty_heads[room_id] = head
         return results
 
@@ -628,7 +629,36 @@ class SQLiteChatStore:
         return await self._write(lambda c: _compact(c, moment))
 
 
-def _known_keys(
+def insert_rows(
+    c: sqlite3.Connection, table: str, rows: Sequence[Sequence[Any]], verb: str = "INSERT"
+) -> None:
+    """``{verb} INTO table VALUES`` for every row, in ONE statement step.
+
+    ``executemany`` steps once per row, and the sqlite3 module lets the GIL go around every
+    step: each row then has to win the GIL back from the event loop's thread, which keeps it
+    for up to the switch interval when busy. Under load 256 rows took tens of milliseconds
+    that way, and every hand-off interrupted the loop. Here the rows go as one JSON array
+    (``json_each``): SQLite reads them back exactly (text, integers, and floats as orjson
+    writes them). ``executemany`` stays for what JSON cannot carry as is: a string with a NUL
+    (``->>`` ends the text there) or one orjson refuses (a lone surrogate: the error stays
+    the driver's).
+    """
+    if not rows:
+        return
+    try:
+        payload: bytes | None = orjson.dumps(rows)
+    except orjson.JSONEncodeError:
+        payload = None
+    if payload is None or b"\\u0000" in payload:
+        marks = ", ".join("?" * len(rows[0]))
+        c.executemany(f"{verb} INTO {table} VALUES ({marks})", rows)
+        return
+    columns = ", ".join(f"value->>{i}" for i in range(len(rows[0])))
+    sql = f"{verb} INTO {table} SELECT {columns} FROM json_each(?)"  # noqa: S608 - our names
+    c.execute(sql, (payload,))
+
+
+def known_keys(
     c: sqlite3.Connection, room_id: str, sender: str, keys: list[str]
 ) -> dict[str, Appended]:
     """The seqs already stored for some of ``keys`` (as duplicates)."""
