@@ -35,6 +35,7 @@ import orjson
 from websockets.client import ClientProtocol
 from websockets.frames import Frame, Opcode
 from websockets.http11 import Response
+from websockets.protocol import State
 from websockets.uri import parse_uri
 
 from servicebay.chat.client import ACK_AT, ACK_EVERY
@@ -126,7 +127,7 @@ class Receiver(asyncio.Protocol):
 
     def _ack_due(self) -> None:
         self.ack_timer = None
-        if self.transport is not None and not self.transport.is_closing():
+        if self.ws.state is State.OPEN and self.transport and not self.transport.is_closing():
             self._send_ack()
             self._flush()
 

@@ -1,0 +1,93 @@
+"""Receivers behind what a room keeps in memory read its history in shared blocks: one store
+read per block for all of them, not one per receiver (docs/chat.md, "Speed")."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import pytest
+
+from servicebay.chat import service as service_module
+from servicebay.chat.metrics import ChatMetrics
+from servicebay.chat.service import HISTORY_BLOCK, ChatService
+from servicebay.chat.stores import Message, Retention, StoreUnavailable, open_store
+
+TOTAL = 5 * HISTORY_BLOCK + 37
+
+
+@pytest.fixture
+async def service(tmp_path: Path) -> ChatService:
+    """A service over an SQLite store whose room ``r`` holds TOTAL messages, none in memory."""
+    store = open_store(f"sqlite:{tmp_path / 'chat.db'}")
+    chat = ChatService(store, ChatMetrics())
+    await chat.start()
+    await store.put_room("r", Retention())
+    await store.put_user("ann")
+    await chat.join("r", "ann", cursor=0)
+    await store.append_many("r", "ann", [(f"k{i}", f"m{i}") for i in range(TOTAL)])
+    yield chat  # type: ignore[misc]
+    await chat.stop()
+
+
+async def _read_all(chat: ChatService, limit: int) -> list[int]:
+    hub = await chat.hub("r")
+    seen: list[int] = []
+    while not seen or seen[-1] < hub.head:
+        entries = await chat.fetch(hub, seen[-1] if seen else 0, limit)
+        assert entries, "fetch returned nothing before the head"
+        seen += [e.seq for e in entries]
+    return seen
+
+
+def _count_reads(chat: ChatService, monkeypatch: pytest.MonkeyPatch, fail_first: bool) -> list[int]:
+    """Count the store's reads (each yields once on its way, so concurrent readers meet)."""
+    calls: list[int] = []
+    real = chat.store.read
+
+    async def read(room: str, after: int, limit: int = 500) -> list[Message]:
+        calls.append(after)
+        await asyncio.sleep(0)
+        if fail_first and len(calls) == 1:
+            raise StoreUnavailable("the first read fails")
+        return await real(room, after, limit)
+
+    monkeypatch.setattr(chat.store, "read", read)
+    return calls
+
+
+async def test_receivers_behind_memory_share_each_history_read(
+    service: ChatService, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """22 readers from seq 0 with different limits each get every seq once, in order, and the
+    store is read about once per block (a read per reader and batch would be over 130)."""
+    monkeypatch.setattr(service_module, "RECENT", 100)
+    service._hubs.clear()  # reload the hub: its memory holds the last 100 at most
+    calls = _count_reads(service, monkeypatch, fail_first=False)
+    limits = [HISTORY_BLOCK] * 20 + [100, 7]
+    results = await asyncio.gather(*(_read_all(service, limit) for limit in limits))
+    for seen in results:
+        assert seen == list(range(1, TOTAL + 1))
+    blocks = -(-TOTAL // HISTORY_BLOCK)
+    assert 0 < len(calls) <= 2 * blocks, calls
+    assert all(after % HISTORY_BLOCK == 0 for after in calls)
+
+
+async def test_a_failed_shared_read_fails_only_its_reader(
+    service: ChatService, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The readers that waited for a read that failed read for themselves; only the one that
+    made it hears the failure, and retrying it works."""
+    service._hubs.clear()
+    calls = _count_reads(service, monkeypatch, fail_first=True)
+    hub = await service.hub("r")
+    outcomes = await asyncio.gather(
+        *(service.fetch(hub, 0, 10) for _ in range(5)), return_exceptions=True
+    )
+    failed = [o for o in outcomes if isinstance(o, BaseException)]
+    assert len(failed) == 1 and isinstance(failed[0], StoreUnavailable)
+    for outcome in outcomes:
+        if not isinstance(outcome, BaseException):
+            assert [e.seq for e in outcome] == list(range(1, 11))
+    assert [e.seq for e in await service.fetch(hub, 0, 10)] == list(range(1, 11))
+    assert len(calls) >= 2
