@@ -313,6 +313,7 @@ async def scenario(
                 child.kill()
             proc.terminate()
             await proc.wait()
+    os.sync()  # the scenario's writes must not land in the next one's fsyncs (bench_chat.py)
     latencies = [lat for f in figures for lat in f["latencies"]]
     run.msgs_per_s = messages / run.seconds
     run.p50_ms, run.p99_ms = pct(latencies, 50) * 1000, pct(latencies, 99) * 1000
