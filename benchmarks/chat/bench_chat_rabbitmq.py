@@ -94,6 +94,7 @@ async def ceiling(
     received = [0] * len(readers)
     done = asyncio.Event()
     channels: list[aio_pika.abc.AbstractChannel] = []
+    busy = [0]  # callbacks running (aio-pika runs each as a task)
 
     async def consumer(index: int, queue_name: str) -> None:
         channel = await conn.channel()
@@ -103,6 +104,13 @@ async def ceiling(
         extra: dict[str, Any] | None = {"x-stream-offset": "first"} if kind == "stream" else None
 
         async def on_message(message: aio_pika.abc.AbstractIncomingMessage) -> None:
+            busy[0] += 1
+            try:
+                await take(message)
+            finally:
+                busy[0] -= 1
+
+        async def take(message: aio_pika.abc.AbstractIncomingMessage) -> None:
             before = received[index]
             if pack > 1:
                 # Every reader gets every chat message, as SQLite's readers fetch every row.
@@ -143,6 +151,8 @@ async def ceiling(
     await asyncio.gather(*(one(i) for i in range(messages // pack)))
     await asyncio.wait_for(done.wait(), 300)
     elapsed = time.perf_counter() - start
+    while busy[0]:  # an ack sent after its channel closed closes the whole connection
+        await asyncio.sleep(0.01)
     for channel in channels:
         await channel.close()
     for q in queues:
