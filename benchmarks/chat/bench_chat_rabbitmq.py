@@ -95,6 +95,7 @@ async def ceiling(
     done = asyncio.Event()
     channels: list[aio_pika.abc.AbstractChannel] = []
     busy = [0]  # callbacks running (aio-pika runs each as a task)
+    idle = asyncio.Event()
 
     async def consumer(index: int, queue_name: str) -> None:
         channel = await conn.channel()
@@ -105,10 +106,13 @@ async def ceiling(
 
         async def on_message(message: aio_pika.abc.AbstractIncomingMessage) -> None:
             busy[0] += 1
+            idle.clear()
             try:
                 await take(message)
             finally:
                 busy[0] -= 1
+                if not busy[0]:
+                    idle.set()
 
         async def take(message: aio_pika.abc.AbstractIncomingMessage) -> None:
             before = received[index]
@@ -151,8 +155,8 @@ async def ceiling(
     await asyncio.gather(*(one(i) for i in range(messages // pack)))
     await asyncio.wait_for(done.wait(), 300)
     elapsed = time.perf_counter() - start
-    while busy[0]:  # an ack sent after its channel closed closes the whole connection
-        await asyncio.sleep(0.01)
+    if busy[0]:  # an ack sent after its channel closed closes the whole connection
+        await idle.wait()
     for channel in channels:
         await channel.close()
     for q in queues:
