@@ -488,6 +488,9 @@ class Worker:
     ) -> None:
         """Fail the operation and start deleting what the broker may have created."""
         op = job.op
+        request: dict[str, Any] = {"then": then}
+        if sent := job.request.get("secret_values"):
+            request["secret_values"] = sent  # the deletion's answers are masked as the parent's
         child = await enqueue(
             conn,
             self.platform,
@@ -499,7 +502,7 @@ class Worker:
             binding_id=op["binding_id"],
             binding_name=op["binding_name"],
             parent_id=op["id"],
-            request={"then": then},
+            request=request,
             description=f"deleting what the broker may have created ({reason})",
         )
         await self._finish(conn, op, "failed", f"{reason}; orphan mitigation started")

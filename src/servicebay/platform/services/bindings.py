@@ -26,7 +26,13 @@ from servicebay.platform.services.catalog import (
     stored_service,
 )
 from servicebay.platform.services.errors import BadRequest, Conflict, Unprocessable, not_found
-from servicebay.platform.services.instances import check_parameters, invalid, secret_values
+from servicebay.platform.services.instances import (
+    check_parameters,
+    invalid,
+    joined,
+    kept_secrets,
+    secret_values,
+)
 from servicebay.platform.services.operations import audit, enqueue
 from servicebay.platform.services.records import (
     TERMINAL,
@@ -43,12 +49,19 @@ from servicebay.platform.store import Statement, by_id_params, tables, update_by
 
 @functools.cache
 def _binding_by_name(target: bool = False) -> Statement:
-    """A binding by namespace and name; with ``target``, with its broker's columns too."""
-    b = tables.bindings
+    """A binding by namespace and name; with ``target``, with its broker's columns and its
+    instance's parameters too."""
+    b, i = tables.bindings, tables.instances
     query = binding_select().where(
         b.c.namespace == sa.bindparam("namespace"), b.c.name == sa.bindparam("name")
     )
-    return Statement(query.add_columns(*broker_columns()) if target else query)
+    if target:
+        query = query.add_columns(
+            *broker_columns(),
+            i.c.parameters.label("instance_parameters"),
+            i.c.parameters_shown.label("instance_parameters_shown"),
+        )
+    return Statement(query)
 
 
 _TAKEN = id_by_name(tables.bindings)
@@ -142,7 +155,9 @@ async def bind(
             body["bind_resource"] = {"app_guid": app}
         shown = redact(schema, full)
         request: dict[str, Any] = {"body": body}
-        if sent := secret_values(full, shown):
+        # The instance's sensitive values too: a broker may quote them in its answer to a bind.
+        kept = kept_secrets(platform.cipher, inst["parameters"], inst["parameters_shown"])
+        if sent := joined(secret_values(full, shown), kept):
             request["secret_values"] = sent
         op = await enqueue(
             conn,
@@ -214,7 +229,15 @@ async def unbind(platform: Platform, actor: Actor, *, name: str, namespace: str)
             raise Conflict(
                 f"binding {name!r} has an operation in progress", code="operation_in_progress"
             )
-        request = {"previous_state": row["state"]}
+        request: dict[str, Any] = {"previous_state": row["state"]}
+        kept = joined(
+            kept_secrets(platform.cipher, row["parameters"], row["parameters_shown"]),
+            kept_secrets(
+                platform.cipher, row["instance_parameters"], row["instance_parameters_shown"]
+            ),
+        )
+        if kept:
+            request["secret_values"] = kept
         op = await enqueue(
             conn,
             platform,

@@ -30,6 +30,7 @@ from servicebay.osb import (
     redact,
     validate_parameters,
 )
+from servicebay.platform.keys import Cipher
 from servicebay.platform.services.access import require_namespace, visible_namespaces
 from servicebay.platform.services.catalog import (
     Offering,
@@ -127,6 +128,32 @@ def secret_values(parameters: Any, shown: Any) -> list[str]:
     if isinstance(parameters, list) and isinstance(shown, list):
         return [t for v, s in zip(parameters, shown, strict=False) for t in secret_values(v, s)]
     return []
+
+
+def kept_secrets(cipher: Cipher, sealed: str | None, shown: Any) -> list[str]:
+    """The texts of the sensitive values a record keeps: its stored ``parameters`` (``sealed``,
+    encrypted) that its redacted copy ``shown`` hides.
+
+    Every later operation on the record carries them in its request (encrypted) with the values
+    it sends, if any: a deprovision, an unbind or an orphan mitigation sends none, yet a broker
+    may quote the instance's or binding's values in its answer to it as well.
+    """
+    if not _hides(shown):
+        return []  # nothing sensitive: spare the decryption
+    return secret_values(cipher.open(sealed) or {}, shown)
+
+
+def joined(*groups: list[str]) -> list[str]:
+    """The texts of ``groups`` in order, each once."""
+    return list(dict.fromkeys(text for group in groups for text in group))
+
+
+def _hides(shown: Any) -> bool:
+    if isinstance(shown, dict):
+        return any(_hides(item) for item in shown.values())
+    if isinstance(shown, list):
+        return any(_hides(item) for item in shown)
+    return bool(shown == REDACTED)
 
 
 def _texts(value: Any) -> list[str]:
@@ -441,7 +468,8 @@ async def update(
             "maintenance_info": maintenance_info,
             "previous_state": row["state"],
         }
-        if sent := secret_values(merged, merged_shown):
+        # A value the update replaces may still be quoted back: the old ones are masked too.
+        if sent := joined(secret_values(merged, merged_shown), secret_values(old_params, before)):
             request["secret_values"] = sent
         op = await enqueue(
             conn,
@@ -497,7 +525,9 @@ async def deprovision(
                 f"instance {name!r} still has {count} binding(s) or key(s); unbind them first",
                 code="instance_has_bindings",
             )
-        request = {"previous_state": row["state"]}
+        request: dict[str, Any] = {"previous_state": row["state"]}
+        if kept := kept_secrets(platform.cipher, row["parameters"], row["parameters_shown"]):
+            request["secret_values"] = kept
         op = await enqueue(
             conn,
             platform,

@@ -12,8 +12,9 @@ Stored fields, and which of them are secret:
 - ``instances`` / ``bindings``: ``parameters`` encrypted, ``parameters_shown`` the redacted copy
   (sensitive values replaced by ``***``); binding ``credentials`` encrypted.
 - ``operations``: the work queue and its history. ``request`` (encrypted) holds what a worker needs
-  to send or resume; ``phase``/``broker_operation``/``deadline`` let any process resume after a
-  crash; ``owner``/``lease_until`` make sure one worker at a time drives it.
+  to send or resume, and the sensitive parameter values to mask in the broker's answers (those
+  sent and those the target keeps); ``phase``/``broker_operation``/``deadline`` let any process
+  resume after a crash; ``owner``/``lease_until`` make sure one worker at a time drives it.
 - ``audit``: who did what (user, action, target, outcome, redacted details).
 """
 
