@@ -8,16 +8,18 @@ import inspect
 import socket
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import pytest
 import uvicorn
 from starlette.applications import Starlette
 
+from servicebay.chat.metrics import ChatMetrics
 from servicebay.chat.server import create_app, uvicorn_options
 from servicebay.chat.service import ChatService
 from servicebay.chat.settings import ChatSettings
-from servicebay.chat.stores import ChatStore
+from servicebay.chat.stores import ChatStore, Retention, open_store
 from support import chat_rabbitmq
 
 # Every backend, as a store URL built from the test's tmp_path. A RabbitMQ backend adds
@@ -92,3 +94,13 @@ async def eventually(check: Callable[[], Any], seconds: float = 5.0) -> None:
                 return
             # Polling with a deadline is the rule here (no fixed sleeps, no event to hook into).
             await asyncio.sleep(0.01)
+
+
+async def started_service(db: Path, room: str, member: str) -> ChatService:
+    """A started ``ChatService`` over the SQLite file ``db``, with ``room`` and its ``member``."""
+    service = ChatService(open_store(f"sqlite:{db}"), ChatMetrics())
+    await service.start()
+    await service.store.put_room(room, Retention())
+    await service.store.put_user(member)
+    await service.join(room, member, cursor=0)
+    return service

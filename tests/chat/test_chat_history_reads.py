@@ -7,11 +7,11 @@ import asyncio
 from pathlib import Path
 
 import pytest
+from chat_helpers import started_service
 
 from servicebay.chat import service as service_module
-from servicebay.chat.metrics import ChatMetrics
 from servicebay.chat.service import HISTORY_BLOCK, ChatService
-from servicebay.chat.stores import Message, Retention, StoreUnavailable, open_store
+from servicebay.chat.stores import Message, StoreUnavailable
 
 TOTAL = 5 * HISTORY_BLOCK + 37
 
@@ -19,13 +19,8 @@ TOTAL = 5 * HISTORY_BLOCK + 37
 @pytest.fixture
 async def service(tmp_path: Path) -> ChatService:
     """A service over an SQLite store whose room ``r`` holds TOTAL messages, none in memory."""
-    store = open_store(f"sqlite:{tmp_path / 'chat.db'}")
-    chat = ChatService(store, ChatMetrics())
-    await chat.start()
-    await store.put_room("r", Retention())
-    await store.put_user("ann")
-    await chat.join("r", "ann", cursor=0)
-    await store.append_many("r", "ann", [(f"k{i}", f"m{i}") for i in range(TOTAL)])
+    chat = await started_service(tmp_path / "chat.db", "r", "ann")
+    await chat.store.append_many("r", "ann", [(f"k{i}", f"m{i}") for i in range(TOTAL)])
     yield chat  # type: ignore[misc]
     await chat.stop()
 

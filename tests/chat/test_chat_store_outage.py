@@ -16,14 +16,12 @@ from typing import Any
 
 import pytest
 import structlog
-from chat_helpers import ServedChat, eventually
+from chat_helpers import ServedChat, eventually, started_service
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
 from servicebay.chat.client import ChatClient
-from servicebay.chat.metrics import ChatMetrics
-from servicebay.chat.service import ChatService
-from servicebay.chat.stores import Retention, StoreUnavailable, open_store
+from servicebay.chat.stores import StoreUnavailable, open_store
 
 
 class Outage:
@@ -208,13 +206,8 @@ async def _cursor(chat: ServedChat, room: str, user: str, at_least: int) -> bool
 
 async def test_stop_writes_the_cursors_still_lingering(tmp_path: Path) -> None:
     """Acks batched for the next cursor write are written when the server stops, not lost."""
-    store = open_store(f"sqlite:{tmp_path / 'chat.db'}")
-    service = ChatService(store, ChatMetrics())
-    await service.start()
-    await store.put_room("r", Retention())
-    await store.put_user("ann")
-    await service.join("r", "ann", cursor=0)
-    await store.append("r", "ann", "k", "hello")
+    service = await started_service(tmp_path / "chat.db", "r", "ann")
+    await service.store.append("r", "ann", "k", "hello")
     hub = await service.hub("r")
     service.request_ack(hub, "ann", 1)
     await service.stop()  # before the batch's linger is over
