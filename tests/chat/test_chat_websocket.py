@@ -12,6 +12,7 @@ from websockets.asyncio.client import ClientConnection, connect
 
 from servicebay.chat import client as client_module
 from servicebay.chat.client import ChatClient, ChatError
+from servicebay.chat.protocol import MAX_BODY_CHARS
 from servicebay.chat.server import WINDOW
 
 
@@ -245,3 +246,17 @@ async def test_client_acks_at_once_before_the_window_fills(
         async with asyncio.timeout(20):
             got = [await b.next_message() for _ in range(total)]
     assert [m.seq for m in got] == list(range(1, total + 1))
+
+
+async def test_a_burst_of_sends_beyond_one_message_is_split(chat: ServedChat) -> None:
+    """Sends queued in one loop turn go as arrays the server takes: at most
+    MAX_FRAMES_PER_MESSAGE frames and MAX_MESSAGE_BYTES each (one array of 2,500 sends, or of
+    100 bodies of 16 KiB, was refused as too large and its sends never answered)."""
+    ann = await chat.user("ann", "lobby")
+    async with ChatClient(chat.ws, ann) as a:
+        await a.ready.wait()
+        async with asyncio.timeout(30):
+            seqs = await asyncio.gather(*(a.send("lobby", f"m{i}") for i in range(2500)))
+            big = "é" * MAX_BODY_CHARS
+            seqs += await asyncio.gather(*(a.send("lobby", big) for _ in range(100)))
+    assert sorted(seqs) == list(range(1, 2601))

@@ -20,7 +20,7 @@ import contextlib
 import json
 import random
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -28,7 +28,7 @@ import structlog
 import websockets
 from websockets.asyncio.client import ClientConnection, connect
 
-from servicebay.chat.protocol import VERSION
+from servicebay.chat.protocol import MAX_FRAMES_PER_MESSAGE, MAX_MESSAGE_BYTES, VERSION
 
 log = structlog.get_logger("servicebay.chat.client")
 
@@ -205,7 +205,8 @@ class ChatClient:
         if ws is not self._ws or not frames:
             return  # that connection is gone; a new one starts with a new box
         with contextlib.suppress(websockets.ConnectionClosed):
-            await ws.send(json.dumps(frames[0] if len(frames) == 1 else frames))
+            for text in _messages(frames):
+                await ws.send(text)
 
     # receiving ---------------------------------------------------------------------------------
 
@@ -369,3 +370,24 @@ class ChatClient:
         del self._pending[ref]  # type: ignore[arg-type]
         if not pending.fut.done():
             pending.fut.set_exception(ChatError(code, frame.get("message", "")))
+
+
+def _messages(frames: list[dict[str, Any]]) -> Iterator[str]:
+    """The frames as WebSocket messages the server takes: a frame alone, or arrays of at most
+    MAX_FRAMES_PER_MESSAGE frames and MAX_MESSAGE_BYTES (a burst of sends in one loop turn can
+    be more; the server refuses a bigger array whole, and its sends would go unanswered)."""
+    if len(frames) == 1:
+        yield json.dumps(frames[0])
+        return
+    parts: list[str] = []
+    size = 2  # the brackets
+    for frame in frames:
+        text = json.dumps(frame)  # ASCII (escaped): its length is its size in bytes
+        if parts and (
+            len(parts) == MAX_FRAMES_PER_MESSAGE or size + len(text) + 1 > MAX_MESSAGE_BYTES
+        ):
+            yield "[" + ",".join(parts) + "]"
+            parts, size = [], 2
+        parts.append(text)
+        size += len(text) + 1
+    yield "[" + ",".join(parts) + "]"
