@@ -39,6 +39,7 @@ from websockets.protocol import State
 from websockets.uri import parse_uri
 
 from servicebay.chat.client import ACK_AT, ACK_EVERY
+from servicebay.chat.protocol import MAX_FRAMES_PER_MESSAGE
 from servicebay.chat.server import MAX_INFLIGHT_SENDS
 
 
@@ -183,7 +184,10 @@ class Sender(Receiver):
             ]
             for frame in frames:
                 self.sent_at[frame["key"]] = now
-            self._send(frames[0] if len(frames) == 1 else frames)
+            if len(frames) == 1:
+                self._send(frames[0])
+            for at in range(0, len(frames) if len(frames) > 1 else 0, MAX_FRAMES_PER_MESSAGE):
+                self._send(frames[at : at + MAX_FRAMES_PER_MESSAGE])  # arrays the server takes
             self._flush()
             sent = due
         while len(self.answered) < self.total:
