@@ -18,12 +18,14 @@ import psycopg
 import pytest
 import sqlalchemy as sa
 import uvicorn
+from alembic import command
+from alembic.config import Config
 from platform_fake_broker import PASSWORD, USERNAME, FakeBroker
 from sqlalchemy.engine import make_url
 from starlette.applications import Starlette
 
 from servicebay.platform import PlatformSettings, create_app
-from servicebay.platform.store import tables
+from servicebay.platform.store import migrations, tables
 
 ADMIN_TOKEN = "admin-token-0123456789"
 ALICE_TOKEN = "alice-token-0123456789"
@@ -80,6 +82,24 @@ def stored_text(db_url: str) -> str:
         ]
     engine.dispose()
     return json.dumps(rows, default=str, ensure_ascii=False)
+
+
+@contextlib.contextmanager
+def downgraded(db_url: str, revision: str, cipher: Any = None) -> Iterator[sa.Connection]:
+    """A connection to the platform database taken down to ``revision``, for a test to write
+    rows as an older platform did; what it writes is committed on exit."""
+    config = Config()
+    config.set_main_option("script_location", str(Path(migrations.__file__).parent))
+    engine = sync_engine(db_url)
+    try:
+        with engine.connect() as conn:
+            config.attributes.update(connection=conn, cipher=cipher)
+            command.downgrade(config, revision)
+            conn.commit()
+            yield conn
+            conn.commit()
+    finally:
+        engine.dispose()
 
 
 @pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
@@ -201,3 +221,17 @@ async def served(app: Any, **config: Any) -> AsyncIterator[str]:
         server.should_exit = True
         await task
         sock.close()
+
+
+async def assert_masked(platform: PlatformUnderTest, db_url: str, *values: str) -> None:
+    """None of ``values``, as written or JSON-escaped, is in a stored row or in what the
+    operations, audit, instances and bindings endpoints answer."""
+    shown = [stored_text(db_url)]
+    for path in ("/api/v1/operations", "/api/v1/audit", "/api/v1/instances", "/api/v1/bindings"):
+        response = await platform.client.get(path)
+        assert response.status_code == 200, response.text
+        shown.append(response.text)
+    for text in shown:
+        for value in values:
+            assert value not in text
+            assert json.dumps(value)[1:-1] not in text

@@ -15,19 +15,17 @@ from typing import Any
 import httpx
 import pytest
 import sqlalchemy as sa
-from alembic import command
-from alembic.config import Config
 from platform_fake_broker import FakeBroker
 
 from conftest import (
     PlatformUnderTest,
+    downgraded,
     platform_settings,
     running_platform,
     stored_text,
-    sync_engine,
 )
 from servicebay.platform.services.instances import secret_values
-from servicebay.platform.store import migrations, tables
+from servicebay.platform.store import tables
 
 SECRET = 'hunter2 "quoted" ünï'
 ESCAPED = json.dumps(SECRET)[1:-1]  # as a broker quoting JSON would write it
@@ -139,12 +137,7 @@ def _record_as_before_masking(db_url: str, cipher: Any) -> None:
     sensitive parameters: requests without ``secret_values``, the broker's echo in clear in
     each operation's description and audit entry and in a purge-like evidence."""
     o, a = tables.operations, tables.audit
-    config = Config()
-    config.set_main_option("script_location", str(Path(migrations.__file__).parent))
-    engine = sync_engine(db_url)
-    with engine.connect() as conn:
-        config.attributes.update(connection=conn, cipher=cipher)
-        command.downgrade(config, "0004")
+    with downgraded(db_url, "0004", cipher) as conn:
         for key, kind, sealed in conn.execute(sa.select(o.c.id, o.c.kind, o.c.request)).all():
             request = cipher.open(sealed) or {}
             sent = request.pop("secret_values", None)
@@ -158,8 +151,6 @@ def _record_as_before_masking(db_url: str, cipher: Any) -> None:
             conn.execute(
                 sa.update(a).where(a.c.operation_id == key).values(details={"description": echo})
             )
-        conn.commit()
-    engine.dispose()
 
 
 async def test_start_masks_sensitive_parameters_echoed_before_masking(

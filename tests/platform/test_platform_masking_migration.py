@@ -11,18 +11,17 @@ from typing import Any
 import httpx
 import pytest
 import sqlalchemy as sa
-from alembic import command
-from alembic.config import Config
 from platform_fake_broker import PASSWORD, USERNAME, FakeBroker
 
 from conftest import (
     PlatformUnderTest,
+    downgraded,
     platform_settings,
     running_platform,
     stored_text,
     sync_engine,
 )
-from servicebay.platform.store import Database, migrations, tables
+from servicebay.platform.store import Database, tables
 
 BASIC = base64.b64encode(f"{USERNAME}:{PASSWORD}".encode()).decode()
 # What the platform stored before it masked a broker's words: the broker quoting the Basic
@@ -43,14 +42,8 @@ async def _provision(platform: PlatformUnderTest, name: str, plan: str) -> dict[
 def _record_as_before_masking(db_url: str, evidence_of: str) -> None:
     """Down to 0003, then write the broker's echo in clear where the platform wrote its words:
     each operation's description, its audit entry, and a purge's evidence."""
-    config = Config()
-    config.set_main_option("script_location", str(Path(migrations.__file__).parent))
     o, a = tables.operations, tables.audit
-    engine = sync_engine(db_url)
-    with engine.connect() as conn:
-        config.attributes["connection"] = conn
-        command.downgrade(config, "0003")
-        conn.commit()
+    with downgraded(db_url, "0003") as conn:
         conn.execute(sa.update(o).values(description=ECHOED))
         conn.execute(
             sa.update(a)
@@ -59,8 +52,6 @@ def _record_as_before_masking(db_url: str, evidence_of: str) -> None:
         )
         evidence = {"instance": {"last_operation": {"description": ECHOED}}, "bindings": []}
         conn.execute(sa.update(o).where(o.c.id == evidence_of).values(evidence=evidence))
-        conn.commit()
-    engine.dispose()
 
 
 async def test_start_masks_broker_credentials_recorded_before_masking(

@@ -5,26 +5,14 @@ updates)."""
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 from platform_fake_broker import FakeBroker
 
-from conftest import PlatformUnderTest, stored_text
+from conftest import PlatformUnderTest, assert_masked
 
 SECRET = "s3cr3t-Pa55-7f1c-\u00e9t\u00e9"  # a broker's JSON may write it as \u00e9
 TOKEN = "bind-t0ken-Q9z8"
-
-
-async def _assert_masked(platform: PlatformUnderTest, db_url: str, value: str) -> None:
-    shown = [stored_text(db_url)]
-    for path in ("/api/v1/operations", "/api/v1/audit", "/api/v1/instances", "/api/v1/bindings"):
-        response = await platform.client.get(path)
-        assert response.status_code == 200, response.text
-        shown.append(response.text)
-    for text in shown:
-        assert value not in text
-        assert json.dumps(value)[1:-1] not in text
 
 
 async def _provision(platform: PlatformUnderTest, **parameters: Any) -> dict[str, Any]:
@@ -46,7 +34,7 @@ async def test_failed_last_operation_quoting_a_sensitive_value_is_stored_masked(
     assert "cannot use" in op["description"]
     assert '"size": 3' in op["description"]  # what is not sensitive stays readable
     assert '"secret": "***"' in op["description"]
-    await _assert_masked(platform, db_url, SECRET)
+    await assert_masked(platform, db_url, SECRET)
 
 
 async def test_refused_bind_quoting_a_sensitive_value_is_stored_masked(
@@ -65,4 +53,4 @@ async def test_refused_bind_quoting_a_sensitive_value_is_stored_masked(
     assert op["state"] == "failed"
     assert "refused parameters" in op["description"]
     assert '"token": "***"' in op["description"]
-    await _assert_masked(platform, db_url, TOKEN)
+    await assert_masked(platform, db_url, TOKEN)

@@ -16,18 +16,17 @@ from typing import Any
 import httpx
 import pytest
 import sqlalchemy as sa
-from alembic import command
-from alembic.config import Config
 from platform_fake_broker import FakeBroker
 
 from conftest import (
     PlatformUnderTest,
+    assert_masked,
+    downgraded,
     platform_settings,
     running_platform,
     stored_text,
-    sync_engine,
 )
-from servicebay.platform.store import migrations, tables
+from servicebay.platform.store import tables
 
 SECRET = "s3cr3t-Pa55-\u00e9t\u00e9-41d7"  # writeOnly in the instance's schema
 TOKEN = "bind-t0ken-Zq81"  # x-sensitive in the binding's schema
@@ -94,18 +93,6 @@ async def platform(
         yield platform
 
 
-async def _assert_masked(platform: PlatformUnderTest, db_url: str, *values: str) -> None:
-    shown = [stored_text(db_url)]
-    for path in ("/api/v1/operations", "/api/v1/audit", "/api/v1/instances", "/api/v1/bindings"):
-        response = await platform.client.get(path)
-        assert response.status_code == 200, response.text
-        shown.append(response.text)
-    for text in shown:
-        for value in values:
-            assert value not in text
-            assert json.dumps(value)[1:-1] not in text
-
-
 async def _done(platform: PlatformUnderTest, response: httpx.Response) -> dict[str, Any]:
     assert response.status_code == 202, response.text
     return await platform.wait(response.json()["operation"])
@@ -136,7 +123,7 @@ async def test_deprovision_answer_quoting_the_instance_secret_is_stored_masked(
     assert "refused, it holds" in op["description"]
     assert '"secret": "***"' in op["description"]
     assert '"size": 3' in op["description"]  # what is not sensitive stays readable
-    await _assert_masked(platform, db_url, SECRET)
+    await assert_masked(platform, db_url, SECRET)
 
 
 async def test_async_deprovision_and_orphan_mitigation_quoting_the_secret_are_masked(
@@ -161,11 +148,11 @@ async def test_async_deprovision_and_orphan_mitigation_quoting_the_secret_are_ma
         assert time.monotonic() < deadline, mitigation
         await asyncio.sleep(0.02)
     assert '"secret": "***"' in mitigation["description"]
-    await _assert_masked(platform, db_url, SECRET)
+    await assert_masked(platform, db_url, SECRET)
     broker.refuse_mitigation = False
     assert (await platform.wait({"id": child}))["state"] == "succeeded"
     assert (await platform.client.get("/api/v1/instances/p1")).status_code == 404
-    await _assert_masked(platform, db_url, SECRET)
+    await assert_masked(platform, db_url, SECRET)
 
 
 async def test_unbind_answer_quoting_the_binding_and_instance_secrets_is_stored_masked(
@@ -181,7 +168,7 @@ async def test_unbind_answer_quoting_the_binding_and_instance_secrets_is_stored_
     assert op["state"] == "failed"
     assert '"token": "***"' in op["description"]
     assert '"secret": "***"' in op["description"]
-    await _assert_masked(platform, db_url, SECRET, TOKEN)
+    await assert_masked(platform, db_url, SECRET, TOKEN)
 
 
 async def test_bind_answer_quoting_the_instance_secret_is_stored_masked(
@@ -195,7 +182,7 @@ async def test_bind_answer_quoting_the_instance_secret_is_stored_masked(
     op = await _bind(platform)
     assert op["state"] == "failed"
     assert '"secret": "***"' in op["description"]
-    await _assert_masked(platform, db_url, SECRET, TOKEN)
+    await assert_masked(platform, db_url, SECRET, TOKEN)
 
 
 async def test_update_answer_quoting_the_value_it_replaces_is_stored_masked(
@@ -209,7 +196,7 @@ async def test_update_answer_quoting_the_value_it_replaces_is_stored_masked(
     op = await _done(platform, await platform.client.patch("/api/v1/instances/p1", json=patch))
     assert op["state"] == "failed"
     assert '"secret": "***"' in op["description"]
-    await _assert_masked(platform, db_url, SECRET, "an0ther-Value-7c2e")
+    await assert_masked(platform, db_url, SECRET, "an0ther-Value-7c2e")
 
 
 def _recorded_in_clear(db_url: str, cipher: Any) -> None:
@@ -217,12 +204,7 @@ def _recorded_in_clear(db_url: str, cipher: Any) -> None:
     before they carried their target's values: requests without them, the broker's quote of
     the instance's and the binding's values in clear in the description and audit entry."""
     o, a = tables.operations, tables.audit
-    config = Config()
-    config.set_main_option("script_location", str(Path(migrations.__file__).parent))
-    engine = sync_engine(db_url)
-    with engine.connect() as conn:
-        config.attributes.update(connection=conn, cipher=cipher)
-        command.downgrade(config, "0005")
+    with downgraded(db_url, "0005", cipher) as conn:
         kinds = ["deprovision", "unbind"]
         query = sa.select(o.c.id, o.c.kind, o.c.request).where(o.c.kind.in_(kinds))
         for key, kind, sealed in conn.execute(query).all():
@@ -234,8 +216,6 @@ def _recorded_in_clear(db_url: str, cipher: Any) -> None:
             conn.execute(sa.update(o).where(o.c.id == key).values(values))
             details = {"description": quote}
             conn.execute(sa.update(a).where(a.c.operation_id == key).values(details=details))
-        conn.commit()
-    engine.dispose()
 
 
 async def test_start_masks_target_secrets_quoted_in_later_operations_before(
@@ -262,7 +242,7 @@ async def test_start_masks_target_secrets_quoted_in_later_operations_before(
     assert SECRET in stored_text(db_url) and TOKEN in stored_text(db_url)
 
     async with running_platform(settings, QuotingBroker(fake)) as platform:
-        await _assert_masked(platform, db_url, SECRET, TOKEN)
+        await assert_masked(platform, db_url, SECRET, TOKEN)
         operations = (await platform.client.get("/api/v1/operations")).json()["items"]
     quoted = [o for o in operations if "it holds" in (o["description"] or "")]
     assert sorted(o["kind"] for o in quoted) == ["deprovision", "unbind"]
