@@ -96,9 +96,11 @@ async def eventually(check: Callable[[], Any], seconds: float = 5.0) -> None:
             await asyncio.sleep(0.01)
 
 
-async def started_service(db: Path, room: str, member: str) -> ChatService:
+async def started_service(
+    db: Path, room: str, member: str, compact_every: float = 30.0
+) -> ChatService:
     """A started ``ChatService`` over the SQLite file ``db``, with ``room`` and its ``member``."""
-    service = ChatService(open_store(f"sqlite:{db}"), ChatMetrics())
+    service = ChatService(open_store(f"sqlite:{db}"), ChatMetrics(), compact_every=compact_every)
     await service.start()
     await service.store.put_room(room, Retention())
     await service.store.put_user(member)

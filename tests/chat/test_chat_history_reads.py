@@ -7,11 +7,11 @@ import asyncio
 from pathlib import Path
 
 import pytest
-from chat_helpers import started_service
+from chat_helpers import eventually, started_service
 
 from servicebay.chat import service as service_module
 from servicebay.chat.service import HISTORY_BLOCK, ChatService
-from servicebay.chat.stores import Message, StoreUnavailable
+from servicebay.chat.stores import Message, Retention, StoreUnavailable
 
 TOTAL = 5 * HISTORY_BLOCK + 37
 
@@ -86,3 +86,22 @@ async def test_a_failed_shared_read_fails_only_its_reader(
             assert [e.seq for e in outcome] == list(range(1, 11))
     assert [e.seq for e in await service.fetch(hub, 0, 10)] == list(range(1, 11))
     assert len(calls) >= 2
+
+
+async def test_compaction_drops_the_kept_history_blocks(tmp_path: Path) -> None:
+    """Kept blocks may hold what compaction deletes: a round that deleted messages of a room
+    drops them, so no reader is handed a message the store no longer holds."""
+    chat = await started_service(tmp_path / "chat.db", "r", "ann", compact_every=0.05)
+    try:
+        await chat.store.put_room("r", Retention(keep_seconds=0, keep_last=0))
+        await chat.store.append_many("r", "ann", [(f"k{i}", f"m{i}") for i in range(TOTAL)])
+        chat._hubs.clear()
+        hub = await chat.hub("r")
+        hub.recent.clear()  # memory reaches nothing: reads go to the store
+        assert [e.seq for e in await chat.fetch(hub, 0, 10)] == list(range(1, 11))
+        assert 0 in hub.history  # the first block is kept
+        await chat.ack(hub, "ann", TOTAL)
+        await eventually(lambda: not hub.history, seconds=10)
+        assert await chat.store.read("r", 0, 10) == []
+    finally:
+        await chat.stop()
