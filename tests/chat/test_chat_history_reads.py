@@ -10,7 +10,7 @@ import pytest
 from chat_helpers import eventually, started_service
 
 from servicebay.chat import service as service_module
-from servicebay.chat.service import HISTORY_BLOCK, ChatService
+from servicebay.chat.service import HISTORY_BLOCK, ChatService, Entry
 from servicebay.chat.stores import Message, Retention, StoreUnavailable
 
 TOTAL = 5 * HISTORY_BLOCK + 37
@@ -105,3 +105,17 @@ async def test_compaction_drops_the_kept_history_blocks(tmp_path: Path) -> None:
         assert await chat.store.read("r", 0, 10) == []
     finally:
         await chat.stop()
+
+
+async def test_a_shared_read_that_ended_too_early_is_not_the_answer(service: ChatService) -> None:
+    """A reader handed a shared block that stops before its position (read before the seqs it
+    needs were stored) reads them itself instead of reporting nothing."""
+    service._hubs.clear()
+    hub = await service.hub("r")
+    hub.recent.clear()
+    early = asyncio.get_running_loop().create_future()
+    hub.history[0] = early  # a read of block 0 under way, which will end at seq 5
+    fetching = asyncio.ensure_future(service.fetch(hub, 10, 5))
+    await asyncio.sleep(0)
+    early.set_result([Entry.of(m) for m in await service.store.read("r", 0, 5)])
+    assert [e.seq for e in await fetching] == [11, 12, 13, 14, 15]

@@ -524,7 +524,13 @@ class ChatService:
         if cached is not None:
             return cached
         entries = await self._history(hub, after - after % HISTORY_BLOCK)
-        return [e for e in entries if e.seq > after][:limit]
+        found = [e for e in entries if e.seq > after][:limit]
+        if not found and after < hub.head:
+            # A shared read that ended before what this reader needs was stored (a part block,
+            # waited for): read it alone rather than report nothing and wait for a new message.
+            msgs = await self.store.read(hub.room, after, min(limit, hub.head - after))
+            found = [Entry.of(m) for m in msgs if m.seq <= hub.head]
+        return found
 
     async def _history(self, hub: RoomHub, start: int) -> list[Entry]:
         """The published entries after ``start`` (a block start), up to a block's worth.
