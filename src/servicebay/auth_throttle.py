@@ -31,7 +31,9 @@ from collections import OrderedDict, deque
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
-__all__ = ["AuthThrottle", "parse_trusted_proxies"]
+from pydantic import BaseModel, Field, field_validator
+
+__all__ = ["AuthThrottle", "ThrottleSettings", "parse_trusted_proxies"]
 
 _Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
@@ -156,6 +158,30 @@ class AuthThrottle:
             if now - count.times[-1] < self.window or now < count.blocked_until:
                 return
             self._counts.popitem(last=False)
+
+
+class ThrottleSettings(BaseModel):
+    """The throttle's settings, part of the broker's, the platform's and the chat's settings
+    (each says how its environment names them): ``auth_failures`` failures within
+    ``auth_window`` seconds block an address (0 turns that off); ``trusted_proxies`` as
+    `parse_trusted_proxies` reads them."""
+
+    auth_failures: int = Field(default=10, ge=0)
+    auth_window: float = Field(default=60.0, gt=0)
+    trusted_proxies: list[str] = Field(default_factory=list)
+
+    @field_validator("trusted_proxies", mode="before")
+    @classmethod
+    def _proxy_networks(cls, value: Any) -> list[str]:
+        return parse_trusted_proxies(value)
+
+    def throttle(self) -> AuthThrottle:
+        """A throttle with these settings."""
+        return AuthThrottle(
+            failures=self.auth_failures,
+            window=self.auth_window,
+            trusted_proxies=self.trusted_proxies,
+        )
 
 
 def parse_trusted_proxies(value: str | Iterable[str] | None) -> list[str]:

@@ -21,7 +21,6 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route as StarletteRoute
 
-from servicebay.auth_throttle import AuthThrottle
 from servicebay.broker import _endpoints as ep
 from servicebay.broker._auth import Authenticator
 from servicebay.broker._author import Broker
@@ -138,11 +137,7 @@ def create_app(
         lifecycle=lifecycle,
         metrics=metrics,
         authenticator=authenticator,
-        throttle=AuthThrottle(
-            failures=settings.auth_failures,
-            window=settings.auth_window,
-            trusted_proxies=settings.trusted_proxies,
-        ),
+        throttle=settings.throttle(),
     )
     app = Starlette(
         routes=OTHER_ROUTES,

@@ -31,11 +31,11 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import ConfigDict, Field, ValidationError, field_validator
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 
-from servicebay.auth_throttle import parse_trusted_proxies
+from servicebay.auth_throttle import ThrottleSettings
 from servicebay.broker._crypto import KEY_FILE_NAME
 
 __all__ = ["ENV_PREFIX", "LOG_LEVELS", "BrokerSettings", "SettingsError"]
@@ -49,7 +49,7 @@ class SettingsError(ValueError):
     """A setting has an invalid value; the message names the setting, never a secret's value."""
 
 
-class BrokerSettings(BaseModel):
+class BrokerSettings(ThrottleSettings):
     """Settings of one broker process (see the module docstring for names and defaults)."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -64,15 +64,7 @@ class BrokerSettings(BaseModel):
     shutdown_grace: float = Field(default=10.0, ge=0)
     operation_lease: float = Field(default=30.0, gt=0)
     sync_abandoned_after: float = Field(default=120.0, gt=0)
-    auth_failures: int = Field(default=10, ge=0)
-    auth_window: float = Field(default=60.0, gt=0)
-    trusted_proxies: list[str] = Field(default_factory=list)
     log_level: str = "info"
-
-    @field_validator("trusted_proxies", mode="before")
-    @classmethod
-    def _proxy_networks(cls, value: Any) -> list[str]:
-        return parse_trusted_proxies(value)
 
     @field_validator("log_level")
     @classmethod

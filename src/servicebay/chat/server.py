@@ -644,11 +644,7 @@ def create_app(
     app = Starlette(routes=routes, middleware=[Middleware(SecurityHeaders)], lifespan=lifespan)
     app.state.service = service
     app.state.settings = settings
-    app.state.throttle = AuthThrottle(
-        failures=settings.auth_failures,
-        window=settings.auth_window,
-        trusted_proxies=settings.trusted_proxies,
-    )
+    app.state.throttle = settings.throttle()
     return app
 
 

@@ -11,16 +11,22 @@ import secrets
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, Field, SecretStr, field_validator
+from pydantic import Field, SecretStr
 
-from servicebay.auth_throttle import parse_trusted_proxies
+from servicebay.auth_throttle import ThrottleSettings
 from servicebay.chat.stores import DEFAULT_STORE, Retention, local_file
 
 ENV_PREFIX = "SERVICEBAY_CHAT_"
 
 
-class ChatSettings(BaseModel):
-    """How one chat server runs."""
+class ChatSettings(ThrottleSettings):
+    """How one chat server runs.
+
+    From `ThrottleSettings`: after ``auth_failures`` wrong tokens from one address within
+    ``auth_window`` seconds, that address is refused (429, or ``too_many_attempts`` on the
+    WebSocket) for as long; ``trusted_proxies`` are the reverse proxies whose X-Forwarded-For
+    names the client counted.
+    """
 
     host: str = "127.0.0.1"
     port: int = 8765
@@ -32,20 +38,7 @@ class ChatSettings(BaseModel):
     keep_seconds: float = 86400.0
     keep_last: int = 100
     compact_every: float = 30.0
-    # After auth_failures wrong tokens from one address within auth_window seconds, that
-    # address is refused (429, or too_many_attempts on the WebSocket) for as long; 0 failures
-    # turns that off (for deployments that throttle elsewhere).
-    auth_failures: int = Field(default=10, ge=0)
-    auth_window: float = Field(default=60.0, gt=0)
-    # Reverse proxies (addresses or networks) whose X-Forwarded-For names the client counted;
-    # from any other peer the header is ignored (see servicebay.auth_throttle).
-    trusted_proxies: list[str] = Field(default_factory=list)
     log_level: str = "info"
-
-    @field_validator("trusted_proxies", mode="before")
-    @classmethod
-    def _proxy_networks(cls, value: Any) -> list[str]:
-        return parse_trusted_proxies(value)
 
     @classmethod
     def from_env(cls, **overrides: Any) -> ChatSettings:

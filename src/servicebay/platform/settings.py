@@ -11,9 +11,9 @@ import os
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import ConfigDict
 
-from servicebay.auth_throttle import parse_trusted_proxies
+from servicebay.auth_throttle import ThrottleSettings
 
 DEFAULT_PORT = 8470
 
@@ -23,7 +23,7 @@ def servicebay_home() -> Path:
     return Path(os.environ.get("SERVICEBAY_HOME") or Path.home() / ".servicebay")
 
 
-class PlatformSettings(BaseModel):
+class PlatformSettings(ThrottleSettings):
     """Settings of one platform process.
 
     ``db`` is a SQLAlchemy URL without driver (``sqlite:///path`` or ``postgresql://...``); the
@@ -53,15 +53,7 @@ class PlatformSettings(BaseModel):
     default_retry_after: float = 2.0
     max_polling_duration: float = 3600.0
     orphan_backoff_cap: float = 60.0
-    auth_failures: int = Field(default=10, ge=0)
-    auth_window: float = Field(default=60.0, gt=0)
-    trusted_proxies: list[str] = Field(default_factory=list)
     log_level: str = "info"
-
-    @field_validator("trusted_proxies", mode="before")
-    @classmethod
-    def _proxy_networks(cls, value: Any) -> list[str]:
-        return parse_trusted_proxies(value)
 
     @classmethod
     def from_env(cls, **overrides: Any) -> PlatformSettings:

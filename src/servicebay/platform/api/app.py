@@ -147,11 +147,7 @@ def create_app(
     """The platform ASGI app. ``transport`` reaches brokers (tests pass an in-process one)."""
     settings = settings or PlatformSettings.from_env()
     platform = Platform(settings, transport=transport)
-    throttle = AuthThrottle(
-        failures=settings.auth_failures,
-        window=settings.auth_window,
-        trusted_proxies=settings.trusted_proxies,
-    )
+    throttle = settings.throttle()
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[dict[str, Any]]:
