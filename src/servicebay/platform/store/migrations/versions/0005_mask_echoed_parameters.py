@@ -98,19 +98,28 @@ def _update(
         conn.execute(sa.update(table).where(table.c.id == key).values({name: hidden}))
 
 
+def _with_requests(conn: sa.Connection, table: Any, revision: str) -> tuple[list[Any], Any]:
+    """The rows of ``table`` (operations) that carry a request, and the platform key that opens
+    them; raises when there are such rows and the migration was not given the key."""
+    rows = conn.execute(sa.select(table).where(table.c.request.is_not(None))).mappings().all()
+    if not rows:
+        return [], None
+    cipher = context.config.attributes.get("cipher")
+    if cipher is None:
+        raise RuntimeError(
+            f"migration {revision} masks sensitive parameters in stored operations and needs "
+            "the platform key: start the platform (or a worker) to migrate this database"
+        )
+    return list(rows), cipher
+
+
 def upgrade() -> None:
     """Mask each operation's sent sensitive values in its description, audit and evidence."""
     conn = op.get_bind()
     o = _operations
-    rows = conn.execute(sa.select(o).where(o.c.request.is_not(None))).mappings().all()
+    rows, cipher = _with_requests(conn, o, revision)
     if not rows:
         return
-    cipher = context.config.attributes.get("cipher")
-    if cipher is None:
-        raise RuntimeError(
-            "migration 0005 masks sensitive parameters in stored operations and needs the "
-            "platform key: start the platform (or a worker) to migrate this database"
-        )
     schemas = _schemas(conn)
     sent = {row["id"]: _sent(cipher.open(row["request"]) or {}, schemas) for row in rows}
     by_instance: dict[str, set[str]] = defaultdict(set)

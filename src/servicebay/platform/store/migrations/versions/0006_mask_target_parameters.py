@@ -22,7 +22,7 @@ from collections import defaultdict
 from typing import Any
 
 import sqlalchemy as sa
-from alembic import context, op
+from alembic import op
 
 revision = "0006"
 down_revision = "0005"
@@ -33,6 +33,7 @@ depends_on = None
 _0005 = importlib.import_module(
     "servicebay.platform.store.migrations.versions.0005_mask_echoed_parameters"
 )
+_with_requests = _0005._with_requests
 _operations = sa.table(
     "operations",
     sa.column("id", sa.String),
@@ -59,16 +60,10 @@ def upgrade() -> None:
     """Mask every operation's target's sensitive values in its description, audit, evidence."""
     conn = op.get_bind()
     o = _operations
-    rows = conn.execute(sa.select(o).where(o.c.request.is_not(None))).mappings().all()
+    rows, cipher = _with_requests(conn, o, revision)
     if not rows:
         return
-    cipher = context.config.attributes.get("cipher")
-    if cipher is None:
-        raise RuntimeError(
-            "migration 0006 masks sensitive parameters in stored operations and needs the "
-            "platform key: start the platform (or a worker) to migrate this database"
-        )
-    values = _values(list(rows), cipher)
+    values = _values(rows, cipher)
     if not values:
         return
     everything: dict[str, set[str]] = defaultdict(set)  # an instance's and its bindings'
