@@ -149,3 +149,19 @@ def test_sends_and_acks_are_judged_as_their_models_judge_them(
     except ProtocolError:
         got = ProtocolError
     assert got == expected
+
+
+def test_room_names_are_judged_on_every_frame_and_remembered_within_a_bound() -> None:
+    """Valid room names are remembered (a set lookup, not a regex per frame), at most
+    _GOOD_NAMES_KEPT of them; an invalid name is never remembered, so it is refused every time."""
+    from servicebay.chat import protocol
+
+    for i in range(protocol._GOOD_NAMES_KEPT + 10):
+        frame = {"type": "ack", "room": f"room-{i}", "seq": 1}
+        assert parse_frame(json.dumps(frame)) == Ack("ack", f"room-{i}", 1)
+        assert len(protocol._GOOD_NAMES) <= protocol._GOOD_NAMES_KEPT
+    for _ in range(2):
+        with pytest.raises(ProtocolError) as refused:
+            parse_frame(json.dumps({"type": "ack", "room": "-bad", "seq": 1}))
+        assert refused.value.code == "bad_frame"
+    assert "-bad" not in protocol._GOOD_NAMES

@@ -13,7 +13,7 @@ from websockets.asyncio.client import ClientConnection, connect
 from servicebay.chat import client as client_module
 from servicebay.chat.client import ChatClient, ChatError
 from servicebay.chat.protocol import MAX_BODY_CHARS
-from servicebay.chat.server import WINDOW
+from servicebay.chat.server import SUBMIT_CHUNK, WINDOW
 
 
 async def _frames_until(
@@ -260,3 +260,39 @@ async def test_a_burst_of_sends_beyond_one_message_is_split(chat: ServedChat) ->
             big = "é" * MAX_BODY_CHARS
             seqs += await asyncio.gather(*(a.send("lobby", big) for _ in range(100)))
     assert sorted(seqs) == list(range(1, 2601))
+
+
+async def test_an_array_of_sends_is_answered_chunk_by_chunk(
+    chat: ServedChat, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A client's array of sends is stored in writes of at most SUBMIT_CHUNK, each answered
+    on its own: while a later write waits, the `sent` of the first chunk are already out (a
+    client keeping its window full refills it while the store works on the rest)."""
+    token = await chat.user("ann", "lobby")
+    store, release, calls = chat.store, asyncio.Event(), []
+    original = store.append_many
+
+    def held(room: str, sender: str, items: list[tuple[str, str]]) -> asyncio.Future[Any]:
+        calls.append(len(items))
+        if len(calls) == 1:
+            return original(room, sender, items)
+
+        async def later() -> Any:
+            await release.wait()
+            return await original(room, sender, items)
+
+        return asyncio.ensure_future(later())
+
+    monkeypatch.setattr(store, "append_many", held)
+    total = SUBMIT_CHUNK + 100
+    async with connect(chat.ws) as ws:
+        await ws.send(json.dumps({"type": "hello", "token": token}))
+        frame = {"type": "send", "room": "lobby", "body": "x"}
+        sends = [{**frame, "key": f"k{i}"} for i in range(total)]
+        await ws.send(json.dumps(sends))
+        first = [f for f in await _frames_until(ws, "sent") if f["type"] == "sent"]
+        assert [f["key"] for f in first] == [f"k{i}" for i in range(SUBMIT_CHUNK)]
+        release.set()
+        rest = [f for f in await _frames_until(ws, "sent") if f["type"] == "sent"]
+    assert calls == [SUBMIT_CHUNK, 100]
+    assert [f["seq"] for f in first + rest] == list(range(1, total + 1))

@@ -76,9 +76,11 @@ class Leave(_Frame):
 # The two frames of every message (sends) and every batch shown (acks) are plain dataclasses:
 # a pydantic model costs ~15 µs to build even unvalidated. The common well-formed shape is
 # checked by hand (``_quick``); anything else goes through pydantic, which decides and words it.
+# Not frozen: a frozen dataclass sets each field through ``object.__setattr__`` (0.88 µs to
+# build a ``Send`` here, 0.14 µs unfrozen), and nothing changes a parsed frame anyway.
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Send:
     """Post a message; answered by ``sent`` with the room seq once it is durable."""
 
@@ -90,7 +92,7 @@ class Send:
     body: Annotated[str, Field(max_length=MAX_BODY_CHARS)]
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Ack:
     """Cumulative: the client has shown every message of the room up to ``seq``."""
 
@@ -126,6 +128,18 @@ _BY_TYPE: dict[str, Callable[[Any], ClientFrame]] = {
     "ping": Ping.model_validate,
 }
 _NAME = re.compile(NAME_PATTERN)
+# Room names that matched NAME_PATTERN: a set lookup per frame instead of a regex match.
+_GOOD_NAMES: set[str] = set()
+_GOOD_NAMES_KEPT = 4096
+
+
+def _good_name(name: str) -> bool:
+    if _NAME.fullmatch(name) is None:
+        return False
+    if len(_GOOD_NAMES) >= _GOOD_NAMES_KEPT:
+        _GOOD_NAMES.clear()
+    _GOOD_NAMES.add(name)
+    return True
 
 
 def _quick(data: dict[str, Any]) -> ClientFrame | None:
@@ -136,7 +150,9 @@ def _quick(data: dict[str, Any]) -> ClientFrame | None:
     for lone surrogates, which orjson never yields (``_load``).
     """
     kind, room = data.get("type"), data.get("room")
-    if type(room) is not str or len(data) != 4 - (kind == "ack") or not _NAME.fullmatch(room):
+    if type(room) is not str or len(data) != 4 - (kind == "ack"):
+        return None
+    if room not in _GOOD_NAMES and not _good_name(room):
         return None
     if kind == "send":
         key, body = data.get("key"), data.get("body")

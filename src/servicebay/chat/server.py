@@ -74,6 +74,10 @@ log = structlog.get_logger("servicebay.chat")
 WINDOW = 2048
 BATCH = 256
 MAX_INFLIGHT_SENDS = 512
+# A connection's consecutive sends to one room are stored as one write of at most this many:
+# each write is answered as a whole, so smaller writes let a client that keeps sending refill
+# its window while the store works on the rest (at most MAX_INFLIGHT_SENDS in flight).
+SUBMIT_CHUNK = 256
 HELLO_TIMEOUT = 30.0  # seconds an unauthenticated connection may stay open
 OUT_MESSAGE_BYTES = 256 * 1024  # stop packing frames into one message beyond this
 
@@ -233,6 +237,9 @@ class Session:
                 hub = self.service.loaded(frame.room)
                 if hub is not None and self.user.id in hub.cursors:
                     run.append(frame)  # the usual case: no task, callbacks
+                    if len(run) >= SUBMIT_CHUNK:
+                        self._submit(run)
+                        run = []
                     continue
                 task = asyncio.create_task(self._guard(frame, self._send(self.user, frame)))
                 self.sends.add(task)
