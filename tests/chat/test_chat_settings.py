@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import stat
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -49,3 +51,19 @@ def test_rabbitmq_store_keeps_its_admin_token_beside_its_metadata(tmp_path: Path
     assert ChatSettings(store="rabbitmq").admin_token_path() == Path(
         "servicebay-chat-rabbitmq.db.admin-token"
     )
+
+
+def test_serve_tunes_the_interpreter_for_load() -> None:
+    """`bay chat serve` freezes what is loaded at start out of the collector's scans, collects
+    the young generation less often and shortens the GIL's switch interval (in a fresh
+    interpreter: the settings are process-wide)."""
+    script = (
+        "import gc, sys\n"
+        "from servicebay.cli.chat import GC_THRESHOLDS, SWITCH_INTERVAL, tune_interpreter\n"
+        "before = gc.get_freeze_count()\n"
+        "tune_interpreter()\n"
+        "assert before == 0 and gc.get_freeze_count() > 1000, gc.get_freeze_count()\n"
+        "assert gc.get_threshold() == GC_THRESHOLDS != (700, 10, 10), gc.get_threshold()\n"
+        "assert sys.getswitchinterval() == SWITCH_INTERVAL < 0.005\n"
+    )
+    subprocess.run([sys.executable, "-c", script], check=True, timeout=60)
