@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
+import threading
 import time
 from collections.abc import AsyncIterator, Iterator
 from contextlib import contextmanager
@@ -12,9 +13,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from chat_helpers import eventually
 from structlog.testing import capture_logs
 
 from servicebay.chat.stores import StoreUnavailable, open_store
+from servicebay.chat.stores import _rabbitmq_meta as meta_module
+from servicebay.chat.stores import sqlite as sqlite_store
 from servicebay.chat.stores._rabbitmq_meta import MetaStore
 from servicebay.chat.stores.rabbitmq import RabbitMQChatStore
 from support import chat_rabbitmq
@@ -74,6 +78,35 @@ async def test_a_checkpoint_with_no_reader_in_the_way_needs_no_extra_commit(
         await meta.make_durable()
     assert logs == []
     assert _synced_marks(meta.path) == 0
+
+
+async def test_every_checkpoint_runs_on_the_checkpointer_thread(
+    meta: MetaStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """make_durable's FULL checkpoint runs where the store's own checkpoints run, one at a
+    time: two at once on two connections refuse one (busy), and make_durable would then fall
+    back to a synced commit of its own (and warn) for nothing."""
+    threads: dict[str, set[str]] = {"passive": set(), "full": set()}
+    passive, full = sqlite_store._checkpoint, meta_module._checkpoint_full
+
+    def on_passive(conn: sqlite3.Connection) -> tuple[int, int, int]:
+        threads["passive"].add(threading.current_thread().name)
+        return passive(conn)
+
+    def on_full(conn: sqlite3.Connection) -> bool:
+        threads["full"].add(threading.current_thread().name)
+        return full(conn)
+
+    monkeypatch.setattr(sqlite_store, "_checkpoint", on_passive)
+    monkeypatch.setattr(meta_module, "_checkpoint_full", on_full)
+    for i in range(5):
+        await meta.put_room(f"r{i}")
+        with capture_logs() as logs:
+            await meta.make_durable()
+        assert logs == []
+    await eventually(lambda: threads["passive"])
+    assert len(threads["full"]) == 1
+    assert threads["full"] == threads["passive"]
 
 
 async def test_metadata_that_cannot_be_synced_is_unavailable_not_durable(meta: MetaStore) -> None:

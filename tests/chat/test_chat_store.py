@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
+import threading
 from pathlib import Path
 
 import pytest
+from chat_helpers import eventually
 
 from servicebay.chat.stores import (
     Appended,
@@ -16,6 +18,7 @@ from servicebay.chat.stores import (
     UnknownRoom,
     UnknownUser,
 )
+from servicebay.chat.stores import sqlite as sqlite_store
 from servicebay.chat.stores.sqlite import SQLiteChatStore
 
 
@@ -68,6 +71,50 @@ async def test_sqlite_group_commits_concurrent_appends(tmp_path: Path) -> None:
         assert store.batches - before < 100
     finally:
         await store.close()
+
+
+async def test_sqlite_commits_never_checkpoint_the_checkpointer_does(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The writer's commits leave the WAL to the checkpointer thread (a checkpoint's copy and
+    fsyncs inside a commit held up every answer behind it): with the checkpointer held, the WAL
+    grows past SQLite's automatic checkpoint (1,000 pages), and once let go it copies every
+    frame into the database."""
+    started, release, results = threading.Event(), threading.Event(), []
+    checkpoint = sqlite_store._checkpoint
+
+    def held(conn: sqlite3.Connection) -> tuple[int, int, int]:
+        started.set()
+        release.wait(30)
+        results.append(checkpoint(conn))
+        return results[-1]
+
+    monkeypatch.setattr(sqlite_store, "_checkpoint", held)
+    store = SQLiteChatStore(tmp_path / "w.db")
+    await store.open()
+    try:
+        await _room_with(store, "ann")
+        assert await asyncio.to_thread(started.wait, 10)
+        body = "b" * 16 * 1024
+        for batch in range(16):  # 16 commits of 1 MiB
+            items = [(f"k{batch}.{i}", body) for i in range(64)]
+            await store.append_many("r", "ann", items)
+        wal = Path(f"{tmp_path / 'w.db'}-wal")
+        assert (await asyncio.to_thread(wal.stat)).st_size > 12 * 1024 * 1024  # 1,000 pages: 4 MiB
+        release.set()
+        await store.append("r", "ann", "after", "x")  # a commit: another checkpoint is due
+        await eventually(lambda: results and results[-1][2] > 3000, 10)
+        busy, frames, copied = results[-1]
+        assert (busy, copied) == (0, frames)
+    finally:
+        release.set()
+        await store.close()
+    again = SQLiteChatStore(tmp_path / "w.db")
+    await again.open()
+    try:
+        assert len(await again.read("r", 0, limit=2000)) == 16 * 64 + 1
+    finally:
+        await again.close()
 
 
 async def test_appended_messages_survive_reopen(tmp_path: Path) -> None:

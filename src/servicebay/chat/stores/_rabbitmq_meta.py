@@ -49,8 +49,9 @@ _TABLES = (
     "CREATE TABLE IF NOT EXISTS rmq_settings (name TEXT PRIMARY KEY, value TEXT NOT NULL)",
 )
 FORMAT = "packed"
-# How long make_durable's checkpoint waits for the store's writer or a reader (it holds up the
-# store's reads meanwhile), and how long its fallback commit waits for the write lock.
+# How long make_durable's checkpoint waits for the store's writer or a reader (on the store's
+# checkpointer thread: reads and writes go on meanwhile), and how long its fallback commit
+# waits for the write lock.
 CHECKPOINT_WAIT = 1.0
 DURABLE_WAIT = 10.0
 
@@ -208,7 +209,7 @@ class MetaStore(SQLiteChatStore):
         for durable: a commit with ``synchronous=FULL`` then syncs the WAL, which holds every
         commit before it. Raises ``StoreUnavailable`` when neither could be done.
         """
-        busy = await self._read(_checkpoint_full)
+        busy = await self._on_checkpointer(_checkpoint_full)
         if not busy:
             return
         log.warning("chat.rabbitmq.checkpoint_busy", path=self.path)
@@ -234,7 +235,7 @@ class MetaStore(SQLiteChatStore):
 
 
 def _checkpoint_full(c: sqlite3.Connection) -> bool:
-    """A FULL checkpoint on the reader's connection; True when it could not finish (busy)."""
+    """A FULL checkpoint (on the checkpointer's connection); True when it could not finish."""
     # Waiting the connection's 30 s for a reader to move would stall every read of the store.
     usual = int(c.execute("PRAGMA busy_timeout").fetchone()[0])
     c.execute(f"PRAGMA busy_timeout={int(CHECKPOINT_WAIT * 1000)}")
