@@ -159,6 +159,15 @@ def _settle(outcomes: list[Outcome]) -> None:
             fut.set_result(result)
 
 
+def _run_one(item: _Pending, conn: sqlite3.Connection) -> None:
+    """Run a read (or a checkpointer's op) and answer its caller."""
+    try:
+        result, error = item.op(conn), None
+    except Exception as exc:  # handed to its caller, never swallowed
+        result, error = None, exc
+    _answer([item], [(result, error)])
+
+
 def _answer(batch: list[_Pending], results: list[tuple[Any, BaseException | None]]) -> None:
     """Settle every caller's future with one wake-up per event loop, not one per caller."""
     by_loop: dict[asyncio.AbstractEventLoop, list[Outcome]] = {}
@@ -282,11 +291,15 @@ class SQLiteChatStore:
         return result
 
     async def _read(self, op: Callable[[sqlite3.Connection], T]) -> T:
+        return await self._run_on(self._reads, op)
+
+    async def _run_on(self, thread: queue.Queue[Any], op: Callable[[sqlite3.Connection], T]) -> T:
+        """Run ``op`` on the connection of the thread serving ``thread`` (reader, checkpointer)."""
         if self._closed:
             raise StoreUnavailable("the chat store is closed")
         loop = asyncio.get_running_loop()
         fut: asyncio.Future[T] = loop.create_future()
-        self._reads.put(_Pending(op, loop, fut, False))
+        thread.put(_Pending(op, loop, fut, False))
         return await fut
 
     def _write_loop(self, conn: sqlite3.Connection) -> None:
@@ -323,11 +336,7 @@ class SQLiteChatStore:
                     self._passive_checkpoint(conn)
                     return
                 if isinstance(item, _Pending):
-                    try:
-                        result, error = item.op(conn), None
-                    except Exception as exc:  # handed to its caller, never swallowed
-                        result, error = None, exc
-                    _answer([item], [(result, error)])
+                    _run_one(item, conn)
                 elif due_at is None:
                     due_at = max(time.monotonic(), last + CHECKPOINT_EVERY)
                 if due_at is not None and time.monotonic() >= due_at:
@@ -346,12 +355,7 @@ class SQLiteChatStore:
 
     async def _on_checkpointer(self, op: Callable[[sqlite3.Connection], T]) -> T:
         """Run ``op`` on the checkpointer's connection (between its own checkpoints)."""
-        if self._closed:
-            raise StoreUnavailable("the chat store is closed")
-        loop = asyncio.get_running_loop()
-        fut: asyncio.Future[T] = loop.create_future()
-        self._checkpoints.put(_Pending(op, loop, fut, False))
-        return await fut
+        return await self._run_on(self._checkpoints, op)
 
     def _commit_batch(self, conn: sqlite3.Connection, batch: list[_Pending]) -> None:
         failed: dict[int, BaseException] = {}
@@ -437,11 +441,7 @@ class SQLiteChatStore:
 
     def _read_loop(self, conn: sqlite3.Connection) -> None:
         while (item := self._reads.get()) is not None:
-            try:
-                result, error = item.op(conn), None
-            except Exception as exc:  # handed to its caller, never swallowed
-                result, error = None, exc
-            _answer([item], [(result, error)])
+            _run_one(item, conn)
         conn.close()
 
     # users and tokens --------------------------------------------------------------------------
