@@ -105,8 +105,8 @@ def tune_interpreter() -> None:
     # encoded messages alive: with the default thresholds (700) the collector ran ~400 times in
     # a 2 s saturated run, full collections of every live object (35 ms each) included, 0.17-0.20
     # s in all. What is loaded at start (modules, schemas) is frozen, never scanned again, and
-    # the young generation is collected every GC_THRESHOLD allocations: 0.02-0.03 s per run, and
-    # no full collection. (Messages hold no reference cycles; the collector is for the rare
+    # the young generation is collected every GC_THRESHOLDS[0] allocations: 0.02-0.03 s per run,
+    # and no full collection. (Messages hold no reference cycles; the collector is for the rare
     # ones, which wait a little longer.)
     gc.freeze()
     gc.set_threshold(*GC_THRESHOLDS)

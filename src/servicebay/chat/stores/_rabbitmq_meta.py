@@ -236,7 +236,7 @@ class MetaStore(SQLiteChatStore):
 
 def _checkpoint_full(c: sqlite3.Connection) -> bool:
     """A FULL checkpoint (on the checkpointer's connection); True when it could not finish."""
-    # Waiting the connection's 30 s for a reader to move would stall every read of the store.
+    # Waiting the connection's 30 s for a reader to move would stall the store's checkpoints.
     usual = int(c.execute("PRAGMA busy_timeout").fetchone()[0])
     c.execute(f"PRAGMA busy_timeout={int(CHECKPOINT_WAIT * 1000)}")
     try:

@@ -293,13 +293,13 @@ class SQLiteChatStore:
     async def _read(self, op: Callable[[sqlite3.Connection], T]) -> T:
         return await self._run_on(self._reads, op)
 
-    async def _run_on(self, thread: queue.Queue[Any], op: Callable[[sqlite3.Connection], T]) -> T:
-        """Run ``op`` on the connection of the thread serving ``thread`` (reader, checkpointer)."""
+    async def _run_on(self, inbox: queue.Queue[Any], op: Callable[[sqlite3.Connection], T]) -> T:
+        """Run ``op`` on the connection of the thread serving ``inbox`` (reader, checkpointer)."""
         if self._closed:
             raise StoreUnavailable("the chat store is closed")
         loop = asyncio.get_running_loop()
         fut: asyncio.Future[T] = loop.create_future()
-        thread.put(_Pending(op, loop, fut, False))
+        inbox.put(_Pending(op, loop, fut, False))
         return await fut
 
     def _write_loop(self, conn: sqlite3.Connection) -> None:
